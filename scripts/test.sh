@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run the whole test suite: same service bootstrap as scripts/run.sh, then every test
+# against the real RabbitMQ and PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+export SUBSYNC_TEST_DATABASE_URL="${SUBSYNC_TEST_DATABASE_URL:-postgres://subsync:subsync@127.0.0.1:5432/subsync}"
+export SUBSYNC_TEST_AMQP_URL="${SUBSYNC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+# Databases left by earlier runs (each test creates its own).
+psql "$SUBSYNC_TEST_DATABASE_URL" -qAt -c \
+  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'subsync_test_%'" \
+  | psql "$SUBSYNC_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,167 @@
+//! Wiring: builds the parts a role needs from the settings, binds the listeners and runs
+//! until the shutdown token is cancelled.
+//!
+//! Shutdown order: stop accepting and finish in-flight requests (their publishes still
+//! need the broker), let every worker finish its batch and hand back what it had not
+//! started, and only then close the broker connection.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::ingress;
+use crate::ledger::Db;
+use crate::providers::Sources;
+use crate::queue::Broker;
+use crate::worker::Worker;
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Ingress,
+    Worker,
+    All,
+}
+
+impl Role {
+    fn ingress(self) -> bool {
+        matches!(self, Role::Ingress | Role::All)
+    }
+    fn worker(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
+/// A started service.
+pub struct Running {
+    pub ingress_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub broker: Broker,
+    pub db: Db,
+    tasks: JoinSet<()>,
+    broker_stop: CancellationToken,
+}
+
+pub async fn start(
+    settings: &Settings,
+    role: Role,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    // Install the recorder before anything counts, or the first counts are lost.
+    crate::telemetry::metrics();
+    let sources = Arc::new(Sources::from_settings(&settings.sources).map_err(anyhow::Error::msg)?);
+    let db = Db::connect_lazy(&settings.database)?;
+    if role.worker() {
+        db.migrate().await.context("applying migrations")?;
+    }
+    let broker_stop = CancellationToken::new();
+    let broker = Broker::start(&settings.amqp, broker_stop.clone());
+    let mut tasks = JoinSet::new();
+
+    let ingress_addr = if role.ingress() {
+        let listener = bind(settings.http.ingress_addr, "ingress").await?;
+        let addr = listener.local_addr()?;
+        let app = ingress::router(
+            sources.clone(),
+            broker.clone(),
+            settings.http.body_limit_bytes,
+        );
+        tasks.spawn(serve(listener, app, shutdown.clone(), "ingress"));
+        Some(addr)
+    } else {
+        None
+    };
+
+    let listener = bind(settings.http.admin_addr, "admin").await?;
+    let admin_addr = listener.local_addr()?;
+    let admin = admin::router(AdminState {
+        db: db.clone(),
+        broker: broker.clone(),
+        token: settings.admin.token.clone(),
+        uses_database: role.worker(),
+    });
+    tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
+
+    if role.worker() {
+        let worker = Worker::new(broker.clone(), db.clone(), sources, settings.worker.clone());
+        for index in 0..settings.worker.consumers {
+            tasks.spawn(worker.clone().run(index, shutdown.clone()));
+        }
+    }
+    tracing::info!(?role, ?ingress_addr, %admin_addr, "subsync started");
+    Ok(Running {
+        ingress_addr,
+        admin_addr,
+        broker,
+        db,
+        tasks,
+        broker_stop,
+    })
+}
+
+impl Running {
+    /// Waits for every part to stop (after the shutdown token was cancelled), then closes
+    /// the broker connection.
+    pub async fn wait(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "a task failed");
+            }
+        }
+        self.broker_stop.cancel();
+        // Give the supervisor a moment to close the connection cleanly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.broker.is_connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("subsync stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) {
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, listener = what, "HTTP server failed");
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}

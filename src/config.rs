@@ -1,0 +1,357 @@
+//! Typed, layered configuration: a TOML file, then `SUBSYNC__SECTION__KEY` environment
+//! overrides. Secrets stay wrapped in [`SecretString`] from parsing to use, so no `Debug`
+//! or log line can print them; a secret written as `env:NAME` is read from that variable.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Default path of the configuration file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/default.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub sources: Vec<SourceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    #[serde(default = "defaults::db_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "defaults::db_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    /// Prefix of every exchange and queue name, so several deployments share one broker.
+    #[serde(default = "defaults::amqp_prefix")]
+    pub prefix: String,
+    #[serde(default = "defaults::delivery_limit")]
+    pub delivery_limit: u32,
+    #[serde(default = "defaults::publish_channels")]
+    pub publish_channels: usize,
+    #[serde(default = "defaults::confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+    /// Optional bound on the work queue; past it publishes are refused (ingress 503).
+    #[serde(default)]
+    pub max_queue_length: Option<u64>,
+    #[serde(default = "defaults::reconnect_max_delay_ms")]
+    pub reconnect_max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub ingress_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    #[serde(default = "defaults::body_limit_bytes")]
+    pub body_limit_bytes: usize,
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub token: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    #[serde(default = "defaults::consumers")]
+    pub consumers: usize,
+    #[serde(default = "defaults::prefetch")]
+    pub prefetch: u16,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "defaults::batch_wait_ms")]
+    pub batch_wait_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            consumers: defaults::consumers(),
+            prefetch: defaults::prefetch(),
+            batch_size: defaults::batch_size(),
+            batch_wait_ms: defaults::batch_wait_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: defaults::log_level(),
+        }
+    }
+}
+
+/// Which verification scheme and payload shapes a source speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    Standard,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Standard => "standard",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "standard" => Some(ProviderKind::Standard),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SourceSettings {
+    /// URL segment: webhooks arrive at `POST /webhooks/{id}`.
+    pub id: String,
+    pub provider: ProviderKind,
+    /// Several secrets are all accepted, for rotation.
+    pub secrets: Vec<SecretString>,
+    /// Allowed clock skew for signed timestamps; the provider's default when absent.
+    #[serde(default)]
+    pub tolerance_secs: Option<u64>,
+}
+
+impl Settings {
+    /// Loads `path`, applies `SUBSYNC__*` overrides, resolves `env:NAME` secrets, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("SUBSYNC")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()?;
+        let mut settings: Settings = raw.try_deserialize()?;
+        settings.resolve_env_secrets()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn resolve_env_secrets(&mut self) -> Result<(), ConfigError> {
+        resolve_secret(&mut self.database.url)?;
+        resolve_secret(&mut self.amqp.url)?;
+        resolve_secret(&mut self.admin.token)?;
+        for source in &mut self.sources {
+            for secret in &mut source.secrets {
+                resolve_secret(secret)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.admin.token.expose_secret().len() < 12 {
+            return invalid("admin.token must be at least 12 characters".into());
+        }
+        if self.worker.batch_size == 0 || self.worker.consumers == 0 {
+            return invalid("worker.batch_size and worker.consumers must be positive".into());
+        }
+        if usize::from(self.worker.prefetch) < self.worker.batch_size {
+            return invalid("worker.prefetch must be at least worker.batch_size".into());
+        }
+        if self.amqp.publish_channels == 0 {
+            return invalid("amqp.publish_channels must be positive".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for source in &self.sources {
+            let id_ok = !source.id.is_empty()
+                && source
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !id_ok {
+                return invalid(format!("source id {:?} must be [A-Za-z0-9_-]+", source.id));
+            }
+            if !seen.insert(source.id.as_str()) {
+                return invalid(format!("source id {:?} is configured twice", source.id));
+            }
+            if source.secrets.is_empty() {
+                return invalid(format!("source {:?} has no secrets", source.id));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, id: &str) -> Option<&SourceSettings> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+}
+
+impl AmqpSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+/// `env:NAME` reads the variable NAME; the error names the variable, never a value.
+fn resolve_secret(secret: &mut SecretString) -> Result<(), ConfigError> {
+    let Some(name) = secret
+        .expose_secret()
+        .strip_prefix("env:")
+        .map(str::to_owned)
+    else {
+        return Ok(());
+    };
+    match std::env::var(&name) {
+        Ok(value) if !value.is_empty() => {
+            *secret = SecretString::from(value);
+            Ok(())
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "environment variable {name} is not set"
+        ))),
+    }
+}
+
+mod defaults {
+    pub fn db_max_connections() -> u32 {
+        10
+    }
+    pub fn db_acquire_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn amqp_prefix() -> String {
+        "subsync".into()
+    }
+    pub fn delivery_limit() -> u32 {
+        5
+    }
+    pub fn publish_channels() -> usize {
+        4
+    }
+    pub fn confirm_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn reconnect_max_delay_ms() -> u64 {
+        5_000
+    }
+    pub fn body_limit_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn consumers() -> usize {
+        1
+    }
+    pub fn prefetch() -> u16 {
+        256
+    }
+    pub fn batch_size() -> usize {
+        100
+    }
+    pub fn batch_wait_ms() -> u64 {
+        5
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [database]
+        url = "postgres://u:p@127.0.0.1/db"
+        [amqp]
+        url = "amqp://127.0.0.1:5672/%2f"
+        [http]
+        ingress_addr = "127.0.0.1:0"
+        admin_addr = "127.0.0.1:0"
+        [admin]
+        token = "a-long-enough-token"
+        [[sources]]
+        id = "demo"
+        provider = "standard"
+        secrets = ["env:SUBSYNC_TEST_SECRET_RESOLVE"]
+    "#;
+
+    fn write(contents: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("subsync-cfg-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn env_secret_is_resolved_and_missing_one_is_named_not_leaked() {
+        let path = write(MINIMAL);
+        // SAFETY: only this test reads or writes this variable.
+        unsafe { std::env::remove_var("SUBSYNC_TEST_SECRET_RESOLVE") };
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("SUBSYNC_TEST_SECRET_RESOLVE"), "{err}");
+
+        unsafe { std::env::set_var("SUBSYNC_TEST_SECRET_RESOLVE", "whsec_from_env") };
+        let settings = Settings::load(&path).unwrap();
+        assert_eq!(
+            settings.sources[0].secrets[0].expose_secret(),
+            "whsec_from_env"
+        );
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("whsec_from_env") && !debug.contains("a-long-enough-token"));
+        assert_eq!(settings.worker.batch_size, 100, "defaults apply");
+    }
+
+    #[test]
+    fn duplicate_and_malformed_source_ids_are_rejected() {
+        let dup = format!(
+            "{MINIMAL}\n[[sources]]\nid = \"demo\"\nprovider = \"standard\"\nsecrets = [\"x\"]\n"
+        );
+        unsafe { std::env::set_var("SUBSYNC_TEST_SECRET_RESOLVE", "whsec_from_env") };
+        let err = Settings::load(&write(&dup)).unwrap_err().to_string();
+        assert!(err.contains("configured twice"), "{err}");
+        let bad = MINIMAL.replace("id = \"demo\"", "id = \"a/b\"");
+        let err = Settings::load(&write(&bad)).unwrap_err().to_string();
+        assert!(err.contains("must be"), "{err}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The one place where errors become HTTP responses, for the ingress and the admin API.
+//! Bodies are small JSON objects `{"error": "..."}` that never carry a secret.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use crate::ledger::DbError;
+use crate::providers::VerifyError;
+use crate::queue::PublishError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unknown source")]
+    UnknownSource,
+    #[error("not found")]
+    NotFound,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unauthorized: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("service unavailable: {0}")]
+    Publish(#[from] PublishError),
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("internal error")]
+    Database(#[from] DbError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownSource | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Verify(_) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Publish(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::UnknownSource | ApiError::NotFound => "not_found",
+            ApiError::PayloadTooLarge => "too_large",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Verify(_) | ApiError::Unauthorized => "unauthorized",
+            ApiError::Publish(_) | ApiError::Unavailable(_) => "unavailable",
+            ApiError::Database(_) => "error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Database(error) = &self {
+            tracing::error!(%error, "database error behind an HTTP request");
+        }
+        let message = match &self {
+            // The database's own message may name tables or values: keep it in the log.
+            ApiError::Database(_) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Standard Webhooks senders honour Retry-After.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

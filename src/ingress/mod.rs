@@ -1,0 +1,69 @@
+//! The public ingress: `POST /webhooks/{source_id}`. Reads the raw body (bounded), verifies
+//! it over the exact bytes, publishes it and answers 2xx only after the broker confirmed.
+
+mod error;
+
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    routing::post,
+};
+use bytes::Bytes;
+
+pub use error::ApiError;
+
+use crate::providers::{Sources, Unverified};
+use crate::queue::Broker;
+
+struct IngressState {
+    sources: Arc<Sources>,
+    broker: Broker,
+}
+
+pub fn router(sources: Arc<Sources>, broker: Broker, body_limit: usize) -> Router {
+    Router::new()
+        .route("/webhooks/{source_id}", post(receive))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Arc::new(IngressState { sources, broker }))
+}
+
+async fn receive(
+    State(state): State<Arc<IngressState>>,
+    Path(source_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let source = state.sources.get(&source_id);
+    let label = source
+        .map(|s| s.id().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let result = async {
+        let source = source.ok_or(ApiError::UnknownSource)?;
+        let body = body.map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            _ => ApiError::BadRequest(rejection.body_text()),
+        })?;
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let verified = source
+            .verify(Unverified { headers: &headers, body: &body }, content_type, SystemTime::now())
+            .inspect_err(|error| tracing::info!(source = %source.id(), %error, "webhook rejected"))?;
+        state.broker.publish(verified.envelope()).await.inspect_err(|error| {
+            tracing::warn!(source = %source.id(), event_id = %verified.event_id(), %error, "webhook not queued");
+        })?;
+        Ok::<_, ApiError>((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "status": "queued", "event_id": verified.event_id() })),
+        ))
+    }
+    .await;
+    let outcome = match &result {
+        Ok(_) => "queued",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!("subsync_ingress_requests_total", "source" => label, "outcome" => outcome)
+        .increment(1);
+    result
+}

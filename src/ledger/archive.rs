@@ -1,0 +1,149 @@
+//! The events archive and its inbox dedupe on (source_id, provider_event_id).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Db, DbError};
+use crate::envelope::{ENVELOPE_VERSION, Envelope};
+
+/// An event ready to be archived.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub envelope: &'a Envelope,
+    pub event_type: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    /// First time this (source, event id) was seen: archived now.
+    Archived,
+    /// Already archived by an earlier delivery: nothing changed.
+    Duplicate,
+}
+
+/// One archived event as operators see it (the body is returned as text where it is UTF-8).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub source_id: String,
+    pub provider: String,
+    pub provider_event_id: String,
+    pub event_type: String,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct EventsQuery {
+    pub source_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+}
+
+impl Db {
+    /// Archives a batch in one transaction; duplicates (of earlier deliveries or inside the
+    /// batch) change nothing. Returns one outcome per input, in order.
+    pub async fn archive(&self, events: &[NewEvent<'_>]) -> Result<Vec<ArchiveOutcome>, DbError> {
+        let n = events.len();
+        let (mut sources, mut providers, mut ids, mut types) =
+            (vec_of(n), vec_of(n), vec_of(n), vec_of(n));
+        let (mut received, mut content_types, mut headers, mut bodies) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in events {
+            let env = e.envelope;
+            sources.push(env.source_id.as_str());
+            providers.push(env.provider.as_str());
+            ids.push(env.event_id.as_str());
+            types.push(e.event_type);
+            received.push(env.received_at);
+            content_types.push(env.content_type.as_deref());
+            headers.push(serde_json::Value::Object(
+                env.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                    .collect(),
+            ));
+            bodies.push(env.body.as_ref());
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<(String, String)> = sqlx::query_as(
+            "INSERT INTO events (source_id, provider, provider_event_id, event_type, received_at,
+                                 content_type, headers, body, envelope_version, outcome)
+             SELECT s, p, i, t, r, c, h, b, $9, 'archived'
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[], $7::jsonb[], $8::bytea[]) AS u(s, p, i, t, r, c, h, b)
+             ON CONFLICT (source_id, provider_event_id) DO NOTHING
+             RETURNING source_id, provider_event_id",
+        )
+        .bind(&sources)
+        .bind(&providers)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&received)
+        .bind(&content_types)
+        .bind(&headers)
+        .bind(&bodies)
+        .bind(i16::from(ENVELOPE_VERSION))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        // The first input with an inserted key is the one that archived it; any later one
+        // with the same key in this batch is a duplicate.
+        let mut fresh: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
+        Ok(events
+            .iter()
+            .map(|e| {
+                let key = (e.envelope.source_id.clone(), e.envelope.event_id.clone());
+                if fresh.remove(&key) {
+                    ArchiveOutcome::Archived
+                } else {
+                    ArchiveOutcome::Duplicate
+                }
+            })
+            .collect())
+    }
+
+    /// Archived events, newest first.
+    pub async fn events(&self, q: &EventsQuery) -> Result<Vec<EventRow>, DbError> {
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let rows = sqlx::query_as(
+            "SELECT id, source_id, provider, provider_event_id, event_type, received_at, processed_at, outcome
+             FROM events
+             WHERE ($1::text IS NULL OR source_id = $1)
+               AND ($2::timestamptz IS NULL OR received_at >= $2)
+               AND ($3::timestamptz IS NULL OR received_at < $3)
+             ORDER BY id DESC
+             LIMIT $4",
+        )
+        .bind(q.source_id.as_deref())
+        .bind(q.since)
+        .bind(q.until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// How many times an event is archived (0 or 1, by the unique constraint).
+    pub async fn archived_count(&self, source_id: &str, event_id: &str) -> Result<i64, DbError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM events WHERE source_id = $1 AND provider_event_id = $2",
+        )
+        .bind(source_id)
+        .bind(event_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+}
+
+fn vec_of<'a>(n: usize) -> Vec<&'a str> {
+    Vec::with_capacity(n)
+}

@@ -1,0 +1,203 @@
+//! How an [`Envelope`] is laid out in AMQP properties and headers (envelope version 1):
+//! the body is the raw webhook body, untouched; everything else is a header.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use super::topology::long;
+use crate::config::ProviderKind;
+use crate::envelope::{ENVELOPE_VERSION, Envelope};
+
+pub const H_VERSION: &str = "x-subsync-version";
+pub const H_SOURCE: &str = "x-subsync-source-id";
+pub const H_PROVIDER: &str = "x-subsync-provider";
+pub const H_EVENT_ID: &str = "x-subsync-event-id";
+pub const H_RECEIVED_AT: &str = "x-subsync-received-at-us";
+pub const H_PROVIDER_HEADERS: &str = "x-subsync-provider-headers";
+/// Why a message was dead-lettered by a worker (the broker's own reasons are in `x-death`).
+pub const H_REASON: &str = "x-subsync-reason";
+pub const H_DEAD_AT: &str = "x-subsync-dead-lettered-at-us";
+
+/// Persistent delivery: the message is written to disk before the broker confirms it.
+const PERSISTENT: u8 = 2;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("envelope: missing or malformed header {0}")]
+    Header(&'static str),
+    #[error("envelope: unsupported version {0}")]
+    Version(i64),
+    #[error("envelope: unknown provider {0:?}")]
+    Provider(String),
+}
+
+pub fn encode(envelope: &Envelope) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        H_VERSION.into(),
+        AMQPValue::LongLongInt(ENVELOPE_VERSION.into()),
+    );
+    headers.insert(H_SOURCE.into(), long(&envelope.source_id));
+    headers.insert(H_PROVIDER.into(), long(envelope.provider.as_str()));
+    headers.insert(H_EVENT_ID.into(), long(&envelope.event_id));
+    headers.insert(
+        H_RECEIVED_AT.into(),
+        AMQPValue::LongLongInt(envelope.received_at.timestamp_micros()),
+    );
+    let mut kept = FieldTable::default();
+    for (name, value) in &envelope.headers {
+        if let Ok(name) = ShortString::try_new(name.as_str()) {
+            kept.insert(name, long(value));
+        }
+    }
+    headers.insert(H_PROVIDER_HEADERS.into(), AMQPValue::FieldTable(kept));
+
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_app_id("subsync".into())
+        .with_timestamp(envelope.received_at.timestamp().max(0) as u64)
+        .with_headers(headers);
+    // Both are short strings on the wire; an over-long value is left out rather than
+    // truncated (the event id is always in the headers too).
+    if let Ok(id) = ShortString::try_new(envelope.event_id.as_str()) {
+        props = props.with_message_id(id);
+    }
+    if let Some(Ok(ct)) = envelope.content_type.as_deref().map(ShortString::try_new) {
+        props = props.with_content_type(ct);
+    }
+    props
+}
+
+pub fn decode(props: &BasicProperties, body: Bytes) -> Result<Envelope, DecodeError> {
+    let empty = FieldTable::default();
+    let headers = props.headers().as_ref().unwrap_or(&empty);
+    let version = int(headers, H_VERSION)?;
+    if version != i64::from(ENVELOPE_VERSION) {
+        return Err(DecodeError::Version(version));
+    }
+    let provider = string(headers, H_PROVIDER)?;
+    let provider = ProviderKind::parse(&provider).ok_or(DecodeError::Provider(provider))?;
+    let received_at = DateTime::<Utc>::from_timestamp_micros(int(headers, H_RECEIVED_AT)?)
+        .ok_or(DecodeError::Header(H_RECEIVED_AT))?;
+    let kept = match headers.inner().get(H_PROVIDER_HEADERS) {
+        Some(AMQPValue::FieldTable(t)) => t
+            .inner()
+            .iter()
+            .filter_map(|(k, v)| as_string(v).map(|v| (k.to_string(), v)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Envelope {
+        source_id: string(headers, H_SOURCE)?,
+        provider,
+        event_id: string(headers, H_EVENT_ID)?,
+        received_at,
+        content_type: props.content_type().as_ref().map(|c| c.to_string()),
+        headers: kept,
+        body,
+    })
+}
+
+/// A string header, if present (used for dead-letter reasons too).
+pub fn header_string(props: &BasicProperties, name: &str) -> Option<String> {
+    props
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)
+        .and_then(as_string)
+}
+
+fn as_string(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn string(headers: &FieldTable, name: &'static str) -> Result<String, DecodeError> {
+    headers
+        .inner()
+        .get(name)
+        .and_then(as_string)
+        .filter(|s| !s.is_empty())
+        .ok_or(DecodeError::Header(name))
+}
+
+fn int(headers: &FieldTable, name: &'static str) -> Result<i64, DecodeError> {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongLongInt(v)) => Ok(*v),
+        Some(AMQPValue::LongInt(v)) => Ok((*v).into()),
+        Some(AMQPValue::ShortShortUInt(v)) => Ok((*v).into()),
+        _ => Err(DecodeError::Header(name)),
+    }
+}
+
+/// Headers of a dead letter: the original ones plus our reason and time.
+pub fn with_reason(props: &BasicProperties, reason: &str, at: DateTime<Utc>) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        H_REASON.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        H_DEAD_AT.into(),
+        AMQPValue::LongLongInt(at.timestamp_micros()),
+    );
+    props.clone().with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            source_id: "demo".into(),
+            provider: ProviderKind::Standard,
+            event_id: "msg_1".into(),
+            received_at: DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            content_type: Some("application/json".into()),
+            headers: vec![("webhook-timestamp".into(), "1700000000".into())],
+            body: Bytes::from_static(b"{\"type\":\"x\"}\n\x00\xff"),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field_and_the_body_byte_for_byte() {
+        let env = sample();
+        let props = encode(&env);
+        assert_eq!(props.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(decode(&props, env.body.clone()).unwrap(), env);
+    }
+
+    #[test]
+    fn over_long_content_type_is_dropped_not_a_panic() {
+        let mut env = sample();
+        env.content_type = Some("x".repeat(300));
+        let props = encode(&env);
+        assert_eq!(props.content_type(), &None);
+        assert_eq!(decode(&props, env.body.clone()).unwrap().event_id, "msg_1");
+    }
+
+    #[test]
+    fn missing_headers_and_unknown_versions_are_decode_errors() {
+        let props = BasicProperties::default();
+        assert_eq!(
+            decode(&props, Bytes::new()).unwrap_err(),
+            DecodeError::Header(H_VERSION)
+        );
+        let mut headers = encode(&sample()).headers().clone().unwrap();
+        headers.insert(H_VERSION.into(), AMQPValue::LongLongInt(99));
+        let props = BasicProperties::default().with_headers(headers);
+        assert_eq!(
+            decode(&props, Bytes::new()).unwrap_err(),
+            DecodeError::Version(99)
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! RabbitMQ: the only module that imports lapin. It owns the topology, a connection that
+//! heals itself, the confirmed publisher the ingress uses and the consumer the worker uses.
+//!
+//! A publish counts only once the broker confirmed it (persistent message, quorum queue,
+//! mandatory flag): a nack, a returned (unroutable) message, a timeout or a dead connection
+//! are all errors, and the ingress turns them into 503 so the provider redelivers.
+
+mod codec;
+mod consumer;
+mod topology;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use chrono::Utc;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use codec::DecodeError;
+pub use consumer::{DeadLetter, Incoming, Subscription};
+pub use topology::Topology;
+
+use crate::config::AmqpSettings;
+use crate::envelope::Envelope;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unavailable")]
+    Unavailable,
+    #[error("broker did not confirm in time")]
+    ConfirmTimeout,
+    #[error("broker refused the message")]
+    Nacked,
+    #[error("broker returned the message: {0}")]
+    Returned(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker unavailable")]
+    Unavailable,
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Counts of a queue, read with a passive declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// One live connection with its publishing channels (confirm mode).
+struct Live {
+    connection: Connection,
+    publishers: Vec<Channel>,
+    broken: CancellationToken,
+}
+
+impl Live {
+    fn healthy(&self) -> bool {
+        !self.broken.is_cancelled()
+            && self.connection.status().connected()
+            && self.publishers.iter().all(|c| c.status().connected())
+    }
+}
+
+struct Inner {
+    url: SecretString,
+    topology: Topology,
+    publish_channels: usize,
+    confirm_timeout: Duration,
+    reconnect_max_delay: Duration,
+    live: watch::Sender<Option<Arc<Live>>>,
+    next: AtomicUsize,
+}
+
+/// Handle to the broker; cheap to clone. A background task keeps one connection alive,
+/// reconnecting with backoff and redeclaring the topology whenever it drops.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Starts the connection supervisor. Returns at once: until the first connection is up,
+    /// publishes fail with [`PublishError::Unavailable`].
+    pub fn start(settings: &AmqpSettings, shutdown: CancellationToken) -> Self {
+        let (live, _) = watch::channel(None);
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                url: settings.url.clone(),
+                topology: Topology::new(settings),
+                publish_channels: settings.publish_channels,
+                confirm_timeout: settings.confirm_timeout(),
+                reconnect_max_delay: Duration::from_millis(settings.reconnect_max_delay_ms),
+                live,
+                next: AtomicUsize::new(0),
+            }),
+        };
+        tokio::spawn(broker.clone().supervise(shutdown));
+        broker
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// True while a healthy connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Waits until connected, or `timeout` passes.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.live.subscribe();
+        tokio::time::timeout(
+            timeout,
+            rx.wait_for(|l| l.as_ref().is_some_and(|l| l.healthy())),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        self.inner
+            .live
+            .borrow()
+            .as_ref()
+            .filter(|l| l.healthy())
+            .cloned()
+    }
+
+    async fn supervise(self, shutdown: CancellationToken) {
+        let mut backoff = self.backoff();
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                attempt = self.connect() => attempt,
+            };
+            match attempt {
+                Ok(live) => {
+                    tracing::info!(exchange = %self.inner.topology.exchange, "broker connected, topology declared");
+                    backoff = self.backoff();
+                    let live = Arc::new(live);
+                    self.inner.live.send_replace(Some(live.clone()));
+                    let lost = self.watch_health(&live, &shutdown).await;
+                    self.inner.live.send_replace(None);
+                    let _ = live
+                        .connection
+                        .close(200, "subsync reconnecting or stopping".into())
+                        .await;
+                    if !lost {
+                        break;
+                    }
+                    tracing::warn!("broker connection lost; reconnecting");
+                    metrics::counter!("subsync_broker_reconnects_total").increment(1);
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(self.inner.reconnect_max_delay);
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "broker connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.inner.live.send_replace(None);
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(self.inner.reconnect_max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Returns true when the connection was lost, false on shutdown.
+    async fn watch_health(&self, live: &Live, shutdown: &CancellationToken) -> bool {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = live.broken.cancelled() => return true,
+                _ = tick.tick() => if !live.healthy() { return true },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Live, lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name("subsync".into());
+        let connection = Connection::connect(self.inner.url.expose_secret(), props).await?;
+        let setup = connection.create_channel().await?;
+        self.inner.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut publishers = Vec::with_capacity(self.inner.publish_channels);
+        for _ in 0..self.inner.publish_channels {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            publishers.push(channel);
+        }
+        Ok(Live {
+            connection,
+            publishers,
+            broken: CancellationToken::new(),
+        })
+    }
+
+    /// Publishes a verified webhook and waits for the broker's confirm.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let props = codec::encode(envelope);
+        let routing_key = Topology::routing_key(&envelope.source_id);
+        let result = self
+            .publish_raw(
+                &self.inner.topology.exchange,
+                &routing_key,
+                &envelope.body,
+                props,
+            )
+            .await;
+        metrics::histogram!("subsync_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let live = self.current().ok_or(PublishError::Unavailable)?;
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
+        let channel = &live.publishers[n];
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = async {
+            channel
+                .basic_publish(exchange.into(), routing_key.into(), options, body, props)
+                .await?
+                .await
+        };
+        match tokio::time::timeout(self.inner.confirm_timeout, confirm).await {
+            Err(_) => Err(PublishError::ConfirmTimeout),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "publish failed; marking connection broken");
+                live.broken.cancel();
+                Err(PublishError::Unavailable)
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                Err(PublishError::Returned(returned.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                unreachable!("publish channels are in confirm mode")
+            }
+        }
+    }
+
+    /// Dead-letters a message with `reason`, confirmed, before the caller acks the original.
+    pub(crate) async fn publish_dead_letter(
+        &self,
+        props: &BasicProperties,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let props = codec::with_reason(props, reason, Utc::now());
+        self.publish_raw(&self.inner.topology.dead_letter_exchange, "", body, props)
+            .await
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let live = self.current().ok_or(QueueError::Unavailable)?;
+        Ok(live.connection.create_channel().await?)
+    }
+
+    /// Message and consumer counts of the work queue and the dead-letter queue.
+    pub async fn stats(&self) -> Result<(QueueStats, QueueStats), QueueError> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut out = Vec::with_capacity(2);
+        for name in [
+            &self.inner.topology.work_queue,
+            &self.inner.topology.dead_letter_queue,
+        ] {
+            let q = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await?;
+            out.push(QueueStats {
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+        }
+        let _ = channel.close(200, "stats read".into()).await;
+        Ok((out[0], out[1]))
+    }
+
+    /// Deletes the queues and exchanges (test isolation, decommissioning).
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        self.inner.topology.delete(&channel).await?;
+        let _ = channel.close(200, "topology deleted".into()).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Exchanges and queues, declared idempotently on every (re)connect. Each argument is
+//! written out with the reason it is there.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use crate::config::AmqpSettings;
+
+/// Names and limits of everything subsync declares on the broker.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange the ingress publishes to (routing key `source.{source_id}`).
+    pub exchange: String,
+    /// Quorum work queue the workers consume.
+    pub work_queue: String,
+    /// Fanout exchange that dead letters go through (broker's and ours).
+    pub dead_letter_exchange: String,
+    /// Quorum queue holding dead letters until an operator replays or purges them.
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+    pub max_length: Option<u64>,
+}
+
+impl Topology {
+    pub fn new(settings: &AmqpSettings) -> Self {
+        let p = &settings.prefix;
+        Self {
+            exchange: format!("{p}.events"),
+            work_queue: format!("{p}.work"),
+            dead_letter_exchange: format!("{p}.dlx"),
+            dead_letter_queue: format!("{p}.dlq"),
+            delivery_limit: settings.delivery_limit,
+            max_length: settings.max_queue_length,
+        }
+    }
+
+    pub fn routing_key(source_id: &str) -> String {
+        format!("source.{source_id}")
+    }
+
+    fn work_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Replicated, fsynced log: a confirmed message survives a broker crash.
+        args.insert("x-queue-type".into(), long("quorum"));
+        // 3.10 has no default: without it a poison message is redelivered forever.
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(self.delivery_limit.into()),
+        );
+        // Where messages go past the delivery limit.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long(&self.dead_letter_exchange),
+        );
+        // Dead-lettering with publisher-confirm semantics inside the broker: never dropped
+        // between the two queues. Requires reject-publish overflow.
+        args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+        // When full, refuse new publishes (the ingress answers 503 and the provider
+        // redelivers) instead of dropping the oldest payment event.
+        args.insert("x-overflow".into(), long("reject-publish"));
+        if let Some(max) = self.max_length {
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(max.min(i64::MAX as u64) as i64),
+            );
+        }
+        args
+    }
+
+    fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // Dead letters are payment events too: same durability as the work queue.
+        args.insert("x-queue-type".into(), long("quorum"));
+        args
+    }
+
+    pub(super) async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                short(&self.exchange),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                short(&self.dead_letter_exchange),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(
+                short(&self.dead_letter_queue),
+                durable_queue,
+                self.dead_letter_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                short(&self.dead_letter_queue),
+                short(&self.dead_letter_exchange),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                short(&self.work_queue),
+                durable_queue,
+                self.work_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                short(&self.work_queue),
+                short(&self.exchange),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes everything declared (test isolation and teardown of a deployment).
+    pub(super) async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [&self.work_queue, &self.dead_letter_queue] {
+            channel
+                .queue_delete(short(queue), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&self.exchange, &self.dead_letter_exchange] {
+            channel
+                .exchange_delete(short(exchange), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn short(s: &str) -> ShortString {
+    ShortString::from(s)
+}
+
+pub(super) fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}

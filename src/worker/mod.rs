@@ -1,0 +1,275 @@
+//! The worker: consume a window of deliveries → normalize (provider adapter) → write their
+//! effects in one Postgres transaction → ack with `multiple` after the commit.
+//!
+//! A delivery that can never be processed (bad envelope, unknown source, unparseable
+//! payload, rejected by the database) is dead-lettered with its reason; the others in its
+//! batch go on. A transient failure (database down) is retried with backoff while holding
+//! the deliveries, so a short outage does not burn the delivery limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerSettings;
+use crate::ledger::{ArchiveOutcome, Db, DbError, NewEvent};
+use crate::providers::{Normalized, Sources};
+use crate::queue::{Broker, Incoming, QueueError, Subscription};
+
+/// How long a cancelled consumer may take to hand over what it had already received.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("stopped during a transient failure")]
+    Shutdown,
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Archived,
+    Duplicate,
+    DeadLettered,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    broker: Broker,
+    db: Db,
+    sources: Arc<Sources>,
+    settings: WorkerSettings,
+}
+
+impl Worker {
+    pub fn new(broker: Broker, db: Db, sources: Arc<Sources>, settings: WorkerSettings) -> Self {
+        Self {
+            broker,
+            db,
+            sources,
+            settings,
+        }
+    }
+
+    /// Runs one consumer until `shutdown`, resubscribing whenever the broker connection drops.
+    pub async fn run(self, index: usize, shutdown: CancellationToken) {
+        let tag = format!(
+            "subsync-{}-{index}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        while !shutdown.is_cancelled() {
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ok = self.broker.wait_connected(Duration::from_secs(1)) => ok,
+            };
+            if !connected {
+                continue;
+            }
+            let mut sub = match self.broker.subscribe(self.settings.prefetch, &tag).await {
+                Ok(sub) => sub,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot subscribe to the work queue");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            tracing::info!(%tag, "worker consuming");
+            match self.consume(&mut sub, &shutdown).await {
+                Ok(()) => tracing::info!(%tag, "worker drained and stopped"),
+                Err(error) => {
+                    tracing::warn!(%error, %tag, "worker lost its channel; resubscribing")
+                }
+            }
+            sub.close().await;
+        }
+    }
+
+    /// Consumes batches until the consumer is cancelled (on shutdown) and drained.
+    async fn consume(
+        &self,
+        sub: &mut Subscription,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let mut cancelled = false;
+        loop {
+            let first = if cancelled {
+                match tokio::time::timeout(DRAIN_GRACE, sub.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                tokio::select! {
+                    next = sub.next() => next,
+                    _ = shutdown.cancelled() => {
+                        sub.cancel().await;
+                        cancelled = true;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { return Ok(()) };
+            let mut batch = vec![first?];
+            let deadline = Instant::now() + Duration::from_millis(self.settings.batch_wait_ms);
+            while batch.len() < self.settings.batch_size {
+                match tokio::time::timeout_at(deadline, sub.next()).await {
+                    Ok(Some(next)) => batch.push(next?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.process(sub, batch, shutdown).await?;
+        }
+    }
+
+    async fn process(
+        &self,
+        sub: &Subscription,
+        batch: Vec<Incoming>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let started = std::time::Instant::now();
+        let mut ready: Vec<(&Incoming, Normalized)> = Vec::with_capacity(batch.len());
+        for incoming in &batch {
+            match self.normalize(incoming) {
+                Ok(normalized) => ready.push((incoming, normalized)),
+                Err((kind, reason)) => dead_letter(sub, incoming, kind, &reason).await?,
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+
+        let outcomes = match self.archive_with_retry(&ready, shutdown).await? {
+            Ok(outcomes) => outcomes,
+            // One bad event must not take its batch down: isolate it.
+            Err(error) if ready.len() > 1 => {
+                tracing::warn!(%error, size = ready.len(), "batch rejected; retrying events one by one");
+                let mut outcomes = Vec::with_capacity(ready.len());
+                for one in ready.chunks(1) {
+                    outcomes.push(match self.archive_with_retry(one, shutdown).await? {
+                        Ok(o) => o[0],
+                        Err(error) => {
+                            dead_letter(sub, one[0].0, "rejected", &error.to_string()).await?;
+                            Outcome::DeadLettered
+                        }
+                    });
+                }
+                outcomes
+            }
+            Err(error) => {
+                dead_letter(sub, ready[0].0, "rejected", &error.to_string()).await?;
+                return Ok(());
+            }
+        };
+        // Everything below the highest committed tag is committed or already dead-lettered
+        // (acked one by one), so one `multiple` ack covers the batch.
+        let committed = ready
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o != Outcome::DeadLettered);
+        if let Some(tag) = committed.map(|((i, _), _)| i.tag()).max() {
+            sub.ack_through(tag).await?;
+        }
+        for ((incoming, _), outcome) in ready.iter().zip(&outcomes) {
+            let source = incoming
+                .envelope
+                .as_ref()
+                .map(|e| e.source_id.as_str())
+                .unwrap_or("");
+            let outcome = match outcome {
+                Outcome::Archived => "archived",
+                Outcome::Duplicate => "duplicate",
+                Outcome::DeadLettered => continue,
+            };
+            metrics::counter!("subsync_events_processed_total", "source" => source.to_owned(), "outcome" => outcome)
+                .increment(1);
+        }
+        metrics::histogram!("subsync_worker_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Normalizes one delivery, or says why it can never be processed (kind, reason).
+    fn normalize(&self, incoming: &Incoming) -> Result<Normalized, (&'static str, String)> {
+        let envelope = incoming
+            .envelope
+            .as_ref()
+            .map_err(|e| ("envelope", e.to_string()))?;
+        let source = self.sources.get(&envelope.source_id).ok_or_else(|| {
+            (
+                "unknown_source",
+                format!("source {:?} is not configured", envelope.source_id),
+            )
+        })?;
+        source
+            .normalize(envelope)
+            .map_err(|e| ("normalize", e.to_string()))
+    }
+
+    /// Archives the events, retrying transient database failures until they pass or
+    /// shutdown. The inner result is a permanent rejection.
+    async fn archive_with_retry(
+        &self,
+        ready: &[(&Incoming, Normalized)],
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Vec<Outcome>, DbError>, StepError> {
+        let events: Vec<NewEvent<'_>> = ready
+            .iter()
+            .map(|(i, n)| NewEvent {
+                envelope: i.envelope.as_ref().expect("normalized"),
+                event_type: &n.event_type,
+            })
+            .collect();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        let attempt = (|| self.db.archive(&events))
+            .retry(backoff)
+            .when(DbError::is_transient)
+            .notify(|error, delay| {
+                metrics::counter!("subsync_worker_errors_total", "kind" => "transient").increment(1);
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "transient database error; retrying");
+            });
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = shutdown.cancelled() => return Err(StepError::Shutdown),
+        };
+        Ok(result.map(|outcomes| {
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    ArchiveOutcome::Archived => Outcome::Archived,
+                    ArchiveOutcome::Duplicate => Outcome::Duplicate,
+                })
+                .collect()
+        }))
+    }
+}
+
+async fn dead_letter(
+    sub: &Subscription,
+    incoming: &Incoming,
+    kind: &'static str,
+    reason: &str,
+) -> Result<(), QueueError> {
+    let event_id = incoming
+        .envelope
+        .as_ref()
+        .map(|e| e.event_id.as_str())
+        .unwrap_or("");
+    tracing::warn!(
+        kind,
+        reason,
+        event_id,
+        "dead-lettering an event that cannot be processed"
+    );
+    sub.dead_letter(incoming, &format!("{kind}: {reason}"))
+        .await?;
+    metrics::counter!("subsync_worker_errors_total", "kind" => "poison").increment(1);
+    metrics::counter!("subsync_dead_lettered_total", "reason" => kind).increment(1);
+    Ok(())
+}

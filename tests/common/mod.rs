@@ -1,0 +1,244 @@
+//! Test harness: each test gets its own database, its own queue names and the app on
+//! port 0, against the real RabbitMQ and PostgreSQL started by scripts/test.sh.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use subsync::{
+    app::{self, Role, Running},
+    config::Settings,
+    ledger::Db,
+    queue::Broker,
+};
+use tokio_util::sync::CancellationToken;
+
+pub const DEMO_SECRET: &str = "whsec_c3Vic3luYy1kZW1vLXNpZ25pbmcta2V5LTAwMDE=";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn database_url() -> String {
+    std::env::var("SUBSYNC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://subsync:subsync@127.0.0.1:5432/subsync".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("SUBSYNC_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let base = database_url();
+    let name = format!("subsync_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("test database server reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}
+
+/// The settings a test app runs with; `extra` is appended to the TOML (more sources...).
+pub struct TestConfig {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub prefix: String,
+    pub body_limit: usize,
+    pub confirm_timeout_ms: u64,
+    pub delivery_limit: u32,
+    pub extra: String,
+}
+
+impl TestConfig {
+    pub async fn new() -> Self {
+        Self {
+            database_url: fresh_database().await,
+            amqp_url: amqp_url(),
+            prefix: format!(
+                "subsync_t_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+            body_limit: 1024 * 1024,
+            confirm_timeout_ms: 2000,
+            delivery_limit: 3,
+            extra: String::new(),
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        format!(
+            r#"
+[database]
+url = "{db}"
+max_connections = 5
+acquire_timeout_ms = 1000
+[amqp]
+url = "{amqp}"
+prefix = "{prefix}"
+delivery_limit = {limit}
+publish_channels = 2
+confirm_timeout_ms = {confirm}
+reconnect_max_delay_ms = 500
+[http]
+ingress_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+body_limit_bytes = {body}
+[admin]
+token = "{ADMIN_TOKEN}"
+[worker]
+consumers = 1
+prefetch = 64
+batch_size = 32
+batch_wait_ms = 5
+[log]
+level = "warn"
+[[sources]]
+id = "demo"
+provider = "standard"
+secrets = ["{DEMO_SECRET}"]
+{extra}
+"#,
+            db = self.database_url,
+            amqp = self.amqp_url,
+            prefix = self.prefix,
+            limit = self.delivery_limit,
+            confirm = self.confirm_timeout_ms,
+            body = self.body_limit,
+            extra = self.extra,
+        )
+    }
+
+    pub fn write(&self) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("{}.toml", self.prefix));
+        std::fs::write(&path, self.toml()).unwrap();
+        path
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::load(&self.write()).expect("test settings load")
+    }
+}
+
+pub struct TestApp {
+    pub ingress: String,
+    pub admin: String,
+    pub settings: Settings,
+    pub broker: Broker,
+    pub db: Db,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    running: Option<Running>,
+}
+
+pub async fn spawn_app(config: &TestConfig, role: Role) -> TestApp {
+    subsync::telemetry::init_tracing(
+        &subsync::config::LogSettings::default(),
+        tracing_subscriber_test_writer(),
+    );
+    let settings = config.settings();
+    let shutdown = CancellationToken::new();
+    let running = app::start(&settings, role, shutdown.clone())
+        .await
+        .expect("app starts");
+    assert!(
+        running.broker.wait_connected(Duration::from_secs(20)).await,
+        "broker connection"
+    );
+    TestApp {
+        ingress: running
+            .ingress_addr
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+        admin: format!("http://{}", running.admin_addr),
+        settings,
+        broker: running.broker.clone(),
+        db: running.db.clone(),
+        http: reqwest::Client::new(),
+        shutdown,
+        running: Some(running),
+    }
+}
+
+fn tracing_subscriber_test_writer()
+-> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static {
+    tracing_subscriber::fmt::TestWriter::new()
+}
+
+impl TestApp {
+    /// Signs `body` as the configured source `source_id` would and posts it.
+    pub async fn post_signed(
+        &self,
+        source_id: &str,
+        event_id: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
+        let source =
+            subsync::providers::Source::new(self.settings.source(source_id).unwrap()).unwrap();
+        let headers = source.sign(event_id, body, std::time::SystemTime::now());
+        self.post(source_id, &headers, body.to_vec()).await
+    }
+
+    pub async fn post(
+        &self,
+        source_id: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/webhooks/{source_id}", self.ingress))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.body(body).send().await.expect("ingress reachable")
+    }
+
+    /// Messages waiting in the work queue.
+    pub async fn queued(&self) -> u32 {
+        self.broker.stats().await.expect("queue stats").0.messages
+    }
+
+    /// Stops the app and deletes its queues and exchanges.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+        let token = CancellationToken::new();
+        let cleaner = Broker::start(&self.settings.amqp, token.clone());
+        if cleaner.wait_connected(Duration::from_secs(10)).await {
+            let _ = cleaner.delete_topology().await;
+        }
+        token.cancel();
+    }
+}
+
+/// A Standard Webhooks body with `type` set.
+pub fn body(event_type: &str, n: usize) -> Vec<u8> {
+    format!(r#"{{"type":"{event_type}","timestamp":"2026-11-21T00:00:00Z","data":{{"n":{n}}}}}"#)
+        .into_bytes()
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
