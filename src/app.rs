@@ -134,6 +134,7 @@ async fn serve(
     shutdown: CancellationToken,
     what: &'static str,
 ) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -129,21 +129,86 @@ impl Default for LogSettings {
 pub enum ProviderKind {
     /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
     Standard,
+    /// Stripe (`Stripe-Signature: t=..,v1=..`).
+    Stripe,
+    /// Shopify (`X-Shopify-Hmac-Sha256`).
+    Shopify,
+    /// Appstle Subscriptions: Svix signatures.
+    Appstle,
+    /// Polar.sh: Standard Webhooks keyed by the raw secret string.
+    Polar,
+    /// Svix (`svix-*`, falling back to `webhook-*`).
+    Svix,
+    /// PayNow (`PayNow-Signature`, `PayNow-Timestamp` in milliseconds).
+    Paynow,
+    /// Rebilly: HTTP Basic credentials and an optional IP allowlist, no signature.
+    Rebilly,
+    /// Any HMAC-SHA256 scheme described by the source's `hmac` table.
+    Hmac,
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 9] = [
+        ProviderKind::Standard,
+        ProviderKind::Stripe,
+        ProviderKind::Shopify,
+        ProviderKind::Appstle,
+        ProviderKind::Polar,
+        ProviderKind::Svix,
+        ProviderKind::Paynow,
+        ProviderKind::Rebilly,
+        ProviderKind::Hmac,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Standard => "standard",
+            ProviderKind::Stripe => "stripe",
+            ProviderKind::Shopify => "shopify",
+            ProviderKind::Appstle => "appstle",
+            ProviderKind::Polar => "polar",
+            ProviderKind::Svix => "svix",
+            ProviderKind::Paynow => "paynow",
+            ProviderKind::Rebilly => "rebilly",
+            ProviderKind::Hmac => "hmac",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "standard" => Some(ProviderKind::Standard),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
+}
+
+/// HTTP Basic credentials a sender must present (Rebilly).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BasicAuthSettings {
+    pub username: String,
+    pub password: SecretString,
+}
+
+/// How the generic `hmac` provider finds and checks a signature.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HmacSettings {
+    /// Header carrying the signature, e.g. `X-Signature`.
+    pub signature_header: String,
+    /// How the signature is encoded.
+    pub encoding: HmacEncoding,
+    /// Text before the encoded signature, e.g. `sha256=`.
+    #[serde(default)]
+    pub signature_prefix: Option<String>,
+    /// Header with a unix-seconds timestamp; when set the signed content is `{ts}.{body}`.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// Header with the event id; when absent the event id is the SHA-256 of the body.
+    #[serde(default)]
+    pub event_id_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacEncoding {
+    Hex,
+    Base64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,11 +216,21 @@ pub struct SourceSettings {
     /// URL segment: webhooks arrive at `POST /webhooks/{id}`.
     pub id: String,
     pub provider: ProviderKind,
-    /// Several secrets are all accepted, for rotation.
+    /// Several secrets are all accepted, for rotation. May be empty for `rebilly`.
+    #[serde(default)]
     pub secrets: Vec<SecretString>,
     /// Allowed clock skew for signed timestamps; the provider's default when absent.
     #[serde(default)]
     pub tolerance_secs: Option<u64>,
+    /// `rebilly`: the HTTP Basic credentials Rebilly sends.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthSettings>,
+    /// `rebilly`: sender addresses allowed (plain IPs or CIDR blocks); any when absent.
+    #[serde(default)]
+    pub allow_ips: Option<Vec<String>>,
+    /// `hmac`: the generic scheme's description.
+    #[serde(default)]
+    pub hmac: Option<HmacSettings>,
 }
 
 impl Settings {
@@ -182,6 +257,9 @@ impl Settings {
         for source in &mut self.sources {
             for secret in &mut source.secrets {
                 resolve_secret(secret)?;
+            }
+            if let Some(auth) = &mut source.basic_auth {
+                resolve_secret(&mut auth.password)?;
             }
         }
         Ok(())
@@ -214,8 +292,18 @@ impl Settings {
             if !seen.insert(source.id.as_str()) {
                 return invalid(format!("source id {:?} is configured twice", source.id));
             }
-            if source.secrets.is_empty() {
-                return invalid(format!("source {:?} has no secrets", source.id));
+            match source.provider {
+                ProviderKind::Rebilly if source.basic_auth.is_none() => {
+                    return invalid(format!("source {:?} needs basic_auth", source.id));
+                }
+                ProviderKind::Rebilly => {}
+                _ if source.secrets.is_empty() => {
+                    return invalid(format!("source {:?} has no secrets", source.id));
+                }
+                ProviderKind::Hmac if source.hmac.is_none() => {
+                    return invalid(format!("source {:?} needs an [hmac] table", source.id));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -353,5 +441,55 @@ mod tests {
         let bad = MINIMAL.replace("id = \"demo\"", "id = \"a/b\"");
         let err = Settings::load(&write(&bad)).unwrap_err().to_string();
         assert!(err.contains("must be"), "{err}");
+    }
+
+    #[test]
+    fn provider_kinds_round_trip() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));
+            let parsed: ProviderKind =
+                serde_json::from_value(serde_json::json!(kind.as_str())).unwrap();
+            assert_eq!(parsed, kind);
+        }
+        assert_eq!(ProviderKind::parse("Stripe"), None);
+        assert_eq!(ProviderKind::parse(""), None);
+    }
+
+    #[test]
+    fn rebilly_needs_basic_auth_others_need_secrets() {
+        // Own variable: the other tests remove SUBSYNC_TEST_SECRET_RESOLVE while they run.
+        let minimal = MINIMAL.replace("env:SUBSYNC_TEST_SECRET_RESOLVE", "whsec_inline");
+        // SAFETY: only this test reads or writes this variable.
+        unsafe { std::env::set_var("SUBSYNC_TEST_REBILLY_PASSWORD", "rebilly-pass") };
+        let rebilly = format!(
+            "{minimal}\n[[sources]]\nid = \"rb\"\nprovider = \"rebilly\"\nallow_ips = [\"10.0.0.0/8\"]\n"
+        );
+        let err = Settings::load(&write(&rebilly)).unwrap_err().to_string();
+        assert!(err.contains("needs basic_auth"), "{err}");
+        let with_auth = format!(
+            "{rebilly}[sources.basic_auth]\nusername = \"rebilly\"\npassword = \"env:SUBSYNC_TEST_REBILLY_PASSWORD\"\n"
+        );
+        let settings = Settings::load(&write(&with_auth)).unwrap();
+        let rb = settings.source("rb").unwrap();
+        assert!(rb.secrets.is_empty());
+        let auth = rb.basic_auth.as_ref().unwrap();
+        assert_eq!(auth.password.expose_secret(), "rebilly-pass");
+        assert!(!format!("{rb:?}").contains("rebilly-pass"));
+
+        let stripe =
+            format!("{minimal}\n[[sources]]\nid = \"st\"\nprovider = \"stripe\"\nsecrets = []\n");
+        let err = Settings::load(&write(&stripe)).unwrap_err().to_string();
+        assert!(err.contains("has no secrets"), "{err}");
+        let hmac =
+            format!("{minimal}\n[[sources]]\nid = \"g\"\nprovider = \"hmac\"\nsecrets = [\"k\"]\n");
+        let err = Settings::load(&write(&hmac)).unwrap_err().to_string();
+        assert!(err.contains("[hmac]"), "{err}");
+        let hmac = format!(
+            "{hmac}[sources.hmac]\nsignature_header = \"X-Signature\"\nencoding = \"hex\"\nsignature_prefix = \"sha256=\"\n"
+        );
+        let settings = Settings::load(&write(&hmac)).unwrap();
+        let h = settings.source("g").unwrap().hmac.as_ref().unwrap();
+        assert_eq!(h.encoding, HmacEncoding::Hex);
+        assert_eq!(h.signature_prefix.as_deref(), Some("sha256="));
     }
 }

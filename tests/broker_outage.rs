@@ -39,13 +39,7 @@ async fn broker_unreachable_gives_503_and_the_service_recovers_by_itself() {
         statuses.iter().skip(5).all(|s| *s == 503),
         "once the link is known down, only 503: {statuses:?}"
     );
-    let readyz = app
-        .http
-        .get(format!("{}/readyz", app.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(readyz.status(), 503);
+    assert_eq!(app.admin_get("/readyz", None).await.status(), 503);
 
     proxy.restore();
     let mut n = 0;
@@ -82,14 +76,6 @@ async fn broker_unreachable_gives_503_and_the_service_recovers_by_itself() {
         .await;
         assert!(archived, "{id} got a 2xx and must be archived");
     }
-    assert_eq!(
-        app.http
-            .get(format!("{}/readyz", app.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.admin_get("/readyz", None).await.status(), 200);
     app.stop().await;
 }

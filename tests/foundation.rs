@@ -267,55 +267,22 @@ async fn correctly_signed_but_unparseable_payload_is_dead_lettered_with_its_reas
 #[tokio::test]
 async fn admin_requires_the_bearer_token_and_health_endpoints_answer() {
     let app = spawn_app(&TestConfig::new().await, Role::All).await;
-    let url = format!("{}/admin/events", app.admin);
-    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 401);
-    let wrong = app
-        .http
-        .get(&url)
-        .bearer_auth("not-the-token-at-all")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let ok = app
-        .http
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(app.admin_get("/admin/events", None).await.status(), 401);
+    assert_eq!(
+        app.admin_get("/admin/events", Some("not-the-token-at-all"))
+            .await
+            .status(),
+        401
+    );
+    let ok = app.admin_get("/admin/events", Some(ADMIN_TOKEN)).await;
     assert_eq!(ok.status(), 200);
     assert!(ok.json::<serde_json::Value>().await.unwrap()["events"].is_array());
 
-    assert_eq!(
-        app.http
-            .get(format!("{}/healthz", app.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.http
-            .get(format!("{}/readyz", app.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.admin_get("/healthz", None).await.status(), 200);
+    assert_eq!(app.admin_get("/readyz", None).await.status(), 200);
     app.post_signed("demo", "msg_metrics", &body("invoice.paid", 1))
         .await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.admin_get("/metrics", None).await.text().await.unwrap();
     assert!(
         metrics.contains("subsync_ingress_requests_total{source=\"demo\",outcome=\"queued\"}"),
         "{metrics}"

@@ -3,11 +3,11 @@
 
 mod error;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     routing::post,
 };
@@ -33,6 +33,7 @@ pub fn router(sources: Arc<Sources>, broker: Broker, body_limit: usize) -> Route
 async fn receive(
     State(state): State<Arc<IngressState>>,
     Path(source_id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -48,7 +49,7 @@ async fn receive(
         })?;
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let verified = source
-            .verify(Unverified { headers: &headers, body: &body }, content_type, SystemTime::now())
+            .verify(Unverified { headers: &headers, body: &body, peer: Some(peer.ip()) }, content_type, SystemTime::now())
             .inspect_err(|error| tracing::info!(source = %source.id(), %error, "webhook rejected"))?;
         state.broker.publish(verified.envelope()).await.inspect_err(|error| {
             tracing::warn!(source = %source.id(), event_id = %verified.event_id(), %error, "webhook not queued");

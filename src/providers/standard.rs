@@ -3,21 +3,20 @@
 //! Signed content: `{webhook-id}.{webhook-timestamp}.{raw body}`, HMAC-SHA256, key =
 //! base64-decoded secret after an optional `whsec_` prefix, signature `v1,<base64>`,
 //! several space-separated signatures (rotation), ±300 s window both ways.
+//!
+//! The same verifier serves Svix/Appstle (other header names, see `svix.rs`) and Polar
+//! (another key decoding, see `polar.rs`): they build it with [`StandardWebhooks::with`].
 
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use secrecy::SecretString;
-use sha2::Sha256;
 
 use super::{
-    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, decode_keys, header,
-    unix_secs,
+    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, ct_eq, decode_keys,
+    header, hmac_sha256, unix_secs,
 };
 use crate::envelope::Envelope;
-
-type HmacSha256 = Hmac<Sha256>;
 
 const ID: &str = "webhook-id";
 const TIMESTAMP: &str = "webhook-timestamp";
@@ -25,6 +24,42 @@ const SIGNATURE: &str = "webhook-signature";
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
 /// A signature header longer than this is not a list of signatures.
 const MAX_SIGNATURE_HEADER: usize = 4096;
+
+/// Header names of one branding of the scheme, with an optional fallback branding that is
+/// read, header by header, when the preferred name is absent.
+pub(super) struct HeaderNames {
+    pub id: &'static str,
+    pub timestamp: &'static str,
+    pub signature: &'static str,
+    pub fallback: Option<&'static HeaderNames>,
+}
+
+/// The unbranded `webhook-*` names.
+pub(super) const STANDARD_NAMES: HeaderNames = HeaderNames {
+    id: ID,
+    timestamp: TIMESTAMP,
+    signature: SIGNATURE,
+    fallback: None,
+};
+
+impl HeaderNames {
+    fn read<'a>(
+        &self,
+        headers: &'a axum::http::HeaderMap,
+        pick: fn(&HeaderNames) -> &'static str,
+    ) -> Result<&'a str, VerifyError> {
+        match self.fallback {
+            Some(fallback) if !headers.contains_key(pick(self)) => {
+                header(headers, pick(fallback)).map_err(|e| match e {
+                    // Report the preferred name when neither is there.
+                    VerifyError::MissingHeader(_) => VerifyError::MissingHeader(pick(self)),
+                    other => other,
+                })
+            }
+            _ => header(headers, pick(self)),
+        }
+    }
+}
 
 /// Standard base64 that accepts secrets with or without padding (as the Python reference
 /// library does); the Rust reference library is strict, which rejects real secrets pasted
@@ -39,45 +74,69 @@ const LENIENT_B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpo
 pub struct StandardWebhooks {
     keys: Vec<Vec<u8>>,
     tolerance_secs: i64,
+    names: &'static HeaderNames,
+    sample_type: &'static str,
 }
 
 impl StandardWebhooks {
     pub fn new(secrets: &[SecretString], tolerance_secs: Option<u64>) -> Result<Self, String> {
+        let keys = Self::whsec_keys(secrets)?;
+        Ok(Self::with(
+            keys,
+            tolerance_secs,
+            &STANDARD_NAMES,
+            "subscription.billing_attempt.succeeded",
+        ))
+    }
+
+    /// `whsec_` + base64 secrets (the prefix is optional), decoded once.
+    pub(super) fn whsec_keys(secrets: &[SecretString]) -> Result<Vec<Vec<u8>>, String> {
         let decode = |s: &str| {
             LENIENT_B64
                 .decode(s.strip_prefix("whsec_").unwrap_or(s))
                 .ok()
+                .filter(|k| !k.is_empty())
         };
-        let keys = decode_keys(secrets, decode, "whsec_ base64")?;
-        let tolerance = tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
-        Ok(Self {
-            keys,
-            tolerance_secs: i64::try_from(tolerance).unwrap_or(i64::MAX),
-        })
+        decode_keys(secrets, decode, "whsec_ base64")
     }
 
-    fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
+    /// The scheme with already decoded keys, its header names and the event type used by
+    /// [`Provider::sample_body`].
+    pub(super) fn with(
+        keys: Vec<Vec<u8>>,
+        tolerance_secs: Option<u64>,
+        names: &'static HeaderNames,
+        sample_type: &'static str,
+    ) -> Self {
+        let tolerance = tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS);
+        Self {
+            keys,
+            tolerance_secs: i64::try_from(tolerance).unwrap_or(i64::MAX),
+            names,
+            sample_type,
+        }
+    }
+
+    fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
+        hmac_sha256(
+            key,
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+        )
     }
 }
 
 impl Provider for StandardWebhooks {
     fn verify(&self, request: &Unverified<'_>, now: SystemTime) -> Result<Accepted, VerifyError> {
-        let id = header(request.headers, ID)?;
-        let timestamp = header(request.headers, TIMESTAMP)?;
-        let signatures = header(request.headers, SIGNATURE)?;
+        let names = self.names;
+        let id = names.read(request.headers, |n| n.id)?;
+        let timestamp = names.read(request.headers, |n| n.timestamp)?;
+        let signatures = names.read(request.headers, |n| n.signature)?;
         if signatures.len() > MAX_SIGNATURE_HEADER {
-            return Err(VerifyError::MalformedHeader(SIGNATURE));
+            return Err(VerifyError::MalformedHeader(names.signature));
         }
         let ts: i64 = timestamp
             .parse()
-            .map_err(|_| VerifyError::MalformedHeader(TIMESTAMP))?;
+            .map_err(|_| VerifyError::MalformedHeader(names.timestamp))?;
         if unix_secs(now).abs_diff(ts) > self.tolerance_secs as u64 {
             return Err(VerifyError::TimestampOutOfWindow);
         }
@@ -88,17 +147,12 @@ impl Provider for StandardWebhooks {
             .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
             .collect();
         for key in &self.keys {
-            let mac = Self::mac(key, id, timestamp, request.body)
-                .finalize()
-                .into_bytes();
+            let mac = Self::mac(key, id, timestamp, request.body);
             // Constant-time equality on each candidate.
-            if candidates
-                .iter()
-                .any(|c| subtle::ConstantTimeEq::ct_eq(&mac[..], &c[..]).into())
-            {
+            if candidates.iter().any(|c| ct_eq(&mac, c)) {
                 return Ok(Accepted {
                     event_id: id.to_owned(),
-                    kept_headers: vec![(TIMESTAMP.to_owned(), timestamp.to_owned())],
+                    kept_headers: vec![(names.timestamp.to_owned(), timestamp.to_owned())],
                 });
             }
         }
@@ -121,31 +175,29 @@ impl Provider for StandardWebhooks {
 
     fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {
         let timestamp = unix_secs(now).to_string();
-        let mac = Self::mac(&self.keys[0], event_id, &timestamp, body)
-            .finalize()
-            .into_bytes();
+        let mac = Self::mac(&self.keys[0], event_id, &timestamp, body);
         let signature = format!(
             "v1,{}",
             base64::engine::general_purpose::STANDARD.encode(mac)
         );
         vec![
-            (ID.to_owned(), event_id.to_owned()),
-            (TIMESTAMP.to_owned(), timestamp),
-            (SIGNATURE.to_owned(), signature),
+            (self.names.id.to_owned(), event_id.to_owned()),
+            (self.names.timestamp.to_owned(), timestamp),
+            (self.names.signature.to_owned(), signature),
         ]
     }
 
     fn sample_body(&self, event_id: &str, now: SystemTime) -> Vec<u8> {
-        Self::sample(event_id, now)
+        Self::sample(self.sample_type, event_id, now)
     }
 }
 
 impl StandardWebhooks {
     /// The recommended payload shape `{"type", "timestamp", "data"}`.
-    pub(super) fn sample(event_id: &str, now: SystemTime) -> Vec<u8> {
+    pub(super) fn sample(event_type: &str, event_id: &str, now: SystemTime) -> Vec<u8> {
         let timestamp = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339();
         serde_json::to_vec(&serde_json::json!({
-            "type": "subscription.billing_attempt.succeeded",
+            "type": event_type,
             "timestamp": timestamp,
             "data": { "id": event_id, "subscription_id": "sub_demo", "amount": 1999, "currency": "USD" }
         }))
@@ -190,6 +242,7 @@ mod tests {
             &Unverified {
                 headers: h,
                 body: &body,
+                peer: None,
             },
             at(now),
         )
@@ -378,7 +431,7 @@ mod tests {
                 }
             }
             let body = Bytes::from(body);
-            let request = Unverified { headers: &h, body: &body };
+            let request = Unverified { headers: &h, body: &body, peer: None };
             let result = v.verify(&request, at(SW1_TS));
             proptest::prop_assert!(result.is_err());
         }

@@ -199,6 +199,15 @@ impl TestApp {
         request.body(body).send().await.expect("ingress reachable")
     }
 
+    /// GET on the admin listener, with the bearer token when given.
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("admin listener reachable")
+    }
+
     /// Messages waiting in the work queue.
     pub async fn queued(&self) -> u32 {
         self.broker.stats().await.expect("queue stats").0.messages

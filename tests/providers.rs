@@ -1,0 +1,81 @@
+//! One signed webhook per provider through the real ingress and queue into the archive,
+//! and one unsigned request per provider refused with nothing queued.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{TestConfig, eventually, spawn_app};
+use subsync::{app::Role, config::ProviderKind, providers::Source};
+
+const SOURCES: &str = r#"
+[[sources]]
+id = "stripe"
+provider = "stripe"
+secrets = ["whsec_test_secret"]
+[[sources]]
+id = "shopify"
+provider = "shopify"
+secrets = ["test_secret_key"]
+[[sources]]
+id = "appstle"
+provider = "appstle"
+secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+[[sources]]
+id = "svix"
+provider = "svix"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[[sources]]
+id = "polar"
+provider = "polar"
+secrets = ["whsec_ExampleExampleExampleExampleExampl0AbCdE"]
+[[sources]]
+id = "paynow"
+provider = "paynow"
+secrets = ["test_secret"]
+[[sources]]
+id = "rebilly"
+provider = "rebilly"
+basic_auth = { username = "rebilly", password = "s3cret-basic-pass" }
+allow_ips = ["127.0.0.1"]
+[[sources]]
+id = "hmac"
+provider = "hmac"
+secrets = ["ls_secret"]
+hmac = { signature_header = "X-Signature", encoding = "hex" }
+"#;
+
+#[tokio::test]
+async fn every_provider_signed_sample_is_archived_and_unsigned_is_refused() {
+    let mut config = TestConfig::new().await;
+    config.extra = SOURCES.into();
+    let app = spawn_app(&config, Role::All).await;
+    let now = SystemTime::now();
+    let mut accepted = Vec::new();
+    for kind in ProviderKind::ALL {
+        let id = if kind == ProviderKind::Standard { "demo" } else { kind.as_str() };
+        let source = Source::new(app.settings.source(id).unwrap()).unwrap();
+        let event_id = format!("evt_{id}_1");
+        let body = source.sample_body(&event_id, now);
+
+        let unsigned = app.post(id, &[], body.clone()).await;
+        assert_eq!(unsigned.status(), 401, "{id}: unsigned");
+
+        let response = app.post(id, &source.sign(&event_id, &body, now), body).await;
+        assert_eq!(response.status(), 202, "{id}: signed sample");
+        let json: serde_json::Value = response.json().await.unwrap();
+        accepted.push((id, json["event_id"].as_str().unwrap().to_owned()));
+    }
+    for (source, event_id) in &accepted {
+        let archived = eventually(Duration::from_secs(20), || async {
+            app.db.archived_count(source, event_id).await.unwrap() == 1
+        })
+        .await;
+        assert!(archived, "{source}/{event_id} archived");
+    }
+    let events = app.db.events(&Default::default()).await.unwrap();
+    assert_eq!(events.len(), ProviderKind::ALL.len(), "one row per provider, nothing from the unsigned ones");
+    assert!(events.iter().all(|e| !e.event_type.is_empty()));
+    assert_eq!(app.broker.stats().await.unwrap().1.messages, 0, "nothing dead-lettered");
+    app.stop().await;
+}
