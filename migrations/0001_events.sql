@@ -12,7 +12,10 @@ CREATE TABLE events (
     headers           JSONB       NOT NULL DEFAULT '{}'::jsonb,
     body              BYTEA       NOT NULL,
     envelope_version  SMALLINT    NOT NULL,
-    -- What processing did with the event: 'archived' until reconciliation says more.
+    -- The canonical events the provider adapter found in it (empty for ignored types).
+    normalized        JSONB       NOT NULL DEFAULT '[]'::jsonb,
+    -- What processing did with the event: 'archived' (canonical events found, awaiting
+    -- reconciliation) or 'ignored' (an event type subsync does not act on).
     outcome           TEXT        NOT NULL,
     processed_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT events_dedupe UNIQUE (source_id, provider_event_id)

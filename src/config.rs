@@ -402,25 +402,29 @@ mod tests {
         [[sources]]
         id = "demo"
         provider = "standard"
-        secrets = ["env:SUBSYNC_TEST_SECRET_RESOLVE"]
+        secrets = ["whsec_literal"]
     "#;
 
-    fn write(contents: &str) -> std::path::PathBuf {
+    /// Loads `contents` as a configuration file.
+    fn load(contents: &str) -> Result<Settings, ConfigError> {
         let path = std::env::temp_dir().join(format!("subsync-cfg-{}.toml", uuid::Uuid::new_v4()));
         std::fs::write(&path, contents).unwrap();
-        path
+        let result = Settings::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        result
     }
 
     #[test]
     fn env_secret_is_resolved_and_missing_one_is_named_not_leaked() {
-        let path = write(MINIMAL);
-        // SAFETY: only this test reads or writes this variable.
+        // The only test that uses this variable (tests run in parallel threads).
+        let with_env = MINIMAL.replace("whsec_literal", "env:SUBSYNC_TEST_SECRET_RESOLVE");
+        // SAFETY: no other test reads or writes this variable.
         unsafe { std::env::remove_var("SUBSYNC_TEST_SECRET_RESOLVE") };
-        let err = Settings::load(&path).unwrap_err().to_string();
+        let err = load(&with_env).unwrap_err().to_string();
         assert!(err.contains("SUBSYNC_TEST_SECRET_RESOLVE"), "{err}");
 
         unsafe { std::env::set_var("SUBSYNC_TEST_SECRET_RESOLVE", "whsec_from_env") };
-        let settings = Settings::load(&path).unwrap();
+        let settings = load(&with_env).unwrap();
         assert_eq!(
             settings.sources[0].secrets[0].expose_secret(),
             "whsec_from_env"
@@ -435,11 +439,10 @@ mod tests {
         let dup = format!(
             "{MINIMAL}\n[[sources]]\nid = \"demo\"\nprovider = \"standard\"\nsecrets = [\"x\"]\n"
         );
-        unsafe { std::env::set_var("SUBSYNC_TEST_SECRET_RESOLVE", "whsec_from_env") };
-        let err = Settings::load(&write(&dup)).unwrap_err().to_string();
+        let err = load(&dup).unwrap_err().to_string();
         assert!(err.contains("configured twice"), "{err}");
         let bad = MINIMAL.replace("id = \"demo\"", "id = \"a/b\"");
-        let err = Settings::load(&write(&bad)).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("must be"), "{err}");
     }
 
@@ -457,19 +460,18 @@ mod tests {
 
     #[test]
     fn rebilly_needs_basic_auth_others_need_secrets() {
-        // Own variable: the other tests remove SUBSYNC_TEST_SECRET_RESOLVE while they run.
-        let minimal = MINIMAL.replace("env:SUBSYNC_TEST_SECRET_RESOLVE", "whsec_inline");
+        let minimal = MINIMAL;
         // SAFETY: only this test reads or writes this variable.
         unsafe { std::env::set_var("SUBSYNC_TEST_REBILLY_PASSWORD", "rebilly-pass") };
         let rebilly = format!(
             "{minimal}\n[[sources]]\nid = \"rb\"\nprovider = \"rebilly\"\nallow_ips = [\"10.0.0.0/8\"]\n"
         );
-        let err = Settings::load(&write(&rebilly)).unwrap_err().to_string();
+        let err = load(&rebilly).unwrap_err().to_string();
         assert!(err.contains("needs basic_auth"), "{err}");
         let with_auth = format!(
             "{rebilly}[sources.basic_auth]\nusername = \"rebilly\"\npassword = \"env:SUBSYNC_TEST_REBILLY_PASSWORD\"\n"
         );
-        let settings = Settings::load(&write(&with_auth)).unwrap();
+        let settings = load(&with_auth).unwrap();
         let rb = settings.source("rb").unwrap();
         assert!(rb.secrets.is_empty());
         let auth = rb.basic_auth.as_ref().unwrap();
@@ -478,16 +480,16 @@ mod tests {
 
         let stripe =
             format!("{minimal}\n[[sources]]\nid = \"st\"\nprovider = \"stripe\"\nsecrets = []\n");
-        let err = Settings::load(&write(&stripe)).unwrap_err().to_string();
+        let err = load(&stripe).unwrap_err().to_string();
         assert!(err.contains("has no secrets"), "{err}");
         let hmac =
             format!("{minimal}\n[[sources]]\nid = \"g\"\nprovider = \"hmac\"\nsecrets = [\"k\"]\n");
-        let err = Settings::load(&write(&hmac)).unwrap_err().to_string();
+        let err = load(&hmac).unwrap_err().to_string();
         assert!(err.contains("[hmac]"), "{err}");
         let hmac = format!(
             "{hmac}[sources.hmac]\nsignature_header = \"X-Signature\"\nencoding = \"hex\"\nsignature_prefix = \"sha256=\"\n"
         );
-        let settings = Settings::load(&write(&hmac)).unwrap();
+        let settings = load(&hmac).unwrap();
         let h = settings.source("g").unwrap().hmac.as_ref().unwrap();
         assert_eq!(h.encoding, HmacEncoding::Hex);
         assert_eq!(h.signature_prefix.as_deref(), Some("sha256="));

@@ -15,11 +15,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod ingress;
 pub mod ledger;
+pub mod money;
 pub mod providers;
 pub mod queue;
 pub mod telemetry;

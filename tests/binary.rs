@@ -163,6 +163,12 @@ secrets = ["{SOURCE_SECRET}", "env:SUBSYNC_CANARY_SECRET"]
         "the log was captured at debug level"
     );
     assert!(log.contains("subsync stopped"), "shutdown completed");
+    // SUBSYNC__LOG__FORMAT=json overrode the file's "pretty": every line is a JSON object.
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
     for secret in [
         SOURCE_SECRET,
         ENV_SECRET,

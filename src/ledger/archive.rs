@@ -4,18 +4,22 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Db, DbError};
+use crate::canonical::CanonicalEvent;
 use crate::envelope::{ENVELOPE_VERSION, Envelope};
 
-/// An event ready to be archived.
+/// An event ready to be archived, with what normalization found in it.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
     pub envelope: &'a Envelope,
     pub event_type: &'a str,
+    /// Empty for an event type subsync does not act on: archived as `ignored`.
+    pub events: &'a [CanonicalEvent],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveOutcome {
-    /// First time this (source, event id) was seen: archived now.
+    /// First time this (source, event id) was seen: archived now (as `ignored` when it
+    /// carried no canonical event).
     Archived,
     /// Already archived by an earlier delivery: nothing changed.
     Duplicate,
@@ -32,6 +36,8 @@ pub struct EventRow {
     pub received_at: DateTime<Utc>,
     pub processed_at: DateTime<Utc>,
     pub outcome: String,
+    /// The canonical events found in the payload.
+    pub normalized: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -55,6 +61,7 @@ impl Db {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let (mut normalized, mut outcomes) = (Vec::with_capacity(n), vec_of(n));
         for e in events {
             let env = e.envelope;
             sources.push(env.source_id.as_str());
@@ -70,14 +77,21 @@ impl Db {
                     .collect(),
             ));
             bodies.push(env.body.as_ref());
+            normalized.push(serde_json::to_value(e.events).expect("canonical events serialize"));
+            outcomes.push(if e.events.is_empty() {
+                "ignored"
+            } else {
+                "archived"
+            });
         }
         let mut tx = self.pool.begin().await?;
         let inserted: Vec<(String, String)> = sqlx::query_as(
             "INSERT INTO events (source_id, provider, provider_event_id, event_type, received_at,
-                                 content_type, headers, body, envelope_version, outcome)
-             SELECT s, p, i, t, r, c, h, b, $9, 'archived'
+                                 content_type, headers, body, envelope_version, normalized, outcome)
+             SELECT s, p, i, t, r, c, h, b, $9, n, o
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::text[], $7::jsonb[], $8::bytea[]) AS u(s, p, i, t, r, c, h, b)
+                         $6::text[], $7::jsonb[], $8::bytea[], $10::jsonb[], $11::text[])
+                  AS u(s, p, i, t, r, c, h, b, n, o)
              ON CONFLICT (source_id, provider_event_id) DO NOTHING
              RETURNING source_id, provider_event_id",
         )
@@ -90,6 +104,8 @@ impl Db {
         .bind(&headers)
         .bind(&bodies)
         .bind(i16::from(ENVELOPE_VERSION))
+        .bind(&normalized)
+        .bind(&outcomes)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -114,7 +130,8 @@ impl Db {
     pub async fn events(&self, q: &EventsQuery) -> Result<Vec<EventRow>, DbError> {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let rows = sqlx::query_as(
-            "SELECT id, source_id, provider, provider_event_id, event_type, received_at, processed_at, outcome
+            "SELECT id, source_id, provider, provider_event_id, event_type, received_at, processed_at,
+                    outcome, normalized
              FROM events
              WHERE ($1::text IS NULL OR source_id = $1)
                AND ($2::timestamptz IS NULL OR received_at >= $2)

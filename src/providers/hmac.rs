@@ -132,7 +132,7 @@ impl Provider for GenericHmac {
             .iter()
             .find_map(|field| body_field(&envelope.body, field))
             .unwrap_or_else(|| "unknown".to_owned());
-        Ok(Normalized { event_type })
+        Ok(Normalized::ignored(event_type))
     }
 
     fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {

@@ -6,6 +6,7 @@
 //! through [`Source::verify`], and only a `Verified` request can be turned into an
 //! [`Envelope`] for publishing.
 
+mod appstle;
 mod hmac;
 mod paynow;
 mod polar;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+use crate::canonical::CanonicalEvent;
 use crate::config::{ProviderKind, SourceSettings};
 use crate::envelope::Envelope;
 
@@ -54,10 +56,56 @@ pub enum NormalizeError {
     Malformed(String),
 }
 
-/// What the worker learned from a payload.
+impl From<crate::money::MoneyError> for NormalizeError {
+    fn from(error: crate::money::MoneyError) -> Self {
+        NormalizeError::Malformed(format!("amount: {error}"))
+    }
+}
+
+/// Deserializes a payload into its typed shape, or says what is wrong with it. Typed
+/// shapes (not `serde_json::Value`) keep decimal amounts exact (see `money::DecimalText`).
+fn parse_payload<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, NormalizeError> {
+    serde_json::from_slice(body)
+        .map_err(|e| NormalizeError::Malformed(format!("not a {what} payload: {e}")))
+}
+
+/// An RFC 3339 timestamp, or a clear error naming the field.
+fn parse_time(value: &str, field: &str) -> Result<DateTime<Utc>, NormalizeError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| NormalizeError::Malformed(format!("{field}: {e}")))
+}
+
+/// Unix seconds as a timestamp, or a clear error naming the field.
+fn time_from_unix(secs: i64, field: &str) -> Result<DateTime<Utc>, NormalizeError> {
+    DateTime::<Utc>::from_timestamp(secs, 0)
+        .ok_or_else(|| NormalizeError::Malformed(format!("{field}: {secs} is out of range")))
+}
+
+/// What the worker learned from a payload: its type, and the canonical events it carries.
+/// No events means "ignored": an event type we do not use, archived and counted, never
+/// dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Normalized {
     pub event_type: String,
+    pub events: Vec<CanonicalEvent>,
+}
+
+impl Normalized {
+    /// An event type we archive but do not act on.
+    pub fn ignored(event_type: impl Into<String>) -> Self {
+        Self {
+            event_type: event_type.into(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn is_ignored(&self) -> bool {
+        self.events.is_empty()
+    }
 }
 
 /// The parts of a request a verifier looks at, before anyone trusts them.
@@ -128,34 +176,36 @@ impl Source {
     pub fn new(settings: &SourceSettings) -> Result<Self, String> {
         let tolerance = settings.tolerance_secs;
         let secrets = &settings.secrets;
-        let built: Result<Box<dyn Provider>, String> = match settings.provider {
-            ProviderKind::Standard => standard::StandardWebhooks::new(secrets, tolerance)
-                .map(|p| Box::new(p) as Box<dyn Provider>),
-            ProviderKind::Svix | ProviderKind::Appstle => {
-                svix::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Polar => {
-                polar::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Stripe => {
-                stripe::Stripe::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Shopify => {
-                shopify::Shopify::new(secrets).map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Paynow => {
-                paynow::PayNow::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Rebilly => {
-                rebilly::Rebilly::new(settings.basic_auth.as_ref(), settings.allow_ips.as_deref())
-                    .map(|p| Box::new(p) as Box<dyn Provider>)
-            }
-            ProviderKind::Hmac => match &settings.hmac {
-                Some(hmac) => hmac::GenericHmac::new(secrets, hmac, tolerance)
+        let built: Result<Box<dyn Provider>, String> =
+            match settings.provider {
+                ProviderKind::Standard => standard::StandardWebhooks::new(secrets, tolerance)
                     .map(|p| Box::new(p) as Box<dyn Provider>),
-                None => Err("the hmac provider needs an [hmac] table".to_owned()),
-            },
-        };
+                ProviderKind::Svix => {
+                    svix::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
+                }
+                ProviderKind::Appstle => appstle::Appstle::new(secrets, tolerance)
+                    .map(|p| Box::new(p) as Box<dyn Provider>),
+                ProviderKind::Polar => {
+                    polar::new(secrets, tolerance).map(|p| Box::new(p) as Box<dyn Provider>)
+                }
+                ProviderKind::Stripe => stripe::Stripe::new(secrets, tolerance)
+                    .map(|p| Box::new(p) as Box<dyn Provider>),
+                ProviderKind::Shopify => {
+                    shopify::Shopify::new(secrets).map(|p| Box::new(p) as Box<dyn Provider>)
+                }
+                ProviderKind::Paynow => paynow::PayNow::new(secrets, tolerance)
+                    .map(|p| Box::new(p) as Box<dyn Provider>),
+                ProviderKind::Rebilly => rebilly::Rebilly::new(
+                    settings.basic_auth.as_ref(),
+                    settings.allow_ips.as_deref(),
+                )
+                .map(|p| Box::new(p) as Box<dyn Provider>),
+                ProviderKind::Hmac => match &settings.hmac {
+                    Some(hmac) => hmac::GenericHmac::new(secrets, hmac, tolerance)
+                        .map(|p| Box::new(p) as Box<dyn Provider>),
+                    None => Err("the hmac provider needs an [hmac] table".to_owned()),
+                },
+            };
         let provider = built.map_err(|e| format!("source {:?}: {e}", settings.id))?;
         Ok(Self {
             id: settings.id.clone(),

@@ -2,6 +2,8 @@
 //! UTF-8, msg = `{PayNow-Timestamp}.{raw body}`)), the timestamp in unix MILLISECONDS.
 //! Tolerance is age-only, 300 000 ms by default (`tolerance_secs` × 1000), as in PayNow's
 //! official example. Event id = body `event_id`, read only after the signature passed.
+//!
+//! Normalization (event → canonical mapping) is documented in `paynow_normalize.rs`.
 
 use std::time::SystemTime;
 
@@ -13,6 +15,9 @@ use super::{
     body_hash_id, ct_eq, header, hmac_sha256, unix_millis, utf8_keys,
 };
 use crate::envelope::Envelope;
+
+#[path = "paynow_normalize.rs"]
+mod normalize;
 
 const SIGNATURE: &str = "paynow-signature";
 const TIMESTAMP: &str = "paynow-timestamp";
@@ -72,10 +77,7 @@ impl Provider for PayNow {
     }
 
     fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
-        let event_type = body_field(&envelope.body, "event_type").ok_or_else(|| {
-            NormalizeError::Malformed("not a PayNow payload: no event_type".into())
-        })?;
-        Ok(Normalized { event_type })
+        normalize::normalize(&envelope.body)
     }
 
     fn sign(&self, _event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {
@@ -91,11 +93,22 @@ impl Provider for PayNow {
         ]
     }
 
-    fn sample_body(&self, event_id: &str, _now: SystemTime) -> Vec<u8> {
+    fn sample_body(&self, event_id: &str, now: SystemTime) -> Vec<u8> {
+        let now = chrono::DateTime::<chrono::Utc>::from(now);
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let retry =
+            (now + chrono::Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         serde_json::to_vec(&serde_json::json!({
-            "event_type": "ON_SUBSCRIPTION_RENEWED",
+            "event_type": "ON_PAYMENT_FAILED",
             "event_id": event_id,
-            "body": { "id": "411486491630370817", "status": "active", "customer": { "id": "1" } }
+            "timestamp": at,
+            "body": {
+                "id": "411486491630370818", "status": "failed", "currency": "USD",
+                "total_amount": 1999, "subscription_id": "411486491630370817",
+                "order_id": "411486491630370819", "failure_code": "card_declined",
+                "failure_reason": "The card was declined.", "failed_at": at,
+                "attempt_count": 1, "next_attempt_at": retry,
+            }
         }))
         .expect("static JSON")
     }
@@ -165,9 +178,12 @@ mod tests {
             headers: ok.kept_headers,
             body: Bytes::from_static(BODY.as_bytes()),
         };
-        assert_eq!(
-            v.normalize(&envelope).unwrap().event_type,
-            "ON_SUBSCRIPTION_RENEWED"
+        // A covered type whose body lacks the subscription id is dead-lettered.
+        assert!(
+            v.normalize(&envelope)
+                .unwrap_err()
+                .to_string()
+                .contains("body.id")
         );
         let bad = Envelope {
             body: Bytes::from_static(b"[]"),

@@ -2,23 +2,100 @@
 //! `webhook-signature`, `{id}.{ts}.{body}`, `v1,<base64>`, ±300 s), but the HMAC key is the
 //! raw UTF-8 of the WHOLE secret string as shown in the dashboard, `whsec_` prefix
 //! included. Polar secrets are not base64: a stock Standard Webhooks key decoding would
-//! produce the wrong key.
+//! produce the wrong key. Verification and signing are delegated to [`StandardWebhooks`].
+//!
+//! # Normalization (in `polar_normalize.rs`; envelope `{"type","timestamp","data"}`)
+//!
+//! | event type | canonical |
+//! |---|---|
+//! | `order.created/updated/paid/refunded` | billing attempt, status from the order |
+//! | `subscription.created/updated/active/canceled/uncanceled/revoked/past_due/cycled/paused/resumed` | subscription change |
+//! | anything else (`checkout.*`, `customer.*`, `refund.*`...) | ignored |
+//!
+//! Orders: one order is one cycle and, as far as webhooks tell, one attempt: `attempt_id` =
+//! `cycle_id` = order id (Polar's order webhook has no per-try id or count, so dunning
+//! retries update the same attempt; the failure itself is signalled by
+//! `subscription.past_due`). `subscription_id` = `subscription_id` (null for one-time
+//! orders). Status from the order's `status`: `draft`, `pending` → pending; `paid` →
+//! succeeded; `refunded`, `partially_refunded` → refunded; `void` → skipped (Polar closed
+//! the order without collecting: nothing more will be charged for it). The customer-portal
+//! payment words (`processing`, `no_payment` → pending, `succeeded`, `requires_action`,
+//! `failed`, `canceled` → skipped) are accepted too. Amount = `total_amount` (else the
+//! deprecated `amount`), integer minor units + `currency`; `attempted_at` = `modified_at`,
+//! else `created_at`, else the envelope `timestamp`; `next_attempt_at` =
+//! `next_payment_attempt_at` (set while the order is in dunning); no error code, no count.
+//!
+//! Subscriptions: status from `data.status`: `active` → active (also on
+//! `subscription.canceled` with `cancel_at_period_end`, which stays active until
+//! `subscription.revoked`); `incomplete`, `trialing` → pending; `past_due`, `unpaid` →
+//! past_due; `paused` → paused; `canceled` → cancelled; `incomplete_expired` → expired.
+//! `current_period_end`, `currency`, `customer_id`; `updated_at` = `modified_at`, else the
+//! envelope `timestamp`; no version.
+//!
+//! Malformed (dead-lettered): not JSON, no `type`, an unparsable `timestamp`; for covered
+//! types no `data`, no id/status, an unknown status, no order currency, an unknown
+//! currency, a non-integer amount, an unparsable time.
+
+use std::time::SystemTime;
 
 use secrecy::SecretString;
 
 use super::standard::{STANDARD_NAMES, StandardWebhooks};
-use super::utf8_keys;
+use super::{Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, utf8_keys};
+use crate::envelope::Envelope;
 
-pub fn new(
-    secrets: &[SecretString],
-    tolerance_secs: Option<u64>,
-) -> Result<StandardWebhooks, String> {
-    Ok(StandardWebhooks::with(
-        utf8_keys(secrets)?,
-        tolerance_secs,
-        &STANDARD_NAMES,
-        "order.paid",
-    ))
+#[path = "polar_normalize.rs"]
+mod normalize;
+
+pub struct Polar {
+    verifier: StandardWebhooks,
+}
+
+pub fn new(secrets: &[SecretString], tolerance_secs: Option<u64>) -> Result<Polar, String> {
+    Ok(Polar {
+        verifier: StandardWebhooks::with(
+            utf8_keys(secrets)?,
+            tolerance_secs,
+            &STANDARD_NAMES,
+            "order.paid",
+        ),
+    })
+}
+
+impl Provider for Polar {
+    fn verify(&self, request: &Unverified<'_>, now: SystemTime) -> Result<Accepted, VerifyError> {
+        self.verifier.verify(request, now)
+    }
+
+    fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
+        normalize::normalize(&envelope.body)
+    }
+
+    fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {
+        self.verifier.sign(event_id, body, now)
+    }
+
+    fn sample_body(&self, event_id: &str, now: SystemTime) -> Vec<u8> {
+        // A renewal order paid after one failed try (order `status` `paid`).
+        let at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339();
+        serde_json::to_vec(&serde_json::json!({
+            "type": "order.paid",
+            "timestamp": at,
+            "data": {
+                "id": format!("ord_{event_id}"),
+                "created_at": at, "modified_at": at,
+                "status": "paid", "paid": true,
+                "subtotal_amount": 1999, "discount_amount": 0, "net_amount": 1999,
+                "tax_amount": 0, "total_amount": 1999, "refunded_amount": 0, "currency": "usd",
+                "billing_reason": "subscription_cycle",
+                "customer_id": "992fae2a-2a17-4b7a-8d9e-e287cf90131b",
+                "product_id": "3b6a4e5c-0e43-4a5e-9a59-5d3c0b1f9b0a",
+                "subscription_id": "e5149aae-e521-42b9-b24c-abb8d71eea2e",
+                "next_payment_attempt_at": null
+            }
+        }))
+        .expect("static JSON")
+    }
 }
 
 #[cfg(test)]
@@ -29,7 +106,6 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::providers::{Accepted, Provider, Unverified, VerifyError};
 
     // Derived vectors of reference §2 (key = the full string).
     const SECRET_A: &str = "test-secret";
@@ -40,7 +116,7 @@ mod tests {
     const TS: u64 = 1700000000;
     const BODY: &str = r#"{"type":"dummy.event","value":"payload"}"#;
 
-    fn verifier(secrets: &[&str]) -> StandardWebhooks {
+    fn verifier(secrets: &[&str]) -> Polar {
         let secrets: Vec<SecretString> = secrets.iter().map(|s| SecretString::from(*s)).collect();
         new(&secrets, None).unwrap()
     }
@@ -58,7 +134,7 @@ mod tests {
     }
 
     fn check(
-        v: &StandardWebhooks,
+        v: &dyn Provider,
         h: &HeaderMap,
         body: &str,
         now: u64,
@@ -167,6 +243,18 @@ mod tests {
         }
         let body = String::from_utf8(body).unwrap();
         assert_eq!(check(&v, &h, &body, TS).unwrap().event_id, "evt_1");
+        let envelope = Envelope {
+            source_id: "polar".into(),
+            provider: crate::config::ProviderKind::Polar,
+            event_id: "evt_1".into(),
+            received_at: chrono::Utc::now(),
+            content_type: None,
+            headers: vec![],
+            body: Bytes::from(body),
+        };
+        let normalized = v.normalize(&envelope).unwrap();
+        assert_eq!(normalized.event_type, "order.paid");
+        assert_eq!(normalized.events.len(), 1);
     }
 
     proptest::proptest! {

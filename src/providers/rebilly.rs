@@ -7,6 +7,8 @@
 //! Rebilly sends no event id: ours is the SHA-256 (hex) of `eventType` and the top-level
 //! resource ids present in the body ([`ID_FIELDS`], in that order), or of `eventType` and
 //! the whole body when none is present. The Authorization header is never kept.
+//!
+//! Normalization (event → canonical mapping) is documented in `rebilly_normalize.rs`.
 
 use std::{net::IpAddr, time::SystemTime};
 
@@ -19,6 +21,9 @@ use super::{
 };
 use crate::config::BasicAuthSettings;
 use crate::envelope::Envelope;
+
+#[path = "rebilly_normalize.rs"]
+mod normalize;
 
 const AUTHORIZATION: &str = "authorization";
 /// Top-level resource ids that identify what an event is about.
@@ -162,23 +167,34 @@ impl Provider for Rebilly {
     }
 
     fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
-        let event_type = body_field(&envelope.body, "eventType").ok_or_else(|| {
-            NormalizeError::Malformed("not a Rebilly payload: no eventType".into())
-        })?;
-        Ok(Normalized { event_type })
+        normalize::normalize(&envelope.body)
     }
 
     fn sign(&self, _event_id: &str, _body: &[u8], _now: SystemTime) -> Vec<(String, String)> {
         vec![(AUTHORIZATION.to_owned(), self.authorization.clone())]
     }
 
-    fn sample_body(&self, event_id: &str, _now: SystemTime) -> Vec<u8> {
+    fn sample_body(&self, event_id: &str, now: SystemTime) -> Vec<u8> {
+        let at = chrono::DateTime::<chrono::Utc>::from(now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         serde_json::to_vec(&serde_json::json!({
             "eventType": "renewal-invoice-payment-declined",
             "transactionId": event_id,
             "invoiceId": "inv_demo",
-            "_embedded": { "transaction": { "id": event_id, "result": "declined" },
-                           "invoice": { "id": "inv_demo", "subscriptionId": "sub_demo" } }
+            "subscriptionId": "sub_demo",
+            "_embedded": {
+                "transaction": {
+                    "id": event_id, "type": "sale", "status": "completed", "result": "declined",
+                    "amount": 49.95, "currency": "USD", "customerId": "cus_demo",
+                    "invoiceIds": ["inv_demo"], "subscriptionIds": ["sub_demo"],
+                    "processedTime": at, "createdTime": at,
+                    "gatewayResponse": { "code": "05", "message": "Do not honor" }
+                },
+                "invoice": {
+                    "id": "inv_demo", "subscriptionId": "sub_demo", "customerId": "cus_demo",
+                    "currency": "USD", "amount": 49.95, "status": "past-due"
+                }
+            }
         }))
         .expect("static JSON")
     }

@@ -3,6 +3,46 @@
 //! "Events" delivery (`shopify-hmac-sha256`, `shopify-topic`, ...) are accepted too; the
 //! prefixed name wins when both are present. Event id = `X-Shopify-Webhook-Id`. Shopify
 //! sends one signature: rotation is done by configuring the old and the new secret.
+//!
+//! # Normalization (in `shopify_normalize.rs`; the topic is the kept `x-shopify-topic`)
+//!
+//! | topic | canonical |
+//! |---|---|
+//! | `subscription_billing_attempts/success` | attempt `succeeded` |
+//! | `subscription_billing_attempts/failure` | attempt `failed` |
+//! | `subscription_billing_attempts/challenged` | attempt `requires_action` (3-D Secure) |
+//! | `subscription_contracts/create/update/activate/pause/cancel/expire/fail` | subscription change |
+//! | `subscription_billing_cycles/skip` | attempt `skipped` |
+//! | any other topic | ignored |
+//!
+//! Ids are admin GraphQL gids everywhere (`admin_graphql_api_*`, else the gid built from the
+//! numeric id, `gid://shopify/SubscriptionContract/1`), so every topic names a contract the
+//! same way.
+//!
+//! Billing attempts: `attempt_id` = the attempt's gid, `subscription_id` = the contract gid
+//! (required), `provider_status` = the topic's action (`success`, `failure`, `challenged`),
+//! `error_code`/`error_message` verbatim, `attempted_at` = the `X-Shopify-Triggered-At`
+//! header when kept. `cycle_id` is null: the payload has no cycle index, and the
+//! `idempotency_key` cannot stand in for one, since Shopify returns the existing attempt for
+//! a reused key, so every retry carries its own key (grouping by it would make each retry a
+//! cycle of its own). The payload has no amount, next attempt or count: all null.
+//!
+//! Contracts: status from the body's `status` (case-insensitive): `active` → active,
+//! `paused` → paused, `cancelled` → cancelled, `expired` and `stale` ("expired due to
+//! inactivity") → expired, `failed` → failed; without a `status`, the topic's action gives
+//! it (`activate` → active, `pause` → paused, `cancel` → cancelled, `expire` → expired,
+//! `fail` → failed; `create`/`update` without status are malformed). `currency_code`,
+//! `revision_id` as version, customer = `admin_graphql_api_customer_id` (or the gid of
+//! `customer_id`), `updated_at` = the body's `updated_at` if any, else the triggered-at header.
+//!
+//! Skipped cycles: `cycle_id` = `{contract gid}/cycles/{cycle_index}` (the index alone is only
+//! unique within a contract), `attempt_id` = `{cycle_id}/skip`, `attempted_at` =
+//! `billing_attempt_expected_date` (else the triggered-at header); `skipped: false` on the
+//! skip topic is malformed.
+//!
+//! Malformed (dead-lettered): not JSON, no topic kept, an unparsable triggered-at; for
+//! covered topics a missing attempt/contract id, an unknown status or currency, a
+//! non-integer `revision_id`, a skip without `cycle_index`.
 
 use std::time::SystemTime;
 
@@ -14,6 +54,9 @@ use super::{
     hmac_sha256, utf8_keys,
 };
 use crate::envelope::Envelope;
+
+#[path = "shopify_normalize.rs"]
+mod normalize;
 
 const HMAC: [&str; 2] = ["x-shopify-hmac-sha256", "shopify-hmac-sha256"];
 const TOPIC: [&str; 2] = ["x-shopify-topic", "shopify-topic"];
@@ -79,15 +122,7 @@ impl Provider for Shopify {
     }
 
     fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.body)
-            .map_err(|e| NormalizeError::Malformed(format!("not a Shopify JSON payload: {e}")))?;
-        let topic = envelope
-            .headers
-            .iter()
-            .find(|(name, _)| name == TOPIC[0])
-            .map(|(_, value)| value.clone())
-            .ok_or_else(|| NormalizeError::Malformed("no x-shopify-topic kept".into()))?;
-        Ok(Normalized { event_type: topic })
+        normalize::normalize(envelope)
     }
 
     fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {

@@ -168,9 +168,8 @@ impl Provider for StandardWebhooks {
         let payload: Payload = serde_json::from_slice(&envelope.body).map_err(|e| {
             NormalizeError::Malformed(format!("not a Standard Webhooks payload: {e}"))
         })?;
-        Ok(Normalized {
-            event_type: payload.event_type,
-        })
+        // A generic scheme: the payload's meaning is not known, so it is archived only.
+        Ok(Normalized::ignored(payload.event_type))
     }
 
     fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {

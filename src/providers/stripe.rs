@@ -6,6 +6,39 @@
 //! undecodable ones are ignored. Tolerance is age-only (`now - t > 300 s` is rejected, a
 //! timestamp in the future is not), as in stripe-go and stripe-node. The event id is the
 //! body's `id` (`evt_...`), read only after the signature passed.
+//!
+//! # Normalization (in `stripe_normalize.rs`)
+//!
+//! | event type | canonical |
+//! |---|---|
+//! | `invoice.paid`, `invoice.payment_succeeded` | attempt `succeeded` |
+//! | `invoice.payment_failed` | attempt `failed` |
+//! | `invoice.payment_action_required` | attempt `requires_action` |
+//! | `customer.subscription.created/updated/deleted/paused/resumed` | subscription change |
+//! | anything else (`invoice.created`, `charge.succeeded`...) | ignored |
+//!
+//! Attempts: `attempt_id` = `{invoice id}:{attempt_count}` (distinct per try, so a retry's
+//! success never overwrites an earlier failure; `invoice.paid` and
+//! `invoice.payment_succeeded` of one try share it), `cycle_id` = invoice id,
+//! `subscription_id` = invoice `subscription` (or `parent.subscription_details.subscription`
+//! on API versions from 2025-03), amount = `amount_paid` on success else `amount_due`
+//! (integer minor units) + `currency`, `attempted_at` = event `created`, `next_attempt_at` =
+//! `next_payment_attempt`, `attempt_count` = `attempt_count`. `provider_status` is the event
+//! type: the invoice's own `status` (`open`) does not tell a failure from a challenge.
+//! Error code/message: the invoice carries no decline; only when `payment_intent` is
+//! expanded do we take `last_payment_error.decline_code` (else `.code`) and `.message` on a
+//! failure, otherwise they are null.
+//!
+//! Subscriptions: status from the object's `status`: `active` → active; `trialing`,
+//! `incomplete` → pending; `past_due`, `unpaid` (retries exhausted, invoice still open) →
+//! past_due; `paused` → paused; `canceled` → cancelled; `incomplete_expired` → expired;
+//! anything else is malformed. `current_period_end` from the object (or the latest of its
+//! items' on API versions from 2025-03), `currency`, `customer`; `updated_at` = event
+//! `created`; no version.
+//!
+//! Malformed (dead-lettered): not JSON, no `type`; for covered types no `created`, no
+//! `data.object`, no invoice `id`/`attempt_count`/`currency`, a non-integer amount, an
+//! unknown currency, no subscription `id`/`status` or an unknown status.
 
 use std::time::SystemTime;
 
@@ -16,6 +49,9 @@ use super::{
     body_hash_id, ct_eq, header, hmac_sha256, unix_secs, utf8_keys,
 };
 use crate::envelope::Envelope;
+
+#[path = "stripe_normalize.rs"]
+mod normalize;
 
 const SIGNATURE: &str = "stripe-signature";
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
@@ -91,9 +127,7 @@ impl Provider for Stripe {
     }
 
     fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
-        let event_type = body_field(&envelope.body, "type")
-            .ok_or_else(|| NormalizeError::Malformed("not a Stripe event: no type".into()))?;
-        Ok(Normalized { event_type })
+        normalize::normalize(&envelope.body)
     }
 
     fn sign(&self, _event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {
@@ -118,7 +152,8 @@ impl Provider for Stripe {
             "data": { "object": {
                 "id": "in_demo", "object": "invoice", "customer": "cus_demo",
                 "subscription": "sub_demo", "amount_due": 1999, "currency": "usd",
-                "attempt_count": 1, "status": "open"
+                "amount_paid": 0, "attempt_count": 1, "status": "open",
+                "next_payment_attempt": created + 3 * 86_400
             } }
         }))
         .expect("static JSON")

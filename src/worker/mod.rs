@@ -173,13 +173,14 @@ impl Worker {
         if let Some(tag) = committed.map(|((i, _), _)| i.tag()).max() {
             sub.ack_through(tag).await?;
         }
-        for ((incoming, _), outcome) in ready.iter().zip(&outcomes) {
+        for ((incoming, normalized), outcome) in ready.iter().zip(&outcomes) {
             let source = incoming
                 .envelope
                 .as_ref()
                 .map(|e| e.source_id.as_str())
                 .unwrap_or("");
             let outcome = match outcome {
+                Outcome::Archived if normalized.is_ignored() => "ignored",
                 Outcome::Archived => "archived",
                 Outcome::Duplicate => "duplicate",
                 Outcome::DeadLettered => continue,
@@ -220,6 +221,7 @@ impl Worker {
             .map(|(i, n)| NewEvent {
                 envelope: i.envelope.as_ref().expect("normalized"),
                 event_type: &n.event_type,
+                events: &n.events,
             })
             .collect();
         let backoff = ExponentialBuilder::default()

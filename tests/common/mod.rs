@@ -120,7 +120,10 @@ secrets = ["{DEMO_SECRET}"]
     }
 
     pub fn settings(&self) -> Settings {
-        Settings::load(&self.write()).expect("test settings load")
+        let path = self.write();
+        let settings = Settings::load(&path).expect("test settings load");
+        let _ = std::fs::remove_file(path);
+        settings
     }
 }
 

@@ -1,0 +1,85 @@
+//! The canonical vocabulary every provider's payload is normalized into, whatever the
+//! provider calls things. The provider's own word is always kept beside the canonical one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::money::Money;
+
+/// What one webhook (or one synced record) says happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CanonicalEvent {
+    BillingAttempt(BillingAttempt),
+    Subscription(SubscriptionChange),
+}
+
+/// Status of one try to charge for one billing cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Queued, requesting, in progress.
+    Pending,
+    /// 3-D Secure or another challenge the customer must complete.
+    RequiresAction,
+    Succeeded,
+    Failed,
+    /// No charge was tried: contract paused/cancelled, dunning or inventory management,
+    /// disabled auto-charge, stale date...
+    Skipped,
+    Refunded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingAttempt {
+    /// The provider's id of this try (distinct per retry, so each try has its own state).
+    pub attempt_id: String,
+    /// The subscription or contract it bills, where the payload names it.
+    pub subscription_id: Option<String>,
+    /// The billing cycle / invoice / order the attempt pays for: several attempts (retries)
+    /// share one cycle, and a cycle is paid once one of them succeeded.
+    pub cycle_id: Option<String>,
+    pub status: AttemptStatus,
+    /// The provider's own status word.
+    pub provider_status: String,
+    pub amount: Option<Money>,
+    /// The provider's error or decline code and message, verbatim.
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// When the provider itself will try again (PayNow, Polar, Rebilly, Stripe).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The provider's count of tries for this cycle, where it gives one.
+    pub attempt_count: Option<u32>,
+}
+
+/// State of a subscription or contract after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// Created but not yet active (incomplete, trialing before first charge...).
+    Pending,
+    Active,
+    Paused,
+    /// A payment failed and the provider is dunning.
+    PastDue,
+    Cancelled,
+    Expired,
+    /// The contract failed for good (e.g. Shopify `failed`).
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionChange {
+    pub subscription_id: String,
+    pub status: SubscriptionStatus,
+    /// The provider's own status word (or event name where the payload has no status).
+    pub provider_status: String,
+    pub currency: Option<String>,
+    pub customer_id: Option<String>,
+    pub current_period_end: Option<DateTime<Utc>>,
+    /// The provider's update time, used to never regress on an older event.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The provider's revision or version number, where it has one (Shopify `revision_id`).
+    pub version: Option<i64>,
+}
