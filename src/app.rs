@@ -69,6 +69,7 @@ pub async fn start(
             sources.clone(),
             broker.clone(),
             settings.http.body_limit_bytes,
+            Duration::from_millis(settings.http.request_timeout_ms),
         );
         tasks.spawn(serve(listener, app, shutdown.clone(), "ingress"));
         Some(addr)

@@ -296,3 +296,35 @@ async fn admin_requires_the_bearer_token_and_health_endpoints_answer() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_503_at_the_deadline_and_queues_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = TestConfig::new().await;
+    config.request_timeout_ms = 500;
+    let app = spawn_app(&config, Role::Ingress).await;
+    let addr = app.ingress.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Promise 100 bytes, send 10, then stall.
+    let head = format!(
+        "POST /webhooks/demo HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100\r\n\r\n0123456789"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut response = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    assert!(
+        read.is_ok(),
+        "the server answered and closed instead of waiting forever"
+    );
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("request timed out"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the deadline"
+    );
+    assert_eq!(app.queued().await, 0);
+    app.stop().await;
+}

@@ -3,12 +3,18 @@
 
 mod error;
 
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::post,
 };
 use bytes::Bytes;
@@ -23,11 +29,29 @@ struct IngressState {
     broker: Broker,
 }
 
-pub fn router(sources: Arc<Sources>, broker: Broker, body_limit: usize) -> Router {
+pub fn router(
+    sources: Arc<Sources>,
+    broker: Broker,
+    body_limit: usize,
+    timeout: Duration,
+) -> Router {
     Router::new()
         .route("/webhooks/{source_id}", post(receive))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost, so reading a slow body counts too.
+        .layer(middleware::from_fn(move |request, next| {
+            deadline(timeout, request, next)
+        }))
         .with_state(Arc::new(IngressState { sources, broker }))
+}
+
+/// A request that takes longer than `timeout` (slow body, stuck broker) gets 503 so the
+/// provider redelivers; whatever it had not yet published is not queued.
+async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable("request timed out").into_response(),
+    }
 }
 
 async fn receive(

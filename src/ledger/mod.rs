@@ -79,8 +79,4 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }

@@ -48,10 +48,7 @@ use crate::canonical::{
 use crate::envelope::Envelope;
 use crate::money::{DecimalText, Money};
 
-#[path = "normalize_util.rs"]
-pub(super) mod util;
-
-use util::{Id, first_id, missing, opt_time, parse_opt_raw, parse_raw, text};
+use super::normalize_util::{Id, first_id, missing, opt_time, parse_opt_raw, parse_raw, text};
 
 pub struct Appstle {
     svix: StandardWebhooks,
@@ -168,7 +165,7 @@ fn billing_attempt(
     let status = attempt_status(&word).ok_or_else(|| {
         NormalizeError::Malformed(format!("{event_type}: unknown Appstle status {word:?}"))
     })?;
-    let subscription_id = first_id([a.contract_id.as_ref()]);
+    let subscription_id = first_id([a.contract_id.as_ref()]).map(contract_number);
     let billing_date = text(a.billing_date.as_ref());
     opt_time(billing_date.as_deref(), "data.billingDate")?;
     let cycle_id = match (&subscription_id, &billing_date) {
@@ -204,7 +201,7 @@ fn billing_attempt(
         error_message,
         attempted_at: opt_time(a.attempt_time.as_deref(), "data.attemptTime")?,
         next_attempt_at: None,
-        attempt_count: util::count(a.attempt_count, "data.attemptCount")?,
+        attempt_count: super::normalize_util::count(a.attempt_count, "data.attemptCount")?,
     })
 }
 
@@ -226,16 +223,23 @@ fn response_errors(message: Option<&str>) -> (Option<String>, Option<String>) {
     }
 }
 
+/// A contract id as Appstle's numeric `contractId`: a Shopify gid
+/// (`gid://shopify/SubscriptionContract/N`) is reduced to `N`, so attempts and contract
+/// events name the same contract the same way.
+fn contract_number(id: String) -> String {
+    match id.rsplit_once('/') {
+        Some((prefix, tail)) if prefix.starts_with("gid://") => tail.to_owned(),
+        _ => id,
+    }
+}
+
 fn contract_change(
     event_type: &str,
     data: Option<&RawValue>,
 ) -> Result<SubscriptionChange, NormalizeError> {
     let c: Contract = parse_raw(data, event_type)?;
     let subscription_id = first_id([c.subscription_contract_id.as_ref(), c.id.as_ref()])
-        .map(|id| match id.rsplit_once('/') {
-            Some((prefix, tail)) if prefix.starts_with("gid://") => tail.to_owned(),
-            _ => id,
-        })
+        .map(contract_number)
         .ok_or_else(|| missing(event_type, "data.subscriptionContractId or data.id"))?;
     let (status, provider_status) = match text(c.status.as_ref()) {
         Some(word) => {

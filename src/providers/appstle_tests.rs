@@ -350,3 +350,12 @@ proptest::proptest! {
         let _ = normalize(value);
     }
 }
+
+#[test]
+fn attempt_and_contract_events_name_a_gid_contract_the_same_way() {
+    let mut value = billing("subscription.billing-failure", "FAILURE");
+    value["data"]["contractId"] = json!("gid://shopify/SubscriptionContract/5550001");
+    let a = attempt(value);
+    assert_eq!(a.subscription_id.as_deref(), Some("5550001"));
+    assert_eq!(a.cycle_id.as_deref(), Some("5550001@2024-03-01T09:00:00Z"));
+}

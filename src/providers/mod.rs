@@ -8,6 +8,7 @@
 
 mod appstle;
 mod hmac;
+mod normalize_util;
 mod paynow;
 mod polar;
 mod rebilly;

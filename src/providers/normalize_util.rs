@@ -1,5 +1,4 @@
-//! Small helpers shared by the Appstle, PayNow and Rebilly normalizers (declared from
-//! `appstle.rs`): ids that arrive as strings or numbers, required fields with clear
+//! Small helpers shared by the normalizers: ids that arrive as strings or numbers, required fields with clear
 //! errors, optional timestamps, and a typed envelope whose inner object stays raw until
 //! the event type says which shape it has.
 
@@ -7,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::super::{NormalizeError, parse_time};
+use super::{NormalizeError, parse_time};
 
 /// An id written as a JSON string or integer (flake ids, Shopify numeric ids), kept as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,4 +93,30 @@ pub fn count(value: Option<i64>, field: &str) -> Result<Option<u32>, NormalizeEr
                 .map_err(|_| NormalizeError::Malformed(format!("{field}: {v} is not a count")))
         })
         .transpose()
+}
+
+/// A `Malformed` error with `reason`.
+pub fn malformed(reason: impl Into<String>) -> NormalizeError {
+    NormalizeError::Malformed(reason.into())
+}
+
+/// The upper-case ISO 4217 code of a currency, or an error naming the field.
+pub fn currency_code(currency: &str, field: &str) -> Result<String, NormalizeError> {
+    crate::money::exponent(currency)
+        .map(|(code, _)| code)
+        .map_err(|e| malformed(format!("{field}: {e}")))
+}
+
+/// Stripe's subscription statuses, which Polar uses too.
+pub fn stripe_subscription_status(word: &str) -> Option<crate::canonical::SubscriptionStatus> {
+    use crate::canonical::SubscriptionStatus as S;
+    Some(match word {
+        "incomplete" | "trialing" => S::Pending,
+        "active" => S::Active,
+        "past_due" | "unpaid" => S::PastDue,
+        "paused" => S::Paused,
+        "canceled" => S::Cancelled,
+        "incomplete_expired" => S::Expired,
+        _ => return None,
+    })
 }

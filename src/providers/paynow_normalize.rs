@@ -25,7 +25,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::super::appstle::util::{
+use super::super::normalize_util::{
     Id, first_id, missing, opt_time, parse_opt_raw, parse_raw, text,
 };
 use super::super::{NormalizeError, Normalized, parse_payload};
@@ -175,7 +175,7 @@ fn attempt(
         error_message,
         attempted_at: opt_time(attempted.as_deref(), "body attempt time")?,
         next_attempt_at: opt_time(next, "body.next_attempt_at")?,
-        attempt_count: super::super::appstle::util::count(count, "body.attempt_count")?,
+        attempt_count: super::super::normalize_util::count(count, "body.attempt_count")?,
     }))
 }
 

@@ -5,10 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::super::normalize_util::{malformed, stripe_subscription_status};
 use super::super::{NormalizeError, Normalized, parse_payload, parse_time};
-use crate::canonical::{
-    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
-};
+use crate::canonical::{AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange};
 use crate::money::{DecimalText, Money, exponent};
 
 #[derive(Deserialize)]
@@ -41,10 +40,6 @@ struct Subscription {
     customer_id: Option<String>,
     current_period_end: Option<String>,
     modified_at: Option<String>,
-}
-
-fn malformed(reason: impl Into<String>) -> NormalizeError {
-    NormalizeError::Malformed(reason.into())
 }
 
 fn time(value: Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, NormalizeError> {
@@ -156,19 +151,11 @@ fn subscription_change(
 ) -> Result<CanonicalEvent, NormalizeError> {
     let id = required(sub.id, "subscription id")?;
     let provider_status = required(sub.status, "subscription status")?;
-    let status = match provider_status.as_str() {
-        "incomplete" | "trialing" => SubscriptionStatus::Pending,
-        "active" => SubscriptionStatus::Active,
-        "past_due" | "unpaid" => SubscriptionStatus::PastDue,
-        "paused" => SubscriptionStatus::Paused,
-        "canceled" => SubscriptionStatus::Cancelled,
-        "incomplete_expired" => SubscriptionStatus::Expired,
-        other => {
-            return Err(malformed(format!(
-                "subscription {id}: unknown status {other:?}"
-            )));
-        }
-    };
+    let status = stripe_subscription_status(&provider_status).ok_or_else(|| {
+        malformed(format!(
+            "subscription {id}: unknown status {provider_status:?}"
+        ))
+    })?;
     let currency = sub
         .currency
         .map(|c| exponent(&c).map(|(code, _)| code))

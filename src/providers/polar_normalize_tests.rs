@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::canonical::SubscriptionStatus;
 
 const TS: &str = "2025-01-10T09:00:00.123456Z";
 const MODIFIED: &str = "2025-01-10T08:59:58Z";

@@ -36,7 +36,7 @@
 
 use serde::Deserialize;
 
-use super::super::appstle::util::{Id, first_id, missing, opt_time, text};
+use super::super::normalize_util::{Id, first_id, missing, opt_time, text};
 use super::super::{NormalizeError, Normalized, parse_payload};
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::super::normalize_util::malformed;
 use super::super::{NormalizeError, Normalized, parse_payload, parse_time};
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
@@ -60,10 +61,6 @@ struct Skip {
     cycle_index: Option<u64>,
     billing_attempt_expected_date: Option<String>,
     skipped: Option<bool>,
-}
-
-fn malformed(reason: impl Into<String>) -> NormalizeError {
-    NormalizeError::Malformed(reason.into())
 }
 
 /// The admin GraphQL id of an object: the payload's `admin_graphql_api_*` gid, else the

@@ -4,11 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::super::normalize_util::{currency_code, malformed, stripe_subscription_status};
 use super::super::{NormalizeError, Normalized, parse_payload, time_from_unix};
-use crate::canonical::{
-    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
-};
-use crate::money::{DecimalText, Money, exponent};
+use crate::canonical::{AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange};
+use crate::money::{DecimalText, Money};
 
 #[derive(Deserialize)]
 struct Event {
@@ -93,10 +92,6 @@ struct Item {
     current_period_end: Option<i64>,
 }
 
-fn malformed(reason: impl Into<String>) -> NormalizeError {
-    NormalizeError::Malformed(reason.into())
-}
-
 fn id_of(reference: Option<Expandable<Object>>) -> Option<String> {
     match reference? {
         Expandable::Id(id) => Some(id),
@@ -112,13 +107,6 @@ pub(super) fn minor_units(text: &DecimalText, field: &str) -> Result<i64, Normal
             text.0
         ))
     })
-}
-
-/// The upper-case ISO 4217 code of a currency, or an error naming the field.
-pub(super) fn currency_code(currency: &str, field: &str) -> Result<String, NormalizeError> {
-    exponent(currency)
-        .map(|(code, _)| code)
-        .map_err(|e| malformed(format!("{field}: {e}")))
 }
 
 pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
@@ -237,19 +225,11 @@ fn subscription_change(
     let provider_status = subscription
         .status
         .ok_or_else(|| malformed(format!("subscription {id} has no status")))?;
-    let status = match provider_status.as_str() {
-        "incomplete" | "trialing" => SubscriptionStatus::Pending,
-        "active" => SubscriptionStatus::Active,
-        "past_due" | "unpaid" => SubscriptionStatus::PastDue,
-        "paused" => SubscriptionStatus::Paused,
-        "canceled" => SubscriptionStatus::Cancelled,
-        "incomplete_expired" => SubscriptionStatus::Expired,
-        other => {
-            return Err(malformed(format!(
-                "subscription {id}: unknown status {other:?}"
-            )));
-        }
-    };
+    let status = stripe_subscription_status(&provider_status).ok_or_else(|| {
+        malformed(format!(
+            "subscription {id}: unknown status {provider_status:?}"
+        ))
+    })?;
     let currency = subscription
         .currency
         .map(|c| currency_code(&c, "currency"))

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::canonical::SubscriptionStatus;
 
 const CREATED: i64 = 1_700_000_000;
 

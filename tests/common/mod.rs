@@ -51,6 +51,7 @@ pub struct TestConfig {
     pub body_limit: usize,
     pub confirm_timeout_ms: u64,
     pub delivery_limit: u32,
+    pub request_timeout_ms: u64,
     pub extra: String,
 }
 
@@ -66,6 +67,7 @@ impl TestConfig {
             body_limit: 1024 * 1024,
             confirm_timeout_ms: 2000,
             delivery_limit: 3,
+            request_timeout_ms: 10_000,
             extra: String::new(),
         }
     }
@@ -88,6 +90,7 @@ reconnect_max_delay_ms = 500
 ingress_addr = "127.0.0.1:0"
 admin_addr = "127.0.0.1:0"
 body_limit_bytes = {body}
+request_timeout_ms = {timeout}
 [admin]
 token = "{ADMIN_TOKEN}"
 [worker]
@@ -109,6 +112,7 @@ secrets = ["{DEMO_SECRET}"]
             limit = self.delivery_limit,
             confirm = self.confirm_timeout_ms,
             body = self.body_limit,
+            timeout = self.request_timeout_ms,
             extra = self.extra,
         )
     }
