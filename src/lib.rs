@@ -18,6 +18,7 @@ pub mod app;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod dunning;
 pub mod envelope;
 pub mod ingress;
 pub mod ledger;

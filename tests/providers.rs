@@ -93,7 +93,7 @@ async fn every_provider_signed_sample_is_archived_and_unsigned_is_refused() {
             assert_eq!(event.outcome, "ignored", "{}", event.source_id);
             assert!(canonical.is_empty());
         } else {
-            assert_eq!(event.outcome, "archived", "{}", event.source_id);
+            assert_eq!(event.outcome, "applied", "{}", event.source_id);
             assert!(
                 !canonical.is_empty(),
                 "{}: canonical events stored",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Query, Request, State},
+    extract::{Path, Query, Request, State},
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use crate::ingress::ApiError;
-use crate::ledger::{Db, EventsQuery};
+use crate::ledger::{AttemptsQuery, Db, EventsQuery, SubscriptionView};
 use crate::queue::Broker;
 
 pub struct AdminState {
@@ -30,6 +30,11 @@ pub fn router(state: AdminState) -> Router {
     let state = Arc::new(state);
     let admin = Router::new()
         .route("/admin/events", get(events))
+        .route(
+            "/admin/subscriptions/{source_id}/{subscription_id}",
+            get(subscription),
+        )
+        .route("/admin/billing-attempts", get(billing_attempts))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -87,4 +92,20 @@ async fn events(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let rows = state.db.events(&query).await?;
     Ok(Json(serde_json::json!({ "events": rows })))
+}
+
+async fn subscription(
+    State(state): State<Arc<AdminState>>,
+    Path((source_id, subscription_id)): Path<(String, String)>,
+) -> Result<Json<SubscriptionView>, ApiError> {
+    let view = state.db.subscription(&source_id, &subscription_id).await?;
+    view.map(Json).ok_or(ApiError::NotFound)
+}
+
+async fn billing_attempts(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<AttemptsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let attempts = state.db.billing_attempts(&query).await?;
+    Ok(Json(serde_json::json!({ "billing_attempts": attempts })))
 }

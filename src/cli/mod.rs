@@ -1,5 +1,6 @@
 //! Command-line entry points: one file per command, no business logic here.
 
+mod ledger;
 mod migrate;
 mod send_test;
 mod serve;
@@ -32,6 +33,9 @@ pub enum Command {
     Migrate,
     /// Sign a sample (or given) payload with a source's secret and post it to the ingress.
     SendTest(send_test::Args),
+    /// Ledger views and checks.
+    #[command(subcommand)]
+    Ledger(ledger::Command),
 }
 
 impl Cli {
@@ -42,6 +46,7 @@ impl Cli {
             Command::Serve(args) => serve::run(&settings, args).await,
             Command::Migrate => migrate::run(&settings).await,
             Command::SendTest(args) => send_test::run(&settings, args).await,
+            Command::Ledger(command) => ledger::run(&settings, command).await,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The events archive and its inbox dedupe on (source_id, provider_event_id).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -14,15 +16,6 @@ pub struct NewEvent<'a> {
     pub event_type: &'a str,
     /// Empty for an event type subsync does not act on: archived as `ignored`.
     pub events: &'a [CanonicalEvent],
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveOutcome {
-    /// First time this (source, event id) was seen: archived now (as `ignored` when it
-    /// carried no canonical event).
-    Archived,
-    /// Already archived by an earlier delivery: nothing changed.
-    Duplicate,
 }
 
 /// One archived event as operators see it (the body is returned as text where it is UTF-8).
@@ -48,84 +41,83 @@ pub struct EventsQuery {
     pub limit: Option<i64>,
 }
 
-impl Db {
-    /// Archives a batch in one transaction; duplicates (of earlier deliveries or inside the
-    /// batch) change nothing. Returns one outcome per input, in order.
-    pub async fn archive(&self, events: &[NewEvent<'_>]) -> Result<Vec<ArchiveOutcome>, DbError> {
-        let n = events.len();
-        let (mut sources, mut providers, mut ids, mut types) =
-            (vec_of(n), vec_of(n), vec_of(n), vec_of(n));
-        let (mut received, mut content_types, mut headers, mut bodies) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut normalized, mut outcomes) = (Vec::with_capacity(n), vec_of(n));
-        for e in events {
-            let env = e.envelope;
-            sources.push(env.source_id.as_str());
-            providers.push(env.provider.as_str());
-            ids.push(env.event_id.as_str());
-            types.push(e.event_type);
-            received.push(env.received_at);
-            content_types.push(env.content_type.as_deref());
-            headers.push(serde_json::Value::Object(
-                env.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-                    .collect(),
-            ));
-            bodies.push(env.body.as_ref());
-            normalized.push(serde_json::to_value(e.events).expect("canonical events serialize"));
-            outcomes.push(if e.events.is_empty() {
-                "ignored"
-            } else {
-                "archived"
-            });
-        }
-        let mut tx = self.pool.begin().await?;
-        let inserted: Vec<(String, String)> = sqlx::query_as(
-            "INSERT INTO events (source_id, provider, provider_event_id, event_type, received_at,
-                                 content_type, headers, body, envelope_version, normalized, outcome)
-             SELECT s, p, i, t, r, c, h, b, $9, n, o
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::text[], $7::jsonb[], $8::bytea[], $10::jsonb[], $11::text[])
-                  AS u(s, p, i, t, r, c, h, b, n, o)
-             ON CONFLICT (source_id, provider_event_id) DO NOTHING
-             RETURNING source_id, provider_event_id",
-        )
-        .bind(&sources)
-        .bind(&providers)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&received)
-        .bind(&content_types)
-        .bind(&headers)
-        .bind(&bodies)
-        .bind(i16::from(ENVELOPE_VERSION))
-        .bind(&normalized)
-        .bind(&outcomes)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-
-        // The first input with an inserted key is the one that archived it; any later one
-        // with the same key in this batch is a duplicate.
-        let mut fresh: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
-        Ok(events
-            .iter()
-            .map(|e| {
-                let key = (e.envelope.source_id.clone(), e.envelope.event_id.clone());
-                if fresh.remove(&key) {
-                    ArchiveOutcome::Archived
-                } else {
-                    ArchiveOutcome::Duplicate
-                }
-            })
-            .collect())
+/// Inserts a batch into the archive inside `tx`: the inbox dedupe. Returns, per input, the
+/// new row's id, or `None` for a duplicate (of an earlier delivery or of an earlier input
+/// in this batch), which must change nothing.
+pub(super) async fn insert(
+    tx: &mut sqlx::PgConnection,
+    events: &[NewEvent<'_>],
+) -> Result<Vec<Option<i64>>, DbError> {
+    let n = events.len();
+    let (mut sources, mut providers, mut ids, mut types) =
+        (vec_of(n), vec_of(n), vec_of(n), vec_of(n));
+    let (mut received, mut content_types, mut headers, mut bodies) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut normalized, mut outcomes) = (Vec::with_capacity(n), vec_of(n));
+    for e in events {
+        let env = e.envelope;
+        sources.push(env.source_id.as_str());
+        providers.push(env.provider.as_str());
+        ids.push(env.event_id.as_str());
+        types.push(e.event_type);
+        received.push(env.received_at);
+        content_types.push(env.content_type.as_deref());
+        headers.push(serde_json::Value::Object(
+            env.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect(),
+        ));
+        bodies.push(env.body.as_ref());
+        normalized.push(serde_json::to_value(e.events).expect("canonical events serialize"));
+        // Reconciliation marks the stale ones afterwards, in the same transaction.
+        outcomes.push(if e.events.is_empty() {
+            "ignored"
+        } else {
+            "applied"
+        });
     }
+    let inserted: Vec<(i64, String, String)> = sqlx::query_as(
+        "INSERT INTO events (source_id, provider, provider_event_id, event_type, received_at,
+                             content_type, headers, body, envelope_version, normalized, outcome)
+         SELECT s, p, i, t, r, c, h, b, $9, n, o
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::text[], $7::jsonb[], $8::bytea[], $10::jsonb[], $11::text[])
+              AS u(s, p, i, t, r, c, h, b, n, o)
+         ON CONFLICT (source_id, provider_event_id) DO NOTHING
+         RETURNING id, source_id, provider_event_id",
+    )
+    .bind(&sources)
+    .bind(&providers)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&received)
+    .bind(&content_types)
+    .bind(&headers)
+    .bind(&bodies)
+    .bind(i16::from(ENVELOPE_VERSION))
+    .bind(&normalized)
+    .bind(&outcomes)
+    .fetch_all(&mut *tx)
+    .await?;
 
+    // The first input with an inserted key is the one that archived it; any later one
+    // with the same key in this batch is a duplicate.
+    let mut fresh: HashMap<(String, String), i64> = inserted
+        .into_iter()
+        .map(|(id, s, e)| ((s, e), id))
+        .collect();
+    Ok(events
+        .iter()
+        .map(|e| fresh.remove(&(e.envelope.source_id.clone(), e.envelope.event_id.clone())))
+        .collect())
+}
+
+impl Db {
     /// Archived events, newest first.
     pub async fn events(&self, q: &EventsQuery) -> Result<Vec<EventRow>, DbError> {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -146,6 +138,17 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+
+    /// How many events are archived, for one source or all.
+    pub async fn count_events(&self, source_id: Option<&str>) -> Result<i64, DbError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM events WHERE ($1::text IS NULL OR source_id = $1)",
+        )
+        .bind(source_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
     }
 
     /// How many times an event is archived (0 or 1, by the unique constraint).

@@ -2,13 +2,17 @@
 //! migrations and the one transaction in which an event's effects are written.
 
 mod archive;
+mod reconcile;
+mod views;
 
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-pub use archive::{ArchiveOutcome, EventRow, EventsQuery, NewEvent};
+pub use archive::{EventRow, EventsQuery, NewEvent};
+pub use reconcile::{Reconciled, attempt_rank};
+pub use views::{AttemptView, AttemptsQuery, SubscriptionView};
 
 use crate::config::DatabaseSettings;
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerSettings;
-use crate::ledger::{ArchiveOutcome, Db, DbError, NewEvent};
+use crate::ledger::{Db, DbError, NewEvent, Reconciled};
 use crate::providers::{Normalized, Sources};
 use crate::queue::{Broker, Incoming, QueueError, Subscription};
 
@@ -32,8 +32,7 @@ enum StepError {
 /// What happened to one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    Archived,
-    Duplicate,
+    Done(Reconciled),
     DeadLettered,
 }
 
@@ -142,14 +141,14 @@ impl Worker {
             return Ok(());
         }
 
-        let outcomes = match self.archive_with_retry(&ready, shutdown).await? {
+        let outcomes = match self.reconcile_with_retry(&ready, shutdown).await? {
             Ok(outcomes) => outcomes,
             // One bad event must not take its batch down: isolate it.
             Err(error) if ready.len() > 1 => {
                 tracing::warn!(%error, size = ready.len(), "batch rejected; retrying events one by one");
                 let mut outcomes = Vec::with_capacity(ready.len());
                 for one in ready.chunks(1) {
-                    outcomes.push(match self.archive_with_retry(one, shutdown).await? {
+                    outcomes.push(match self.reconcile_with_retry(one, shutdown).await? {
                         Ok(o) => o[0],
                         Err(error) => {
                             dead_letter(sub, one[0].0, "rejected", &error.to_string()).await?;
@@ -173,16 +172,17 @@ impl Worker {
         if let Some(tag) = committed.map(|((i, _), _)| i.tag()).max() {
             sub.ack_through(tag).await?;
         }
-        for ((incoming, normalized), outcome) in ready.iter().zip(&outcomes) {
+        for ((incoming, _), outcome) in ready.iter().zip(&outcomes) {
             let source = incoming
                 .envelope
                 .as_ref()
                 .map(|e| e.source_id.as_str())
                 .unwrap_or("");
             let outcome = match outcome {
-                Outcome::Archived if normalized.is_ignored() => "ignored",
-                Outcome::Archived => "archived",
-                Outcome::Duplicate => "duplicate",
+                Outcome::Done(Reconciled::Applied) => "applied",
+                Outcome::Done(Reconciled::Stale) => "stale",
+                Outcome::Done(Reconciled::Ignored) => "ignored",
+                Outcome::Done(Reconciled::Duplicate) => "duplicate",
                 Outcome::DeadLettered => continue,
             };
             metrics::counter!("subsync_events_processed_total", "source" => source.to_owned(), "outcome" => outcome)
@@ -209,9 +209,9 @@ impl Worker {
             .map_err(|e| ("normalize", e.to_string()))
     }
 
-    /// Archives the events, retrying transient database failures until they pass or
-    /// shutdown. The inner result is a permanent rejection.
-    async fn archive_with_retry(
+    /// Reconciles the events in one transaction, retrying transient database failures
+    /// until they pass or shutdown. The inner result is a permanent rejection.
+    async fn reconcile_with_retry(
         &self,
         ready: &[(&Incoming, Normalized)],
         shutdown: &CancellationToken,
@@ -229,7 +229,7 @@ impl Worker {
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .without_max_times();
-        let attempt = (|| self.db.archive(&events))
+        let attempt = (|| self.db.reconcile(&events))
             .retry(backoff)
             .when(DbError::is_transient)
             .notify(|error, delay| {
@@ -240,15 +240,7 @@ impl Worker {
             result = attempt => result,
             _ = shutdown.cancelled() => return Err(StepError::Shutdown),
         };
-        Ok(result.map(|outcomes| {
-            outcomes
-                .into_iter()
-                .map(|o| match o {
-                    ArchiveOutcome::Archived => Outcome::Archived,
-                    ArchiveOutcome::Duplicate => Outcome::Duplicate,
-                })
-                .collect()
-        }))
+        Ok(result.map(|outcomes| outcomes.into_iter().map(Outcome::Done).collect()))
     }
 }
 

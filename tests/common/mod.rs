@@ -258,3 +258,35 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Everything the ledger says about `source` (attempt states, subscription states,
+/// balances per account and currency), as comparable text.
+pub async fn snapshot(db: &Db, source: &str, subscriptions: &[String]) -> String {
+    let q = subsync::ledger::AttemptsQuery {
+        source_id: Some(source.into()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let mut lines: std::collections::BTreeSet<String> = db
+        .billing_attempts(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| {
+            let bucket = a.decline_bucket.unwrap_or_default();
+            format!(
+                "{} {} {} {:?} {:?} {bucket}",
+                a.attempt_id, a.status, a.provider_status, a.amount_minor, a.currency
+            )
+        })
+        .collect();
+    for sub in subscriptions {
+        if let Some(v) = db.subscription(source, sub).await.unwrap() {
+            lines.insert(format!(
+                "{sub} {:?} {:?} {:?}",
+                v.status, v.currency, v.balances
+            ));
+        }
+    }
+    lines.into_iter().collect::<Vec<_>>().join("\n")
+}

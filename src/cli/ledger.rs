@@ -1,0 +1,98 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::ledger::{Db, SubscriptionView};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// One subscription: status, attempts, balances per account and currency, retry.
+    Subscription {
+        source_id: String,
+        subscription_id: String,
+        /// Print the JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every journal invariant; exits non-zero on any breach.
+    Verify,
+}
+
+pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCode> {
+    let db = Db::connect_lazy(&settings.database)?;
+    match command {
+        Command::Subscription {
+            source_id,
+            subscription_id,
+            json,
+        } => {
+            let view = db
+                .subscription(&source_id, &subscription_id)
+                .await?
+                .with_context(|| format!("nothing is known about {source_id}/{subscription_id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_summary(&view);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let breaches = db.verify_ledger().await?;
+            for breach in &breaches {
+                println!("BREACH {breach}");
+            }
+            if breaches.is_empty() {
+                println!("ledger sound: every invariant holds");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{} breach(es)", breaches.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+fn print_summary(view: &SubscriptionView) {
+    let status = view
+        .status
+        .as_deref()
+        .unwrap_or("unknown (no subscription event yet)");
+    println!(
+        "{}/{}  status: {status}",
+        view.source_id, view.subscription_id
+    );
+    println!(
+        "{:<28} {:<16} {:<22} {:>14} {:<8} DECLINE",
+        "ATTEMPT", "STATUS", "PROVIDER STATUS", "AMOUNT", "CUR"
+    );
+    for a in &view.attempts {
+        let amount = a
+            .amount_minor
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into());
+        let decline = match (&a.error_code, &a.decline_bucket) {
+            (Some(code), Some(bucket)) => format!("{code} ({bucket})"),
+            (Some(code), None) => code.clone(),
+            _ => String::new(),
+        };
+        let currency = a.currency.as_deref().unwrap_or("-");
+        println!(
+            "{:<28} {:<16} {:<22} {amount:>14} {currency:<8} {decline}",
+            a.attempt_id, a.status, a.provider_status
+        );
+    }
+    for (account, by_currency) in &view.balances {
+        for (currency, minor) in by_currency {
+            println!("balance {account:<12} {currency} {minor} (minor units)");
+        }
+    }
+    println!(
+        "retry: {}",
+        view.retry
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+}

@@ -1,0 +1,535 @@
+//! Reconciliation: a batch of normalized events written in ONE transaction with their
+//! inbox dedupe rows, so delivery is at-least-once and effects are exactly-once.
+//!
+//! Order independence: every write is a merge that only moves forward, so any order and
+//! any duplication of the same events gives the same state.
+//! - An attempt's status takes the maximum of `pending < requires_action < skipped <
+//!   failed < succeeded < refunded` (ties broken by the provider's word): a late `failed`
+//!   after `succeeded` is stale, never applied. Its current state (status, provider word,
+//!   error, decline bucket, next attempt, count) comes from the winning event; facts that
+//!   do not change (subscription, cycle, amount, attempted-at) are filled from whichever
+//!   event has them.
+//! - A subscription takes the change with the greatest (provider version, provider update
+//!   time — or receipt time when the payload has none —, status rank, provider word).
+//! - Money follows facts that only ever become true: an attempt that is (or was)
+//!   succeeded has exactly one collection entry, a refunded one also exactly one refund
+//!   entry (of the full amount). Entries are unique per (attempt, kind), so no order or
+//!   duplicate posts twice. Failed and skipped attempts post nothing.
+//!
+//! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
+//! latest committed row; rows are written in key order so locks are taken in one order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::archive::{self, NewEvent};
+use super::{Db, DbError};
+use crate::canonical::{
+    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+};
+use crate::dunning::decline;
+
+/// What reconciliation did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Moved the ledger forward.
+    Applied,
+    /// Superseded: a later state was already there (archived and counted, not applied).
+    Stale,
+    /// An event type subsync does not act on (archived only).
+    Ignored,
+    /// Already reconciled from an earlier delivery: nothing changed.
+    Duplicate,
+}
+
+pub fn attempt_rank(status: AttemptStatus) -> i32 {
+    match status {
+        AttemptStatus::Pending => 0,
+        AttemptStatus::RequiresAction => 1,
+        AttemptStatus::Skipped => 2,
+        AttemptStatus::Failed => 3,
+        AttemptStatus::Succeeded => 4,
+        AttemptStatus::Refunded => 5,
+    }
+}
+
+fn subscription_rank(status: SubscriptionStatus) -> i32 {
+    match status {
+        SubscriptionStatus::Pending => 0,
+        SubscriptionStatus::Active => 1,
+        SubscriptionStatus::PastDue => 2,
+        SubscriptionStatus::Paused => 3,
+        SubscriptionStatus::Cancelled => 4,
+        SubscriptionStatus::Expired => 5,
+        SubscriptionStatus::Failed => 6,
+    }
+}
+
+/// The snake_case word of a canonical status.
+pub(super) fn word<T: serde::Serialize>(status: T) -> String {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => unreachable!("canonical statuses serialize as strings"),
+    }
+}
+
+/// The merged state of every event of a batch about one attempt.
+#[derive(Clone)]
+struct AttemptRow {
+    event_id: i64,
+    attempt: BillingAttempt,
+}
+
+impl AttemptRow {
+    fn key(&self) -> (i32, &str) {
+        (
+            attempt_rank(self.attempt.status),
+            &self.attempt.provider_status,
+        )
+    }
+
+    /// Keeps the greater state and fills its unknown facts from the other; the SQL upsert
+    /// below applies the same rule against the stored row.
+    fn merge(self, other: AttemptRow) -> AttemptRow {
+        let (mut winner, loser) = if other.key() > self.key() {
+            (other, self)
+        } else {
+            (self, other)
+        };
+        let (w, l) = (&mut winner.attempt, loser.attempt);
+        w.subscription_id = w.subscription_id.take().or(l.subscription_id);
+        w.cycle_id = w.cycle_id.take().or(l.cycle_id);
+        w.amount = w.amount.take().or(l.amount);
+        w.attempted_at = w.attempted_at.take().or(l.attempted_at);
+        winner
+    }
+}
+
+/// A subscription change with its ordering key.
+#[derive(Clone)]
+struct SubscriptionRow {
+    event_id: i64,
+    change: SubscriptionChange,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+impl SubscriptionRow {
+    fn key(&self) -> (i64, DateTime<Utc>, i32, &str) {
+        (
+            self.version,
+            self.updated_at,
+            subscription_rank(self.change.status),
+            &self.change.provider_status,
+        )
+    }
+
+    /// Keeps the newer change and fills its unknown facts from the other (mirrors the SQL).
+    fn merge(self, other: SubscriptionRow) -> SubscriptionRow {
+        let (mut winner, loser) = if other.key() > self.key() {
+            (other, self)
+        } else {
+            (self, other)
+        };
+        let (w, l) = (&mut winner.change, loser.change);
+        w.currency = w.currency.take().or(l.currency);
+        w.customer_id = w.customer_id.take().or(l.customer_id);
+        w.current_period_end = w.current_period_end.take().or(l.current_period_end);
+        winner
+    }
+}
+
+impl Db {
+    /// Reconciles a batch in one transaction. Returns one outcome per input, in order.
+    pub async fn reconcile(&self, events: &[NewEvent<'_>]) -> Result<Vec<Reconciled>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let ids = archive::insert(&mut tx, events).await?;
+
+        // Merge the batch per attempt and per subscription; BTreeMaps give key order.
+        let mut attempts: BTreeMap<(String, String), AttemptRow> = BTreeMap::new();
+        let mut subscriptions: BTreeMap<(String, String), SubscriptionRow> = BTreeMap::new();
+        for (event, id) in events.iter().zip(&ids) {
+            let Some(event_id) = *id else { continue };
+            let source = &event.envelope.source_id;
+            for canonical in event.events {
+                match canonical {
+                    CanonicalEvent::BillingAttempt(a) => {
+                        let row = AttemptRow {
+                            event_id,
+                            attempt: a.clone(),
+                        };
+                        let key = (source.clone(), a.attempt_id.clone());
+                        let merged = match attempts.remove(&key) {
+                            Some(existing) => existing.merge(row),
+                            None => row,
+                        };
+                        attempts.insert(key, merged);
+                    }
+                    CanonicalEvent::Subscription(c) => {
+                        let row = SubscriptionRow {
+                            event_id,
+                            change: c.clone(),
+                            version: c.version.unwrap_or(-1),
+                            updated_at: c.updated_at.unwrap_or(event.envelope.received_at),
+                        };
+                        let key = (source.clone(), c.subscription_id.clone());
+                        let merged = match subscriptions.remove(&key) {
+                            Some(existing) => existing.merge(row),
+                            None => row,
+                        };
+                        subscriptions.insert(key, merged);
+                    }
+                }
+            }
+        }
+
+        let final_attempts = upsert_attempts(&mut tx, &attempts).await?;
+        post_journal(&mut tx, &final_attempts).await?;
+        let applied_subscriptions = upsert_subscriptions(&mut tx, &subscriptions).await?;
+
+        // An event is applied when one of its canonical events is the state now stored.
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut stale_ids = Vec::new();
+        for (event, id) in events.iter().zip(&ids) {
+            let Some(event_id) = *id else {
+                outcomes.push(Reconciled::Duplicate);
+                continue;
+            };
+            if event.events.is_empty() {
+                outcomes.push(Reconciled::Ignored);
+                continue;
+            }
+            let source = &event.envelope.source_id;
+            let applied = event.events.iter().any(|canonical| match canonical {
+                CanonicalEvent::BillingAttempt(a) => final_attempts
+                    .get(&(source.clone(), a.attempt_id.clone()))
+                    .is_some_and(|f| {
+                        (attempt_rank(a.status), a.provider_status.as_str())
+                            >= (f.rank, f.provider_status.as_str())
+                    }),
+                CanonicalEvent::Subscription(c) => {
+                    let key = (source.clone(), c.subscription_id.clone());
+                    applied_subscriptions.contains(&key)
+                        && subscriptions
+                            .get(&key)
+                            .is_some_and(|w| w.event_id == event_id)
+                }
+            });
+            if applied {
+                outcomes.push(Reconciled::Applied);
+            } else {
+                outcomes.push(Reconciled::Stale);
+                stale_ids.push(event_id);
+            }
+        }
+        if !stale_ids.is_empty() {
+            sqlx::query("UPDATE events SET outcome = 'stale' WHERE id = ANY($1)")
+                .bind(&stale_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// An attempt as stored after the upsert.
+struct FinalAttempt {
+    subscription_id: String,
+    rank: i32,
+    provider_status: String,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    last_event_id: i64,
+}
+
+async fn upsert_attempts(
+    tx: &mut sqlx::PgConnection,
+    rows: &BTreeMap<(String, String), AttemptRow>,
+) -> Result<HashMap<(String, String), FinalAttempt>, DbError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut c = AttemptColumns::default();
+    for ((source, _), row) in rows {
+        c.push(source, row);
+    }
+    // `fwd`: the incoming state is greater than the stored one.
+    const FWD: &str = "(attempt_rank(excluded.status), excluded.provider_status) > (attempt_rank(a.status), a.provider_status)";
+    let state = [
+        "status",
+        "provider_status",
+        "error_code",
+        "error_message",
+        "decline_bucket",
+        "next_attempt_at",
+        "attempt_count",
+        "last_event_id",
+    ]
+    .map(|f| format!("{f} = CASE WHEN {FWD} THEN excluded.{f} ELSE a.{f} END"))
+    .join(", ");
+    let facts = ["subscription_id", "cycle_id", "attempted_at"]
+        .map(|f| format!("{f} = CASE WHEN {FWD} THEN COALESCE(excluded.{f}, a.{f}) ELSE COALESCE(a.{f}, excluded.{f}) END"))
+        .join(", ");
+    // Amount and currency travel together (a CHECK keeps them paired).
+    let money = format!(
+        "amount_minor = CASE WHEN {FWD} THEN COALESCE(excluded.amount_minor, a.amount_minor) ELSE COALESCE(a.amount_minor, excluded.amount_minor) END,
+         currency = CASE WHEN ({FWD} AND excluded.amount_minor IS NOT NULL) OR a.amount_minor IS NULL THEN excluded.currency ELSE a.currency END"
+    );
+    let sql = format!(
+        "INSERT INTO billing_attempts AS a (source_id, attempt_id, subscription_id, cycle_id, status,
+            provider_status, amount_minor, currency, error_code, error_message, decline_bucket,
+            attempted_at, next_attempt_at, attempt_count, last_event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+            $13::timestamptz[], $14::int4[], $15::int8[])
+         ON CONFLICT (source_id, attempt_id) DO UPDATE SET {state}, {facts}, {money}, updated_at = now()
+         RETURNING source_id, attempt_id, COALESCE(subscription_id, ''), attempt_rank(status),
+                   provider_status, amount_minor, currency, last_event_id"
+    );
+    type Returned = (
+        String,
+        String,
+        String,
+        i32,
+        String,
+        Option<i64>,
+        Option<String>,
+        i64,
+    );
+    let returned: Vec<Returned> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&c.source_id)
+        .bind(&c.attempt_id)
+        .bind(&c.subscription_id)
+        .bind(&c.cycle_id)
+        .bind(&c.status)
+        .bind(&c.provider_status)
+        .bind(&c.amount_minor)
+        .bind(&c.currency)
+        .bind(&c.error_code)
+        .bind(&c.error_message)
+        .bind(&c.decline_bucket)
+        .bind(&c.attempted_at)
+        .bind(&c.next_attempt_at)
+        .bind(&c.attempt_count)
+        .bind(&c.last_event_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(returned
+        .into_iter()
+        .map(
+            |(
+                source,
+                attempt,
+                subscription_id,
+                rank,
+                provider_status,
+                amount_minor,
+                currency,
+                last_event_id,
+            )| {
+                let row = FinalAttempt {
+                    subscription_id,
+                    rank,
+                    provider_status,
+                    amount_minor,
+                    currency,
+                    last_event_id,
+                };
+                ((source, attempt), row)
+            },
+        )
+        .collect())
+}
+
+/// Column vectors for the attempts upsert.
+#[derive(Default)]
+struct AttemptColumns {
+    source_id: Vec<String>,
+    attempt_id: Vec<String>,
+    subscription_id: Vec<Option<String>>,
+    cycle_id: Vec<Option<String>>,
+    status: Vec<String>,
+    provider_status: Vec<String>,
+    amount_minor: Vec<Option<i64>>,
+    currency: Vec<Option<String>>,
+    error_code: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    decline_bucket: Vec<Option<&'static str>>,
+    attempted_at: Vec<Option<DateTime<Utc>>>,
+    next_attempt_at: Vec<Option<DateTime<Utc>>>,
+    attempt_count: Vec<Option<i32>>,
+    last_event_id: Vec<i64>,
+}
+
+impl AttemptColumns {
+    fn push(&mut self, source: &str, row: &AttemptRow) {
+        let a = &row.attempt;
+        self.source_id.push(source.to_owned());
+        self.attempt_id.push(a.attempt_id.clone());
+        self.subscription_id.push(a.subscription_id.clone());
+        self.cycle_id.push(a.cycle_id.clone());
+        self.status.push(word(a.status));
+        self.provider_status.push(a.provider_status.clone());
+        self.amount_minor.push(a.amount.as_ref().map(|m| m.minor));
+        self.currency
+            .push(a.amount.as_ref().map(|m| m.currency.clone()));
+        self.error_code.push(a.error_code.clone());
+        self.error_message.push(a.error_message.clone());
+        let failed = a.status == AttemptStatus::Failed;
+        self.decline_bucket.push(
+            failed.then(|| decline::classify(a.error_code.as_deref(), &a.provider_status).as_str()),
+        );
+        self.attempted_at.push(a.attempted_at);
+        self.next_attempt_at.push(a.next_attempt_at);
+        self.attempt_count
+            .push(a.attempt_count.and_then(|n| i32::try_from(n).ok()));
+        self.last_event_id.push(row.event_id);
+    }
+}
+
+/// Ensures the entries that the stored attempts' facts call for: a collection for every
+/// attempt that is (or was) succeeded, a refund for every refunded one.
+async fn post_journal(
+    tx: &mut sqlx::PgConnection,
+    attempts: &HashMap<(String, String), FinalAttempt>,
+) -> Result<(), DbError> {
+    let (succeeded, refunded) = (
+        attempt_rank(AttemptStatus::Succeeded),
+        attempt_rank(AttemptStatus::Refunded),
+    );
+    let mut rows: Vec<(&(String, String), &FinalAttempt, &str)> = Vec::new();
+    for (key, a) in attempts {
+        if a.amount_minor.is_none() || a.rank < succeeded {
+            continue;
+        }
+        rows.push((key, a, "collection"));
+        if a.rank == refunded {
+            rows.push((key, a, "refund"));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by(|x, y| (x.0, x.2).cmp(&(y.0, y.2)));
+    let source: Vec<&str> = rows.iter().map(|r| r.0.0.as_str()).collect();
+    let attempt: Vec<&str> = rows.iter().map(|r| r.0.1.as_str()).collect();
+    let subscription: Vec<&str> = rows.iter().map(|r| r.1.subscription_id.as_str()).collect();
+    let kind: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let event: Vec<i64> = rows.iter().map(|r| r.1.last_event_id).collect();
+    let amount: Vec<Option<i64>> = rows.iter().map(|r| r.1.amount_minor).collect();
+    let currency: Vec<Option<&str>> = rows.iter().map(|r| r.1.currency.as_deref()).collect();
+    sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::int8[], $7::text[])
+                 AS i(source_id, attempt_id, subscription_id, kind, event_id, amount, currency)),
+         entries AS (
+             INSERT INTO journal_entries (source_id, subscription_id, attempt_id, kind, event_id)
+             SELECT source_id, subscription_id, attempt_id, kind, event_id FROM input
+             ON CONFLICT (source_id, attempt_id, kind) DO NOTHING
+             RETURNING id, source_id, subscription_id, attempt_id, kind)
+         INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor, currency)
+         SELECT e.id, e.source_id, e.subscription_id, p.account, p.sign * i.amount, i.currency
+         FROM entries e
+         JOIN input i USING (source_id, attempt_id, kind)
+         CROSS JOIN LATERAL (VALUES
+             (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END, 1),
+             (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END, -1)
+         ) AS p(account, sign)",
+    )
+    .bind(&source)
+    .bind(&attempt)
+    .bind(&subscription)
+    .bind(&kind)
+    .bind(&event)
+    .bind(&amount)
+    .bind(&currency)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Upserts subscription changes; returns the keys whose stored state is now this batch's.
+async fn upsert_subscriptions(
+    tx: &mut sqlx::PgConnection,
+    rows: &BTreeMap<(String, String), SubscriptionRow>,
+) -> Result<HashSet<(String, String)>, DbError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let keys: Vec<&(String, String)> = rows.keys().collect();
+    let values: Vec<&SubscriptionRow> = rows.values().collect();
+    let source: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let id: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let status: Vec<String> = values.iter().map(|r| word(r.change.status)).collect();
+    let provider_status: Vec<&str> = values
+        .iter()
+        .map(|r| r.change.provider_status.as_str())
+        .collect();
+    let currency: Vec<Option<&str>> = values
+        .iter()
+        .map(|r| r.change.currency.as_deref())
+        .collect();
+    let customer: Vec<Option<&str>> = values
+        .iter()
+        .map(|r| r.change.customer_id.as_deref())
+        .collect();
+    let period_end: Vec<Option<DateTime<Utc>>> =
+        values.iter().map(|r| r.change.current_period_end).collect();
+    let version: Vec<i64> = values.iter().map(|r| r.version).collect();
+    let updated_at: Vec<DateTime<Utc>> = values.iter().map(|r| r.updated_at).collect();
+    let rank: Vec<i32> = values
+        .iter()
+        .map(|r| subscription_rank(r.change.status))
+        .collect();
+    let event: Vec<i64> = values.iter().map(|r| r.event_id).collect();
+    // `fwd`: the incoming change is newer than the stored one.
+    const FWD: &str = "(excluded.version, excluded.provider_updated_at, excluded.status_rank, excluded.provider_status)
+        > (s.version, s.provider_updated_at, s.status_rank, s.provider_status)";
+    let state = [
+        "status",
+        "provider_status",
+        "version",
+        "provider_updated_at",
+        "status_rank",
+        "last_event_id",
+    ]
+    .map(|f| format!("{f} = CASE WHEN {FWD} THEN excluded.{f} ELSE s.{f} END"))
+    .join(", ");
+    let facts = ["currency", "customer_id", "current_period_end"]
+        .map(|f| format!("{f} = CASE WHEN {FWD} THEN COALESCE(excluded.{f}, s.{f}) ELSE COALESCE(s.{f}, excluded.{f}) END"))
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO subscriptions AS s (source_id, subscription_id, status, provider_status, currency,
+             customer_id, current_period_end, version, provider_updated_at, status_rank, last_event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::timestamptz[], $8::int8[], $9::timestamptz[], $10::int4[], $11::int8[])
+         ON CONFLICT (source_id, subscription_id) DO UPDATE SET {state}, {facts}
+         RETURNING source_id, subscription_id, last_event_id"
+    );
+    let returned: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&source)
+        .bind(&id)
+        .bind(&status)
+        .bind(&provider_status)
+        .bind(&currency)
+        .bind(&customer)
+        .bind(&period_end)
+        .bind(&version)
+        .bind(&updated_at)
+        .bind(&rank)
+        .bind(&event)
+        .fetch_all(&mut *tx)
+        .await?;
+    // Applied where the stored change is now the one this batch brought.
+    Ok(returned
+        .into_iter()
+        .filter(|(source, id, last)| {
+            rows.get(&(source.clone(), id.clone()))
+                .is_some_and(|r| r.event_id == *last)
+        })
+        .map(|(source, id, _)| (source, id))
+        .collect())
+}

@@ -1,0 +1,381 @@
+//! The ledger against a real Postgres: transition rules, money, ordering, the journal's
+//! invariants, and order independence over generated histories.
+
+mod common;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use subsync::{
+    canonical::{
+        AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+    },
+    config::{DatabaseSettings, ProviderKind},
+    envelope::Envelope,
+    ledger::{AttemptsQuery, Db, NewEvent, Reconciled},
+    money::Money,
+};
+
+/// A migrated fresh database, and its URL.
+async fn db() -> (Db, String) {
+    let url = common::fresh_database().await;
+    let settings = DatabaseSettings {
+        url: url.clone().into(),
+        max_connections: 4,
+        acquire_timeout_ms: 5000,
+    };
+    let db = Db::connect_lazy(&settings).unwrap();
+    db.migrate().await.unwrap();
+    (db, url)
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+}
+
+fn attempt(
+    id: &str,
+    sub: &str,
+    status: AttemptStatus,
+    amount: Option<(i64, &str)>,
+) -> CanonicalEvent {
+    CanonicalEvent::BillingAttempt(BillingAttempt {
+        attempt_id: id.into(),
+        subscription_id: Some(sub.into()),
+        cycle_id: Some(format!("{sub}-cycle")),
+        status,
+        provider_status: format!("{status:?}").to_uppercase(),
+        amount: amount.map(|(minor, currency)| Money::from_minor(minor, currency).unwrap()),
+        error_code: (status == AttemptStatus::Failed).then(|| "insufficient_funds".into()),
+        error_message: None,
+        attempted_at: Some(at(0)),
+        next_attempt_at: None,
+        attempt_count: None,
+    })
+}
+
+fn change(
+    sub: &str,
+    status: SubscriptionStatus,
+    updated: i64,
+    currency: Option<&str>,
+) -> CanonicalEvent {
+    CanonicalEvent::Subscription(SubscriptionChange {
+        subscription_id: sub.into(),
+        status,
+        provider_status: format!("{status:?}").to_lowercase(),
+        currency: currency.map(str::to_owned),
+        customer_id: None,
+        current_period_end: None,
+        updated_at: Some(at(updated)),
+        version: None,
+    })
+}
+
+/// One webhook: its event id and the canonical events it carried.
+type Webhook = (String, Vec<CanonicalEvent>);
+
+/// Reconciles `batch` for `source` in one transaction.
+async fn apply(db: &Db, source: &str, batch: &[Webhook]) -> Vec<Reconciled> {
+    let envelopes: Vec<Envelope> = batch
+        .iter()
+        .map(|(id, _)| Envelope {
+            source_id: source.into(),
+            provider: ProviderKind::Standard,
+            event_id: id.clone(),
+            received_at: at(0),
+            content_type: None,
+            headers: vec![],
+            body: Bytes::from_static(b"{}"),
+        })
+        .collect();
+    let events: Vec<NewEvent<'_>> = batch
+        .iter()
+        .zip(&envelopes)
+        .map(|((_, events), envelope)| NewEvent {
+            envelope,
+            event_type: "test",
+            events,
+        })
+        .collect();
+    db.reconcile(&events).await.unwrap()
+}
+
+async fn one(db: &Db, source: &str, id: &str, events: Vec<CanonicalEvent>) -> Reconciled {
+    apply(db, source, &[(id.into(), events)]).await[0]
+}
+
+async fn status_of(db: &Db, source: &str, attempt: &str) -> String {
+    let q = AttemptsQuery {
+        source_id: Some(source.into()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let all = db.billing_attempts(&q).await.unwrap();
+    all.into_iter()
+        .find(|a| a.attempt_id == attempt)
+        .map(|a| a.status)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn attempts_move_forward_only_and_money_follows() {
+    use AttemptStatus::*;
+    let (db, _) = db().await;
+    let usd = Some((1999, "USD"));
+    assert_eq!(
+        one(&db, "s", "e1", vec![attempt("a1", "sub", Pending, usd)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        one(
+            &db,
+            "s",
+            "e2",
+            vec![attempt("a1", "sub", RequiresAction, None)]
+        )
+        .await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        one(&db, "s", "e3", vec![attempt("a1", "sub", Succeeded, None)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(status_of(&db, "s", "a1").await, "succeeded");
+    // A late failure after success is archived and counted as stale, not applied.
+    assert_eq!(
+        one(&db, "s", "e4", vec![attempt("a1", "sub", Failed, None)]).await,
+        Reconciled::Stale
+    );
+    assert_eq!(
+        one(&db, "s", "e5", vec![attempt("a1", "sub", Pending, None)]).await,
+        Reconciled::Stale
+    );
+    assert_eq!(status_of(&db, "s", "a1").await, "succeeded");
+    let view = db.subscription("s", "sub").await.unwrap().unwrap();
+    assert_eq!(
+        view.balances["collected"]["USD"], 1999,
+        "amount from the pending event is kept"
+    );
+    assert_eq!(view.balances["receivable"]["USD"], -1999);
+    assert_eq!(view.status, None, "no subscription event yet");
+
+    // Refund after success: a reversal entry, never an update.
+    assert_eq!(
+        one(&db, "s", "e6", vec![attempt("a1", "sub", Refunded, None)]).await,
+        Reconciled::Applied
+    );
+    let view = db.subscription("s", "sub").await.unwrap().unwrap();
+    assert_eq!(view.balances["collected"]["USD"], 0);
+    assert_eq!(view.balances["refunded"]["USD"], 1999);
+    assert_eq!(view.balances["receivable"]["USD"], -1999);
+    // The same refund again posts nothing more.
+    assert_eq!(
+        one(&db, "s", "e7", vec![attempt("a1", "sub", Refunded, usd)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        db.subscription("s", "sub").await.unwrap().unwrap().balances["refunded"]["USD"],
+        1999
+    );
+    // A redelivered event id changes nothing at all.
+    assert_eq!(
+        one(&db, "s", "e4", vec![attempt("a1", "sub", Failed, None)]).await,
+        Reconciled::Duplicate
+    );
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn failed_and_skipped_post_nothing_but_show_their_bucket_and_terminal_order_holds() {
+    use AttemptStatus::*;
+    let (db, _) = db().await;
+    one(
+        &db,
+        "s",
+        "e1",
+        vec![attempt("f1", "sub", Failed, Some((500, "EUR")))],
+    )
+    .await;
+    one(
+        &db,
+        "s",
+        "e2",
+        vec![attempt("k1", "sub", Skipped, Some((500, "EUR")))],
+    )
+    .await;
+    let view = db.subscription("s", "sub").await.unwrap().unwrap();
+    assert!(view.balances.is_empty(), "{:?}", view.balances);
+    let failed = view.attempts.iter().find(|a| a.attempt_id == "f1").unwrap();
+    assert_eq!(failed.decline_bucket.as_deref(), Some("retry_soon"));
+    assert_eq!(failed.error_code.as_deref(), Some("insufficient_funds"));
+    // skipped < failed < succeeded: a success reported for the same try wins (money moved).
+    assert_eq!(
+        one(&db, "s", "e3", vec![attempt("k1", "sub", Failed, None)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        one(&db, "s", "e4", vec![attempt("f1", "sub", Succeeded, None)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        db.subscription("s", "sub").await.unwrap().unwrap().balances["collected"]["EUR"],
+        500
+    );
+    let succeeded = db.subscription("s", "sub").await.unwrap().unwrap();
+    let f1 = succeeded
+        .attempts
+        .iter()
+        .find(|a| a.attempt_id == "f1")
+        .unwrap();
+    assert_eq!(
+        (f1.decline_bucket.as_deref(), f1.error_code.as_deref()),
+        (None, None),
+        "state of the winner"
+    );
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn currency_exponents_are_posted_exactly() {
+    use AttemptStatus::*;
+    let (db, _) = db().await;
+    // Decimal inputs go through money::Money::from_decimal in the normalizers.
+    let cases = [
+        ("jpy", "1500", "JPY", 1500),
+        ("usd", "49.95", "USD", 4995),
+        ("kwd", "12.345", "KWD", 12345),
+    ];
+    for (sub, text, currency, minor) in cases {
+        let money = Money::from_decimal(text, currency).unwrap();
+        let event = attempt(
+            &format!("{sub}-1"),
+            sub,
+            Succeeded,
+            Some((money.minor, currency)),
+        );
+        one(&db, "s", &format!("e-{sub}"), vec![event]).await;
+        let view = db.subscription("s", sub).await.unwrap().unwrap();
+        assert_eq!(
+            view.balances["collected"][currency], minor,
+            "{text} {currency}"
+        );
+    }
+    assert!(Money::from_decimal("1500.5", "JPY").is_err());
+    assert!(Money::from_decimal("12.3456", "KWD").is_err());
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn subscriptions_follow_provider_time_and_attempts_may_come_first() {
+    use SubscriptionStatus::*;
+    let (db, _) = db().await;
+    // An attempt for a subscription we have not heard of yet.
+    one(
+        &db,
+        "s",
+        "e0",
+        vec![attempt(
+            "a1",
+            "sub",
+            AttemptStatus::Succeeded,
+            Some((100, "USD")),
+        )],
+    )
+    .await;
+    assert_eq!(
+        db.subscription("s", "sub").await.unwrap().unwrap().status,
+        None
+    );
+    assert_eq!(
+        one(&db, "s", "e2", vec![change("sub", PastDue, 20, None)]).await,
+        Reconciled::Applied
+    );
+    // Older "created" arrives late: archived as stale, its currency still filled in.
+    assert_eq!(
+        one(&db, "s", "e1", vec![change("sub", Active, 10, Some("USD"))]).await,
+        Reconciled::Stale
+    );
+    let view = db.subscription("s", "sub").await.unwrap().unwrap();
+    assert_eq!(
+        (view.status.as_deref(), view.currency.as_deref()),
+        (Some("past_due"), Some("USD"))
+    );
+    assert_eq!(view.attempts.len(), 1);
+    assert_eq!(
+        one(&db, "s", "e3", vec![change("sub", Cancelled, 30, None)]).await,
+        Reconciled::Applied
+    );
+    assert_eq!(
+        db.subscription("s", "sub")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("cancelled")
+    );
+}
+
+#[tokio::test]
+async fn the_journal_is_append_only_and_balanced_by_the_database() {
+    let (db, url) = db().await;
+    one(
+        &db,
+        "s",
+        "e1",
+        vec![attempt(
+            "a1",
+            "sub",
+            AttemptStatus::Succeeded,
+            Some((100, "USD")),
+        )],
+    )
+    .await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE postings SET amount_minor = 0",
+        "DELETE FROM journal_entries",
+        "TRUNCATE postings",
+        // An entry whose postings do not sum to zero.
+        "WITH e AS (INSERT INTO journal_entries (source_id, subscription_id, attempt_id, kind, event_id)
+                    SELECT 's', 'sub', 'x', 'collection', min(id) FROM events RETURNING id)
+         INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor, currency)
+         SELECT id, 's', 'sub', 'collected', 5, 'USD' FROM e",
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap_err().to_string();
+        assert!(err.contains("append-only") || err.contains("does not balance"), "{sql}: {err}");
+    }
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn verify_reports_a_breach_written_behind_the_ledgers_back() {
+    let (db, url) = db().await;
+    one(
+        &db,
+        "s",
+        "e1",
+        vec![attempt(
+            "a1",
+            "sub",
+            AttemptStatus::Failed,
+            Some((100, "USD")),
+        )],
+    )
+    .await;
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE billing_attempts SET status = 'succeeded' WHERE attempt_id = 'a1'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let breaches = db.verify_ledger().await.unwrap();
+    assert_eq!(
+        breaches,
+        vec!["succeeded or refunded attempt with an amount has no collection: s/a1".to_owned()]
+    );
+}
