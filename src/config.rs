@@ -369,13 +369,13 @@ mod defaults {
         10_000
     }
     pub fn consumers() -> usize {
-        1
+        2
     }
     pub fn prefetch() -> u16 {
-        256
+        500
     }
     pub fn batch_size() -> usize {
-        100
+        250
     }
     pub fn batch_wait_ms() -> u64 {
         5
@@ -431,7 +431,7 @@ mod tests {
         );
         let debug = format!("{settings:?}");
         assert!(!debug.contains("whsec_from_env") && !debug.contains("a-long-enough-token"));
-        assert_eq!(settings.worker.batch_size, 100, "defaults apply");
+        assert_eq!(settings.worker.batch_size, 250, "defaults apply");
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Worker {
             return Ok(());
         }
 
+        let normalized_at = started.elapsed();
         let outcomes = match self.reconcile_with_retry(&ready, shutdown).await? {
             Ok(outcomes) => outcomes,
             // One bad event must not take its batch down: isolate it.
@@ -188,7 +189,14 @@ impl Worker {
             metrics::counter!("subsync_events_processed_total", "source" => source.to_owned(), "outcome" => outcome)
                 .increment(1);
         }
-        metrics::histogram!("subsync_worker_batch_seconds").record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        metrics::histogram!("subsync_worker_batch_seconds").record(elapsed.as_secs_f64());
+        tracing::debug!(
+            size = ready.len(),
+            normalize_us = normalized_at.as_micros() as u64,
+            total_us = elapsed.as_micros() as u64,
+            "batch reconciled"
+        );
         Ok(())
     }
 
