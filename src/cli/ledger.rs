@@ -75,7 +75,8 @@ fn print_summary(view: &SubscriptionView) {
         let decline = match (&a.error_code, &a.decline_bucket) {
             (Some(code), Some(bucket)) => format!("{code} ({bucket})"),
             (Some(code), None) => code.clone(),
-            _ => String::new(),
+            (None, Some(bucket)) => format!("({bucket})"),
+            (None, None) => String::new(),
         };
         let currency = a.currency.as_deref().unwrap_or("-");
         println!(
