@@ -5,7 +5,7 @@
 //! need the broker), let every worker finish its batch and hand back what it had not
 //! started, and only then close the broker connection.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Settings;
+use crate::dunning::{
+    clients::{self, RetryClient},
+    schedule::Dunning,
+    scheduler::Scheduler,
+};
 use crate::ingress;
 use crate::ledger::Db;
 use crate::providers::Sources;
@@ -24,6 +29,7 @@ use crate::worker::Worker;
 pub enum Role {
     Ingress,
     Worker,
+    Scheduler,
     All,
 }
 
@@ -33,6 +39,12 @@ impl Role {
     }
     fn worker(self) -> bool {
         matches!(self, Role::Worker | Role::All)
+    }
+    fn scheduler(self) -> bool {
+        matches!(self, Role::Scheduler | Role::All)
+    }
+    fn uses_database(self) -> bool {
+        self.worker() || self.scheduler()
     }
 }
 
@@ -55,7 +67,7 @@ pub async fn start(
     crate::telemetry::metrics();
     let sources = Arc::new(Sources::from_settings(&settings.sources).map_err(anyhow::Error::msg)?);
     let db = Db::connect_lazy(&settings.database)?;
-    if role.worker() {
+    if role.uses_database() {
         db.migrate().await.context("applying migrations")?;
     }
     let broker_stop = CancellationToken::new();
@@ -83,12 +95,29 @@ pub async fn start(
         db: db.clone(),
         broker: broker.clone(),
         token: settings.admin.token.clone(),
-        uses_database: role.worker(),
+        uses_database: role.uses_database(),
     });
     tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
 
+    let dunning = Dunning::from_settings(&settings.sources);
+    if role.scheduler() {
+        let scheduler = Scheduler::new(
+            db.clone(),
+            dunning.clone(),
+            retry_clients(settings)?,
+            Duration::from_secs(settings.dunning.in_flight_timeout_secs),
+        );
+        let interval = Duration::from_millis(settings.dunning.interval_ms);
+        tasks.spawn(scheduler.run(interval, shutdown.clone()));
+    }
     if role.worker() {
-        let worker = Worker::new(broker.clone(), db.clone(), sources, settings.worker.clone());
+        let worker = Worker::new(
+            broker.clone(),
+            db.clone(),
+            sources,
+            dunning,
+            settings.worker.clone(),
+        );
         for index in 0..settings.worker.consumers {
             tasks.spawn(worker.clone().run(index, shutdown.clone()));
         }
@@ -121,6 +150,24 @@ impl Running {
         }
         tracing::info!("subsync stopped");
     }
+}
+
+/// The retry client of every source whose provider takes retries through its API.
+fn retry_clients(settings: &Settings) -> anyhow::Result<HashMap<String, Box<dyn RetryClient>>> {
+    let http = reqwest::Client::builder()
+        .build()
+        .context("building the HTTP client")?;
+    Ok(settings
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let api = s.api.as_ref()?;
+            Some((
+                s.id.clone(),
+                clients::client_for(s.provider, api, http.clone())?,
+            ))
+        })
+        .collect())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

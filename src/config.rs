@@ -29,6 +29,8 @@ pub struct Settings {
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
+    pub dunning: DunningSettings,
+    #[serde(default)]
     pub sources: Vec<SourceSettings>,
 }
 
@@ -94,6 +96,26 @@ impl Default for WorkerSettings {
             prefetch: defaults::prefetch(),
             batch_size: defaults::batch_size(),
             batch_wait_ms: defaults::batch_wait_ms(),
+        }
+    }
+}
+
+/// The retry scheduler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DunningSettings {
+    /// How often the scheduler looks for due retries (ms).
+    pub interval_ms: u64,
+    /// A call with no recorded answer after this long (the process died between the call
+    /// and its commit) is re-sent with the same idempotency key (seconds).
+    pub in_flight_timeout_secs: u64,
+}
+
+impl Default for DunningSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            in_flight_timeout_secs: 300,
         }
     }
 }
@@ -231,6 +253,93 @@ pub struct SourceSettings {
     /// `hmac`: the generic scheme's description.
     #[serde(default)]
     pub hmac: Option<HmacSettings>,
+    /// Dunning: when and how often failed payments of this source are retried.
+    #[serde(default)]
+    pub retry: RetryPolicySettings,
+    /// The provider's API (payment retries): base URL and credentials.
+    #[serde(default)]
+    pub api: Option<ApiSettings>,
+}
+
+/// What an exhausted retry leaves behind (recorded with the retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalAction {
+    MarkUnpaid,
+    Pause,
+    Cancel,
+    Leave,
+}
+
+impl FinalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalAction::MarkUnpaid => "mark_unpaid",
+            FinalAction::Pause => "pause",
+            FinalAction::Cancel => "cancel",
+            FinalAction::Leave => "leave",
+        }
+    }
+}
+
+/// A retry policy as data; delays in seconds. Defaults: exponential from 6 h, factor 2,
+/// capped at 4 days, with jitter; at most 8 retries within 14 days; then `mark_unpaid`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicySettings {
+    pub base_secs: u64,
+    pub factor: f32,
+    pub cap_secs: u64,
+    pub jitter: bool,
+    pub max_attempts: u32,
+    pub max_age_secs: u64,
+    /// Explicit schedule instead of the backoff: retry n (0-based) happens this long after
+    /// the first failure (Polar-like `[172800, 604800, 1209600, 1814400]` = +2d, +7d, +14d, +21d).
+    pub schedule_secs: Option<Vec<u64>>,
+    pub final_action: FinalAction,
+    /// `provider_error` bucket: its own, shorter backoff.
+    pub provider_error_base_secs: u64,
+    pub provider_error_cap_secs: u64,
+    /// `inventory` bucket: its own pace and limit.
+    pub inventory_base_secs: u64,
+    pub inventory_max_attempts: u32,
+}
+
+impl Default for RetryPolicySettings {
+    fn default() -> Self {
+        Self {
+            base_secs: 6 * 3600,
+            factor: 2.0,
+            cap_secs: 4 * 86_400,
+            jitter: true,
+            max_attempts: 8,
+            max_age_secs: 14 * 86_400,
+            schedule_secs: None,
+            final_action: FinalAction::MarkUnpaid,
+            provider_error_base_secs: 15 * 60,
+            provider_error_cap_secs: 6 * 3600,
+            inventory_base_secs: 86_400,
+            inventory_max_attempts: 3,
+        }
+    }
+}
+
+/// A provider API: where it is and how to authenticate. The token is the provider's: Stripe
+/// secret key, Shopify Admin access token, Appstle `X-API-Key`, Polar customer-session
+/// token. `env:NAME` is allowed for it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub base_url: String,
+    pub token: SecretString,
+    /// Shopify Admin API version (e.g. `2025-01`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Polar: the saved payment method to retry with.
+    #[serde(default)]
+    pub payment_method_id: Option<String>,
+    /// Per-call timeout (ms).
+    #[serde(default = "defaults::api_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 impl Settings {
@@ -260,6 +369,9 @@ impl Settings {
             }
             if let Some(auth) = &mut source.basic_auth {
                 resolve_secret(&mut auth.password)?;
+            }
+            if let Some(api) = &mut source.api {
+                resolve_secret(&mut api.token)?;
             }
         }
         Ok(())
@@ -379,6 +491,9 @@ mod defaults {
     }
     pub fn batch_wait_ms() -> u64 {
         5
+    }
+    pub fn api_timeout_ms() -> u64 {
+        10_000
     }
     pub fn log_level() -> String {
         "info".into()

@@ -97,7 +97,7 @@ async fn apply(db: &Db, source: &str, batch: &[Webhook]) -> Vec<Reconciled> {
             events,
         })
         .collect();
-    db.reconcile(&events).await.unwrap()
+    db.reconcile(&events, &Default::default()).await.unwrap()
 }
 
 async fn one(db: &Db, source: &str, id: &str, events: Vec<CanonicalEvent>) -> Reconciled {

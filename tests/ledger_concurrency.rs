@@ -157,7 +157,10 @@ async fn two_workers_on_one_queue_equal_the_serial_reference() {
             event_type: &normalized.event_type,
             events: &normalized.events,
         };
-        reference.reconcile(&[event]).await.unwrap();
+        reference
+            .reconcile(&[event], &Default::default())
+            .await
+            .unwrap();
     }
     let subs: Vec<String> = (0..SUBSCRIPTIONS).map(|s| format!("sub_{s}")).collect();
     let expected = snapshot(&reference, "stripe", &subs).await;

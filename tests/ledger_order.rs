@@ -124,7 +124,7 @@ async fn apply(db: &Db, source: &str, batch: &[&(String, CanonicalEvent)]) {
             events: std::slice::from_ref(event),
         })
         .collect();
-    db.reconcile(&events).await.unwrap();
+    db.reconcile(&events, &Default::default()).await.unwrap();
 }
 
 #[test]

@@ -38,6 +38,8 @@ fn source(kind: ProviderKind) -> Source {
             timestamp_header: Some("x-timestamp".into()),
             event_id_header: Some("x-event-id".into()),
         }),
+        retry: Default::default(),
+        api: None,
     })
     .expect("fuzz settings are valid")
 }

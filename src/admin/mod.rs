@@ -35,6 +35,7 @@ pub fn router(state: AdminState) -> Router {
             get(subscription),
         )
         .route("/admin/billing-attempts", get(billing_attempts))
+        .route("/admin/retries", get(retries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -108,4 +109,12 @@ async fn billing_attempts(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let attempts = state.db.billing_attempts(&query).await?;
     Ok(Json(serde_json::json!({ "billing_attempts": attempts })))
+}
+
+async fn retries(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<crate::dunning::views::RetriesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let retries = crate::dunning::views::list(&state.db, &query).await?;
+    Ok(Json(serde_json::json!({ "retries": retries })))
 }

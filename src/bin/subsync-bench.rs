@@ -119,6 +119,8 @@ async fn drain_once(
         basic_auth: None,
         allow_ips: None,
         hmac: None,
+        retry: Default::default(),
+        api: None,
     };
     let sources = Arc::new(
         Sources::from_settings(std::slice::from_ref(&stripe)).map_err(anyhow::Error::msg)?,
@@ -157,6 +159,7 @@ async fn drain_once(
         broker.clone(),
         db.clone(),
         sources.clone(),
+        Default::default(),
         settings.worker.clone(),
     );
     let handles: Vec<_> = (0..settings.worker.consumers)

@@ -89,11 +89,17 @@ fn print_summary(view: &SubscriptionView) {
             println!("balance {account:<12} {currency} {minor} (minor units)");
         }
     }
-    println!(
-        "retry: {}",
-        view.retry
-            .as_ref()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "none".into())
-    );
+    match &view.retry {
+        Some(r) => println!(
+            "retry: {} (bucket {}, {} done, due {}) - {}",
+            r.status,
+            r.bucket,
+            r.retries_done,
+            r.due_at
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_else(|| "-".into()),
+            r.policy
+        ),
+        None => println!("retry: none"),
+    }
 }

@@ -2,6 +2,7 @@
 
 mod ledger;
 mod migrate;
+mod retries;
 mod send_test;
 mod serve;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// Ledger views and checks.
     #[command(subcommand)]
     Ledger(ledger::Command),
+    /// Payment retries (dunning).
+    #[command(subcommand)]
+    Retries(retries::Command),
 }
 
 impl Cli {
@@ -47,6 +51,7 @@ impl Cli {
             Command::Migrate => migrate::run(&settings).await,
             Command::SendTest(args) => send_test::run(&settings, args).await,
             Command::Ledger(command) => ledger::run(&settings, command).await,
+            Command::Retries(command) => retries::run(&settings, command).await,
         }
     }
 }

@@ -1,4 +1,10 @@
-//! Dunning: what to do about failed payments. Today: which decline bucket a failure falls
-//! in (the ledger records it with the attempt).
+//! Dunning: what to do about failed payments. A failed attempt's decline bucket picks the
+//! path; the policy decides when to retry; the scheduler calls the provider's API with a
+//! deterministic idempotency key and records every decision and call.
 
+pub mod clients;
 pub mod decline;
+pub mod policy;
+pub mod schedule;
+pub mod scheduler;
+pub mod views;

@@ -79,6 +79,11 @@ impl Db {
         Ok(())
     }
 
+    /// For the other table owners (dunning, sync); nothing else reaches the pool.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn ping(&self) -> Result<(), DbError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

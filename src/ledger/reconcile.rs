@@ -28,7 +28,10 @@ use super::{Db, DbError};
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
 };
-use crate::dunning::decline;
+use crate::dunning::{
+    decline,
+    schedule::{self, AttemptFact, Dunning},
+};
 
 /// What reconciliation did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +145,12 @@ impl SubscriptionRow {
 
 impl Db {
     /// Reconciles a batch in one transaction. Returns one outcome per input, in order.
-    pub async fn reconcile(&self, events: &[NewEvent<'_>]) -> Result<Vec<Reconciled>, DbError> {
+    /// Retry consequences (schedule, recover, re-arm) are written in the same transaction.
+    pub async fn reconcile(
+        &self,
+        events: &[NewEvent<'_>],
+        dunning: &Dunning,
+    ) -> Result<Vec<Reconciled>, DbError> {
         let mut tx = self.pool.begin().await?;
         let ids = archive::insert(&mut tx, events).await?;
 
@@ -187,6 +195,16 @@ impl Db {
         let final_attempts = upsert_attempts(&mut tx, &attempts).await?;
         post_journal(&mut tx, &final_attempts).await?;
         let applied_subscriptions = upsert_subscriptions(&mut tx, &subscriptions).await?;
+        let facts = attempt_facts(&attempts, &final_attempts);
+        schedule::on_attempts(&mut tx, dunning, &facts).await?;
+        for ((source, id), row) in &subscriptions {
+            let key = (source.clone(), id.clone());
+            if row.change.status == SubscriptionStatus::Active
+                && applied_subscriptions.contains(&key)
+            {
+                schedule::on_subscription_active(&mut tx, dunning, source, id).await?;
+            }
+        }
 
         // An event is applied when one of its canonical events is the state now stored.
         let mut outcomes = Vec::with_capacity(events.len());
@@ -232,6 +250,44 @@ impl Db {
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+fn status_of_rank(rank: i32) -> AttemptStatus {
+    match rank {
+        0 => AttemptStatus::Pending,
+        1 => AttemptStatus::RequiresAction,
+        2 => AttemptStatus::Skipped,
+        3 => AttemptStatus::Failed,
+        4 => AttemptStatus::Succeeded,
+        _ => AttemptStatus::Refunded,
+    }
+}
+
+/// What dunning needs of the batch's attempts: their stored status, and the failure
+/// details when the stored state is this batch's failure.
+fn attempt_facts(
+    rows: &BTreeMap<(String, String), AttemptRow>,
+    stored: &HashMap<(String, String), FinalAttempt>,
+) -> Vec<AttemptFact> {
+    rows.iter()
+        .filter_map(|((source, _), row)| {
+            let a = &row.attempt;
+            let stored = stored.get(&(source.clone(), a.attempt_id.clone()))?;
+            let status = status_of_rank(stored.rank);
+            let ours = status == a.status;
+            Some(AttemptFact {
+                source_id: source.clone(),
+                attempt_id: a.attempt_id.clone(),
+                cycle_id: a.cycle_id.clone(),
+                subscription_id: a.subscription_id.clone(),
+                status,
+                error_code: if ours { a.error_code.clone() } else { None },
+                provider_status: stored.provider_status.clone(),
+                attempted_at: a.attempted_at,
+                next_attempt_at: if ours { a.next_attempt_at } else { None },
+            })
+        })
+        .collect()
 }
 
 /// An attempt as stored after the upsert.

@@ -37,8 +37,8 @@ pub struct SubscriptionView {
     pub attempts: Vec<AttemptView>,
     /// account → currency → balance in minor units.
     pub balances: BTreeMap<String, BTreeMap<String, i64>>,
-    /// The scheduled payment retry (dunning); `null` when none is scheduled.
-    pub retry: Option<serde_json::Value>,
+    /// The open payment retry (dunning); `null` when none is open.
+    pub retry: Option<crate::dunning::views::RetryView>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -101,7 +101,7 @@ impl Db {
             currency,
             attempts,
             balances,
-            retry: None,
+            retry: crate::dunning::views::open_for(self, source_id, subscription_id).await?,
         }))
     }
 

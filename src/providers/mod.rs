@@ -429,6 +429,8 @@ mod tests {
                     timestamp_header: Some("x-timestamp".into()),
                     event_id_header: None,
                 }),
+                retry: Default::default(),
+                api: None,
             };
             let source = Source::new(&settings).unwrap();
             assert_eq!(source.kind(), kind);
@@ -468,6 +470,8 @@ mod tests {
             basic_auth: None,
             allow_ips: None,
             hmac: None,
+            retry: Default::default(),
+            api: None,
         };
         assert!(Source::new(&base).unwrap_err().contains("[hmac]"));
         let rebilly = SourceSettings {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerSettings;
+use crate::dunning::schedule::Dunning;
 use crate::ledger::{Db, DbError, NewEvent, Reconciled};
 use crate::providers::{Normalized, Sources};
 use crate::queue::{Broker, Incoming, QueueError, Subscription};
@@ -41,15 +42,23 @@ pub struct Worker {
     broker: Broker,
     db: Db,
     sources: Arc<Sources>,
+    dunning: Dunning,
     settings: WorkerSettings,
 }
 
 impl Worker {
-    pub fn new(broker: Broker, db: Db, sources: Arc<Sources>, settings: WorkerSettings) -> Self {
+    pub fn new(
+        broker: Broker,
+        db: Db,
+        sources: Arc<Sources>,
+        dunning: Dunning,
+        settings: WorkerSettings,
+    ) -> Self {
         Self {
             broker,
             db,
             sources,
+            dunning,
             settings,
         }
     }
@@ -237,7 +246,7 @@ impl Worker {
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .without_max_times();
-        let attempt = (|| self.db.reconcile(&events))
+        let attempt = (|| self.db.reconcile(&events, &self.dunning))
             .retry(backoff)
             .when(DbError::is_transient)
             .notify(|error, delay| {

@@ -1,0 +1,63 @@
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::dunning::views::{self, RetriesQuery};
+use crate::ledger::Db;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// What is scheduled and why: policy, bucket, retries made, next time, last outcome.
+    List {
+        /// Only retries due now.
+        #[arg(long)]
+        due: bool,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCode> {
+    let db = Db::connect_lazy(&settings.database)?;
+    let Command::List {
+        due,
+        source,
+        limit,
+        json,
+    } = command;
+    let query = RetriesQuery {
+        source_id: source,
+        subscription_id: None,
+        due,
+        limit: Some(limit),
+    };
+    let retries = views::list(&db, &query).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&retries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<14} {:<24} {:<18} {:<22} {:>4} {:<25} LAST OUTCOME / POLICY",
+        "SOURCE", "CYCLE", "STATUS", "BUCKET", "DONE", "DUE"
+    );
+    for r in &retries {
+        let due_at = r
+            .due_at
+            .map(|d| d.to_rfc3339())
+            .unwrap_or_else(|| "-".into());
+        let outcome = r.last_outcome.as_deref().unwrap_or("-");
+        println!(
+            "{:<14} {:<24} {:<18} {:<22} {:>4} {due_at:<25} {outcome} / {}",
+            r.source_id, r.cycle_key, r.status, r.bucket, r.retries_done, r.policy
+        );
+    }
+    println!(
+        "{} retr{}",
+        retries.len(),
+        if retries.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,418 @@
+//! Shopify Admin GraphQL: `subscriptionBillingAttemptCreate` on the contract, with the
+//! retry's key as the attempt's `idempotencyKey` (Shopify returns the existing attempt for
+//! a repeated key). Asynchronous: the result arrives by the
+//! `subscription_billing_attempts/success|failure|challenged` webhooks.
+
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::future::BoxFuture;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, missing, retry_after,
+    secret_header, snippet, transport, trim_base,
+};
+use crate::config::ApiSettings;
+
+/// Admin API version when `api.api_version` is not set.
+pub const DEFAULT_API_VERSION: &str = "2025-01";
+
+const MUTATION: &str = "mutation subscriptionBillingAttemptCreate($subscriptionContractId: ID!, \
+$subscriptionBillingAttemptInput: SubscriptionBillingAttemptInput!) { \
+subscriptionBillingAttemptCreate(subscriptionContractId: $subscriptionContractId, \
+subscriptionBillingAttemptInput: $subscriptionBillingAttemptInput) { \
+subscriptionBillingAttempt { id ready errorCode errorMessage } \
+userErrors { field message code } } }";
+
+/// Creates a billing attempt on a Shopify contract (`RetryCall::subscription_id`).
+pub struct ShopifyClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: SecretString,
+    api_version: String,
+    timeout: Duration,
+}
+
+impl ShopifyClient {
+    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        Self {
+            http,
+            base_url: trim_base(&api.base_url),
+            token: api.token.clone(),
+            api_version: api
+                .api_version
+                .clone()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
+            timeout: Duration::from_millis(api.timeout_ms),
+        }
+    }
+
+    async fn create_attempt(&self, call: &RetryCall) -> Result<CallOutcome, CallError> {
+        let contract = call
+            .subscription_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| missing("subscription_id (Shopify contract)"))?;
+        let url = endpoint(
+            &self.base_url,
+            &["admin", "api", &self.api_version, "graphql.json"],
+        )?;
+        let token = secret_header(self.token.expose_secret())?;
+        let body = json!({
+            "query": MUTATION,
+            "variables": {
+                "subscriptionContractId": contract_gid(contract),
+                "subscriptionBillingAttemptInput": {
+                    "idempotencyKey": call.idempotency_key,
+                    "originTime": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                },
+            },
+        });
+        let response = self
+            .http
+            .post(url)
+            .timeout(self.timeout)
+            .header("X-Shopify-Access-Token", token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let body = response.text().await.map_err(transport)?;
+        classify(status, wait, &body)
+    }
+}
+
+impl RetryClient for ShopifyClient {
+    fn retry<'a>(&'a self, call: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>> {
+        Box::pin(async move { self.create_attempt(call).await })
+    }
+}
+
+/// The contract's GraphQL id: a bare number gets the `SubscriptionContract` gid prefix.
+fn contract_gid(id: &str) -> String {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+        format!("gid://shopify/SubscriptionContract/{id}")
+    } else {
+        id.to_owned()
+    }
+}
+
+#[derive(Deserialize)]
+struct Response {
+    data: Option<Data>,
+    #[serde(default)]
+    errors: Vec<GraphQlError>,
+    extensions: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Data {
+    subscription_billing_attempt_create: Option<Payload>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Payload {
+    subscription_billing_attempt: Option<Attempt>,
+    #[serde(default)]
+    user_errors: Vec<UserError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Attempt {
+    #[serde(default)]
+    ready: bool,
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserError {
+    message: String,
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlError {
+    message: Option<String>,
+    extensions: Option<Value>,
+}
+
+fn classify(
+    status: StatusCode,
+    wait: Option<Duration>,
+    body: &str,
+) -> Result<CallOutcome, CallError> {
+    let code = status.as_u16();
+    let rejected = |message: String| CallError::Rejected {
+        status: code,
+        message: snippet(&message),
+    };
+    match code {
+        500.. => return Err(CallError::Transient(format!("shopify {code}"))),
+        429 => return Err(CallError::RateLimited { retry_after: wait }),
+        401 | 403 => return Err(auth_failed(code)),
+        _ if !status.is_success() => return Err(rejected(body.to_owned())),
+        _ => {}
+    }
+    let response: Response = serde_json::from_str(body)
+        .map_err(|_| CallError::Transient(format!("unreadable GraphQL response ({code})")))?;
+    if !response.errors.is_empty() {
+        let code_of = |e: &GraphQlError| {
+            e.extensions
+                .as_ref()?
+                .get("code")?
+                .as_str()
+                .map(str::to_owned)
+        };
+        if response
+            .errors
+            .iter()
+            .any(|e| code_of(e).as_deref() == Some("THROTTLED"))
+        {
+            let retry_after = wait.or_else(|| throttle_wait(response.extensions.as_ref()));
+            return Err(CallError::RateLimited { retry_after });
+        }
+        let messages: Vec<&str> = response
+            .errors
+            .iter()
+            .filter_map(|e| e.message.as_deref())
+            .collect();
+        return Err(rejected(messages.join("; ")));
+    }
+    let payload = (response.data)
+        .and_then(|d| d.subscription_billing_attempt_create)
+        .ok_or_else(|| rejected("no subscriptionBillingAttemptCreate in the response".into()))?;
+    if !payload.user_errors.is_empty() {
+        let messages: Vec<String> = (payload.user_errors.iter())
+            .map(|e| match &e.code {
+                Some(c) => format!("{c}: {}", e.message),
+                None => e.message.clone(),
+            })
+            .collect();
+        return Err(rejected(messages.join("; ")));
+    }
+    match payload.subscription_billing_attempt {
+        // A repeated key returns the first attempt: if it already failed, say so now.
+        Some(Attempt {
+            ready: true,
+            error_code: Some(error_code),
+            error_message,
+        }) => Ok(CallOutcome::Declined {
+            code: Some(error_code),
+            message: error_message,
+        }),
+        Some(_) => Ok(CallOutcome::Accepted),
+        None => Err(rejected("no billing attempt in the response".into())),
+    }
+}
+
+/// Seconds until the bucket holds the requested cost (`extensions.cost`), when no
+/// `Retry-After` header came.
+fn throttle_wait(extensions: Option<&Value>) -> Option<Duration> {
+    let cost = extensions?.get("cost")?;
+    let requested = cost.get("requestedQueryCost")?.as_f64()?;
+    let throttle = cost.get("throttleStatus")?;
+    let available = throttle.get("currentlyAvailable")?.as_f64()?;
+    let rate = throttle.get("restoreRate")?.as_f64()?;
+    (rate > 0.0).then(|| Duration::from_secs_f64(((requested - available) / rate).max(0.0).ceil()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use wiremock::matchers::{body_partial_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    const TOKEN: &str = "shpat_secret123";
+    const GID: &str = "gid://shopify/SubscriptionContract/4242";
+
+    fn client(server: &MockServer, version: Option<&str>) -> ShopifyClient {
+        let api = ApiSettings {
+            base_url: format!("{}/", server.uri()),
+            token: SecretString::from(TOKEN),
+            api_version: version.map(str::to_owned),
+            payment_method_id: None,
+            timeout_ms: 2_000,
+        };
+        ShopifyClient::new(&api, reqwest::Client::new())
+    }
+
+    fn call(contract: &str) -> RetryCall {
+        RetryCall {
+            attempt_id: "att_1".into(),
+            cycle_id: None,
+            subscription_id: Some(contract.into()),
+            idempotency_key: "subsync-shopify-4242-r3".into(),
+        }
+    }
+
+    async fn answer_at(
+        version: Option<&str>,
+        route: &str,
+        contract: &str,
+        response: ResponseTemplate,
+    ) -> Result<CallOutcome, CallError> {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(route))
+            .and(header("x-shopify-access-token", TOKEN))
+            .and(header("content-type", "application/json"))
+            .and(body_partial_json(json!({
+                "variables": {
+                    "subscriptionContractId": GID,
+                    "subscriptionBillingAttemptInput": {"idempotencyKey": "subsync-shopify-4242-r3"}
+                }
+            })))
+            .respond_with(response)
+            .expect(1)
+            .mount(&server)
+            .await;
+        client(&server, version).retry(&call(contract)).await
+    }
+
+    async fn answer(response: ResponseTemplate) -> Result<CallOutcome, CallError> {
+        answer_at(None, "/admin/api/2025-01/graphql.json", "4242", response).await
+    }
+
+    fn payload(attempt: Value, user_errors: Value) -> ResponseTemplate {
+        ResponseTemplate::new(200).set_body_json(json!({
+            "data": {"subscriptionBillingAttemptCreate": {
+                "subscriptionBillingAttempt": attempt, "userErrors": user_errors}}
+        }))
+    }
+
+    fn rejected(status: u16, message: &str) -> CallError {
+        CallError::Rejected {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn limited(secs: u64) -> Result<CallOutcome, CallError> {
+        Err(CallError::RateLimited {
+            retry_after: Some(Duration::from_secs(secs)),
+        })
+    }
+
+    fn pending() -> Value {
+        json!({"id": "gid://shopify/SubscriptionBillingAttempt/7", "ready": false, "errorCode": null, "errorMessage": null})
+    }
+
+    #[tokio::test]
+    async fn created_attempt_is_accepted() {
+        let created = || payload(pending(), json!([]));
+        assert_eq!(answer(created()).await, Ok(CallOutcome::Accepted));
+        // A configured version and a contract that is already a gid pass through.
+        let route = "/admin/api/2024-10/graphql.json";
+        let result = answer_at(Some("2024-10"), route, GID, created()).await;
+        assert_eq!(result, Ok(CallOutcome::Accepted));
+    }
+
+    #[tokio::test]
+    async fn the_body_carries_the_mutation_and_an_origin_time() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(payload(pending(), json!([])))
+            .expect(1)
+            .mount(&server)
+            .await;
+        client(&server, None).retry(&call("4242")).await.unwrap();
+        let requests = server.received_requests().await.unwrap();
+        let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+        assert_eq!(body["query"], MUTATION);
+        let origin = body["variables"]["subscriptionBillingAttemptInput"]["originTime"]
+            .as_str()
+            .unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(origin).is_ok(),
+            "{origin}"
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_key_with_a_failed_attempt_is_declined() {
+        let failed = json!({"id": "gid://shopify/SubscriptionBillingAttempt/7", "ready": true,
+                            "errorCode": "INSUFFICIENT_FUNDS", "errorMessage": "Insufficient funds"});
+        assert_eq!(
+            answer(payload(failed, json!([]))).await,
+            Ok(CallOutcome::Declined {
+                code: Some("INSUFFICIENT_FUNDS".into()),
+                message: Some("Insufficient funds".into())
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn user_errors_are_rejected() {
+        let errors = json!([{"field": ["subscriptionContractId"], "message": "Contract is not active", "code": "CONTRACT_NOT_ACTIVE"}]);
+        assert_eq!(
+            answer(payload(Value::Null, errors)).await,
+            Err(rejected(200, "CONTRACT_NOT_ACTIVE: Contract is not active"))
+        );
+    }
+
+    #[tokio::test]
+    async fn throttled_is_rate_limited() {
+        let throttled = json!({
+            "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+            "extensions": {"cost": {"requestedQueryCost": 10, "actualQueryCost": null,
+                "throttleStatus": {"maximumAvailable": 2000.0, "currentlyAvailable": 0, "restoreRate": 100.0}}}
+        });
+        let with_header = ResponseTemplate::new(200)
+            .set_body_json(throttled.clone())
+            .insert_header("Retry-After", "2");
+        assert_eq!(answer(with_header).await, limited(2));
+        let from_cost = ResponseTemplate::new(200).set_body_json(throttled);
+        assert_eq!(answer(from_cost).await, limited(1));
+        let http_429 = ResponseTemplate::new(429).insert_header("Retry-After", "4");
+        assert_eq!(answer(http_429).await, limited(4));
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_transient_and_client_errors_rejected() {
+        assert!(matches!(
+            answer(ResponseTemplate::new(503)).await,
+            Err(CallError::Transient(_))
+        ));
+        for status in [401, 403] {
+            let echo = ResponseTemplate::new(status).set_body_string(format!("bad token {TOKEN}"));
+            match answer(echo).await {
+                Err(CallError::Rejected { status: s, message }) => {
+                    assert_eq!(s, status);
+                    assert!(!message.contains(TOKEN));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let not_found = answer(ResponseTemplate::new(404).set_body_string("Not Found")).await;
+        assert_eq!(not_found, Err(rejected(404, "Not Found")));
+    }
+
+    #[tokio::test]
+    async fn missing_contract_is_rejected_before_calling() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let mut without = call("4242");
+        without.subscription_id = None;
+        assert!(matches!(
+            client(&server, None).retry(&without).await,
+            Err(CallError::Rejected { status: 0, .. })
+        ));
+    }
+}
