@@ -106,7 +106,8 @@ pub async fn start(
             dunning.clone(),
             retry_clients(settings)?,
             Duration::from_secs(settings.dunning.in_flight_timeout_secs),
-        );
+        )
+        .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
         let interval = Duration::from_millis(settings.dunning.interval_ms);
         tasks.spawn(scheduler.run(interval, shutdown.clone()));
     }

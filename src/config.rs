@@ -109,6 +109,9 @@ pub struct DunningSettings {
     /// A call with no recorded answer after this long (the process died between the call
     /// and its commit) is re-sent with the same idempotency key (seconds).
     pub in_flight_timeout_secs: u64,
+    /// An accepted asynchronous retry (Appstle, Shopify) whose outcome never arrives is
+    /// handed back to the policy after this long (seconds).
+    pub accepted_timeout_secs: u64,
 }
 
 impl Default for DunningSettings {
@@ -116,6 +119,7 @@ impl Default for DunningSettings {
         Self {
             interval_ms: 1000,
             in_flight_timeout_secs: 300,
+            accepted_timeout_secs: 86_400,
         }
     }
 }

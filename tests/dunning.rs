@@ -605,15 +605,27 @@ interval_ms = 3600000
         after.status, "in_flight",
         "accepted: the outcome comes by webhook"
     );
+    let pass = scheduler
+        .run_once(due + chrono::Duration::hours(12))
+        .await
+        .unwrap();
     assert_eq!(
-        scheduler
-            .run_once(due + chrono::Duration::days(2))
-            .await
-            .unwrap()
-            .called,
-        0,
-        "no second retry in flight"
+        (pass.called, pass.expired),
+        (0, 0),
+        "no second retry while one is in flight"
     );
+    // No outcome for a day: the try counts as failed and the policy schedules the next.
+    let pass = scheduler
+        .run_once(Utc::now() + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!((pass.called, pass.expired), (0, 1));
+    let next = views::list(&app.db, &RetriesQuery::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((next.status.as_str(), next.retries_done), ("scheduled", 1));
+    assert!(next.last_outcome.unwrap().contains("no outcome reported"));
 
     // Appstle reports the same attempt succeeded.
     let success = String::from_utf8(failure)

@@ -33,6 +33,20 @@ impl DeclineBucket {
     }
 }
 
+/// A bucket from its stored name.
+pub fn bucket_from_str(name: &str) -> Option<DeclineBucket> {
+    use DeclineBucket::*;
+    [
+        RetrySoon,
+        NeedsCustomerAction,
+        NeverRetry,
+        ProviderError,
+        Inventory,
+    ]
+    .into_iter()
+    .find(|b| b.as_str() == name)
+}
+
 /// The bucket of a failed attempt, from its error code and, where the provider has no code,
 /// its own status word (Appstle `SHOPIFY_EXCEPTION`).
 pub fn classify(error_code: Option<&str>, provider_status: &str) -> DeclineBucket {

@@ -36,6 +36,8 @@ pub struct Pass {
     pub called: usize,
     pub completed_without_call: usize,
     pub resent: usize,
+    /// Accepted retries whose outcome never arrived, handed back to the policy.
+    pub expired: usize,
 }
 
 pub struct Scheduler {
@@ -43,6 +45,7 @@ pub struct Scheduler {
     dunning: Dunning,
     clients: Arc<HashMap<String, Box<dyn RetryClient>>>,
     in_flight_timeout: Duration,
+    accepted_timeout: Duration,
     batch: i64,
 }
 
@@ -64,6 +67,7 @@ impl Scheduler {
             dunning,
             clients: Arc::new(clients),
             in_flight_timeout,
+            accepted_timeout: Duration::from_secs(86_400),
             batch: 50,
         }
     }
@@ -87,6 +91,7 @@ impl Scheduler {
     /// One pass at time `now`: re-arm stuck calls, claim what is due, call, record.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, DbError> {
         let resent = self.rearm_unanswered(now).await?;
+        let expired = self.expire_accepted(now).await?;
         let (claimed, completed_without_call) = self.claim(now).await?;
         for retry in &claimed {
             let outcome = self.call(retry).await;
@@ -96,6 +101,7 @@ impl Scheduler {
             called: claimed.len(),
             completed_without_call,
             resent,
+            expired,
         })
     }
 
@@ -117,6 +123,61 @@ impl Scheduler {
         .execute(self.db.pool())
         .await?;
         Ok(done.rows_affected() as usize)
+    }
+
+    /// How long an accepted asynchronous retry (Appstle, Shopify) may wait for its outcome
+    /// before the policy decides the next one.
+    pub fn with_accepted_timeout(mut self, timeout: Duration) -> Self {
+        self.accepted_timeout = timeout;
+        self
+    }
+
+    /// Accepted retries whose outcome (webhook) never came: the try counts as failed with
+    /// its bucket, and the policy decides what follows.
+    async fn expire_accepted(&self, now: DateTime<Utc>) -> Result<usize, DbError> {
+        let cutoff = now
+            - chrono::Duration::from_std(self.accepted_timeout).unwrap_or(chrono::Duration::MAX);
+        let mut tx = self.db.pool().begin().await?;
+        let stale: Vec<(String, String, String, i32, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT r.source_id, r.cycle_key, r.bucket, r.retries_done, r.first_failed_at
+             FROM retries r JOIN retry_calls c
+               ON c.source_id = r.source_id AND c.cycle_key = r.cycle_key AND c.retry_number = r.retries_done
+             WHERE r.status = 'in_flight' AND c.finished_at IS NOT NULL AND c.finished_at < $1
+             FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (source_id, cycle_key, bucket, done, first_failed_at) in &stale {
+            let bucket = decline::bucket_from_str(bucket).unwrap_or(DeclineBucket::RetrySoon);
+            let decision = self.dunning.plan(source_id).map(|p| {
+                p.policy.decide(
+                    bucket,
+                    u32::try_from(*done).unwrap_or(0),
+                    *first_failed_at,
+                    now,
+                )
+            });
+            let (status, due_at, action) =
+                decision
+                    .as_ref()
+                    .map(row_for)
+                    .unwrap_or(("exhausted", None, None));
+            sqlx::query(
+                "UPDATE retries SET status = $3, due_at = $4, final_action = COALESCE($5, final_action),
+                        last_outcome = 'no outcome reported for the accepted retry', updated_at = now()
+                 WHERE source_id = $1 AND cycle_key = $2",
+            )
+            .bind(source_id)
+            .bind(cycle_key)
+            .bind(status)
+            .bind(due_at)
+            .bind(action)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(stale.len())
     }
 
     /// Claims due retries, completing without a call those the ledger says are settled.
