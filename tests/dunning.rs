@@ -173,6 +173,23 @@ async fn retry(app: &TestApp, cycle: &str) -> RetryView {
         .expect("retry row")
 }
 
+/// The only retry row, once the worker has written it.
+async fn first_retry(app: &TestApp) -> RetryView {
+    let written = eventually(Duration::from_secs(20), || async {
+        views::list(&app.db, &RetriesQuery::default())
+            .await
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(written, "one retry row");
+    views::list(&app.db, &RetriesQuery::default())
+        .await
+        .unwrap()
+        .remove(0)
+}
+
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap()
 }
@@ -576,19 +593,7 @@ interval_ms = 3600000
         .status(),
         202
     );
-    let scheduled = eventually(Duration::from_secs(20), || async {
-        views::list(&app.db, &RetriesQuery::default())
-            .await
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
-    assert!(scheduled);
-    let r = views::list(&app.db, &RetriesQuery::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let r = first_retry(&app).await;
     assert_eq!(
         (r.status.as_str(), r.bucket.as_str(), r.attempt_id.as_str()),
         ("scheduled", "retry_soon", "123456")
@@ -673,19 +678,7 @@ async fn paynow_retries_on_its_side_and_is_only_tracked() {
         .status(),
         202
     );
-    let tracked = eventually(Duration::from_secs(20), || async {
-        views::list(&app.db, &RetriesQuery::default())
-            .await
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
-    assert!(tracked);
-    let r = views::list(&app.db, &RetriesQuery::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let r = first_retry(&app).await;
     assert_eq!(r.status, "provider_managed");
     let expected = DateTime::<Utc>::from(now) + chrono::Duration::days(3);
     assert!(
