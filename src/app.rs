@@ -46,6 +46,9 @@ impl Role {
     fn uses_database(self) -> bool {
         self.worker() || self.scheduler()
     }
+    fn uses_broker(self) -> bool {
+        self.ingress() || self.worker()
+    }
 }
 
 /// A started service.
@@ -96,6 +99,7 @@ pub async fn start(
         broker: broker.clone(),
         token: settings.admin.token.clone(),
         uses_database: role.uses_database(),
+        uses_broker: role.uses_broker(),
     });
     tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
 

@@ -24,6 +24,8 @@ pub struct AdminState {
     pub token: SecretString,
     /// Whether this process's role uses the database (an ingress-only one does not).
     pub uses_database: bool,
+    /// Whether it uses the broker (a scheduler-only one does not).
+    pub uses_broker: bool,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -68,7 +70,7 @@ async fn require_token(
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.broker.is_connected() {
+    if state.uses_broker && !state.broker.is_connected() {
         return Err(ApiError::Unavailable("broker not connected"));
     }
     if state.uses_database && state.db.ping().await.is_err() {
