@@ -14,8 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, missing, retry_after,
-    secret_header, snippet, transport, trim_base,
+    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, missing,
+    secret_header, snippet, trim_base,
 };
 use crate::config::ApiSettings;
 
@@ -53,17 +53,13 @@ impl AppstleClient {
             ],
         )?;
         let key = secret_header(self.token.expose_secret())?;
-        let response = self
-            .http
-            .put(url)
-            .timeout(self.timeout)
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = response.text().await.map_err(transport)?;
+        let (status, wait, body) = exchange(
+            self.http
+                .put(url)
+                .timeout(self.timeout)
+                .header("X-API-Key", key),
+        )
+        .await?;
         classify(status, wait, &body)
     }
 }

@@ -125,12 +125,29 @@ fn secret_header(value: &str) -> Result<HeaderValue, CallError> {
     Ok(header)
 }
 
-/// A required id the call lacks: final, nothing was sent.
+/// A required, non-empty id of the call; without it the call is final and nothing is sent.
+fn required<'a>(value: Option<&'a str>, what: &str) -> Result<&'a str, CallError> {
+    value.filter(|v| !v.is_empty()).ok_or_else(|| missing(what))
+}
+
+/// A required setting or id the call lacks: final, nothing was sent.
 fn missing(what: &str) -> CallError {
     CallError::Rejected {
         status: 0,
         message: format!("missing {what}"),
     }
+}
+
+/// Sends a request with its own timeout and reads the answer: status, `Retry-After`, body.
+/// No HTTP answer at all is transient (the same call, same key, may be sent again).
+async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, Option<Duration>, String), CallError> {
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    let wait = retry_after(response.headers());
+    let body = response.text().await.map_err(transport)?;
+    Ok((status, wait, body))
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by these providers).

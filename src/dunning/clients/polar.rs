@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, missing, retry_after,
-    secret_header, snippet, transport, trim_base,
+    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, missing,
+    required, secret_header, snippet, trim_base,
 };
 use crate::config::ApiSettings;
 
@@ -39,11 +39,7 @@ impl PolarClient {
     }
 
     async fn confirm(&self, call: &RetryCall) -> Result<CallOutcome, CallError> {
-        let order = call
-            .cycle_id
-            .as_deref()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| missing("cycle_id (Polar order id)"))?;
+        let order = required(call.cycle_id.as_deref(), "cycle_id (Polar order id)")?;
         let method = self
             .payment_method_id
             .as_deref()
@@ -56,19 +52,15 @@ impl PolarClient {
         let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
         // Exactly one of `payment_method_id` / `confirmation_token_id`: never both.
         let body = json!({ "payment_method_id": method, "payment_processor": "stripe" });
-        let response = self
-            .http
-            .post(url)
-            .timeout(self.timeout)
-            .header(AUTHORIZATION, auth)
-            .header("Idempotency-Key", call.idempotency_key.as_str())
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = response.text().await.map_err(transport)?;
+        let (status, wait, body) = exchange(
+            self.http
+                .post(url)
+                .timeout(self.timeout)
+                .header(AUTHORIZATION, auth)
+                .header("Idempotency-Key", call.idempotency_key.as_str())
+                .json(&body),
+        )
+        .await?;
         classify(status, wait, &body)
     }
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, missing, retry_after,
-    secret_header, snippet, transport, trim_base,
+    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, required,
+    secret_header, snippet, trim_base,
 };
 use crate::config::ApiSettings;
 
@@ -53,11 +53,10 @@ impl ShopifyClient {
     }
 
     async fn create_attempt(&self, call: &RetryCall) -> Result<CallOutcome, CallError> {
-        let contract = call
-            .subscription_id
-            .as_deref()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| missing("subscription_id (Shopify contract)"))?;
+        let contract = required(
+            call.subscription_id.as_deref(),
+            "subscription_id (Shopify contract)",
+        )?;
         let url = endpoint(
             &self.base_url,
             &["admin", "api", &self.api_version, "graphql.json"],
@@ -73,18 +72,14 @@ impl ShopifyClient {
                 },
             },
         });
-        let response = self
-            .http
-            .post(url)
-            .timeout(self.timeout)
-            .header("X-Shopify-Access-Token", token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = response.text().await.map_err(transport)?;
+        let (status, wait, body) = exchange(
+            self.http
+                .post(url)
+                .timeout(self.timeout)
+                .header("X-Shopify-Access-Token", token)
+                .json(&body),
+        )
+        .await?;
         classify(status, wait, &body)
     }
 }

@@ -11,8 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, missing, retry_after,
-    secret_header, snippet, transport, trim_base,
+    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, required,
+    secret_header, snippet, trim_base,
 };
 use crate::config::ApiSettings;
 
@@ -35,27 +35,19 @@ impl StripeClient {
     }
 
     async fn pay(&self, call: &RetryCall) -> Result<CallOutcome, CallError> {
-        let invoice = call
-            .cycle_id
-            .as_deref()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| missing("cycle_id (Stripe invoice id)"))?;
+        let invoice = required(call.cycle_id.as_deref(), "cycle_id (Stripe invoice id)")?;
         let url = endpoint(&self.base_url, &["v1", "invoices", invoice, "pay"])?;
         let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
-        let response = self
-            .http
-            .post(url)
-            .timeout(self.timeout)
-            .header(AUTHORIZATION, auth)
-            .header("Idempotency-Key", call.idempotency_key.as_str())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body("")
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = response.text().await.map_err(transport)?;
+        let (status, wait, body) = exchange(
+            self.http
+                .post(url)
+                .timeout(self.timeout)
+                .header(AUTHORIZATION, auth)
+                .header("Idempotency-Key", call.idempotency_key.as_str())
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(""),
+        )
+        .await?;
         classify(status, wait, &body)
     }
 }
