@@ -85,6 +85,15 @@ async fn fake_stripe(fake: FakeStripe) -> MockServer {
     server
 }
 
+/// The fake Stripe and a service (ingress, workers; its own scheduler idle) pointed at it.
+async fn stripe_app(fake: FakeStripe) -> (FakeStripe, MockServer, TestConfig, TestApp) {
+    let server = fake_stripe(fake.clone()).await;
+    let mut config = TestConfig::new().await;
+    config_with(&server, &mut config);
+    let app = spawn_app(&config, Role::All).await;
+    (fake, server, config, app)
+}
+
 fn config_with(server: &MockServer, config: &mut TestConfig) {
     config.extra = format!(
         r#"
@@ -196,11 +205,7 @@ fn t0() -> DateTime<Utc> {
 
 #[tokio::test]
 async fn failure_is_retried_once_at_the_computed_time_and_recovers() {
-    let fake = FakeStripe::default();
-    let server = fake_stripe(fake.clone()).await;
-    let mut config = TestConfig::new().await;
-    config_with(&server, &mut config);
-    let app = spawn_app(&config, Role::All).await;
+    let (fake, _server, config, app) = stripe_app(FakeStripe::default()).await;
     let t0 = t0();
     send(
         &app,
@@ -318,11 +323,7 @@ async fn failure_is_retried_once_at_the_computed_time_and_recovers() {
 
 #[tokio::test]
 async fn hard_declines_are_never_retried_and_settled_cycles_complete_without_a_call() {
-    let fake = FakeStripe::default();
-    let server = fake_stripe(fake.clone()).await;
-    let mut config = TestConfig::new().await;
-    config_with(&server, &mut config);
-    let app = spawn_app(&config, Role::All).await;
+    let (fake, _server, _config, app) = stripe_app(FakeStripe::default()).await;
     let t0 = t0();
     send(
         &app,
@@ -400,11 +401,7 @@ async fn hard_declines_are_never_retried_and_settled_cycles_complete_without_a_c
 
 #[tokio::test]
 async fn two_schedulers_make_one_call_per_due_retry() {
-    let fake = FakeStripe::default();
-    let server = fake_stripe(fake.clone()).await;
-    let mut config = TestConfig::new().await;
-    config_with(&server, &mut config);
-    let app = spawn_app(&config, Role::All).await;
+    let (fake, _server, _config, app) = stripe_app(FakeStripe::default()).await;
     let t0 = t0();
     for i in 0..20 {
         let id = format!("evt_{i}");
@@ -445,14 +442,11 @@ async fn two_schedulers_make_one_call_per_due_retry() {
 
 #[tokio::test]
 async fn a_scheduler_killed_between_call_and_commit_never_charges_twice() {
-    let fake = FakeStripe {
+    let slow = FakeStripe {
         slow_first: Some(Duration::from_secs(3)),
         ..Default::default()
     };
-    let server = fake_stripe(fake.clone()).await;
-    let mut config = TestConfig::new().await;
-    config_with(&server, &mut config);
-    let app = spawn_app(&config, Role::All).await;
+    let (fake, _server, _config, app) = stripe_app(slow).await;
     let t0 = t0();
     send(
         &app,
@@ -504,11 +498,7 @@ async fn a_scheduler_killed_between_call_and_commit_never_charges_twice() {
 
 #[tokio::test]
 async fn needs_customer_action_waits_and_an_active_subscription_re_arms_it() {
-    let fake = FakeStripe::default();
-    let server = fake_stripe(fake.clone()).await;
-    let mut config = TestConfig::new().await;
-    config_with(&server, &mut config);
-    let app = spawn_app(&config, Role::All).await;
+    let (fake, _server, _config, app) = stripe_app(FakeStripe::default()).await;
     let t0 = t0();
     send(
         &app,
