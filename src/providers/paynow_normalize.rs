@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::super::normalize_util::{
-    Id, first_id, missing, opt_time, parse_opt_raw, parse_raw, text,
+    Id, currency_code, first_id, missing, opt_time, parse_opt_raw, parse_raw, text,
 };
 use super::super::{NormalizeError, Normalized, parse_payload};
 use crate::canonical::{
@@ -198,7 +198,7 @@ fn subscription(t: &str, s: &Subscription) -> Result<SubscriptionChange, Normali
         None => (SubscriptionStatus::Active, t.to_owned()),
     };
     let currency = text(s.currency.as_ref())
-        .map(|c| crate::money::exponent(&c).map(|(code, _)| code))
+        .map(|c| currency_code(&c, "body.currency"))
         .transpose()?;
     Ok(SubscriptionChange {
         subscription_id,

@@ -36,7 +36,7 @@
 
 use serde::Deserialize;
 
-use super::super::normalize_util::{Id, first_id, missing, opt_time, text};
+use super::super::normalize_util::{Id, currency_code, first_id, missing, opt_time, text};
 use super::super::{NormalizeError, Normalized, parse_payload};
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
@@ -285,7 +285,7 @@ fn subscription(t: &str, p: &Payload) -> Result<SubscriptionChange, NormalizeErr
     };
     let currency = sub
         .and_then(|s| text(s.currency.as_ref()))
-        .map(|c| crate::money::exponent(&c).map(|(code, _)| code))
+        .map(|c| currency_code(&c, "subscription.currency"))
         .transpose()?;
     Ok(SubscriptionChange {
         subscription_id,
