@@ -22,6 +22,7 @@ use crate::ingress;
 use crate::ledger::Db;
 use crate::providers::Sources;
 use crate::queue::Broker;
+use crate::sync::{self, Syncer};
 use crate::worker::Worker;
 
 /// Which parts run in this process.
@@ -30,6 +31,8 @@ pub enum Role {
     Ingress,
     Worker,
     Scheduler,
+    /// Periodic pull sync of the sources that configure `sync.interval_secs`.
+    Sync,
     All,
 }
 
@@ -43,11 +46,14 @@ impl Role {
     fn scheduler(self) -> bool {
         matches!(self, Role::Scheduler | Role::All)
     }
+    fn sync(self) -> bool {
+        matches!(self, Role::Sync | Role::All)
+    }
     fn uses_database(self) -> bool {
-        self.worker() || self.scheduler()
+        self.worker() || self.scheduler() || self.sync()
     }
     fn uses_broker(self) -> bool {
-        self.ingress() || self.worker()
+        self.ingress() || self.worker() || self.sync()
     }
 }
 
@@ -103,6 +109,22 @@ pub async fn start(
     });
     tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
 
+    if role.sync() {
+        let periodic = Syncer::periodic(settings);
+        if !periodic.is_empty() {
+            let syncer = Syncer::new(settings, db.clone(), Some(broker.clone()))
+                .map_err(anyhow::Error::msg)?;
+            let syncer = Arc::new(syncer);
+            for (source_id, interval) in periodic {
+                tasks.spawn(sync::run_periodic(
+                    syncer.clone(),
+                    source_id,
+                    interval,
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
     let dunning = Dunning::from_settings(&settings.sources);
     if role.scheduler() {
         let scheduler = Scheduler::new(

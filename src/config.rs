@@ -74,7 +74,29 @@ pub struct HttpSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
+    /// The operators' token (audited under the name `admin`).
     pub token: SecretString,
+    /// More tokens, each audited under its own name (one per person or tool).
+    #[serde(default)]
+    pub tokens: Vec<NamedToken>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: SecretString,
+}
+
+impl AdminSettings {
+    /// Every accepted token with the name it is audited under.
+    pub fn named_tokens(&self) -> Vec<NamedToken> {
+        let mut all = vec![NamedToken {
+            name: "admin".to_owned(),
+            token: self.token.clone(),
+        }];
+        all.extend(self.tokens.iter().cloned());
+        all
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,9 +282,44 @@ pub struct SourceSettings {
     /// Dunning: when and how often failed payments of this source are retried.
     #[serde(default)]
     pub retry: RetryPolicySettings,
-    /// The provider's API (payment retries): base URL and credentials.
+    /// The provider's API (payment retries, pull sync): base URL and credentials.
     #[serde(default)]
     pub api: Option<ApiSettings>,
+    /// Pull sync from the provider's list API (needs `api`).
+    #[serde(default)]
+    pub sync: Option<SyncSettings>,
+}
+
+/// Pull sync of one source: how often, how far back, how fast.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SyncSettings {
+    /// Periodic sync inside `serve --role sync|all` every this many seconds; 0 = only by
+    /// `subsync sync`.
+    pub interval_secs: u64,
+    /// Each incremental run re-reads this far before the watermark (late updates, clock
+    /// skew between us and the provider).
+    pub lookback_secs: u64,
+    /// Records per page; each client caps it at its API's maximum.
+    pub page_size: u32,
+    /// At least this long between two page requests (the provider's documented rate
+    /// limit); 0 = the client's default.
+    pub min_interval_ms: u64,
+    /// How many times one page is retried (429 waits and transient errors) before the
+    /// run stops with an error.
+    pub max_page_retries: u32,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            interval_secs: 900,
+            lookback_secs: 3600,
+            page_size: 100,
+            min_interval_ms: 0,
+            max_page_retries: 8,
+        }
+    }
 }
 
 /// What an exhausted retry leaves behind (recorded with the retry).
@@ -341,6 +398,9 @@ pub struct ApiSettings {
     /// Polar: the saved payment method to retry with.
     #[serde(default)]
     pub payment_method_id: Option<String>,
+    /// PayNow: the store whose subscriptions are synced (`/v1/stores/{store_id}/...`).
+    #[serde(default)]
+    pub store_id: Option<String>,
     /// Per-call timeout (ms).
     #[serde(default = "defaults::api_timeout_ms")]
     pub timeout_ms: u64,
@@ -367,6 +427,9 @@ impl Settings {
         resolve_secret(&mut self.database.url)?;
         resolve_secret(&mut self.amqp.url)?;
         resolve_secret(&mut self.admin.token)?;
+        for named in &mut self.admin.tokens {
+            resolve_secret(&mut named.token)?;
+        }
         for source in &mut self.sources {
             for secret in &mut source.secrets {
                 resolve_secret(secret)?;
@@ -383,8 +446,13 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.admin.token.expose_secret().len() < 12 {
-            return invalid("admin.token must be at least 12 characters".into());
+        for named in self.admin.named_tokens() {
+            if named.token.expose_secret().len() < 12 {
+                return invalid(format!(
+                    "admin token {:?} must be at least 12 characters",
+                    named.name
+                ));
+            }
         }
         if self.worker.batch_size == 0 || self.worker.consumers == 0 {
             return invalid("worker.batch_size and worker.consumers must be positive".into());

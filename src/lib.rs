@@ -14,6 +14,7 @@
 //! the queue.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod canonical;
 pub mod cli;
@@ -23,7 +24,9 @@ pub mod envelope;
 pub mod ingress;
 pub mod ledger;
 pub mod money;
+pub mod ops;
 pub mod providers;
 pub mod queue;
+pub mod sync;
 pub mod telemetry;
 pub mod worker;

@@ -237,8 +237,14 @@ async fn correctly_signed_but_unparseable_payload_is_dead_lettered_with_its_reas
         })
         .await
     );
-    let dead = app.broker.peek_dead_letters(10).await.unwrap();
+    let mut session = app.broker.dead_letter_session().await.unwrap();
+    let mut dead = Vec::new();
+    while let Some(letter) = session.next().await.unwrap() {
+        dead.push(letter);
+    }
+    session.close().await;
     assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, "demo:msg_poison");
     let envelope = dead[0].envelope.as_ref().unwrap();
     assert_eq!(envelope.event_id, "msg_poison");
     assert_eq!(

@@ -379,3 +379,48 @@ async fn verify_reports_a_breach_written_behind_the_ledgers_back() {
         vec!["succeeded or refunded attempt with an amount has no collection: s/a1".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn a_cycle_reported_paid_by_two_attempts_is_collected_once_in_any_order() {
+    let (db, _) = db().await;
+    let succeeded = |id: &str| attempt(id, "sub_c", AttemptStatus::Succeeded, Some((4995, "USD")));
+    // Rebilly names one payment by transaction (`transaction-processed`) and, when the
+    // invoice webhook carries no transaction, by invoice: two attempts of one cycle.
+    for (source, batches) in [
+        ("one-batch", vec![vec!["txn_1", "invoice-paid:inv_1"]]),
+        ("txn-first", vec![vec!["txn_1"], vec!["invoice-paid:inv_1"]]),
+        (
+            "invoice-first",
+            vec![vec!["invoice-paid:inv_1"], vec!["txn_1"]],
+        ),
+    ] {
+        for batch in batches {
+            let webhooks: Vec<Webhook> = batch
+                .iter()
+                .map(|id| (format!("evt_{id}"), vec![succeeded(id)]))
+                .collect();
+            apply(&db, source, &webhooks).await;
+        }
+        let view = db.subscription(source, "sub_c").await.unwrap().unwrap();
+        assert_eq!(view.attempts.len(), 2, "{source}: both attempts are shown");
+        assert_eq!(view.balances["collected"]["USD"], 4995, "{source}");
+        assert_eq!(view.balances["receivable"]["USD"], -4995, "{source}");
+    }
+    // Another cycle of the same subscription is collected on its own.
+    let next = CanonicalEvent::BillingAttempt(BillingAttempt {
+        attempt_id: "txn_2".into(),
+        cycle_id: Some("inv_2".into()),
+        ..match succeeded("txn_2") {
+            CanonicalEvent::BillingAttempt(a) => a,
+            _ => unreachable!(),
+        }
+    });
+    one(&db, "one-batch", "evt_txn_2", vec![next]).await;
+    let view = db
+        .subscription("one-batch", "sub_c")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.balances["collected"]["USD"], 9990);
+    assert!(db.verify_ledger().await.unwrap().is_empty());
+}

@@ -40,6 +40,7 @@ fn source(kind: ProviderKind) -> Source {
         }),
         retry: Default::default(),
         api: None,
+        sync: None,
     })
     .expect("fuzz settings are valid")
 }

@@ -121,6 +121,7 @@ async fn drain_once(
         hmac: None,
         retry: Default::default(),
         api: None,
+        sync: None,
     };
     let sources = Arc::new(
         Sources::from_settings(std::slice::from_ref(&stripe)).map_err(anyhow::Error::msg)?,

@@ -38,6 +38,8 @@ pub struct EventsQuery {
     pub source_id: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// The outcome: `applied`, `stale`, `ignored`.
+    pub status: Option<String>,
     pub limit: Option<i64>,
 }
 
@@ -117,7 +119,114 @@ pub(super) async fn insert(
         .collect())
 }
 
+/// Replaces the normalization of archived rows `ids` (one per event) with `events`' (a
+/// replay after a mapping fix); reconciliation marks the stale ones afterwards.
+pub(super) async fn renormalize(
+    tx: &mut sqlx::PgConnection,
+    events: &[NewEvent<'_>],
+    ids: &[i64],
+) -> Result<(), DbError> {
+    assert_eq!(events.len(), ids.len(), "one archived row per event");
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let normalized: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e.events).expect("canonical events serialize"))
+        .collect();
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            if e.events.is_empty() {
+                "ignored"
+            } else {
+                "applied"
+            }
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE events e SET event_type = u.t, normalized = u.n, outcome = u.o
+         FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::text[]) AS u(id, t, n, o)
+         WHERE e.id = u.id",
+    )
+    .bind(ids)
+    .bind(&types)
+    .bind(&normalized)
+    .bind(&outcomes)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// An archived event with its envelope rebuilt from the row, for replays.
+#[derive(Debug, Clone)]
+pub struct ArchivedEvent {
+    pub id: i64,
+    pub envelope: Envelope,
+}
+
 impl Db {
+    /// Archived events of `source_id` received in [since, until), oldest first, after row
+    /// `after_id` (keyset paging), at most `limit`.
+    pub async fn archived(
+        &self,
+        source_id: &str,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ArchivedEvent>, DbError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            DateTime<Utc>,
+            Option<String>,
+            serde_json::Value,
+            Vec<u8>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, provider, provider_event_id, received_at, content_type, headers, body
+             FROM events
+             WHERE source_id = $1 AND received_at >= $2
+               AND ($3::timestamptz IS NULL OR received_at < $3) AND id > $4
+             ORDER BY id
+             LIMIT $5",
+        )
+        .bind(source_id)
+        .bind(since)
+        .bind(until)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(id, provider, event_id, received_at, content_type, headers, body)| {
+                    let provider = crate::config::ProviderKind::parse(&provider)?;
+                    let headers = match headers {
+                        serde_json::Value::Object(map) => map
+                            .into_iter()
+                            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    Some(ArchivedEvent {
+                        id,
+                        envelope: Envelope {
+                            source_id: source_id.to_owned(),
+                            provider,
+                            event_id,
+                            received_at,
+                            content_type,
+                            headers,
+                            body: body.into(),
+                        },
+                    })
+                },
+            )
+            .collect())
+    }
+
     /// Archived events, newest first.
     pub async fn events(&self, q: &EventsQuery) -> Result<Vec<EventRow>, DbError> {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -128,12 +237,14 @@ impl Db {
              WHERE ($1::text IS NULL OR source_id = $1)
                AND ($2::timestamptz IS NULL OR received_at >= $2)
                AND ($3::timestamptz IS NULL OR received_at < $3)
+               AND ($4::text IS NULL OR outcome = $4)
              ORDER BY id DESC
-             LIMIT $4",
+             LIMIT $5",
         )
         .bind(q.source_id.as_deref())
         .bind(q.since)
         .bind(q.until)
+        .bind(q.status.as_deref())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -2,6 +2,7 @@
 //! migrations and the one transaction in which an event's effects are written.
 
 mod archive;
+mod preview;
 mod reconcile;
 mod views;
 
@@ -10,7 +11,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-pub use archive::{EventRow, EventsQuery, NewEvent};
+pub use archive::{ArchivedEvent, EventRow, EventsQuery, NewEvent};
+pub use preview::{Change, EventPreview};
 pub use reconcile::{Reconciled, attempt_rank};
 pub use views::{AttemptView, AttemptsQuery, SubscriptionView};
 

@@ -13,8 +13,10 @@
 //!   time — or receipt time when the payload has none —, status rank, provider word).
 //! - Money follows facts that only ever become true: an attempt that is (or was)
 //!   succeeded has exactly one collection entry, a refunded one also exactly one refund
-//!   entry (of the full amount). Entries are unique per (attempt, kind), so no order or
-//!   duplicate posts twice. Failed and skipped attempts post nothing.
+//!   entry (of the full amount). Entries are unique per (attempt, kind) and per (billing
+//!   cycle, kind) — a cycle is collected once even when a provider reports that payment as
+//!   two succeeded attempts —, so no order or duplicate posts twice. Failed and skipped
+//!   attempts post nothing.
 //!
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
@@ -152,104 +154,144 @@ impl Db {
         dunning: &Dunning,
     ) -> Result<Vec<Reconciled>, DbError> {
         let mut tx = self.pool.begin().await?;
-        let ids = archive::insert(&mut tx, events).await?;
-
-        // Merge the batch per attempt and per subscription; BTreeMaps give key order.
-        let mut attempts: BTreeMap<(String, String), AttemptRow> = BTreeMap::new();
-        let mut subscriptions: BTreeMap<(String, String), SubscriptionRow> = BTreeMap::new();
-        for (event, id) in events.iter().zip(&ids) {
-            let Some(event_id) = *id else { continue };
-            let source = &event.envelope.source_id;
-            for canonical in event.events {
-                match canonical {
-                    CanonicalEvent::BillingAttempt(a) => {
-                        let row = AttemptRow {
-                            event_id,
-                            attempt: a.clone(),
-                        };
-                        let key = (source.clone(), a.attempt_id.clone());
-                        let merged = match attempts.remove(&key) {
-                            Some(existing) => existing.merge(row),
-                            None => row,
-                        };
-                        attempts.insert(key, merged);
-                    }
-                    CanonicalEvent::Subscription(c) => {
-                        let row = SubscriptionRow {
-                            event_id,
-                            change: c.clone(),
-                            version: c.version.unwrap_or(-1),
-                            updated_at: c.updated_at.unwrap_or(event.envelope.received_at),
-                        };
-                        let key = (source.clone(), c.subscription_id.clone());
-                        let merged = match subscriptions.remove(&key) {
-                            Some(existing) => existing.merge(row),
-                            None => row,
-                        };
-                        subscriptions.insert(key, merged);
-                    }
-                }
-            }
-        }
-
-        let final_attempts = upsert_attempts(&mut tx, &attempts).await?;
-        post_journal(&mut tx, &final_attempts).await?;
-        let applied_subscriptions = upsert_subscriptions(&mut tx, &subscriptions).await?;
-        let facts = attempt_facts(&attempts, &final_attempts);
-        schedule::on_attempts(&mut tx, dunning, &facts).await?;
-        for ((source, id), row) in &subscriptions {
-            let key = (source.clone(), id.clone());
-            if row.change.status == SubscriptionStatus::Active
-                && applied_subscriptions.contains(&key)
-            {
-                schedule::on_subscription_active(&mut tx, dunning, source, id).await?;
-            }
-        }
-
-        // An event is applied when one of its canonical events is the state now stored.
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut stale_ids = Vec::new();
-        for (event, id) in events.iter().zip(&ids) {
-            let Some(event_id) = *id else {
-                outcomes.push(Reconciled::Duplicate);
-                continue;
-            };
-            if event.events.is_empty() {
-                outcomes.push(Reconciled::Ignored);
-                continue;
-            }
-            let source = &event.envelope.source_id;
-            let applied = event.events.iter().any(|canonical| match canonical {
-                CanonicalEvent::BillingAttempt(a) => final_attempts
-                    .get(&(source.clone(), a.attempt_id.clone()))
-                    .is_some_and(|f| {
-                        (attempt_rank(a.status), a.provider_status.as_str())
-                            >= (f.rank, f.provider_status.as_str())
-                    }),
-                CanonicalEvent::Subscription(c) => {
-                    let key = (source.clone(), c.subscription_id.clone());
-                    applied_subscriptions.contains(&key)
-                        && subscriptions
-                            .get(&key)
-                            .is_some_and(|w| w.event_id == event_id)
-                }
-            });
-            if applied {
-                outcomes.push(Reconciled::Applied);
-            } else {
-                outcomes.push(Reconciled::Stale);
-                stale_ids.push(event_id);
-            }
-        }
-        if !stale_ids.is_empty() {
-            sqlx::query("UPDATE events SET outcome = 'stale' WHERE id = ANY($1)")
-                .bind(&stale_ids)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let outcomes = reconcile_in(&mut tx, events, Inbox::Insert, dunning).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
+
+    /// Reconciles events that are already archived (rows `ids`) again, with what their
+    /// payload normalizes to now (after a mapping fix): their archived normalization and
+    /// outcome are replaced, and the merges run as for new events, so an unchanged event
+    /// changes nothing and nothing posts twice.
+    pub async fn rereconcile(
+        &self,
+        events: &[NewEvent<'_>],
+        ids: &[i64],
+        dunning: &Dunning,
+    ) -> Result<Vec<Reconciled>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let outcomes = reconcile_in(&mut tx, events, Inbox::Archived(ids), dunning).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// How a batch reaches the inbox.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Inbox<'a> {
+    /// New deliveries: archived now, duplicates skipped.
+    Insert,
+    /// Already archived as these rows (one per event): re-normalized in place.
+    Archived(&'a [i64]),
+}
+
+/// [`Db::reconcile`] inside a transaction the caller commits (or rolls back: a preview).
+pub(super) async fn reconcile_in(
+    tx: &mut sqlx::PgConnection,
+    events: &[NewEvent<'_>],
+    inbox: Inbox<'_>,
+    dunning: &Dunning,
+) -> Result<Vec<Reconciled>, DbError> {
+    let ids = match inbox {
+        Inbox::Insert => archive::insert(&mut *tx, events).await?,
+        Inbox::Archived(ids) => {
+            archive::renormalize(&mut *tx, events, ids).await?;
+            ids.iter().copied().map(Some).collect()
+        }
+    };
+
+    // Merge the batch per attempt and per subscription; BTreeMaps give key order.
+    let mut attempts: BTreeMap<(String, String), AttemptRow> = BTreeMap::new();
+    let mut subscriptions: BTreeMap<(String, String), SubscriptionRow> = BTreeMap::new();
+    for (event, id) in events.iter().zip(&ids) {
+        let Some(event_id) = *id else { continue };
+        let source = &event.envelope.source_id;
+        for canonical in event.events {
+            match canonical {
+                CanonicalEvent::BillingAttempt(a) => {
+                    let row = AttemptRow {
+                        event_id,
+                        attempt: a.clone(),
+                    };
+                    let key = (source.clone(), a.attempt_id.clone());
+                    let merged = match attempts.remove(&key) {
+                        Some(existing) => existing.merge(row),
+                        None => row,
+                    };
+                    attempts.insert(key, merged);
+                }
+                CanonicalEvent::Subscription(c) => {
+                    let row = SubscriptionRow {
+                        event_id,
+                        change: c.clone(),
+                        version: c.version.unwrap_or(-1),
+                        updated_at: c.updated_at.unwrap_or(event.envelope.received_at),
+                    };
+                    let key = (source.clone(), c.subscription_id.clone());
+                    let merged = match subscriptions.remove(&key) {
+                        Some(existing) => existing.merge(row),
+                        None => row,
+                    };
+                    subscriptions.insert(key, merged);
+                }
+            }
+        }
+    }
+
+    let final_attempts = upsert_attempts(&mut *tx, &attempts).await?;
+    post_journal(&mut *tx, &final_attempts).await?;
+    let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
+    let facts = attempt_facts(&attempts, &final_attempts);
+    schedule::on_attempts(&mut *tx, dunning, &facts).await?;
+    for ((source, id), row) in &subscriptions {
+        let key = (source.clone(), id.clone());
+        if row.change.status == SubscriptionStatus::Active && applied_subscriptions.contains(&key) {
+            schedule::on_subscription_active(&mut *tx, dunning, source, id).await?;
+        }
+    }
+
+    // An event is applied when one of its canonical events is the state now stored.
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut stale_ids = Vec::new();
+    for (event, id) in events.iter().zip(&ids) {
+        let Some(event_id) = *id else {
+            outcomes.push(Reconciled::Duplicate);
+            continue;
+        };
+        if event.events.is_empty() {
+            outcomes.push(Reconciled::Ignored);
+            continue;
+        }
+        let source = &event.envelope.source_id;
+        let applied = event.events.iter().any(|canonical| match canonical {
+            CanonicalEvent::BillingAttempt(a) => final_attempts
+                .get(&(source.clone(), a.attempt_id.clone()))
+                .is_some_and(|f| {
+                    (attempt_rank(a.status), a.provider_status.as_str())
+                        >= (f.rank, f.provider_status.as_str())
+                }),
+            CanonicalEvent::Subscription(c) => {
+                let key = (source.clone(), c.subscription_id.clone());
+                applied_subscriptions.contains(&key)
+                    && subscriptions
+                        .get(&key)
+                        .is_some_and(|w| w.event_id == event_id)
+            }
+        });
+        if applied {
+            outcomes.push(Reconciled::Applied);
+        } else {
+            outcomes.push(Reconciled::Stale);
+            stale_ids.push(event_id);
+        }
+    }
+    if !stale_ids.is_empty() {
+        sqlx::query("UPDATE events SET outcome = 'stale' WHERE id = ANY($1)")
+            .bind(&stale_ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(outcomes)
 }
 
 fn status_of_rank(rank: i32) -> AttemptStatus {
@@ -293,6 +335,7 @@ fn attempt_facts(
 /// An attempt as stored after the upsert.
 struct FinalAttempt {
     subscription_id: String,
+    cycle_id: Option<String>,
     rank: i32,
     provider_status: String,
     amount_minor: Option<i64>,
@@ -341,13 +384,14 @@ async fn upsert_attempts(
             $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
             $13::timestamptz[], $14::int4[], $15::int8[])
          ON CONFLICT (source_id, attempt_id) DO UPDATE SET {state}, {facts}, {money}, updated_at = now()
-         RETURNING source_id, attempt_id, COALESCE(subscription_id, ''), attempt_rank(status),
-                   provider_status, amount_minor, currency, last_event_id"
+         RETURNING source_id, attempt_id, COALESCE(subscription_id, ''), cycle_id,
+                   attempt_rank(status), provider_status, amount_minor, currency, last_event_id"
     );
     type Returned = (
         String,
         String,
         String,
+        Option<String>,
         i32,
         String,
         Option<i64>,
@@ -379,6 +423,7 @@ async fn upsert_attempts(
                 source,
                 attempt,
                 subscription_id,
+                cycle_id,
                 rank,
                 provider_status,
                 amount_minor,
@@ -387,6 +432,7 @@ async fn upsert_attempts(
             )| {
                 let row = FinalAttempt {
                     subscription_id,
+                    cycle_id,
                     rank,
                     provider_status,
                     amount_minor,
@@ -472,6 +518,7 @@ async fn post_journal(
     let source: Vec<&str> = rows.iter().map(|r| r.0.0.as_str()).collect();
     let attempt: Vec<&str> = rows.iter().map(|r| r.0.1.as_str()).collect();
     let subscription: Vec<&str> = rows.iter().map(|r| r.1.subscription_id.as_str()).collect();
+    let cycle: Vec<Option<&str>> = rows.iter().map(|r| r.1.cycle_id.as_deref()).collect();
     let kind: Vec<&str> = rows.iter().map(|r| r.2).collect();
     let event: Vec<i64> = rows.iter().map(|r| r.1.last_event_id).collect();
     let amount: Vec<Option<i64>> = rows.iter().map(|r| r.1.amount_minor).collect();
@@ -479,12 +526,15 @@ async fn post_journal(
     sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
-                                  $6::int8[], $7::text[])
-                 AS i(source_id, attempt_id, subscription_id, kind, event_id, amount, currency)),
+                                  $6::int8[], $7::text[], $8::text[])
+                 AS i(source_id, attempt_id, subscription_id, kind, event_id, amount, currency,
+                      cycle_id)),
          entries AS (
-             INSERT INTO journal_entries (source_id, subscription_id, attempt_id, kind, event_id)
-             SELECT source_id, subscription_id, attempt_id, kind, event_id FROM input
-             ON CONFLICT (source_id, attempt_id, kind) DO NOTHING
+             -- Unique per (attempt, kind) and per (cycle, kind): either conflict skips it.
+             INSERT INTO journal_entries (source_id, subscription_id, attempt_id, kind, event_id,
+                                          cycle_id)
+             SELECT source_id, subscription_id, attempt_id, kind, event_id, cycle_id FROM input
+             ON CONFLICT DO NOTHING
              RETURNING id, source_id, subscription_id, attempt_id, kind)
          INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor, currency)
          SELECT e.id, e.source_id, e.subscription_id, p.account, p.sign * i.amount, i.currency
@@ -502,6 +552,7 @@ async fn post_journal(
     .bind(&event)
     .bind(&amount)
     .bind(&currency)
+    .bind(&cycle)
     .execute(&mut *tx)
     .await?;
     Ok(())

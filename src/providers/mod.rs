@@ -378,7 +378,7 @@ fn body_hash_id(body: &[u8]) -> String {
 }
 
 /// Lowercase hex SHA-256.
-fn sha256_hex(parts: &[&[u8]]) -> String {
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for part in parts {
@@ -431,6 +431,7 @@ mod tests {
                 }),
                 retry: Default::default(),
                 api: None,
+                sync: None,
             };
             let source = Source::new(&settings).unwrap();
             assert_eq!(source.kind(), kind);
@@ -472,6 +473,7 @@ mod tests {
             hmac: None,
             retry: Default::default(),
             api: None,
+            sync: None,
         };
         assert!(Source::new(&base).unwrap_err().contains("[hmac]"));
         let rebilly = SourceSettings {

@@ -21,11 +21,14 @@ pub const H_PROVIDER_HEADERS: &str = "x-subsync-provider-headers";
 /// Why a message was dead-lettered by a worker (the broker's own reasons are in `x-death`).
 pub const H_REASON: &str = "x-subsync-reason";
 pub const H_DEAD_AT: &str = "x-subsync-dead-lettered-at-us";
+/// How many times an operator replayed the message from the dead-letter queue, and when.
+pub const H_REPLAYS: &str = "x-subsync-replays";
+pub const H_REPLAYED_AT: &str = "x-subsync-replayed-at-us";
 
 /// Persistent delivery: the message is written to disk before the broker confirms it.
 const PERSISTENT: u8 = 2;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("envelope: missing or malformed header {0}")]
     Header(&'static str),
@@ -110,6 +113,15 @@ pub fn header_string(props: &BasicProperties, name: &str) -> Option<String> {
         .inner()
         .get(name)
         .and_then(as_string)
+}
+
+/// An integer header, if present.
+pub fn header_int(props: &BasicProperties, name: &str) -> Option<i64> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some((*v).into()),
+        _ => None,
+    }
 }
 
 fn as_string(value: &AMQPValue) -> Option<String> {

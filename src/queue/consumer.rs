@@ -1,13 +1,11 @@
-//! Consuming the work queue (with a prefetch window) and reading the dead-letter queue.
+//! Consuming the work queue (with a prefetch window).
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
-    },
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 
@@ -73,25 +71,6 @@ impl Broker {
             tag: tag.to_owned(),
         })
     }
-
-    /// Reads up to `limit` dead letters without removing them: they are fetched unacked on a
-    /// private channel, and closing it hands every one back to the queue.
-    pub async fn peek_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let channel = self.channel().await?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let queue = self.inner.topology.dead_letter_queue.as_str().into();
-            let Some(message) = channel
-                .basic_get(queue, BasicGetOptions { no_ack: false })
-                .await?
-            else {
-                break;
-            };
-            out.push(DeadLetter::new(&message.delivery));
-        }
-        let _ = channel.close(200, "dead letters read".into()).await;
-        Ok(out)
-    }
 }
 
 impl Subscription {
@@ -135,25 +114,5 @@ impl Subscription {
     /// Closes the channel: anything unacked goes back to the queue.
     pub async fn close(self) {
         let _ = self.channel.close(200, "consumer stopping".into()).await;
-    }
-}
-
-/// A message in the dead-letter queue, as an operator sees it.
-#[derive(Debug)]
-pub struct DeadLetter {
-    pub envelope: Result<Envelope, codec::DecodeError>,
-    /// Our reason (worker dead-lettering) or the broker's (`delivery_limit`, ...).
-    pub reason: Option<String>,
-}
-
-impl DeadLetter {
-    fn new(delivery: &Delivery) -> Self {
-        let props = &delivery.properties;
-        let reason = codec::header_string(props, codec::H_REASON)
-            .or_else(|| codec::header_string(props, "x-first-death-reason"));
-        Self {
-            envelope: codec::decode(props, Bytes::from(delivery.data.clone())),
-            reason,
-        }
     }
 }

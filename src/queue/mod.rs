@@ -7,6 +7,7 @@
 
 mod codec;
 mod consumer;
+mod dead_letters;
 mod topology;
 
 use std::sync::{
@@ -27,7 +28,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use codec::DecodeError;
-pub use consumer::{DeadLetter, Incoming, Subscription};
+pub use consumer::{Incoming, Subscription};
+pub use dead_letters::{DeadLetter, DeadLetterSession, DeadLetterSummary};
 pub use topology::Topology;
 
 use crate::config::AmqpSettings;
@@ -241,7 +243,7 @@ impl Broker {
         result
     }
 
-    async fn publish_raw(
+    pub(super) async fn publish_raw(
         &self,
         exchange: &str,
         routing_key: &str,

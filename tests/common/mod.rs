@@ -290,3 +290,34 @@ pub async fn snapshot(db: &Db, source: &str, subscriptions: &[String]) -> String
     }
     lines.into_iter().collect::<Vec<_>>().join("\n")
 }
+
+/// Runs one pull sync of `source_id` against the app's database and broker, as
+/// `subsync sync` does.
+pub async fn sync(
+    app: &TestApp,
+    source_id: &str,
+    options: subsync::sync::RunOptions,
+) -> Result<subsync::sync::SyncReport, subsync::sync::SyncError> {
+    let syncer =
+        subsync::sync::Syncer::new(&app.settings, app.db.clone(), Some(app.broker.clone()))
+            .expect("syncer");
+    syncer.run(source_id, &options, &subsync::sync::Quiet).await
+}
+
+/// Attempts of `source` as `(attempt id, status)`, sorted.
+pub async fn attempt_states(db: &Db, source: &str) -> Vec<(String, String)> {
+    let q = subsync::ledger::AttemptsQuery {
+        source_id: Some(source.into()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let mut states: Vec<_> = db
+        .billing_attempts(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.attempt_id, a.status))
+        .collect();
+    states.sort();
+    states
+}

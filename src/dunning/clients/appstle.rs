@@ -126,6 +126,7 @@ mod tests {
             token: SecretString::from(TOKEN),
             api_version: None,
             payment_method_id: None,
+            store_id: None,
             timeout_ms,
         };
         AppstleClient::new(&api, reqwest::Client::new())

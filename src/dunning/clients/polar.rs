@@ -158,6 +158,7 @@ mod tests {
             token: SecretString::from(TOKEN),
             api_version: None,
             payment_method_id: method.map(str::to_owned),
+            store_id: None,
             timeout_ms,
         };
         PolarClient::new(&api, reqwest::Client::new())

@@ -239,6 +239,7 @@ mod tests {
             token: SecretString::from(TOKEN),
             api_version: version.map(str::to_owned),
             payment_method_id: None,
+            store_id: None,
             timeout_ms: 2_000,
         };
         ShopifyClient::new(&api, reqwest::Client::new())

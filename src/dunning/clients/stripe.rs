@@ -149,6 +149,7 @@ mod tests {
             token: SecretString::from(TOKEN),
             api_version: None,
             payment_method_id: None,
+            store_id: None,
             timeout_ms,
         };
         StripeClient::new(&api, reqwest::Client::new())

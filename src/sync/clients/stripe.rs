@@ -1,0 +1,308 @@
+//! Stripe: `GET /v1/invoices` (Bearer secret key), newest first, `limit` ≤ 100,
+//! `created[gte]` for incremental runs, `starting_after=<last id>` while `has_more`.
+//! `expand[]=data.payment_intent` brings the decline code of a failed payment.
+//!
+//! Each invoice that saw a payment attempt is rendered as the event Stripe sends for its
+//! state: `invoice.paid`, `invoice.payment_action_required` or `invoice.payment_failed`.
+//! Drafts, voided invoices and open ones never attempted carry no billing attempt.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use reqwest::header::AUTHORIZATION;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ListClient, Page, PageRequest, Record, capped, json_body};
+use crate::api::{ApiError, endpoint, read, secret_header, trim_base};
+use crate::config::ApiSettings;
+
+/// Stripe's maximum `limit`.
+const MAX_LIMIT: u32 = 100;
+
+pub struct StripeList {
+    http: reqwest::Client,
+    base_url: String,
+    token: SecretString,
+    timeout: Duration,
+}
+
+impl StripeList {
+    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        Self {
+            http,
+            base_url: trim_base(&api.base_url),
+            token: api.token.clone(),
+            timeout: Duration::from_millis(api.timeout_ms),
+        }
+    }
+
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+        let url = endpoint(&self.base_url, &["v1", "invoices"])?;
+        let mut query = vec![
+            ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
+            ("expand[]", "data.payment_intent".to_owned()),
+        ];
+        if let Some(since) = request.since {
+            query.push(("created[gte]", since.timestamp().to_string()));
+        }
+        if let Some(after) = request.cursor {
+            query.push(("starting_after", after.to_owned()));
+        }
+        let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
+        let body = read(
+            self.http
+                .get(url)
+                .query(&query)
+                .timeout(self.timeout)
+                .header(AUTHORIZATION, auth),
+            "Stripe",
+        )
+        .await?
+        .body;
+        parse(&body)
+    }
+}
+
+impl ListClient for StripeList {
+    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+        Box::pin(self.fetch(request))
+    }
+
+    /// Stripe allows 25 read requests per second in test mode (100 live).
+    fn default_min_interval(&self) -> Duration {
+        Duration::from_millis(40)
+    }
+}
+
+#[derive(Deserialize)]
+struct List {
+    data: Vec<Value>,
+    has_more: bool,
+}
+
+fn parse(body: &str) -> Result<Page, ApiError> {
+    let list: List = serde_json::from_str(body).map_err(|e| ApiError::Rejected {
+        status: 200,
+        message: format!("not a Stripe list of invoices: {e}"),
+    })?;
+    let last_id = list
+        .data
+        .last()
+        .and_then(|invoice| invoice.get("id")?.as_str().map(str::to_owned));
+    let next = if list.has_more { last_id } else { None };
+    if list.has_more && next.is_none() {
+        return Err(ApiError::Rejected {
+            status: 200,
+            message: "Stripe list has_more but its last invoice has no id".to_owned(),
+        });
+    }
+    let records = list.data.into_iter().filter_map(render).collect();
+    Ok(Page { records, next })
+}
+
+/// The event Stripe sends for an invoice in this state, or `None` when no payment was tried.
+fn render(invoice: Value) -> Option<Record> {
+    let id = invoice.get("id")?.as_str()?.to_owned();
+    let count = invoice.get("attempt_count")?.as_u64()?;
+    let status = invoice.get("status")?.as_str()?;
+    let intent_status = invoice
+        .pointer("/payment_intent/status")
+        .and_then(Value::as_str);
+    let event_type = match status {
+        "paid" => "invoice.paid",
+        "open" | "uncollectible" if count > 0 && intent_status == Some("requires_action") => {
+            "invoice.payment_action_required"
+        }
+        "open" | "uncollectible" if count > 0 => "invoice.payment_failed",
+        _ => return None,
+    };
+    let unix = |pointer: &str| invoice.pointer(pointer).and_then(Value::as_i64);
+    let created = match event_type {
+        "invoice.paid" => unix("/status_transitions/paid_at"),
+        _ => None,
+    }
+    .or_else(|| unix("/status_transitions/finalized_at"))
+    .or_else(|| unix("/created"))?;
+    let body = json!({
+        "id": format!("evt_sync_{id}_{count}"),
+        "object": "event",
+        "type": event_type,
+        "created": created,
+        "data": { "object": invoice },
+    });
+    Some(Record {
+        key: format!("invoice:{id}:{count}"),
+        body: json_body(&body),
+        headers: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use wiremock::matchers::{header, method, path, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::canonical::{AttemptStatus, CanonicalEvent};
+    use crate::config::ProviderKind;
+    use crate::sync::clients::tests::normalize_with;
+
+    fn client(server: &MockServer) -> StripeList {
+        let api = ApiSettings {
+            base_url: server.uri(),
+            token: SecretString::from("sk_test_123"),
+            api_version: None,
+            payment_method_id: None,
+            store_id: None,
+            timeout_ms: 2_000,
+        };
+        StripeList::new(&api, reqwest::Client::new())
+    }
+
+    fn request(cursor: Option<&str>) -> PageRequest<'_> {
+        PageRequest {
+            cursor,
+            since: None,
+            known_subscriptions: &[],
+            page_size: 2,
+        }
+    }
+
+    fn invoice(id: &str, status: &str, count: u64) -> Value {
+        json!({
+            "id": id, "object": "invoice", "status": status, "attempt_count": count,
+            "attempted": count > 0, "amount_due": 1500, "amount_paid": if status == "paid" { 1500 } else { 0 },
+            "currency": "usd", "created": 1_700_000_000, "subscription": "sub_1",
+            "status_transitions": { "paid_at": if status == "paid" { json!(1_700_000_100) } else { Value::Null } },
+            "payment_intent": { "id": "pi_1", "status": "requires_payment_method",
+                "last_payment_error": { "code": "card_declined", "decline_code": "insufficient_funds", "message": "no" } },
+            "next_payment_attempt": null
+        })
+    }
+
+    #[tokio::test]
+    async fn pages_with_starting_after_until_has_more_is_false() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/invoices"))
+            .and(header("authorization", "Bearer sk_test_123"))
+            .and(query_param("limit", "2"))
+            .and(query_param("starting_after", "in_2"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "list", "url": "/v1/invoices", "has_more": false,
+                "data": [invoice("in_3", "draft", 0)]
+            })))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v1/invoices"))
+            .and(query_param("expand[]", "data.payment_intent"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "list", "url": "/v1/invoices", "has_more": true,
+                "data": [invoice("in_1", "paid", 1), invoice("in_2", "open", 2)]
+            })))
+            .mount(&server)
+            .await;
+        let client = client(&server);
+
+        let first = client.page(request(None)).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("in_2"));
+        let keys: Vec<_> = first.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["invoice:in_1:1", "invoice:in_2:2"]);
+
+        let last = client.page(request(Some("in_2"))).await.unwrap();
+        assert_eq!(last.next, None);
+        assert!(last.records.is_empty(), "a draft carries no attempt");
+
+        let paid = normalize_with(ProviderKind::Stripe, &first.records[0]);
+        let failed = normalize_with(ProviderKind::Stripe, &first.records[1]);
+        match (&paid[..], &failed[..]) {
+            ([CanonicalEvent::BillingAttempt(p)], [CanonicalEvent::BillingAttempt(f)]) => {
+                assert_eq!(
+                    (p.attempt_id.as_str(), p.status),
+                    ("in_1:1", AttemptStatus::Succeeded)
+                );
+                assert_eq!(p.amount.as_ref().map(|m| m.minor), Some(1500));
+                assert_eq!(
+                    (f.attempt_id.as_str(), f.status),
+                    ("in_2:2", AttemptStatus::Failed)
+                );
+                assert_eq!(f.error_code.as_deref(), Some("insufficient_funds"));
+            }
+            other => panic!("unexpected events {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn since_is_sent_as_created_gte() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/invoices"))
+            .and(query_param("created[gte]", "1700000000"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "object": "list", "has_more": false, "data": []
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let since = chrono::DateTime::from_timestamp(1_700_000_000, 0);
+        let page = client(&server)
+            .page(PageRequest {
+                since,
+                ..request(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page,
+            Page {
+                records: vec![],
+                next: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_api_errors() {
+        let server = MockServer::start().await;
+        let client = client(&server);
+        for (status, expected) in [
+            (429, "rate"),
+            (500, "transient"),
+            (401, "auth"),
+            (400, "rejected"),
+        ] {
+            server.reset().await;
+            Mock::given(method("GET"))
+                .respond_with(
+                    ResponseTemplate::new(status)
+                        .insert_header("retry-after", "3")
+                        .set_body_json(
+                            json!({"error": {"type": "invalid_request_error", "message": "bad"}}),
+                        ),
+                )
+                .mount(&server)
+                .await;
+            let err = client.page(request(None)).await.unwrap_err();
+            match (expected, err) {
+                ("rate", ApiError::RateLimited { retry_after }) => {
+                    assert_eq!(retry_after, Some(Duration::from_secs(3)))
+                }
+                ("transient", ApiError::Transient(_)) => {}
+                (
+                    "auth",
+                    ApiError::Rejected {
+                        status: 401,
+                        message,
+                    },
+                ) => {
+                    assert!(!message.contains("sk_test_123"))
+                }
+                ("rejected", ApiError::Rejected { status: 400, .. }) => {}
+                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
+            }
+        }
+    }
+}

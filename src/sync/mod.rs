@@ -1,0 +1,487 @@
+//! Pull sync: heals missed webhooks from the providers' list APIs.
+//!
+//! A run pages through a source's list API ([`clients`]); every record is rendered as the
+//! webhook the provider would have sent and normalized by the same adapter. Each page is
+//! previewed against the ledger (reconciled in a rolled-back transaction): records that
+//! would change it are drift — missed webhooks — and go through the same queue and
+//! reconciliation path as webhooks, as events marked `x-subsync-origin: sync` with an id
+//! derived from the record and its content. A record already known changes nothing and
+//! is not queued; a record queued twice is deduplicated by the inbox.
+//!
+//! After each page is queued (publishes confirmed) the cursor is stored, so a crashed or
+//! failed run resumes where it stopped; the watermark moves only when a run reaches the
+//! end of the listing. One instance runs a source at a time (an advisory lock).
+
+pub mod clients;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiError;
+use crate::config::{Settings, SyncSettings};
+use crate::dunning::schedule::Dunning;
+use crate::envelope::Envelope;
+use crate::ledger::{Change, Db, DbError, NewEvent};
+use crate::providers::{MAX_EVENT_ID_LEN, Source, Sources};
+use crate::queue::{Broker, PublishError};
+use clients::{ListClient, PageRequest, Record};
+
+/// The header that marks an event as coming from pull sync.
+pub const ORIGIN_HEADER: &str = "x-subsync-origin";
+
+/// At most this many record changes are kept in a report.
+const MAX_REPORTED_CHANGES: usize = 200;
+
+/// How long one wait for a rate limit may be (a longer `Retry-After` is capped).
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    #[error("source {0:?} has no api settings (base_url, token) to sync from")]
+    NoApi(String),
+    #[error("provider {0} has no list API to sync from")]
+    NoListApi(&'static str),
+    #[error("a sync of source {0:?} is already running")]
+    Busy(String),
+    #[error(
+        "page {page} failed: {error} (the watermark is unchanged; the next run resumes at this page)"
+    )]
+    Page { page: u64, error: ApiError },
+    #[error("queueing a synced record failed: {0} (the next run resumes at this page)")]
+    Publish(#[from] PublishError),
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Read records from this time on; `None` = from the watermark (minus the look-back),
+    /// or everything on a first run.
+    pub since: Option<DateTime<Utc>>,
+    /// Preview only: queue nothing, store nothing.
+    pub dry_run: bool,
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub source_id: String,
+    pub dry_run: bool,
+    /// This run continued an unfinished one.
+    pub resumed: bool,
+    pub since: Option<DateTime<Utc>>,
+    pub pages: u64,
+    /// Records read (that carry a billing fact).
+    pub records: u64,
+    /// Records that changed (dry: would change) the ledger: missed webhooks.
+    pub changed: u64,
+    /// Records the provider adapter could not normalize: queued all the same, so the
+    /// worker dead-letters them with their reason (dry: only reported).
+    pub malformed: u64,
+    /// The watermark after the run (`None` for a dry run).
+    pub watermark: Option<DateTime<Utc>>,
+    /// The changing records and what they change (at most 200).
+    pub changes: Vec<RecordChange>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordChange {
+    pub key: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// The ledger rows it changes, or why it cannot be normalized.
+    pub changes: Vec<Change>,
+    pub malformed: Option<String>,
+}
+
+/// Told about each page, for progress displays.
+pub trait Progress: Send + Sync {
+    fn page(&self, report: &SyncReport);
+}
+
+/// No progress display.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn page(&self, _: &SyncReport) {}
+}
+
+/// One configured source that can be synced.
+struct Target {
+    settings: SyncSettings,
+    client: Box<dyn ListClient>,
+}
+
+/// Why a configured source cannot be synced.
+enum Unsyncable {
+    NoApi,
+    NoListApi,
+}
+
+/// Runs syncs: the CLI's `subsync sync` and the periodic loops of `serve`.
+pub struct Syncer {
+    db: Db,
+    /// `None`: dry runs only (no broker needed).
+    broker: Option<Broker>,
+    sources: Arc<Sources>,
+    dunning: Dunning,
+    /// Per source: its target, or why it cannot be synced.
+    targets: HashMap<String, Result<Target, Unsyncable>>,
+}
+
+impl Syncer {
+    pub fn new(settings: &Settings, db: Db, broker: Option<Broker>) -> Result<Self, String> {
+        let sources = Arc::new(Sources::from_settings(&settings.sources)?);
+        let http = reqwest::Client::builder()
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let targets = settings
+            .sources
+            .iter()
+            .map(|s| {
+                let target = match &s.api {
+                    None => Err(Unsyncable::NoApi),
+                    Some(api) => clients::list_client_for(s.provider, api, http.clone())
+                        .map(|client| Target {
+                            settings: s.sync.clone().unwrap_or_default(),
+                            client,
+                        })
+                        .ok_or(Unsyncable::NoListApi),
+                };
+                (s.id.clone(), target)
+            })
+            .collect();
+        Ok(Self {
+            db,
+            broker,
+            sources,
+            dunning: Dunning::from_settings(&settings.sources),
+            targets,
+        })
+    }
+
+    /// Sources with periodic sync configured (`sync.interval_secs` > 0), with the interval.
+    pub fn periodic(settings: &Settings) -> Vec<(String, Duration)> {
+        settings
+            .sources
+            .iter()
+            .filter_map(|s| {
+                let sync = s.sync.as_ref()?;
+                s.api.as_ref()?;
+                (sync.interval_secs > 0)
+                    .then(|| (s.id.clone(), Duration::from_secs(sync.interval_secs)))
+            })
+            .collect()
+    }
+
+    /// One run over a source, under its lock.
+    pub async fn run(
+        &self,
+        source_id: &str,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<SyncReport, SyncError> {
+        let unknown = || SyncError::UnknownSource(source_id.to_owned());
+        let source = self.sources.get(source_id).ok_or_else(unknown)?;
+        let target = match self.targets.get(source_id).ok_or_else(unknown)? {
+            Ok(target) => target,
+            Err(Unsyncable::NoApi) => return Err(SyncError::NoApi(source_id.to_owned())),
+            Err(Unsyncable::NoListApi) => return Err(SyncError::NoListApi(source.kind().as_str())),
+        };
+        let lock = state::try_lock(&self.db, source_id)
+            .await?
+            .ok_or_else(|| SyncError::Busy(source_id.to_owned()))?;
+        let result = self.run_locked(source, target, options, progress).await;
+        lock.release(source_id).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("subsync_sync_runs_total", "source" => source_id.to_owned(), "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn run_locked(
+        &self,
+        source: &Source,
+        target: &Target,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<SyncReport, SyncError> {
+        let source_id = source.id();
+        let row = state::load(&self.db, source_id).await?;
+        let lookback = chrono::Duration::seconds(target.settings.lookback_secs as i64);
+        // Postgres keeps microseconds: the watermark is stored and reported alike.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let start = state::plan(&row, options.since, lookback, now);
+        let mut report = SyncReport {
+            source_id: source_id.to_owned(),
+            dry_run: options.dry_run,
+            resumed: start.resumed,
+            since: start.since,
+            watermark: row.watermark,
+            ..SyncReport::default()
+        };
+        if !options.dry_run && !start.resumed {
+            state::begin(&self.db, source_id, &start).await?;
+        }
+        let known = state::known_subscriptions(&self.db, source_id).await?;
+        let min_interval = match target.settings.min_interval_ms {
+            0 => target.client.default_min_interval(),
+            ms => Duration::from_millis(ms),
+        };
+        let mut cursor = start.cursor.clone();
+        let mut last_request: Option<tokio::time::Instant> = None;
+        loop {
+            let request = PageRequest {
+                cursor: cursor.as_deref(),
+                since: start.since,
+                known_subscriptions: &known,
+                page_size: target.settings.page_size,
+            };
+            let page = match self
+                .fetch(target, request, min_interval, &mut last_request, source_id)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    let error = SyncError::Page {
+                        page: report.pages + 1,
+                        error,
+                    };
+                    if !options.dry_run {
+                        state::failed(&self.db, source_id, &error.to_string()).await?;
+                    }
+                    return Err(error);
+                }
+            };
+            let (records, changed) = self
+                .apply(source, &page.records, options.dry_run, &mut report)
+                .await?;
+            report.pages += 1;
+            metrics::counter!("subsync_sync_pages_total", "source" => source_id.to_owned())
+                .increment(1);
+            metrics::counter!("subsync_sync_records_read_total", "source" => source_id.to_owned())
+                .increment(records);
+            if !options.dry_run {
+                metrics::counter!("subsync_sync_drift_total", "source" => source_id.to_owned())
+                    .increment(changed);
+                state::page_done(&self.db, source_id, page.next.as_deref(), records, changed)
+                    .await?;
+            }
+            progress.page(&report);
+            match page.next {
+                Some(next) if Some(&next) == cursor.as_ref() => {
+                    let error = SyncError::Page {
+                        page: report.pages,
+                        error: ApiError::Rejected {
+                            status: 200,
+                            message: "the API returned the same cursor again".to_owned(),
+                        },
+                    };
+                    if !options.dry_run {
+                        state::failed(&self.db, source_id, &error.to_string()).await?;
+                    }
+                    return Err(error);
+                }
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        if !options.dry_run {
+            state::finish(&self.db, source_id, start.started_at).await?;
+            report.watermark = Some(start.started_at);
+            metrics::gauge!("subsync_sync_watermark_seconds", "source" => source_id.to_owned())
+                .set(start.started_at.timestamp() as f64);
+        }
+        Ok(report)
+    }
+
+    /// One page request, paced to the provider's limit; 429s are waited out (their
+    /// `Retry-After`, or a backoff) and transient errors retried on a backoff, up to
+    /// `max_page_retries` times.
+    async fn fetch(
+        &self,
+        target: &Target,
+        request: PageRequest<'_>,
+        min_interval: Duration,
+        last_request: &mut Option<tokio::time::Instant>,
+        source_id: &str,
+    ) -> Result<clients::Page, ApiError> {
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut retries = 0;
+        loop {
+            if let Some(last) = *last_request {
+                tokio::time::sleep_until(last + min_interval).await;
+            }
+            *last_request = Some(tokio::time::Instant::now());
+            let error = match target.client.page(request).await {
+                Ok(page) => return Ok(page),
+                Err(error) => error,
+            };
+            if retries >= target.settings.max_page_retries {
+                return Err(error);
+            }
+            retries += 1;
+            let wait = match &error {
+                ApiError::RateLimited { retry_after } => {
+                    metrics::counter!("subsync_sync_rate_limited_total", "source" => source_id.to_owned())
+                        .increment(1);
+                    retry_after.unwrap_or_else(|| backoff.next().unwrap_or_default())
+                }
+                ApiError::Transient(_) => backoff.next().unwrap_or_default(),
+                ApiError::Rejected { .. } => return Err(error),
+            };
+            tracing::warn!(source = source_id, %error, wait_ms = wait.as_millis() as u64, "sync page retried");
+            tokio::time::sleep(wait.min(MAX_RATE_LIMIT_WAIT)).await;
+        }
+    }
+
+    /// Normalizes a page's records, previews them against the ledger and (unless dry)
+    /// queues those that change it. Returns (records, changed).
+    async fn apply(
+        &self,
+        source: &Source,
+        records: &[Record],
+        dry_run: bool,
+        report: &mut SyncReport,
+    ) -> Result<(u64, u64), SyncError> {
+        let now = Utc::now();
+        let envelopes: Vec<Envelope> = records.iter().map(|r| envelope(source, r, now)).collect();
+        let normalized: Vec<_> = envelopes.iter().map(|e| source.normalize(e)).collect();
+        let good: Vec<(usize, NewEvent<'_>)> = normalized
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let n = n.as_ref().ok()?;
+                Some((
+                    i,
+                    NewEvent {
+                        envelope: &envelopes[i],
+                        event_type: &n.event_type,
+                        events: &n.events,
+                    },
+                ))
+            })
+            .collect();
+        let batch: Vec<NewEvent<'_>> = good.iter().map(|(_, e)| e.clone()).collect();
+        let previews = self.db.preview(&batch, &self.dunning).await?;
+        let mut to_queue = Vec::new();
+        let mut changed = 0;
+        for ((i, event), preview) in good.iter().zip(previews) {
+            if preview.changes.is_empty() {
+                continue;
+            }
+            changed += 1;
+            to_queue.push(*i);
+            report.note(RecordChange {
+                key: records[*i].key.clone(),
+                event_id: envelopes[*i].event_id.clone(),
+                event_type: event.event_type.to_owned(),
+                changes: preview.changes,
+                malformed: None,
+            });
+        }
+        for (i, result) in normalized.iter().enumerate() {
+            if let Err(error) = result {
+                report.malformed += 1;
+                to_queue.push(i);
+                report.note(RecordChange {
+                    key: records[i].key.clone(),
+                    event_id: envelopes[i].event_id.clone(),
+                    event_type: String::new(),
+                    changes: Vec::new(),
+                    malformed: Some(error.to_string()),
+                });
+            }
+        }
+        report.records += records.len() as u64;
+        report.changed += changed;
+        if !dry_run && !to_queue.is_empty() {
+            let broker = self.broker.as_ref().expect("a non-dry sync has a broker");
+            futures_util::future::try_join_all(
+                to_queue.iter().map(|&i| broker.publish(&envelopes[i])),
+            )
+            .await?;
+        }
+        Ok((records.len() as u64, changed))
+    }
+}
+
+impl SyncReport {
+    fn note(&mut self, change: RecordChange) {
+        if self.changes.len() < MAX_REPORTED_CHANGES {
+            self.changes.push(change);
+        }
+    }
+}
+
+/// The envelope of a synced record: marked as coming from sync, with an event id that is
+/// the same for the same record content on every run (so the inbox deduplicates it) and
+/// different once the record changes.
+fn envelope(source: &Source, record: &Record, now: DateTime<Utc>) -> Envelope {
+    let digest = crate::providers::sha256_hex(&[&record.body]);
+    let mut event_id = format!("sync:{}:{}", record.key, &digest[..16]);
+    if event_id.len() > MAX_EVENT_ID_LEN {
+        let key = crate::providers::sha256_hex(&[record.key.as_bytes()]);
+        event_id = format!("sync:{}:{}", &key[..32], &digest[..16]);
+    }
+    let mut headers = record.headers.clone();
+    headers.push((ORIGIN_HEADER.to_owned(), "sync".to_owned()));
+    Envelope {
+        source_id: source.id().to_owned(),
+        provider: source.kind(),
+        event_id,
+        received_at: now,
+        content_type: Some("application/json".to_owned()),
+        headers,
+        body: record.body.clone().into(),
+    }
+}
+
+/// Runs a source's sync every `interval` until `shutdown`; a run another instance holds
+/// is skipped, a failed one logged and retried at the next tick.
+pub async fn run_periodic(
+    syncer: Arc<Syncer>,
+    source_id: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let options = RunOptions::default();
+        let run = syncer.run(&source_id, &options, &Quiet);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = run => result,
+        };
+        match result {
+            Ok(report) => tracing::info!(
+                source = %source_id, pages = report.pages, records = report.records,
+                changed = report.changed, "sync finished"
+            ),
+            Err(SyncError::Busy(_)) => {
+                tracing::debug!(source = %source_id, "sync already running elsewhere")
+            }
+            Err(error) => tracing::warn!(source = %source_id, %error, "sync failed"),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Pull sync end to end against a fake of Stripe's `GET /v1/invoices` (same path, Bearer
+//! auth, `limit`/`starting_after`/`has_more` pagination, `created[gte]`, 429 with
+//! `Retry-After`), the real broker and the real database: missed webhooks are healed, a
+//! second run changes nothing, a crashed run resumes without duplicates, `--dry-run`
+//! changes nothing, and webhook and sync converge in either order.
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
+use serde_json::{Value, json};
+use subsync::{
+    app::Role,
+    sync::{RunOptions, SyncError},
+};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+const TOKEN: &str = "sk_test_sync";
+
+/// Stripe's invoice list: newest first, `limit` per page, `starting_after` an invoice id,
+/// `has_more` until the last page. Optionally slow or failing on one cursor.
+#[derive(Clone, Default)]
+struct FakeInvoices {
+    invoices: Arc<Mutex<Vec<Value>>>,
+    /// `starting_after` values requested, in order (`""` for the first page).
+    requests: Arc<Mutex<Vec<String>>>,
+    /// The page after this cursor answers this slowly (a run dies or holds its lock
+    /// while waiting for it).
+    slow_after: Arc<Mutex<Option<(String, Duration)>>>,
+}
+
+impl FakeInvoices {
+    fn new(invoices: Vec<Value>) -> Self {
+        let fake = Self::default();
+        *fake.invoices.lock().unwrap() = invoices;
+        fake
+    }
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Respond for FakeInvoices {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let query = |name: &str| {
+            request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let limit: usize = query("limit").and_then(|l| l.parse().ok()).unwrap_or(10);
+        let after = query("starting_after").unwrap_or_default();
+        self.requests.lock().unwrap().push(after.clone());
+        let invoices = self.invoices.lock().unwrap();
+        let start = match after.as_str() {
+            "" => 0,
+            id => match invoices.iter().position(|i| i["id"] == id) {
+                Some(p) => p + 1,
+                None => {
+                    return ResponseTemplate::new(400).set_body_json(json!({"error": {
+                        "type": "invalid_request_error", "code": "resource_missing",
+                        "param": "starting_after", "message": format!("No such invoice: '{id}'")
+                    }}));
+                }
+            },
+        };
+        let page: Vec<Value> = invoices.iter().skip(start).take(limit).cloned().collect();
+        let has_more = start + page.len() < invoices.len();
+        let response = ResponseTemplate::new(200).set_body_json(json!({
+            "object": "list", "url": "/v1/invoices", "has_more": has_more, "data": page,
+        }));
+        match &*self.slow_after.lock().unwrap() {
+            Some((slow, delay)) if *slow == after => response.set_delay(*delay),
+            _ => response,
+        }
+    }
+}
+
+fn invoice(id: &str, status: &str, attempts: u32, decline: Option<&str>) -> Value {
+    let paid = status == "paid";
+    json!({
+        "id": id, "object": "invoice", "customer": "cus_1", "subscription": "sub_1",
+        "status": status, "attempt_count": attempts, "attempted": attempts > 0,
+        "amount_due": 2500, "amount_paid": if paid { 2500 } else { 0 }, "currency": "usd",
+        "created": 1_763_700_000,
+        "status_transitions": { "finalized_at": 1_763_700_060, "paid_at": if paid { json!(1_763_700_120) } else { Value::Null } },
+        "next_payment_attempt": if paid || attempts == 0 { Value::Null } else { json!(1_763_786_400) },
+        "payment_intent": decline.map(|code| json!({ "id": format!("pi_{id}"), "status": "requires_payment_method",
+            "last_payment_error": { "code": "card_declined", "decline_code": code, "message": "Your card was declined." } })),
+    })
+}
+
+/// Five invoices, newest first: three paid or failed ones the webhooks missed, one the
+/// webhook delivered, and a draft (no attempt).
+fn invoices() -> Vec<Value> {
+    vec![
+        invoice("in_5", "draft", 0, None),
+        invoice("in_4", "open", 2, Some("insufficient_funds")),
+        invoice("in_3", "paid", 1, None),
+        invoice("in_2", "open", 1, Some("do_not_honor")),
+        invoice("in_1", "paid", 1, None),
+    ]
+}
+
+/// A Stripe event for `invoice`, as the webhook would carry it.
+fn webhook(event_id: &str, event_type: &str, invoice: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": event_id, "object": "event", "type": event_type, "created": 1_763_700_200,
+        "data": { "object": invoice },
+    }))
+    .unwrap()
+}
+
+async fn stripe_api(fake: FakeInvoices) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/v1/invoices"))
+        .and(matchers::header(
+            "authorization",
+            format!("Bearer {TOKEN}").as_str(),
+        ))
+        .respond_with(fake)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn app_with(server: &MockServer, sync_settings: &str) -> (TestConfig, TestApp) {
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        r#"
+[[sources]]
+id = "stripe"
+provider = "stripe"
+secrets = ["whsec_sync"]
+api = {{ base_url = "{}", token = "{TOKEN}" }}
+sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = 60, {sync_settings} }}
+retry = {{ jitter = false }}
+[dunning]
+interval_ms = 3600000
+"#,
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    (config, app)
+}
+
+fn expected_states() -> Vec<(String, String)> {
+    [
+        ("in_1:1", "succeeded"),
+        ("in_2:1", "failed"),
+        ("in_3:1", "succeeded"),
+        ("in_4:2", "failed"),
+    ]
+    .map(|(a, s)| (a.to_owned(), s.to_owned()))
+    .to_vec()
+}
+
+async fn healed(app: &TestApp) -> bool {
+    eventually(Duration::from_secs(15), || async {
+        attempt_states(&app.db, "stripe").await == expected_states()
+    })
+    .await
+}
+
+async fn deliver_in_1(app: &TestApp) {
+    let body = webhook("evt_1", "invoice.paid", &invoice("in_1", "paid", 1, None));
+    assert_eq!(
+        app.post_signed("stripe", "evt_1", &body).await.status(),
+        202
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            attempt_states(&app.db, "stripe").await.len() == 1
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn missed_webhooks_are_healed_and_a_second_run_changes_nothing() {
+    let fake = FakeInvoices::new(invoices());
+    let server = stripe_api(fake.clone()).await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+    deliver_in_1(&app).await;
+
+    let report = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert_eq!((report.pages, report.records, report.changed), (3, 4, 3));
+    assert_eq!(report.since, None, "a first run reads everything");
+    assert!(
+        healed(&app).await,
+        "{:?}",
+        attempt_states(&app.db, "stripe").await
+    );
+    let failed = app
+        .db
+        .subscription("stripe", "sub_1")
+        .await
+        .unwrap()
+        .unwrap();
+    let in_4 = failed
+        .attempts
+        .iter()
+        .find(|a| a.attempt_id == "in_4:2")
+        .unwrap();
+    assert_eq!(in_4.error_code.as_deref(), Some("insufficient_funds"));
+    assert_eq!(
+        failed.balances["collected"]["USD"], 5000,
+        "in_1 and in_3 collected once"
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    let watermark = report.watermark.expect("a complete run sets the watermark");
+
+    // Incremental: from the watermark minus the look-back; nothing new to change.
+    let again = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert_eq!((again.records, again.changed), (4, 0));
+    assert_eq!(again.since, Some(watermark - chrono::Duration::seconds(60)));
+    assert!(again.watermark > Some(watermark));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.queued().await, 0);
+    assert_eq!(attempt_states(&app.db, "stripe").await, expected_states());
+    let synced = app.db.count_events(Some("stripe")).await.unwrap();
+    assert_eq!(
+        synced, 4,
+        "the webhook plus the three healed records, each once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_that_dies_mid_listing_resumes_where_it_stopped_without_duplicates() {
+    let fake = FakeInvoices::new(invoices());
+    *fake.slow_after.lock().unwrap() = Some(("in_4".to_owned(), Duration::from_secs(30)));
+    let server = stripe_api(fake.clone()).await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+
+    // The run dies (dropped, like a killed process) while waiting for page 2.
+    let died = tokio::time::timeout(
+        Duration::from_secs(3),
+        sync(&app, "stripe", RunOptions::default()),
+    )
+    .await;
+    assert!(died.is_err(), "the run was still waiting on page 2");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            attempt_states(&app.db, "stripe").await.len() == 1
+        })
+        .await,
+        "page 1 (in_4) was queued before the crash"
+    );
+
+    *fake.slow_after.lock().unwrap() = None;
+    let resumed = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.pages, 2, "pages 2 and 3 only");
+    assert_eq!(fake.requests(), ["", "in_4", "in_4", "in_2"]);
+    assert!(healed(&app).await);
+    assert_eq!(app.db.count_events(Some("stripe")).await.unwrap(), 4);
+    let view = app
+        .db
+        .subscription("stripe", "sub_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.balances["collected"]["USD"], 5000);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_that_fails_for_good_stops_the_run_and_keeps_the_watermark() {
+    let fake = FakeInvoices::new(invoices());
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/v1/invoices"))
+        .and(matchers::query_param("starting_after", "in_4"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "type": "invalid_request_error", "message": "Invalid starting_after"}})))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/v1/invoices"))
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+
+    let error = sync(&app, "stripe", RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(&error, SyncError::Page { page: 2, .. }), "{error}");
+    assert!(
+        error.to_string().contains("Invalid starting_after"),
+        "{error}"
+    );
+    let resumed = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert!(resumed.resumed && resumed.watermark.is_some());
+    assert!(healed(&app).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_for_its_retry_after() {
+    let fake = FakeInvoices::new(invoices());
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/v1/invoices"))
+        .and(matchers::query_param("starting_after", "in_4"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}),
+        ))
+        .up_to_n_times(1)
+        .expect(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path("/v1/invoices"))
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+
+    let started = Instant::now();
+    let report = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!((report.pages, report.records), (3, 4));
+    assert!(healed(&app).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dry_run_shows_the_drift_and_changes_nothing() {
+    let fake = FakeInvoices::new(invoices());
+    let server = stripe_api(fake).await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+    deliver_in_1(&app).await;
+
+    let dry = RunOptions {
+        since: None,
+        dry_run: true,
+    };
+    let report = sync(&app, "stripe", dry.clone()).await.unwrap();
+    assert_eq!((report.records, report.changed), (4, 3));
+    let mut would: Vec<_> = report
+        .changes
+        .iter()
+        .flat_map(|c| {
+            c.changes
+                .iter()
+                .map(|ch| (ch.id.clone(), ch.before.is_none()))
+        })
+        .collect();
+    would.sort();
+    let new_rows = [("in_2:1", true), ("in_3:1", true), ("in_4:2", true)]
+        .map(|(id, new)| (id.to_owned(), new))
+        .to_vec();
+    assert_eq!(would, new_rows);
+    assert_eq!(report.watermark, None);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.queued().await, 0);
+    assert_eq!(attempt_states(&app.db, "stripe").await.len(), 1);
+    assert_eq!(app.db.count_events(Some("stripe")).await.unwrap(), 1);
+    // Nothing stored either: the next real run is still a first run from the beginning.
+    let real = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+    assert_eq!((real.since, real.resumed, real.changed), (None, false, 3));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_and_sync_of_the_same_attempts_converge_in_either_order() {
+    let listed = vec![
+        invoice("in_7", "paid", 2, None),
+        invoice("in_6", "open", 1, Some("card_velocity_exceeded")),
+    ];
+    let webhooks = [
+        ("evt_6", "invoice.payment_failed", listed[1].clone()),
+        (
+            "evt_7a",
+            "invoice.payment_failed",
+            invoice("in_7", "open", 1, Some("do_not_honor")),
+        ),
+        ("evt_7", "invoice.paid", listed[0].clone()),
+    ];
+    let mut snapshots = Vec::new();
+    for webhook_first in [true, false] {
+        let server = stripe_api(FakeInvoices::new(listed.clone())).await;
+        let (_config, app) = app_with(&server, "interval_secs = 0").await;
+        let deliver = || async {
+            for (id, kind, invoice) in &webhooks {
+                let body = webhook(id, kind, invoice);
+                assert_eq!(app.post_signed("stripe", id, &body).await.status(), 202);
+            }
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    app.db.count_events(Some("stripe")).await.unwrap() >= 3
+                })
+                .await
+            );
+        };
+        if webhook_first {
+            deliver().await;
+            let report = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+            assert_eq!(report.changed, 0, "nothing was missed");
+        } else {
+            let report = sync(&app, "stripe", RunOptions::default()).await.unwrap();
+            assert_eq!(report.changed, 2);
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    attempt_states(&app.db, "stripe").await.len() == 2
+                })
+                .await
+            );
+            deliver().await;
+        }
+        let expected = [
+            ("in_6:1", "failed"),
+            ("in_7:1", "failed"),
+            ("in_7:2", "succeeded"),
+        ]
+        .map(|(a, s)| (a.to_owned(), s.to_owned()))
+        .to_vec();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                attempt_states(&app.db, "stripe").await == expected
+            })
+            .await
+        );
+        snapshots.push(common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await);
+        app.stop().await;
+    }
+    assert_eq!(snapshots[0], snapshots[1]);
+}
+
+#[tokio::test]
+async fn one_instance_runs_a_source_at_a_time_and_serve_syncs_periodically() {
+    let fake = FakeInvoices::new(invoices());
+    *fake.slow_after.lock().unwrap() = Some(("in_4".to_owned(), Duration::from_secs(3)));
+    let server = stripe_api(fake.clone()).await;
+    // The service's own periodic sync starts at once and is held on page 2.
+    let (_config, app) = app_with(&server, "interval_secs = 1").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            fake.requests().contains(&"in_4".to_owned())
+        })
+        .await
+    );
+    let busy = sync(&app, "stripe", RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(busy, SyncError::Busy(_)), "{busy}");
+
+    // The periodic run gets its slow page and finishes the listing by itself.
+    assert!(healed(&app).await);
+    app.stop().await;
+}

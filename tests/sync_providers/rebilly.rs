@@ -1,0 +1,471 @@
+//! Rebilly pull sync end to end: a fake of `GET {base}/subscriptions` (the orders list,
+//! under an organization path) that requires the `REB-APIKEY` header, sorts by `sort`,
+//! filters by `filter=updatedTime:<since>..`, embeds the recent invoice only when asked
+//! (`expand=recentInvoice`), slices by `limit`/`offset` and answers a bare JSON array with
+//! `Pagination-Total/Offset/Limit` headers. Webhooks (Basic auth) deliver part of the
+//! orders and invoices; one sync heals the order statuses and recent-invoice attempts the
+//! ledger missed, and an incremental second run changes nothing.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use subsync::{app::Role, sync::RunOptions};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+use crate::common::{TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
+
+const SOURCE: &str = "rebilly";
+const API_KEY: &str = "sk_sandbox_rebilly_sync";
+const ORGANIZATION: &str = "/organizations/org_sync";
+const LIST_PATH: &str = "/organizations/org_sync/subscriptions";
+/// Rebilly's maximum `limit`.
+const MAX_LIMIT: usize = 1000;
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn time_of(value: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(value.as_str().expect("an RFC 3339 time"))
+        .expect("an RFC 3339 time")
+        .with_timezone(&Utc)
+}
+
+/// One list request as the fake saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    offset: usize,
+    limit: usize,
+    filter: Option<String>,
+}
+
+/// Rebilly's orders collection: `sort` by a field (`-` = descending), `filter` on
+/// `updatedTime` (`<from>..`, at or after), `_embedded` only with `expand=recentInvoice`,
+/// `limit` (≤ 1000) / `offset`, and the position in `Pagination-*` headers.
+#[derive(Clone, Default)]
+struct FakeOrders {
+    orders: Arc<Mutex<Vec<Value>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FakeOrders {
+    fn new(orders: Vec<Value>) -> Self {
+        let fake = Self::default();
+        *fake.orders.lock().unwrap() = orders;
+        fake
+    }
+
+    fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+fn problem(detail: String) -> ResponseTemplate {
+    ResponseTemplate::new(400).set_body_json(json!({
+        "type": "https://api-reference.rebilly.com/#section/Errors", "title": "Bad Request",
+        "status": 400, "detail": detail,
+    }))
+}
+
+impl Respond for FakeOrders {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let query = |name: &str| {
+            request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let Ok(limit) = query("limit").map_or(Ok(100), |l| l.parse::<usize>()) else {
+            return problem("limit must be an integer".to_owned());
+        };
+        let Ok(offset) = query("offset").map_or(Ok(0), |o| o.parse::<usize>()) else {
+            return problem("offset must be an integer".to_owned());
+        };
+        let limit = limit.min(MAX_LIMIT);
+        let filter = query("filter");
+        self.seen.lock().unwrap().push(Seen {
+            offset,
+            limit,
+            filter: filter.clone(),
+        });
+        let from = match filter.as_deref() {
+            None => None,
+            Some(f) => match f
+                .strip_prefix("updatedTime:")
+                .and_then(|rest| rest.strip_suffix(".."))
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            {
+                Some(at) => Some(at.with_timezone(&Utc)),
+                None => return problem(format!("unsupported filter {f:?}")),
+            },
+        };
+        let mut orders: Vec<Value> = self
+            .orders
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| from.is_none_or(|from| time_of(&o["updatedTime"]) >= from))
+            .cloned()
+            .collect();
+        if let Some(sort) = query("sort") {
+            let (field, descending) = match sort.strip_prefix('-') {
+                Some(field) => (field.to_owned(), true),
+                None => (sort.clone(), false),
+            };
+            if field != "updatedTime" {
+                return problem(format!("unsupported sort {sort:?}"));
+            }
+            orders.sort_by_key(|o| time_of(&o[field.as_str()]));
+            if descending {
+                orders.reverse();
+            }
+        }
+        if query("expand").as_deref() != Some("recentInvoice") {
+            for order in &mut orders {
+                order.as_object_mut().unwrap().remove("_embedded");
+            }
+        }
+        let total = orders.len();
+        let page: Vec<Value> = orders.into_iter().skip(offset).take(limit).collect();
+        ResponseTemplate::new(200)
+            .insert_header("content-type", "application/json")
+            .insert_header("pagination-total", total.to_string().as_str())
+            .insert_header("pagination-offset", offset.to_string().as_str())
+            .insert_header("pagination-limit", limit.to_string().as_str())
+            .set_body_json(Value::Array(page))
+    }
+}
+
+async fn rebilly_api(fake: FakeOrders) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path(LIST_PATH))
+        .and(matchers::header("reb-apikey", API_KEY))
+        .respond_with(fake)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        r#"
+[[sources]]
+id = "{SOURCE}"
+provider = "rebilly"
+basic_auth = {{ username = "rebilly", password = "s3cret-basic-pass" }}
+api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}
+sync = {{ page_size = 2, min_interval_ms = 1, interval_secs = 0, max_page_retries = 3, lookback_secs = 3600 }}
+retry = {{ jitter = false }}
+[dunning]
+interval_ms = 3600000
+"#,
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    (config, app)
+}
+
+/// A subscription order as Rebilly lists it, with its recent invoice embedded when given.
+fn order(
+    id: &str,
+    status: &str,
+    currency: &str,
+    updated: DateTime<Utc>,
+    invoice: Option<Value>,
+) -> Value {
+    let mut order = json!({
+        "id": id, "orderType": "subscription-order", "billingStatus": "unpaid",
+        "websiteId": "web_1", "customerId": "cus_1", "currency": currency, "status": status,
+        "autopay": true, "renewalTime": "2026-12-21T10:00:00Z", "rebillNumber": 2,
+        "lineItemSubtotal": {"currency": currency, "amount": 49.95},
+        "createdTime": "2026-09-21T10:00:00Z", "updatedTime": rfc3339(updated),
+        "recentInvoiceId": invoice.as_ref().map(|i| i["id"].clone()),
+        "_links": [{"rel": "self", "href": format!("https://api.rebilly.com/subscriptions/{id}")}],
+    });
+    if let Some(invoice) = invoice {
+        order["_embedded"] = json!({ "recentInvoice": invoice });
+    }
+    order
+}
+
+/// A paid renewal invoice (its transactions not embedded).
+fn paid_invoice(id: &str, order: &str, currency: &str, amount: f64, paid: &str) -> Value {
+    json!({
+        "id": id, "type": "renewal", "subscriptionId": order, "customerId": "cus_1",
+        "currency": currency, "amount": amount, "amountDue": 0, "status": "paid",
+        "paidTime": paid, "issuedTime": paid,
+    })
+}
+
+/// The order webhook Rebilly sends (`subscription-*`), the order without `_embedded`.
+fn order_webhook(event_type: &str, order: &Value) -> Vec<u8> {
+    let mut subscription = order.clone();
+    subscription.as_object_mut().unwrap().remove("_embedded");
+    serde_json::to_vec(&json!({
+        "subscriptionId": order["id"], "eventType": event_type,
+        "_embedded": { "subscription": subscription },
+    }))
+    .unwrap()
+}
+
+/// The `invoice-paid` webhook for a paid invoice.
+fn invoice_paid_webhook(invoice: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "invoiceId": invoice["id"], "eventType": "invoice-paid",
+        "_embedded": { "invoice": invoice },
+    }))
+    .unwrap()
+}
+
+/// Six orders, listed newest update first (page size 2: three pages):
+/// - `ord_6` one-time order and `ord_5` pending (not started): render nothing;
+/// - `ord_4` suspended, its renewal invoice declined (`txn_4`) and a refund beside it:
+///   missed entirely;
+/// - `ord_3` canceled with a paid invoice: the webhooks only told it was active;
+/// - `ord_2` active with a paid invoice: both webhooks delivered;
+/// - `ord_1` paused two days ago with a paid EUR invoice: the order webhook delivered, the
+///   invoice missed (and outside the second run's look-back).
+struct Dataset {
+    orders: Vec<Value>,
+    /// The webhooks delivered before the sync (name, body).
+    webhooks: Vec<(&'static str, Vec<u8>)>,
+}
+
+fn dataset(now: DateTime<Utc>) -> Dataset {
+    let minutes = |m: i64| now - chrono::Duration::minutes(m);
+    let at = |m: i64| rfc3339(minutes(m));
+    let mut one_time = order("ord_6", "completed", "USD", minutes(1), None);
+    one_time["orderType"] = json!("one-time-order");
+    let declined = json!({
+        "id": "inv_4", "type": "renewal", "subscriptionId": "ord_4", "customerId": "cus_1",
+        "currency": "USD", "amount": 49.95, "amountDue": 49.95, "status": "past-due",
+        "issuedTime": at(4),
+        "transactions": [
+            {"id": "txn_4", "type": "sale", "status": "completed", "result": "declined",
+             "amount": 49.95, "currency": "USD", "customerId": "cus_1",
+             "invoiceIds": ["inv_4"], "subscriptionIds": ["ord_4"], "processedTime": at(4),
+             "declineCode": "insufficient-funds",
+             "gatewayResponse": {"code": "51", "message": "Insufficient funds"}},
+            {"id": "txn_4r", "type": "refund", "status": "completed", "result": "approved",
+             "amount": 1.00, "currency": "USD", "invoiceIds": ["inv_4"]},
+        ],
+    });
+    let inv_3 = paid_invoice("inv_3", "ord_3", "USD", 19.99, &at(5));
+    let inv_2 = paid_invoice("inv_2", "ord_2", "USD", 49.95, &at(6));
+    let two_days = now - chrono::Duration::days(2);
+    let inv_1 = paid_invoice("inv_1", "ord_1", "EUR", 9.99, &rfc3339(two_days));
+    let ord_3 = order("ord_3", "canceled", "USD", minutes(4), Some(inv_3));
+    let ord_3_before = order(
+        "ord_3",
+        "active",
+        "USD",
+        now - chrono::Duration::days(1),
+        None,
+    );
+    let ord_2 = order("ord_2", "active", "USD", minutes(5), Some(inv_2.clone()));
+    let ord_1 = order("ord_1", "paused", "EUR", two_days, Some(inv_1));
+    let webhooks = vec![
+        (
+            "ord_3 renewed",
+            order_webhook("subscription-renewed", &ord_3_before),
+        ),
+        (
+            "ord_2 renewed",
+            order_webhook("subscription-renewed", &ord_2),
+        ),
+        ("inv_2 paid", invoice_paid_webhook(&inv_2)),
+        ("ord_1 paused", order_webhook("subscription-paused", &ord_1)),
+    ];
+    // Listed in no particular order: the fake sorts as asked.
+    let orders = vec![
+        ord_1,
+        order("ord_4", "suspended", "USD", minutes(3), Some(declined)),
+        one_time,
+        ord_3,
+        order("ord_5", "pending", "USD", minutes(2), None),
+        ord_2,
+    ];
+    Dataset { orders, webhooks }
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// Each order's (status, provider status), `None` when the ledger does not know it.
+async fn order_states(app: &TestApp) -> Vec<Option<(String, String)>> {
+    let mut states = Vec::new();
+    for id in ["ord_1", "ord_2", "ord_3", "ord_4", "ord_5", "ord_6"] {
+        let view = app.db.subscription(SOURCE, id).await.unwrap();
+        states.push(view.and_then(|v| Some((v.status?, v.provider_status?))));
+    }
+    states
+}
+
+fn state(status: &str, provider: &str) -> Option<(String, String)> {
+    Some((status.to_owned(), provider.to_owned()))
+}
+
+fn healed_attempts() -> Vec<(String, String)> {
+    pairs(&[
+        ("invoice-paid:inv_1", "succeeded"),
+        ("invoice-paid:inv_2", "succeeded"),
+        ("invoice-paid:inv_3", "succeeded"),
+        ("txn_4", "failed"),
+    ])
+}
+
+fn healed_orders() -> Vec<Option<(String, String)>> {
+    vec![
+        state("paused", "paused"),
+        state("active", "active"),
+        state("cancelled", "canceled"),
+        state("past_due", "suspended"),
+        None,
+        None,
+    ]
+}
+
+#[tokio::test]
+async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_changes_nothing() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let Dataset { orders, webhooks } = dataset(now);
+    let fake = FakeOrders::new(orders);
+    let server = rebilly_api(fake.clone()).await;
+    let (_config, app) = app_with(&server).await;
+
+    for (name, body) in &webhooks {
+        let status = app.post_signed(SOURCE, name, body).await.status();
+        assert_eq!(status, 202, "{name}");
+    }
+    let delivered = vec![
+        state("paused", "paused"),
+        state("active", "active"),
+        state("active", "active"),
+        None,
+        None,
+        None,
+    ];
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            attempt_states(&app.db, SOURCE).await == pairs(&[("invoice-paid:inv_2", "succeeded")])
+                && order_states(&app).await == delivered
+        })
+        .await,
+        "webhooks reconciled: {:?} {:?}",
+        attempt_states(&app.db, SOURCE).await,
+        order_states(&app).await
+    );
+    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 4);
+
+    let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
+    assert_eq!(
+        (
+            report.pages,
+            report.records,
+            report.changed,
+            report.malformed
+        ),
+        (3, 8, 5, 0),
+        "ord_6/ord_5 render nothing; ord_2 and ord_1's order are known"
+    );
+    assert_eq!(report.since, None, "a first run reads everything");
+    let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            "invoice:inv_1",
+            "invoice:inv_3",
+            "order:ord_3",
+            "order:ord_4",
+            "transaction:txn_4"
+        ]
+    );
+    let all = |filter: Option<String>| {
+        [0, 2, 4]
+            .map(|offset| Seen {
+                offset,
+                limit: 2,
+                filter: filter.clone(),
+            })
+            .to_vec()
+    };
+    assert_eq!(fake.take_seen(), all(None));
+
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            attempt_states(&app.db, SOURCE).await == healed_attempts()
+                && order_states(&app).await == healed_orders()
+        })
+        .await,
+        "healed: {:?} {:?}",
+        attempt_states(&app.db, SOURCE).await,
+        order_states(&app).await
+    );
+    let ord_4 = app.db.subscription(SOURCE, "ord_4").await.unwrap().unwrap();
+    let [txn_4] = ord_4.attempts.as_slice() else {
+        panic!("{:?}", ord_4.attempts)
+    };
+    assert_eq!(
+        (
+            txn_4.cycle_id.as_deref(),
+            txn_4.error_code.as_deref(),
+            txn_4.amount_minor
+        ),
+        (Some("inv_4"), Some("insufficient-funds"), Some(4995))
+    );
+    let collected = |view: &subsync::ledger::SubscriptionView| view.balances["collected"].clone();
+    for (id, currency, minor) in [
+        ("ord_1", "EUR", 999),
+        ("ord_2", "USD", 4995),
+        ("ord_3", "USD", 1999),
+    ] {
+        let view = app.db.subscription(SOURCE, id).await.unwrap().unwrap();
+        assert_eq!(
+            collected(&view),
+            [(currency.to_owned(), minor)].into(),
+            "{id} collected once"
+        );
+    }
+    assert!(!ord_4.balances.contains_key("collected"));
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.db.count_events(Some(SOURCE)).await.unwrap() == 9
+        })
+        .await,
+        "the four webhooks plus the five healed records"
+    );
+    let watermark = report.watermark.expect("a complete run sets the watermark");
+
+    // Incremental: updated since the watermark minus the hour of look-back, which leaves
+    // out ord_1 (paused two days ago); everything else is read again and changes nothing.
+    let again = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
+    let since = watermark - chrono::Duration::seconds(3600);
+    assert_eq!(again.since, Some(since));
+    assert_eq!(
+        (again.pages, again.records, again.changed, again.malformed),
+        (3, 6, 0, 0)
+    );
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert!(again.watermark > Some(watermark));
+    let filter = format!("updatedTime:{}..", rfc3339(since));
+    assert_eq!(fake.take_seen(), all(Some(filter)));
+    assert_eq!(app.queued().await, 0);
+    assert_eq!(attempt_states(&app.db, SOURCE).await, healed_attempts());
+    assert_eq!(order_states(&app).await, healed_orders());
+    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 9);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
