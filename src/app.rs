@@ -103,7 +103,9 @@ pub async fn start(
     let admin = admin::router(AdminState {
         db: db.clone(),
         broker: broker.clone(),
-        token: settings.admin.token.clone(),
+        tokens: settings.admin.named_tokens(),
+        sources: sources.clone(),
+        dunning: Dunning::from_settings(&settings.sources),
         uses_database: role.uses_database(),
         uses_broker: role.uses_broker(),
     });

@@ -188,3 +188,21 @@ secrets = ["{SOURCE_SECRET}", "env:SUBSYNC_CANARY_SECRET"]
         let _ = cleaner.delete_topology().await;
     }
 }
+
+#[tokio::test]
+async fn dlq_purge_without_yes_refuses_and_touches_nothing() {
+    let config = TestConfig::new().await;
+    let path = config.write();
+    let out = Command::new(BIN)
+        .args(["dlq", "purge", "--source", "demo"])
+        .env("SUBSYNC_CONFIG", &path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to purge without confirmation"),
+        "{stderr}"
+    );
+}

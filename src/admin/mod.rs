@@ -1,27 +1,47 @@
 //! The internal admin listener: health, readiness, Prometheus metrics, and `/admin/*`
-//! operations behind a bearer token.
+//! operations behind a bearer token, described by the OpenAPI document served at
+//! `/admin/openapi.json` (generated from these handlers: the routes and the document
+//! cannot drift apart).
+
+mod extract;
+mod openapi;
 
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    extract::{Path, Query, Request, State},
+    Extension, Router,
+    extract::{Request, State},
     http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
+use crate::config::NamedToken;
+use crate::dunning::schedule::Dunning;
+use crate::dunning::views::{RetriesQuery, RetryView};
 use crate::ingress::ApiError;
-use crate::ledger::{AttemptsQuery, Db, EventsQuery, SubscriptionView};
-use crate::queue::Broker;
+use crate::ledger::{AttemptView, AttemptsQuery, Db, EventRow, EventsQuery, SubscriptionView};
+use crate::ops::{
+    Actor, Quiet,
+    audit::{self, AuditRow},
+    dlq::{self, DeadLetterDetail, DlqFilter, PurgeReport, ReplayReport},
+    replay::{self, ReplayArchiveReport, ReplayRequest},
+};
+use crate::providers::Sources;
+use crate::queue::{Broker, DeadLetterSummary};
+use extract::{Json, Path, Query};
 
 pub struct AdminState {
     pub db: Db,
     pub broker: Broker,
-    pub token: SecretString,
+    pub tokens: Vec<NamedToken>,
+    pub sources: Arc<Sources>,
+    pub dunning: Dunning,
     /// Whether this process's role uses the database (an ingress-only one does not).
     pub uses_database: bool,
     /// Whether it uses the broker (a scheduler-only one does not).
@@ -30,29 +50,41 @@ pub struct AdminState {
 
 pub fn router(state: AdminState) -> Router {
     let state = Arc::new(state);
-    let admin = Router::new()
-        .route("/admin/events", get(events))
-        .route(
-            "/admin/subscriptions/{source_id}/{subscription_id}",
-            get(subscription),
-        )
-        .route("/admin/billing-attempts", get(billing_attempts))
-        .route("/admin/retries", get(retries))
+    // Routes and the OpenAPI document are built by the same calls: they cannot drift apart.
+    let admin = OpenApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(subscription))
+        .routes(routes!(billing_attempts))
+        .routes(routes!(retries))
+        .routes(routes!(dlq_list))
+        .routes(routes!(dlq_replay))
+        .routes(routes!(dlq_purge))
+        .routes(routes!(dlq_show))
+        .routes(routes!(replay_archived))
+        .routes(routes!(audit_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+    let (router, spec) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
         .merge(admin)
         .with_state(state)
+        .split_for_parts();
+    let spec = Arc::new(spec);
+    router.route(
+        "/admin/openapi.json",
+        get(move || {
+            let spec = spec.clone();
+            async move { axum::Json(spec.as_ref().clone()) }
+        }),
+    )
 }
 
+/// Checks the bearer token against every configured one (constant time) and hands the
+/// token's name on as the [`Actor`] for the audit log.
 async fn require_token(
     State(state): State<Arc<AdminState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let presented = request
@@ -60,26 +92,62 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let expected = state.token.expose_secret().as_bytes();
-    if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
+        .unwrap_or("")
+        .as_bytes();
+    let mut matched = None;
+    for named in &state.tokens {
+        let equal: bool = presented
+            .ct_eq(named.token.expose_secret().as_bytes())
+            .into();
+        if equal && !presented.is_empty() {
+            matched = Some(named.name.clone());
+        }
+    }
+    let Some(name) = matched else {
         metrics::counter!("subsync_admin_auth_failures_total").increment(1);
         return ApiError::Unauthorized.into_response();
-    }
+    };
+    request.extensions_mut().insert(Actor(name));
     next.run(request).await
 }
 
-async fn ready(State(state): State<Arc<AdminState>>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `{"status": "..."}`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    status: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = Status)))]
+async fn healthz() -> axum::Json<Status> {
+    axum::Json(Status {
+        status: "ok".to_owned(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "What this role uses is reachable", body = Status),
+    (status = 503, description = "The broker or the database is not reachable", body = openapi::ErrorBody,
+        headers(("retry-after" = String, description = "Seconds"))),
+))]
+async fn ready(State(state): State<Arc<AdminState>>) -> Result<axum::Json<Status>, ApiError> {
     if state.uses_broker && !state.broker.is_connected() {
         return Err(ApiError::Unavailable("broker not connected"));
     }
     if state.uses_database && state.db.ping().await.is_err() {
         return Err(ApiError::Unavailable("database not reachable"));
     }
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(axum::Json(Status {
+        status: "ready".to_owned(),
+    }))
 }
 
-async fn metrics() -> impl IntoResponse {
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "Prometheus text exposition", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"),
+))]
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    refresh_gauges(&state).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -89,34 +157,284 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// Gauges read at scrape time: queue depths and the oldest dead letter's age (broker),
+/// retries per status and due now (database). A part that is unreachable keeps its last
+/// values (and `/readyz` says why).
+async fn refresh_gauges(state: &AdminState) {
+    if state.uses_broker
+        && let Ok((work, dead)) = state.broker.stats().await
+    {
+        for (queue, stats) in [("work", work), ("dead_letter", dead)] {
+            metrics::gauge!("subsync_queue_messages", "queue" => queue).set(stats.messages as f64);
+            metrics::gauge!("subsync_queue_consumers", "queue" => queue)
+                .set(stats.consumers as f64);
+        }
+        if work.messages == 0 {
+            metrics::gauge!("subsync_work_lag_seconds").set(0.0);
+        }
+        let age = match dead.messages {
+            0 => Some(0.0),
+            _ => state
+                .broker
+                .oldest_dead_letter()
+                .await
+                .ok()
+                .flatten()
+                .map(|at| (chrono::Utc::now() - at).as_seconds_f64().max(0.0)),
+        };
+        if let Some(age) = age {
+            metrics::gauge!("subsync_dead_letter_oldest_age_seconds").set(age);
+        }
+    }
+    if state.uses_database
+        && let Ok((by_status, due)) = crate::dunning::views::counts(&state.db).await
+    {
+        for (status, n) in by_status {
+            metrics::gauge!("subsync_retries", "status" => status).set(n as f64);
+        }
+        metrics::gauge!("subsync_retries_due").set(due as f64);
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Events {
+    events: Vec<EventRow>,
+}
+
+#[utoipa::path(get, path = "/admin/events", tag = "ledger", params(EventsQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Archived events, newest first", body = Events),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
 async fn events(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows = state.db.events(&query).await?;
-    Ok(Json(serde_json::json!({ "events": rows })))
+) -> Result<axum::Json<Events>, ApiError> {
+    let events = state.db.events(&query).await?;
+    Ok(axum::Json(Events { events }))
 }
 
+#[utoipa::path(get, path = "/admin/subscriptions/{source_id}/{subscription_id}", tag = "ledger",
+    params(("source_id" = String, Path), ("subscription_id" = String, Path)),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "The subscription: status, attempts, balances, retry", body = SubscriptionView),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
 async fn subscription(
     State(state): State<Arc<AdminState>>,
     Path((source_id, subscription_id)): Path<(String, String)>,
-) -> Result<Json<SubscriptionView>, ApiError> {
+) -> Result<axum::Json<SubscriptionView>, ApiError> {
     let view = state.db.subscription(&source_id, &subscription_id).await?;
-    view.map(Json).ok_or(ApiError::NotFound)
+    view.map(axum::Json).ok_or(ApiError::NotFound)
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct BillingAttempts {
+    billing_attempts: Vec<AttemptView>,
+}
+
+#[utoipa::path(get, path = "/admin/billing-attempts", tag = "ledger", params(AttemptsQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Billing attempts", body = BillingAttempts),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
 async fn billing_attempts(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<AttemptsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let attempts = state.db.billing_attempts(&query).await?;
-    Ok(Json(serde_json::json!({ "billing_attempts": attempts })))
+) -> Result<axum::Json<BillingAttempts>, ApiError> {
+    let billing_attempts = state.db.billing_attempts(&query).await?;
+    Ok(axum::Json(BillingAttempts { billing_attempts }))
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct Retries {
+    retries: Vec<RetryView>,
+}
+
+#[utoipa::path(get, path = "/admin/retries", tag = "dunning", params(RetriesQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Payment retries", body = Retries),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
 async fn retries(
     State(state): State<Arc<AdminState>>,
-    Query(query): Query<crate::dunning::views::RetriesQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Query(query): Query<RetriesQuery>,
+) -> Result<axum::Json<Retries>, ApiError> {
     let retries = crate::dunning::views::list(&state.db, &query).await?;
-    Ok(Json(serde_json::json!({ "retries": retries })))
+    Ok(axum::Json(Retries { retries }))
+}
+
+/// Filters of `GET /admin/dlq` (replay and purge take the same, with `ids`, as JSON).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DlqQuery {
+    source: Option<String>,
+    /// A case-insensitive part of the reason.
+    reason: Option<String>,
+    /// Last dead-lettered at or after.
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Last dead-lettered before.
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many (default 100).
+    #[param(minimum = 1)]
+    limit: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeadLetters {
+    dead_letters: Vec<DeadLetterSummary>,
+}
+
+#[utoipa::path(get, path = "/admin/dlq", tag = "dead letters", params(DlqQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Dead letters: id, source, event id, reason, deaths, first/last death", body = DeadLetters),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn dlq_list(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<DlqQuery>,
+) -> Result<axum::Json<DeadLetters>, ApiError> {
+    let filter = DlqFilter {
+        ids: Vec::new(),
+        source: q.source,
+        reason: q.reason,
+        since: q.since,
+        until: q.until,
+        limit: q.limit,
+    };
+    let dead_letters = dlq::list(&state.broker, &filter).await?;
+    Ok(axum::Json(DeadLetters { dead_letters }))
+}
+
+#[utoipa::path(get, path = "/admin/dlq/{id}", tag = "dead letters",
+    params(("id" = String, Path, description = "`{source_id}:{event_id}`")),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "One dead letter: headers, reason, raw payload", body = DeadLetterDetail),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn dlq_show(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<DeadLetterDetail>, ApiError> {
+    let letter = dlq::show(&state.broker, &id).await?;
+    letter.map(axum::Json).ok_or(ApiError::NotFound)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct DlqReplayRequest {
+    #[serde(flatten)]
+    filter: DlqFilter,
+    /// Show what each message would change; move nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[utoipa::path(post, path = "/admin/dlq/replay", tag = "dead letters", request_body = DlqReplayRequest,
+    security(("bearer" = [])), responses(
+    (status = 200, description = "What was replayed (or, dry, what each would change)", body = ReplayReport),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn dlq_replay(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(request): Json<DlqReplayRequest>,
+) -> Result<axum::Json<ReplayReport>, ApiError> {
+    let ctx = dlq::Context {
+        broker: &state.broker,
+        db: &state.db,
+        sources: &state.sources,
+        dunning: &state.dunning,
+    };
+    let report = dlq::replay(&ctx, &request.filter, request.dry_run, &actor, &Quiet).await?;
+    Ok(axum::Json(report))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct DlqPurgeRequest {
+    #[serde(flatten)]
+    filter: DlqFilter,
+    /// Must be `true`: a purge cannot be undone.
+    #[serde(default)]
+    confirm: bool,
+}
+
+#[utoipa::path(post, path = "/admin/dlq/purge", tag = "dead letters", request_body = DlqPurgeRequest,
+    security(("bearer" = [])), responses(
+    (status = 200, description = "What was deleted", body = PurgeReport),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn dlq_purge(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(request): Json<DlqPurgeRequest>,
+) -> Result<axum::Json<PurgeReport>, ApiError> {
+    let report = dlq::purge(
+        &state.broker,
+        &state.db,
+        &request.filter,
+        request.confirm,
+        &actor,
+    )
+    .await?;
+    Ok(axum::Json(report))
+}
+
+#[utoipa::path(post, path = "/admin/replay", tag = "ledger", request_body = ReplayRequest,
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Archived events reconciled again (or, dry, what would change)", body = ReplayArchiveReport),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn replay_archived(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(request): Json<ReplayRequest>,
+) -> Result<axum::Json<ReplayArchiveReport>, ApiError> {
+    let report = replay::replay_archived(
+        &state.db,
+        &state.sources,
+        &state.dunning,
+        &request,
+        &actor,
+        &Quiet,
+    )
+    .await?;
+    Ok(axum::Json(report))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// At most this many entries (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Audit {
+    entries: Vec<AuditRow>,
+}
+
+#[utoipa::path(get, path = "/admin/audit", tag = "dead letters", params(AuditQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Replays and purges: who, what, how many, when; newest first", body = Audit),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn audit_log(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<AuditQuery>,
+) -> Result<axum::Json<Audit>, ApiError> {
+    let entries = audit::recent(&state.db, q.limit.unwrap_or(100)).await?;
+    Ok(axum::Json(Audit { entries }))
 }

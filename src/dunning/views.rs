@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Db, DbError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RetryView {
     pub source_id: String,
     pub cycle_key: String,
@@ -23,7 +23,8 @@ pub struct RetryView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetriesQuery {
     pub source_id: Option<String>,
     pub subscription_id: Option<String>,
@@ -73,4 +74,18 @@ pub async fn open_for(
         .bind(subscription_id)
         .fetch_optional(db.pool())
         .await?)
+}
+
+/// How many retries are in each status, and how many scheduled ones are due now.
+pub async fn counts(db: &Db) -> Result<(Vec<(String, i64)>, i64), DbError> {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM retries GROUP BY status ORDER BY status")
+            .fetch_all(db.pool())
+            .await?;
+    let (due,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM retries WHERE status = 'scheduled' AND due_at <= now()",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok((by_status, due))
 }

@@ -8,6 +8,7 @@ use axum::{
 };
 
 use crate::ledger::DbError;
+use crate::ops::OpsError;
 use crate::providers::VerifyError;
 use crate::queue::PublishError;
 
@@ -31,6 +32,17 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("internal error")]
     Database(#[from] DbError),
+    #[error("{0}")]
+    Ops(OpsError),
+}
+
+impl From<OpsError> for ApiError {
+    fn from(error: OpsError) -> Self {
+        match error {
+            OpsError::Db(e) => ApiError::Database(e),
+            other => ApiError::Ops(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -43,6 +55,11 @@ impl ApiError {
             ApiError::Publish(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Ops(OpsError::UnknownSource(_)) => StatusCode::NOT_FOUND,
+            ApiError::Ops(OpsError::NotConfirmed | OpsError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Ops(OpsError::Queue(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Ops(OpsError::Db(e)) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Ops(OpsError::Db(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -55,6 +72,7 @@ impl ApiError {
             ApiError::Verify(_) | ApiError::Unauthorized => "unauthorized",
             ApiError::Publish(_) | ApiError::Unavailable(_) => "unavailable",
             ApiError::Database(_) => "error",
+            ApiError::Ops(_) => "ops_error",
         }
     }
 }

@@ -74,7 +74,11 @@ async fn receive(
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let verified = source
             .verify(Unverified { headers: &headers, body: &body, peer: Some(peer.ip()) }, content_type, SystemTime::now())
-            .inspect_err(|error| tracing::info!(source = %source.id(), %error, "webhook rejected"))?;
+            .inspect_err(|error| {
+                tracing::info!(source = %source.id(), %error, "webhook rejected");
+                metrics::counter!("subsync_verification_failures_total", "source" => source.id().to_owned(), "reason" => error.kind())
+                    .increment(1);
+            })?;
         state.broker.publish(verified.envelope()).await.inspect_err(|error| {
             tracing::warn!(source = %source.id(), event_id = %verified.event_id(), %error, "webhook not queued");
         })?;

@@ -19,7 +19,7 @@ pub struct NewEvent<'a> {
 }
 
 /// One archived event as operators see it (the body is returned as text where it is UTF-8).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     pub source_id: String,
@@ -33,7 +33,8 @@ pub struct EventRow {
     pub normalized: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     pub source_id: Option<String>,
     pub since: Option<DateTime<Utc>>,

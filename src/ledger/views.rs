@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Db, DbError};
 
 /// One billing attempt as shown to people and tools.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     pub source_id: String,
     pub attempt_id: String,
@@ -26,7 +26,7 @@ pub struct AttemptView {
 }
 
 /// A subscription with its attempts, balances and scheduled retry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     pub source_id: String,
     pub subscription_id: String,
@@ -41,7 +41,8 @@ pub struct SubscriptionView {
     pub retry: Option<crate::dunning::views::RetryView>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AttemptsQuery {
     pub source_id: Option<String>,
     pub subscription_id: Option<String>,

@@ -39,7 +39,6 @@ pub struct DlqFilter {
     /// Last dead-lettered before this time.
     pub until: Option<DateTime<Utc>>,
     /// At most this many messages (list: 100 by default).
-    #[param(minimum = 1)]
     #[schema(minimum = 1)]
     pub limit: Option<u64>,
 }
@@ -303,9 +302,34 @@ async fn preview(ctx: &Context<'_>, letters: &[DeadLetter]) -> Result<ReplayRepo
             events: &n.events,
         })
         .collect();
-    let previews = ctx.db.preview(&events, ctx.dunning).await?;
+    // One refused event (a constraint, a trigger: what dead-lettered it) must not hide
+    // what the others would do: on a permanent error, preview them one by one.
+    let previews = match ctx.db.preview(&events, ctx.dunning).await {
+        Ok(previews) => previews.into_iter().map(Ok).collect(),
+        Err(error) if !error.is_transient() && events.len() > 1 => {
+            let mut each = Vec::with_capacity(events.len());
+            for event in &events {
+                each.push(
+                    ctx.db
+                        .preview(std::slice::from_ref(event), ctx.dunning)
+                        .await
+                        .map(|mut p| p.remove(0)),
+                );
+            }
+            each
+        }
+        Err(error) => vec![Err(error)],
+    };
     for ((i, _), preview) in ready.iter().zip(previews) {
         let message = &mut report.messages[*i];
+        let preview = match preview {
+            Ok(preview) => preview,
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                message.error = Some(error.to_string());
+                continue;
+            }
+        };
         message.action = if preview.changes.is_empty() {
             "would_change_nothing"
         } else {

@@ -49,6 +49,20 @@ pub enum VerifyError {
     PeerNotAllowed,
 }
 
+impl VerifyError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::MissingHeader(_) => "missing_header",
+            VerifyError::MalformedHeader(_) => "malformed_header",
+            VerifyError::TimestampOutOfWindow => "timestamp",
+            VerifyError::SignatureMismatch => "signature",
+            VerifyError::BadCredentials => "credentials",
+            VerifyError::PeerNotAllowed => "peer",
+        }
+    }
+}
+
 /// A correctly signed payload that the worker cannot turn into events: it is dead-lettered
 /// with this reason, never dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,7 +5,9 @@ use futures_util::StreamExt;
 use lapin::{
     Channel, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
     types::FieldTable,
 };
 
@@ -38,6 +40,15 @@ impl Incoming {
 
     pub fn redelivered(&self) -> bool {
         self.delivery.redelivered
+    }
+
+    /// Which delivery of this message this is (1 for the first), from the quorum queue's
+    /// `x-delivery-count` (the number of earlier deliveries).
+    pub fn delivery_number(&self) -> u32 {
+        let earlier = codec::header_int(&self.delivery.properties, "x-delivery-count");
+        u32::try_from(earlier.unwrap_or(0))
+            .unwrap_or(0)
+            .saturating_add(1)
     }
 }
 
@@ -99,6 +110,19 @@ impl Subscription {
             .await?;
         self.channel
             .basic_ack(d.delivery_tag, BasicAckOptions { multiple: false })
+            .await?;
+        Ok(())
+    }
+
+    /// Hands one delivery back to the queue for another delivery (the broker counts it
+    /// against the delivery limit).
+    pub async fn requeue(&self, incoming: &Incoming) -> Result<(), QueueError> {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        self.channel
+            .basic_nack(incoming.delivery.delivery_tag, options)
             .await?;
         Ok(())
     }

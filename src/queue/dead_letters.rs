@@ -117,6 +117,18 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// When the message at the head of the dead-letter queue (the oldest) was
+    /// dead-lettered; `None` when the queue is empty or the head carries no time. The
+    /// message is read and released, never removed.
+    pub async fn oldest_dead_letter(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
+        let mut session = self.dead_letter_session().await?;
+        let head = session.next().await;
+        session.close().await;
+        Ok(head?.and_then(|letter| letter.first_death_at))
+    }
+}
+
 impl DeadLetterSession {
     /// The next dead letter, held unacked until replayed, removed, or the session closes;
     /// `None` when every message is held.
@@ -132,6 +144,13 @@ impl DeadLetterSession {
     /// Republishes `letter` to the work exchange without its dead-letter headers (so the
     /// delivery limit counts afresh), waits for the broker's confirm, then removes it here.
     pub async fn replay(&self, letter: &DeadLetter) -> Result<(), QueueError> {
+        self.republish(letter).await?;
+        self.remove(letter).await
+    }
+
+    /// The first half of [`DeadLetterSession::replay`]: a confirmed copy in the work queue,
+    /// the original still held here (released if the session ends now).
+    pub async fn republish(&self, letter: &DeadLetter) -> Result<(), QueueError> {
         let source = letter
             .source_id()
             .ok_or(QueueError::Publish(PublishError::Returned(
@@ -146,7 +165,7 @@ impl DeadLetterSession {
                 props,
             )
             .await?;
-        self.remove(letter).await
+        Ok(())
     }
 
     /// Removes `letter` from the dead-letter queue for good.

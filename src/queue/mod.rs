@@ -207,9 +207,7 @@ impl Broker {
     async fn connect(&self) -> Result<Live, lapin::Error> {
         let props = ConnectionProperties::default().with_connection_name("subsync".into());
         let connection = Connection::connect(self.inner.url.expose_secret(), props).await?;
-        let setup = connection.create_channel().await?;
-        self.inner.topology.declare(&setup).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        self.inner.topology.declare(&connection).await?;
         let mut publishers = Vec::with_capacity(self.inner.publish_channels);
         for _ in 0..self.inner.publish_channels {
             let channel = connection.create_channel().await?;

@@ -2,7 +2,7 @@
 //! written out with the reason it is there.
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
         QueueDeleteOptions,
@@ -77,10 +77,19 @@ impl Topology {
         let mut args = FieldTable::default();
         // Dead letters are payment events too: same durability as the work queue.
         args.insert("x-queue-type".into(), long("quorum"));
+        // Operators browse dead letters by fetching and releasing them, which a quorum queue
+        // counts as a delivery; RabbitMQ 4 defaults to a limit of 20 and would then drop
+        // them (this queue has no dead-letter exchange). An explicit limit no browsing
+        // reaches keeps them (-1, "unlimited" in RabbitMQ 4, drops at once on 3.10).
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+        );
         args
     }
 
-    pub(super) async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    pub(super) async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let channel = &connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -105,13 +114,27 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        channel
+        let declared = channel
             .queue_declare(
                 short(&self.dead_letter_queue),
                 durable_queue,
                 self.dead_letter_queue_arguments(),
             )
-            .await?;
+            .await;
+        // A dead-letter queue declared by an older subsync (without the limit) refuses the
+        // new arguments; it is used as it is (the broker closed this channel), with advice.
+        let channel = &match declared {
+            Ok(_) => channel.clone(),
+            Err(error) if is_precondition_failed(&error) => {
+                tracing::warn!(
+                    queue = %self.dead_letter_queue,
+                    "the dead-letter queue exists without x-delivery-limit; on RabbitMQ 4 set one by policy \
+                     (rabbitmqctl set_policy --apply-to queues subsync-dlq '<prefix>\\.dlq' '{{\"delivery-limit\":1000000000}}')"
+                );
+                connection.create_channel().await?
+            }
+            Err(error) => return Err(error),
+        };
         channel
             .queue_bind(
                 short(&self.dead_letter_queue),
@@ -137,6 +160,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let _ = channel.close(200, "topology declared".into()).await;
         Ok(())
     }
 
@@ -154,6 +178,14 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// Deliveries of one dead letter before the broker would drop it: never reached by
+/// browsing.
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    error.to_string().contains("PRECONDITION_FAILED")
 }
 
 pub(super) fn short(s: &str) -> ShortString {

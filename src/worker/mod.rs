@@ -34,7 +34,9 @@ enum StepError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Done(Reconciled),
-    DeadLettered,
+    /// Dead-lettered, or handed back to the queue for another delivery: acked or nacked
+    /// on its own, not by the batch's ack.
+    SetAside,
 }
 
 #[derive(Clone)]
@@ -161,15 +163,15 @@ impl Worker {
                     outcomes.push(match self.reconcile_with_retry(one, shutdown).await? {
                         Ok(o) => o[0],
                         Err(error) => {
-                            dead_letter(sub, one[0].0, "rejected", &error.to_string()).await?;
-                            Outcome::DeadLettered
+                            self.rejected(sub, one[0].0, &error).await?;
+                            Outcome::SetAside
                         }
                     });
                 }
                 outcomes
             }
             Err(error) => {
-                dead_letter(sub, ready[0].0, "rejected", &error.to_string()).await?;
+                self.rejected(sub, ready[0].0, &error).await?;
                 return Ok(());
             }
         };
@@ -178,10 +180,21 @@ impl Worker {
         let committed = ready
             .iter()
             .zip(&outcomes)
-            .filter(|(_, o)| **o != Outcome::DeadLettered);
+            .filter(|(_, o)| **o != Outcome::SetAside);
         if let Some(tag) = committed.map(|((i, _), _)| i.tag()).max() {
             sub.ack_through(tag).await?;
         }
+        // Received → committed, and the age of the oldest event of the batch (queue lag).
+        let now = chrono::Utc::now();
+        let mut oldest = 0.0f64;
+        for (incoming, _) in &ready {
+            if let Ok(envelope) = &incoming.envelope {
+                let delay = (now - envelope.received_at).as_seconds_f64().max(0.0);
+                metrics::histogram!("subsync_event_delay_seconds").record(delay);
+                oldest = oldest.max(delay);
+            }
+        }
+        metrics::gauge!("subsync_work_lag_seconds").set(oldest);
         for ((incoming, _), outcome) in ready.iter().zip(&outcomes) {
             let source = incoming
                 .envelope
@@ -193,7 +206,7 @@ impl Worker {
                 Outcome::Done(Reconciled::Stale) => "stale",
                 Outcome::Done(Reconciled::Ignored) => "ignored",
                 Outcome::Done(Reconciled::Duplicate) => "duplicate",
-                Outcome::DeadLettered => continue,
+                Outcome::SetAside => continue,
             };
             metrics::counter!("subsync_events_processed_total", "source" => source.to_owned(), "outcome" => outcome)
                 .increment(1);
@@ -207,6 +220,26 @@ impl Worker {
             "batch reconciled"
         );
         Ok(())
+    }
+
+    /// An event the database refused (not a transient failure): it goes back to the queue
+    /// for another delivery (the cause may be fixed meanwhile, e.g. by a deploy), and on
+    /// the last delivery the broker allows it is dead-lettered with the database's reason.
+    async fn rejected(
+        &self,
+        sub: &Subscription,
+        incoming: &Incoming,
+        error: &DbError,
+    ) -> Result<(), QueueError> {
+        let limit = self.broker.topology().delivery_limit;
+        let delivery = incoming.delivery_number();
+        if delivery >= limit {
+            let reason = format!("{error} (delivery {delivery} of {limit})");
+            return dead_letter(sub, incoming, "rejected", &reason).await;
+        }
+        tracing::warn!(%error, delivery, limit, "event rejected by the database; handing it back");
+        metrics::counter!("subsync_worker_errors_total", "kind" => "rejected").increment(1);
+        sub.requeue(incoming).await
     }
 
     /// Normalizes one delivery, or says why it can never be processed (kind, reason).
@@ -246,7 +279,12 @@ impl Worker {
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .without_max_times();
-        let attempt = (|| self.db.reconcile(&events, &self.dunning))
+        let attempt = (|| async {
+            let started = std::time::Instant::now();
+            let result = self.db.reconcile(&events, &self.dunning).await;
+            metrics::histogram!("subsync_reconcile_seconds").record(started.elapsed().as_secs_f64());
+            result
+        })
             .retry(backoff)
             .when(DbError::is_transient)
             .notify(|error, delay| {
