@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite: same service bootstrap as scripts/run.sh, then every test
-# against the real RabbitMQ and PostgreSQL.
+# against the real RabbitMQ and PostgreSQL, then schemathesis against the admin API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
@@ -14,4 +14,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
 else
   cargo test --no-fail-fast "$@"
+fi
+# The admin API against its own OpenAPI document (schemathesis from PyPI; its own service
+# instance, database and queues). SUBSYNC_SKIP_SCHEMATHESIS=1 skips it.
+if [ "${SUBSYNC_SKIP_SCHEMATHESIS:-0}" != 1 ]; then
+  bash scripts/schemathesis.sh
 fi

@@ -1,11 +1,13 @@
 //! Request extractors whose rejections are the admin API's JSON errors (400), so every
 //! answer matches the OpenAPI document. Text containing NUL is refused here: Postgres
-//! cannot store it, and it is never a valid id or filter.
+//! cannot store it, and it is never a valid id or filter. So are times before the first
+//! one Postgres stores ([`storable_time`]).
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request},
     http::request::Parts,
 };
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
 use crate::ingress::ApiError;
@@ -69,6 +71,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
+/// The earliest instant a Postgres `timestamptz` holds, 4714-11-24 00:00:00 UTC BC, in Unix
+/// seconds (its latest, 294276 AD, is past anything chrono parses).
+const EARLIEST_STORED_SECS: i64 = -210_866_803_200;
+
+/// Refuses a time filter the database cannot compare with (it would fail the query: 500).
+pub fn storable_time(name: &str, at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    match at {
+        Some(at) if at.timestamp() < EARLIEST_STORED_SECS => Err(ApiError::BadRequest(format!(
+            "{name}: before -4713-11-24T00:00:00Z, the earliest time the database stores"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn nul() -> ApiError {
     ApiError::BadRequest("text must not contain NUL characters".to_owned())
 }
@@ -81,5 +97,23 @@ fn contains_nul(value: &serde_json::Value) -> bool {
             map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earliest_stored_time_is_postgres_lower_bound() {
+        let earliest = DateTime::from_timestamp(EARLIEST_STORED_SECS, 0).unwrap();
+        assert_eq!(earliest.to_rfc3339(), "-4713-11-24T00:00:00+00:00");
+        assert!(storable_time("since", Some(earliest)).is_ok());
+        assert!(storable_time("since", None).is_ok());
+        let before = earliest - chrono::Duration::microseconds(1);
+        assert!(matches!(
+            storable_time("since", Some(before)),
+            Err(ApiError::BadRequest(message)) if message.starts_with("since: ")
+        ));
     }
 }

@@ -34,7 +34,7 @@ use crate::ops::{
 };
 use crate::providers::Sources;
 use crate::queue::{Broker, DeadLetterSummary};
-use extract::{Json, Path, Query};
+use extract::{Json, Path, Query, storable_time};
 
 pub struct AdminState {
     pub db: Db,
@@ -211,6 +211,8 @@ async fn events(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<EventsQuery>,
 ) -> Result<axum::Json<Events>, ApiError> {
+    storable_time("since", query.since)?;
+    storable_time("until", query.until)?;
     let events = state.db.events(&query).await?;
     Ok(axum::Json(Events { events }))
 }
@@ -401,6 +403,8 @@ async fn replay_archived(
     Extension(actor): Extension<Actor>,
     Json(request): Json<ReplayRequest>,
 ) -> Result<axum::Json<ReplayArchiveReport>, ApiError> {
+    storable_time("since", Some(request.since))?;
+    storable_time("until", request.until)?;
     let report = replay::replay_archived(
         &state.db,
         &state.sources,

@@ -36,7 +36,7 @@ pub struct ReplayArchiveReport {
     pub dry_run: bool,
     /// Events read from the archive.
     pub events: u64,
-    /// Events that changed (dry: would change) the ledger.
+    /// Dry run: events that would change the ledger (a real run reports `outcomes`).
     pub changed: u64,
     /// Events that no longer normalize (left as they were; see `failures`).
     pub failed: u64,

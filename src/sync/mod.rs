@@ -253,14 +253,8 @@ impl Syncer {
             {
                 Ok(page) => page,
                 Err(error) => {
-                    let error = SyncError::Page {
-                        page: report.pages + 1,
-                        error,
-                    };
-                    if !options.dry_run {
-                        state::failed(&self.db, source_id, &error.to_string()).await?;
-                    }
-                    return Err(error);
+                    let page = report.pages + 1;
+                    return Err(self.stop(source_id, options, page, error).await);
                 }
             };
             let (records, changed) = self
@@ -280,17 +274,11 @@ impl Syncer {
             progress.page(&report);
             match page.next {
                 Some(next) if Some(&next) == cursor.as_ref() => {
-                    let error = SyncError::Page {
-                        page: report.pages,
-                        error: ApiError::Rejected {
-                            status: 200,
-                            message: "the API returned the same cursor again".to_owned(),
-                        },
+                    let error = ApiError::Rejected {
+                        status: 200,
+                        message: "the API returned the same cursor again".to_owned(),
                     };
-                    if !options.dry_run {
-                        state::failed(&self.db, source_id, &error.to_string()).await?;
-                    }
-                    return Err(error);
+                    return Err(self.stop(source_id, options, report.pages, error).await);
                 }
                 Some(next) => cursor = Some(next),
                 None => break,
@@ -303,6 +291,24 @@ impl Syncer {
                 .set(start.started_at.timestamp() as f64);
         }
         Ok(report)
+    }
+
+    /// A run stopped by a page: the error is recorded (not for a dry run); the watermark
+    /// and the cursor stay, so the next run resumes at that page.
+    async fn stop(
+        &self,
+        source_id: &str,
+        options: &RunOptions,
+        page: u64,
+        error: ApiError,
+    ) -> SyncError {
+        let error = SyncError::Page { page, error };
+        if !options.dry_run
+            && let Err(db) = state::failed(&self.db, source_id, &error.to_string()).await
+        {
+            return db.into();
+        }
+        error
     }
 
     /// One page request, paced to the provider's limit; 429s are waited out (their
