@@ -9,31 +9,26 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use reqwest::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderName;
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, missing,
-    secret_header, snippet, trim_base,
+    CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
+    missing, snippet,
 };
 use crate::config::ApiSettings;
 
 /// Triggers billing of an Appstle billing attempt (`RetryCall::attempt_id`).
 pub struct AppstleClient {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 impl AppstleClient {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        let key = Credential::Header(HeaderName::from_static("x-api-key"));
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, key),
         }
     }
 
@@ -41,8 +36,8 @@ impl AppstleClient {
         if call.attempt_id.is_empty() {
             return Err(missing("attempt_id (Appstle billing attempt id)"));
         }
-        let url = endpoint(
-            &self.base_url,
+        let request = self.api.request(
+            Method::PUT,
             &[
                 "api",
                 "external",
@@ -52,14 +47,7 @@ impl AppstleClient {
                 &call.attempt_id,
             ],
         )?;
-        let key = secret_header(self.token.expose_secret())?;
-        let (status, wait, body) = exchange(
-            self.http
-                .put(url)
-                .timeout(self.timeout)
-                .header("X-API-Key", key),
-        )
-        .await?;
+        let (status, wait, body) = exchange(request).await?;
         classify(status, wait, &body)
     }
 }
@@ -116,18 +104,15 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::api_settings;
 
     const TOKEN: &str = "apst_secret123";
     const ROUTE: &str = "/api/external/v2/subscription-billing-attempts/attempt-billing/98765";
 
     fn client(server: &MockServer, timeout_ms: u64) -> AppstleClient {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
             timeout_ms,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         AppstleClient::new(&api, reqwest::Client::new())
     }

@@ -10,14 +10,12 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::api::{
-    auth_failed, endpoint, exchange, missing, required, secret_header, snippet, trim_base,
-};
+use crate::api::{Credential, Endpoint, auth_failed, exchange, missing, required, snippet};
 use crate::config::{ApiSettings, ProviderKind};
 
 mod appstle;
 mod polar;
-mod shopify;
+pub(crate) mod shopify;
 mod stripe;
 
 pub use appstle::AppstleClient;
@@ -85,18 +83,14 @@ pub fn client_for(
 
 #[cfg(test)]
 mod tests {
-    use secrecy::SecretString;
-
     use super::*;
+    use crate::api::tests::api_settings;
 
     fn api() -> ApiSettings {
         ApiSettings {
-            base_url: "http://127.0.0.1:9/".to_owned(),
-            token: SecretString::from("tok"),
-            api_version: None,
             payment_method_id: Some("pm".to_owned()),
-            store_id: None,
             timeout_ms: 1_000,
+            ..api_settings("http://127.0.0.1:9/", "tok")
         }
     }
 

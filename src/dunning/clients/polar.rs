@@ -6,35 +6,27 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use reqwest::StatusCode;
-use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, missing,
-    required, secret_header, snippet, trim_base,
+    CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
+    missing, required, snippet,
 };
 use crate::config::ApiSettings;
 
 /// Retries a failed Polar order (`RetryCall::cycle_id` = the order id).
 pub struct PolarClient {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
+    api: Endpoint,
     payment_method_id: Option<String>,
-    timeout: Duration,
 }
 
 impl PolarClient {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
             payment_method_id: api.payment_method_id.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
     }
 
@@ -45,18 +37,14 @@ impl PolarClient {
             .as_deref()
             .filter(|id| !id.is_empty())
             .ok_or_else(|| missing("api.payment_method_id"))?;
-        let url = endpoint(
-            &self.base_url,
+        let request = self.api.request(
+            Method::POST,
             &["v1", "customer-portal", "orders", order, "confirm-payment"],
         )?;
-        let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
         // Exactly one of `payment_method_id` / `confirmation_token_id`: never both.
         let body = json!({ "payment_method_id": method, "payment_processor": "stripe" });
         let (status, wait, body) = exchange(
-            self.http
-                .post(url)
-                .timeout(self.timeout)
-                .header(AUTHORIZATION, auth)
+            request
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .json(&body),
         )
@@ -147,6 +135,7 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::api_settings;
 
     const TOKEN: &str = "polar_cst_secret123";
     const ORDER: &str = "8a4c1f0e-0000-4000-8000-000000000001";
@@ -154,12 +143,9 @@ mod tests {
 
     fn client(server: &MockServer, method: Option<&str>, timeout_ms: u64) -> PolarClient {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
-            api_version: None,
             payment_method_id: method.map(str::to_owned),
-            store_id: None,
             timeout_ms,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         PolarClient::new(&api, reqwest::Client::new())
     }

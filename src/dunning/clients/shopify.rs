@@ -2,20 +2,24 @@
 //! retry's key as the attempt's `idempotencyKey` (Shopify returns the existing attempt for
 //! a repeated key). Asynchronous: the result arrives by the
 //! `subscription_billing_attempts/success|failure|challenged` webhooks.
+//!
+//! The Admin API conventions ([`AdminApi`], [`GraphQlErrors`]) serve the pull-sync list
+//! client too.
 
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
-use reqwest::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderName;
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, required,
-    secret_header, snippet, trim_base,
+    CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
+    required, snippet,
 };
+use crate::api::ApiError;
 use crate::config::ApiSettings;
 
 /// Admin API version when `api.api_version` is not set.
@@ -28,27 +32,99 @@ subscriptionBillingAttemptInput: $subscriptionBillingAttemptInput) { \
 subscriptionBillingAttempt { id ready errorCode errorMessage } \
 userErrors { field message code } } }";
 
-/// Creates a billing attempt on a Shopify contract (`RetryCall::subscription_id`).
-pub struct ShopifyClient {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
+/// A shop's Admin GraphQL API as configured: the token in `X-Shopify-Access-Token`, and
+/// `api.api_version` (else [`DEFAULT_API_VERSION`]).
+pub(crate) struct AdminApi {
+    api: Endpoint,
     api_version: String,
-    timeout: Duration,
 }
 
-impl ShopifyClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+impl AdminApi {
+    pub(crate) fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        let token = Credential::Header(HeaderName::from_static("x-shopify-access-token"));
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
             api_version: api
                 .api_version
                 .clone()
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, token),
+        }
+    }
+
+    /// `POST {base_url}/admin/api/{api_version}/graphql.json` with `body` as JSON.
+    pub(crate) fn graphql(&self, body: &Value) -> Result<RequestBuilder, ApiError> {
+        let route = ["admin", "api", &self.api_version, "graphql.json"];
+        Ok(self.api.request(Method::POST, &route)?.json(body))
+    }
+}
+
+/// The top-level `errors` of a GraphQL answer, with its `extensions` (the query cost).
+#[derive(Deserialize)]
+pub(crate) struct GraphQlErrors {
+    #[serde(default)]
+    errors: Vec<GraphQlError>,
+    extensions: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlError {
+    message: Option<String>,
+    extensions: Option<Value>,
+}
+
+impl GraphQlErrors {
+    /// What the errors say, `None` without any: a `THROTTLED` code is `RateLimited` (the
+    /// wait being `Retry-After`, else [`throttle_wait`]); anything else is final, `Rejected`
+    /// with `status` and the messages.
+    pub(crate) fn error(&self, status: u16, retry_after: Option<Duration>) -> Option<ApiError> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        let throttled = self.errors.iter().any(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .and_then(Value::as_str)
+                == Some("THROTTLED")
+        });
+        if throttled {
+            let retry_after = retry_after.or_else(|| throttle_wait(self.extensions.as_ref()));
+            return Some(ApiError::RateLimited { retry_after });
+        }
+        let messages: Vec<&str> = (self.errors.iter())
+            .filter_map(|e| e.message.as_deref())
+            .collect();
+        Some(ApiError::Rejected {
+            status,
+            message: snippet(&messages.join("; ")),
+        })
+    }
+}
+
+/// Seconds until the bucket holds the requested cost: (requestedQueryCost −
+/// currentlyAvailable) / restoreRate from `extensions.cost`, rounded up.
+fn throttle_wait(extensions: Option<&Value>) -> Option<Duration> {
+    let cost = extensions?.get("cost")?;
+    let requested = cost.get("requestedQueryCost")?.as_f64()?;
+    let throttle = cost.get("throttleStatus")?;
+    let available = throttle.get("currentlyAvailable")?.as_f64()?;
+    let rate = throttle.get("restoreRate")?.as_f64()?;
+    if rate <= 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(((requested - available) / rate).max(0.0).ceil()).ok()
+}
+
+/// Creates a billing attempt on a Shopify contract (`RetryCall::subscription_id`).
+pub struct ShopifyClient {
+    admin: AdminApi,
+}
+
+impl ShopifyClient {
+    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        Self {
+            admin: AdminApi::new(api, http),
         }
     }
 
@@ -57,11 +133,6 @@ impl ShopifyClient {
             call.subscription_id.as_deref(),
             "subscription_id (Shopify contract)",
         )?;
-        let url = endpoint(
-            &self.base_url,
-            &["admin", "api", &self.api_version, "graphql.json"],
-        )?;
-        let token = secret_header(self.token.expose_secret())?;
         let body = json!({
             "query": MUTATION,
             "variables": {
@@ -72,14 +143,7 @@ impl ShopifyClient {
                 },
             },
         });
-        let (status, wait, body) = exchange(
-            self.http
-                .post(url)
-                .timeout(self.timeout)
-                .header("X-Shopify-Access-Token", token)
-                .json(&body),
-        )
-        .await?;
+        let (status, wait, body) = exchange(self.admin.graphql(&body)?).await?;
         classify(status, wait, &body)
     }
 }
@@ -102,9 +166,8 @@ fn contract_gid(id: &str) -> String {
 #[derive(Deserialize)]
 struct Response {
     data: Option<Data>,
-    #[serde(default)]
-    errors: Vec<GraphQlError>,
-    extensions: Option<Value>,
+    #[serde(flatten)]
+    errors: GraphQlErrors,
 }
 
 #[derive(Deserialize)]
@@ -136,12 +199,6 @@ struct UserError {
     code: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct GraphQlError {
-    message: Option<String>,
-    extensions: Option<Value>,
-}
-
 fn classify(
     status: StatusCode,
     wait: Option<Duration>,
@@ -161,28 +218,8 @@ fn classify(
     }
     let response: Response = serde_json::from_str(body)
         .map_err(|_| CallError::Transient(format!("unreadable GraphQL response ({code})")))?;
-    if !response.errors.is_empty() {
-        let code_of = |e: &GraphQlError| {
-            e.extensions
-                .as_ref()?
-                .get("code")?
-                .as_str()
-                .map(str::to_owned)
-        };
-        if response
-            .errors
-            .iter()
-            .any(|e| code_of(e).as_deref() == Some("THROTTLED"))
-        {
-            let retry_after = wait.or_else(|| throttle_wait(response.extensions.as_ref()));
-            return Err(CallError::RateLimited { retry_after });
-        }
-        let messages: Vec<&str> = response
-            .errors
-            .iter()
-            .filter_map(|e| e.message.as_deref())
-            .collect();
-        return Err(rejected(messages.join("; ")));
+    if let Some(error) = response.errors.error(code, wait) {
+        return Err(error);
     }
     let payload = (response.data)
         .and_then(|d| d.subscription_billing_attempt_create)
@@ -211,17 +248,6 @@ fn classify(
     }
 }
 
-/// Seconds until the bucket holds the requested cost (`extensions.cost`), when no
-/// `Retry-After` header came.
-fn throttle_wait(extensions: Option<&Value>) -> Option<Duration> {
-    let cost = extensions?.get("cost")?;
-    let requested = cost.get("requestedQueryCost")?.as_f64()?;
-    let throttle = cost.get("throttleStatus")?;
-    let available = throttle.get("currentlyAvailable")?.as_f64()?;
-    let rate = throttle.get("restoreRate")?.as_f64()?;
-    (rate > 0.0).then(|| Duration::from_secs_f64(((requested - available) / rate).max(0.0).ceil()))
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -229,18 +255,15 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::api_settings;
 
     const TOKEN: &str = "shpat_secret123";
     const GID: &str = "gid://shopify/SubscriptionContract/4242";
 
     fn client(server: &MockServer, version: Option<&str>) -> ShopifyClient {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
             api_version: version.map(str::to_owned),
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         ShopifyClient::new(&api, reqwest::Client::new())
     }
@@ -410,5 +433,20 @@ mod tests {
             client(&server, None).retry(&without).await,
             Err(CallError::Rejected { status: 0, .. })
         ));
+    }
+
+    #[test]
+    fn throttle_wait_needs_a_restore_rate() {
+        let cost = |rate: f64| {
+            json!({ "cost": { "requestedQueryCost": 10,
+                "throttleStatus": { "currentlyAvailable": 0, "restoreRate": rate } } })
+        };
+        assert_eq!(
+            throttle_wait(Some(&cost(100.0))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(throttle_wait(Some(&cost(0.0))), None);
+        assert_eq!(throttle_wait(Some(&cost(1e-300))), None, "too long to wait");
+        assert_eq!(throttle_wait(Some(&json!({}))), None);
     }
 }

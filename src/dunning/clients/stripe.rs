@@ -5,44 +5,35 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    CallError, CallOutcome, RetryCall, RetryClient, auth_failed, endpoint, exchange, required,
-    secret_header, snippet, trim_base,
+    CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
+    required, snippet,
 };
 use crate::config::ApiSettings;
 
 /// Pays an open Stripe invoice (`RetryCall::cycle_id` = `in_...`) with its default method.
 pub struct StripeClient {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 impl StripeClient {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
     }
 
     async fn pay(&self, call: &RetryCall) -> Result<CallOutcome, CallError> {
         let invoice = required(call.cycle_id.as_deref(), "cycle_id (Stripe invoice id)")?;
-        let url = endpoint(&self.base_url, &["v1", "invoices", invoice, "pay"])?;
-        let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
+        let request = self
+            .api
+            .request(Method::POST, &["v1", "invoices", invoice, "pay"])?;
         let (status, wait, body) = exchange(
-            self.http
-                .post(url)
-                .timeout(self.timeout)
-                .header(AUTHORIZATION, auth)
+            request
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(""),
@@ -140,17 +131,14 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::api_settings;
 
     const TOKEN: &str = "sk_test_secret123";
 
     fn client(server: &MockServer, timeout_ms: u64) -> StripeClient {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
             timeout_ms,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         StripeClient::new(&api, reqwest::Client::new())
     }

@@ -62,13 +62,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
-use reqwest::header::{HeaderMap, LINK};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, LINK};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, endpoint, read, secret_header, snippet, trim_base};
+use crate::api::{ApiError, Credential, Endpoint, read, snippet};
 use crate::config::ApiSettings;
 
 /// Page size cap. Spring's own cap is 2000, but each page makes Appstle call Shopify for
@@ -98,10 +98,7 @@ const READ_TIME_FIELDS: &[&str] = &[
 const TOTAL_COUNT: &str = "x-total-count";
 
 pub struct AppstleList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 /// One attempt as listed: its fields in raw JSON, so amounts are never re-formatted.
@@ -109,11 +106,9 @@ type Attempt = BTreeMap<String, Box<RawValue>>;
 
 impl AppstleList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+        let key = Credential::Header(HeaderName::from_static("x-api-key"));
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, key),
         }
     }
 
@@ -158,8 +153,8 @@ impl AppstleList {
         page: u32,
         size: u32,
     ) -> Result<(Vec<Attempt>, HeaderMap), ApiError> {
-        let url = endpoint(
-            &self.base_url,
+        let past_orders = self.api.request(
+            Method::GET,
             &[
                 "api",
                 "external",
@@ -168,21 +163,12 @@ impl AppstleList {
                 "past-orders",
             ],
         )?;
-        let key = secret_header(self.token.expose_secret())?;
         let query = [
             ("contractId", contract.to_owned()),
             ("page", page.to_string()),
             ("size", size.to_string()),
         ];
-        let answer = read(
-            self.http
-                .get(url)
-                .query(&query)
-                .timeout(self.timeout)
-                .header("X-API-Key", key),
-            "Appstle",
-        )
-        .await?;
+        let answer = read(past_orders.query(&query), "Appstle").await?;
         let attempts: Vec<Attempt> =
             serde_json::from_str(&answer.body).map_err(|e| ApiError::Rejected {
                 status: 200,
@@ -339,16 +325,11 @@ fn render(mut attempt: Attempt) -> Option<Record> {
     for field in READ_TIME_FIELDS {
         attempt.remove(*field);
     }
-    let body = serde_json::to_vec(&Webhook {
+    let webhook = Webhook {
         event_type,
         data: &attempt,
-    })
-    .expect("raw JSON values serialize");
-    Some(Record {
-        key: format!("billing-attempt:{id}"),
-        body,
-        headers: Vec::new(),
-    })
+    };
+    Some(Record::json(format!("billing-attempt:{id}"), &webhook))
 }
 
 #[cfg(test)]
@@ -358,31 +339,23 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{AttemptStatus, CanonicalEvent};
     use crate::config::ProviderKind;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, assert_unreadable, normalize_with};
 
     const TOKEN: &str = "apst_secret_key_1";
     const PATH: &str = "/api/external/v2/subscription-billing-attempts/past-orders";
 
     fn client(server: &MockServer) -> AppstleList {
-        let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
-        };
+        let api = api_settings(format!("{}/", server.uri()), TOKEN);
         AppstleList::new(&api, reqwest::Client::new())
     }
 
     fn request<'a>(cursor: Option<&'a str>, known: &'a [String]) -> PageRequest<'a> {
         PageRequest {
-            cursor,
-            since: None,
             known_subscriptions: known,
-            page_size: 2,
+            ..crate::sync::clients::tests::request(cursor)
         }
     }
 
@@ -545,13 +518,7 @@ mod tests {
             .mount(&server)
             .await;
         let page = client(&server).page(request(None, &[])).await.unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
     }
 
     #[tokio::test]
@@ -682,13 +649,7 @@ mod tests {
             .page(request(Some("2:0:sub_not_appstle"), &known))
             .await
             .unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
 
         // Past the end of the list: finished.
         let page = client.page(request(Some("3:0:zzz"), &known)).await.unwrap();
@@ -714,51 +675,10 @@ mod tests {
         let server = MockServer::start().await;
         let client = client(&server);
         let known = known(&["5550001"]);
-        for (status, body, expected) in [
-            (429, "{}", "rate"),
-            (503, "{}", "transient"),
-            (401, TOKEN, "auth"),
-            (403, TOKEN, "auth"),
-            (
-                400,
-                r#"{"title":"Bad Request","detail":"contractId"}"#,
-                "rejected",
-            ),
-            (200, r#"{"content": []}"#, "unparsable"),
-        ] {
-            server.reset().await;
-            Mock::given(method("GET"))
-                .and(path(PATH))
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "7")
-                        .set_body_string(body),
-                )
-                .mount(&server)
-                .await;
-            let err = client.page(request(None, &known)).await.unwrap_err();
-            match (expected, err) {
-                ("rate", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(7)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                ("auth", ApiError::Rejected { status: s, message }) => {
-                    assert_eq!(s, status);
-                    assert!(!message.contains(TOKEN), "{message}");
-                }
-                (
-                    "rejected",
-                    ApiError::Rejected {
-                        status: 400,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("contractId"), "{message}")
-                }
-                ("unparsable", ApiError::Rejected { status: 200, .. }) => {}
-                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
-            }
-        }
+        let call = || client.page(request(None, &known));
+        assert_errors_map(&server, call, TOKEN).await;
+        let says = "not an Appstle list of past orders";
+        assert_unreadable(&server, call, r#"{"content": []}"#, says).await;
     }
 
     fn one_attempt(record: &Record) -> crate::canonical::BillingAttempt {

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use serde::Serialize;
 
 use crate::api::ApiError;
 use crate::config::{ApiSettings, ProviderKind};
@@ -89,19 +90,76 @@ fn capped(page_size: u32, max: u32) -> u32 {
 }
 
 /// A JSON body for a [`Record`].
-fn json_body(value: &serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(value).expect("a JSON value serializes")
+fn json_body(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a webhook body serializes")
+}
+
+impl Record {
+    /// A record whose body is `body` as JSON, without headers.
+    fn json(key: String, body: &impl Serialize) -> Self {
+        Self {
+            key,
+            body: json_body(body),
+            headers: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::SystemTime;
 
-    use super::Record;
+    use futures_util::future::BoxFuture;
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::{Page, PageRequest, Record};
+    use crate::api::ApiError;
     use crate::canonical::CanonicalEvent;
     use crate::config::{ProviderKind, SourceSettings};
     use crate::envelope::Envelope;
     use crate::providers::Source;
+
+    /// The first page of a run (`cursor` `None`) or the page after `cursor`: 2 records, no
+    /// `since`, no known subscriptions.
+    pub(crate) fn request(cursor: Option<&str>) -> PageRequest<'_> {
+        PageRequest {
+            cursor,
+            since: None,
+            known_subscriptions: &[],
+            page_size: 2,
+        }
+    }
+
+    /// An empty page that ends the listing.
+    pub(crate) const EMPTY_END: Page = Page {
+        records: Vec::new(),
+        next: None,
+    };
+
+    /// Asserts that `call`, answered 200 by `server` with `body` (not the provider's list),
+    /// is final: `Rejected { status: 200 }` with a message containing `says`.
+    pub(crate) async fn assert_unreadable<'c>(
+        server: &MockServer,
+        call: impl Fn() -> BoxFuture<'c, Result<Page, ApiError>>,
+        body: &str,
+        says: &str,
+    ) {
+        server.reset().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200).set_body_string(body))
+            .expect(1)
+            .mount(server)
+            .await;
+        match call().await {
+            Err(ApiError::Rejected {
+                status: 200,
+                message,
+            }) => assert!(message.contains(says), "{message}"),
+            other => panic!("{body}: expected Rejected 200, got {other:?}"),
+        }
+        server.verify().await;
+    }
 
     /// Normalizes a rendered record with the provider's webhook normalizer, as the worker
     /// will: the record must be a payload the provider's adapter accepts.

@@ -46,12 +46,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, endpoint, read, required, secret_header, trim_base};
+use crate::api::{ApiError, Credential, Endpoint, read, required};
 use crate::config::ApiSettings;
 use crate::providers::sha256_hex;
 
@@ -59,43 +58,29 @@ use crate::providers::sha256_hex;
 const MAX_LIMIT: u32 = 100;
 
 pub struct PayNowList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
+    api: Endpoint,
     store_id: Option<String>,
-    timeout: Duration,
 }
 
 impl PayNowList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
             store_id: api.store_id.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Authorization("APIKey")),
         }
     }
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
         let store = required(self.store_id.as_deref(), "api.store_id")?;
-        let url = endpoint(&self.base_url, &["v1", "stores", store, "subscriptions"])?;
+        let subscriptions = self
+            .api
+            .request(Method::GET, &["v1", "stores", store, "subscriptions"])?;
         let limit = capped(request.page_size, MAX_LIMIT);
         let mut query = vec![("limit", limit.to_string()), ("asc", "true".to_owned())];
         if let Some(after) = request.cursor {
             query.push(("after", after.to_owned()));
         }
-        let auth = secret_header(&format!("APIKey {}", self.token.expose_secret()))?;
-        let body = read(
-            self.http
-                .get(url)
-                .query(&query)
-                .timeout(self.timeout)
-                .header(AUTHORIZATION, auth),
-            "PayNow",
-        )
-        .await?
-        .body;
+        let body = read(subscriptions.query(&query), "PayNow").await?.body;
         parse(&body, limit, request.cursor, request.since)
     }
 }
@@ -218,11 +203,7 @@ fn render(sub: Value) -> Option<Record> {
         "event_id": format!("sync:{id}:{}", &state[..16]),
         "body": sub,
     });
-    Some(Record {
-        key: format!("subscription:{id}"),
-        body: json_body(&body),
-        headers: Vec::new(),
-    })
+    Some(Record::json(format!("subscription:{id}"), &body))
 }
 
 #[cfg(test)]
@@ -232,32 +213,20 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{CanonicalEvent, SubscriptionChange, SubscriptionStatus};
     use crate::config::ProviderKind;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, assert_unreadable, normalize_with, request};
 
     const TOKEN: &str = "pnapi_v1_secret";
     const STORE: &str = "411486491630370000";
 
     fn client(server: &MockServer, store_id: Option<&str>) -> PayNowList {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
-            api_version: None,
-            payment_method_id: None,
             store_id: store_id.map(str::to_owned),
-            timeout_ms: 2_000,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         PayNowList::new(&api, reqwest::Client::new())
-    }
-
-    fn request(cursor: Option<&str>) -> PageRequest<'_> {
-        PageRequest {
-            cursor,
-            since: None,
-            known_subscriptions: &[],
-            page_size: 2,
-        }
     }
 
     fn subscription(id: &str, status: &str, cycle: Option<u64>) -> Value {
@@ -350,13 +319,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
     }
 
     #[tokio::test]
@@ -406,61 +369,9 @@ mod tests {
     async fn errors_map_to_api_errors() {
         let server = MockServer::start().await;
         let client = client(&server, Some(STORE));
-        for (status, expected) in [
-            (429, "rate"),
-            (502, "transient"),
-            (401, "auth"),
-            (403, "auth"),
-            (404, "rejected"),
-            (200, "garbage"),
-        ] {
-            server.reset().await;
-            let body = if status == 200 {
-                "{\"data\": []}".to_owned()
-            } else {
-                format!(
-                    "{{\"status\": {status}, \"code\": \"err\", \"message\": \"APIKey {TOKEN} refused\"}}"
-                )
-            };
-            Mock::given(method("GET"))
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "2")
-                        .set_body_string(body),
-                )
-                .mount(&server)
-                .await;
-            let err = client.page(request(None)).await.unwrap_err();
-            match (expected, err) {
-                ("rate", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(2)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                ("auth", ApiError::Rejected { status: s, message }) => {
-                    assert_eq!(s, status);
-                    assert!(!message.contains(TOKEN), "the key is never echoed");
-                }
-                (
-                    "rejected",
-                    ApiError::Rejected {
-                        status: 404,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("err"))
-                }
-                (
-                    "garbage",
-                    ApiError::Rejected {
-                        status: 200,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("not a PayNow list"))
-                }
-                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
-            }
-        }
+        let call = || client.page(request(None));
+        assert_errors_map(&server, call, TOKEN).await;
+        assert_unreadable(&server, call, "{\"data\": []}", "not a PayNow list").await;
     }
 
     fn change(record: &Record) -> SubscriptionChange {

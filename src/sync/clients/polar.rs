@@ -47,13 +47,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
-use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, endpoint, read, secret_header, snippet, trim_base};
+use super::{ListClient, Page, PageRequest, Record, capped};
+use crate::api::{ApiError, Credential, Endpoint, read, snippet};
 use crate::config::ApiSettings;
 
 /// Polar's maximum `limit`.
@@ -74,19 +73,13 @@ const EMBEDDED: &[&str] = &[
 ];
 
 pub struct PolarList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 impl PolarList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
     }
 
@@ -103,24 +96,16 @@ impl PolarList {
                 })?,
         };
         // The trailing empty segment gives the route's own `/orders/`.
-        let url = endpoint(&self.base_url, &["v1", "customer-portal", "orders", ""])?;
+        let orders = self
+            .api
+            .request(Method::GET, &["v1", "customer-portal", "orders", ""])?;
         let query = [
             ("product_billing_type", "recurring".to_owned()),
             ("sorting", "-created_at".to_owned()),
             ("page", page.to_string()),
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
         ];
-        let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
-        let body = read(
-            self.http
-                .get(url)
-                .query(&query)
-                .timeout(self.timeout)
-                .header(AUTHORIZATION, auth),
-            "Polar",
-        )
-        .await?
-        .body;
+        let body = read(orders.query(&query), "Polar").await?.body;
         parse(&body, page, request.since)
     }
 }
@@ -204,11 +189,7 @@ fn render(mut order: Value) -> Option<Record> {
         }
     }
     let body = json!({ "type": event_type, "timestamp": timestamp, "data": order });
-    Some(Record {
-        key: format!("order:{id}"),
-        body: json_body(&body),
-        headers: Vec::new(),
-    })
+    Some(Record::json(format!("order:{id}"), &body))
 }
 
 #[cfg(test)]
@@ -217,33 +198,17 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{AttemptStatus, BillingAttempt, CanonicalEvent};
     use crate::config::ProviderKind;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, assert_unreadable, normalize_with, request};
 
     const TOKEN: &str = "polar_cst_secret123";
     const PATH: &str = "/v1/customer-portal/orders/";
     const SUB: &str = "e5149aae-e521-42b9-b24c-abb8d71eea2e";
 
     fn client(server: &MockServer) -> PolarList {
-        let api = ApiSettings {
-            base_url: server.uri(),
-            token: SecretString::from(TOKEN),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
-        };
-        PolarList::new(&api, reqwest::Client::new())
-    }
-
-    fn request(cursor: Option<&str>) -> PageRequest<'_> {
-        PageRequest {
-            cursor,
-            since: None,
-            known_subscriptions: &[],
-            page_size: 2,
-        }
+        PolarList::new(&api_settings(server.uri(), TOKEN), reqwest::Client::new())
     }
 
     /// A `CustomerOrder` as the portal lists it.
@@ -328,13 +293,7 @@ mod tests {
         // max_page claims more, but the page is empty: finished, not an endless walk.
         mount(&server, "3", list(vec![], 9, 5)).await;
         let page = client(&server).page(request(Some("3"))).await.unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
     }
 
     #[tokio::test]
@@ -406,51 +365,10 @@ mod tests {
     async fn errors_map_to_api_errors() {
         let server = MockServer::start().await;
         let client = client(&server);
-        for (status, body, expected) in [
-            (429, "{}", "rate"),
-            (502, "{}", "transient"),
-            (401, TOKEN, "auth"),
-            (403, TOKEN, "auth"),
-            (
-                422,
-                r#"{"detail":[{"loc":["query","limit"],"msg":"too big","type":"less_than_equal"}]}"#,
-                "rejected",
-            ),
-            (200, r#"{"items": "nope"}"#, "unparsable"),
-        ] {
-            server.reset().await;
-            Mock::given(method("GET"))
-                .and(path(PATH))
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "12")
-                        .set_body_string(body),
-                )
-                .mount(&server)
-                .await;
-            let err = client.page(request(None)).await.unwrap_err();
-            match (expected, err) {
-                ("rate", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(12)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                ("auth", ApiError::Rejected { status: s, message }) => {
-                    assert_eq!(s, status);
-                    assert!(!message.contains(TOKEN), "{message}");
-                }
-                (
-                    "rejected",
-                    ApiError::Rejected {
-                        status: 422,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("less_than_equal"), "{message}")
-                }
-                ("unparsable", ApiError::Rejected { status: 200, .. }) => {}
-                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
-            }
-        }
+        let call = || client.page(request(None));
+        assert_errors_map(&server, call, TOKEN).await;
+        let says = "not a Polar list of orders";
+        assert_unreadable(&server, call, r#"{"items": "nope"}"#, says).await;
     }
 
     fn one_attempt(record: &Record) -> BillingAttempt {

@@ -59,13 +59,13 @@ use std::time::Duration;
 
 use chrono::SecondsFormat;
 use futures_util::future::BoxFuture;
+use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, endpoint, read, secret_header, trim_base};
+use crate::api::{ApiError, Credential, Endpoint, read};
 use crate::config::ApiSettings;
 
 /// Rebilly's maximum `limit`.
@@ -75,19 +75,13 @@ const MAX_LIMIT: u32 = 1000;
 const API_KEY: HeaderName = HeaderName::from_static("reb-apikey");
 
 pub struct RebillyList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 impl RebillyList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Header(API_KEY)),
         }
     }
 
@@ -99,7 +93,7 @@ impl RebillyList {
                 message: format!("invalid Rebilly offset cursor {cursor:?}"),
             })?,
         };
-        let url = endpoint(&self.base_url, &["subscriptions"])?;
+        let subscriptions = self.api.request(Method::GET, &["subscriptions"])?;
         let mut query = vec![
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
             ("offset", offset.to_string()),
@@ -111,16 +105,7 @@ impl RebillyList {
             let at = since.to_rfc3339_opts(SecondsFormat::Secs, true);
             query.push(("filter", format!("updatedTime:{at}..")));
         }
-        let key = secret_header(self.token.expose_secret())?;
-        let answer = read(
-            self.http
-                .get(url)
-                .query(&query)
-                .timeout(self.timeout)
-                .header(API_KEY, key),
-            "Rebilly",
-        )
-        .await?;
+        let answer = read(subscriptions.query(&query), "Rebilly").await?;
         parse(&answer.body, offset, Pagination::read(&answer.headers))
     }
 }
@@ -250,16 +235,6 @@ struct Embedded<'a> {
     subscription: Option<&'a Fields>,
 }
 
-impl Hook<'_> {
-    fn record(&self, key: String) -> Record {
-        Record {
-            key,
-            body: serde_json::to_vec(self).expect("a webhook body serializes"),
-            headers: Vec::new(),
-        }
-    }
-}
-
 /// The records of one listed order: its status change, then its recent invoice's attempts.
 fn render(raw: &RawValue) -> Vec<Record> {
     let Ok(order) = serde_json::from_str::<OrderView>(raw.get()) else {
@@ -288,7 +263,7 @@ fn render(raw: &RawValue) -> Vec<Record> {
                     subscription: Some(&fields),
                 },
             };
-            records.push(hook.record(format!("order:{}", order.id)));
+            records.push(Record::json(format!("order:{}", order.id), &hook));
         }
         None if status == "pending" => {}
         None => tracing::warn!(order = %order.id, status, "Rebilly order status not rendered"),
@@ -342,7 +317,7 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
                 subscription: None,
             },
         };
-        records.push(hook.record(format!("invoice:{}", invoice.id)));
+        records.push(Record::json(format!("invoice:{}", invoice.id), &hook));
     }
     let renewal = invoice.kind.as_deref() == Some("renewal");
     for raw_tx in invoice.transactions.iter().flatten() {
@@ -378,7 +353,7 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
                 },
             }
         };
-        records.push(hook.record(format!("transaction:{}", tx.id)));
+        records.push(Record::json(format!("transaction:{}", tx.id), &hook));
     }
     records
 }
@@ -417,32 +392,17 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{AttemptStatus, CanonicalEvent, SubscriptionStatus};
     use crate::config::ProviderKind;
     use crate::money::Money;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, assert_unreadable, normalize_with, request};
 
     const KEY: &str = "sk_live_rebilly_123";
 
     fn client(server: &MockServer, base_path: &str) -> RebillyList {
-        let api = ApiSettings {
-            base_url: format!("{}{base_path}", server.uri()),
-            token: SecretString::from(KEY),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
-        };
+        let api = api_settings(format!("{}{base_path}", server.uri()), KEY);
         RebillyList::new(&api, reqwest::Client::new())
-    }
-
-    fn request(cursor: Option<&str>) -> PageRequest<'_> {
-        PageRequest {
-            cursor,
-            since: None,
-            known_subscriptions: &[],
-            page_size: 2,
-        }
     }
 
     fn order(id: &str, status: &str) -> Value {
@@ -538,13 +498,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
     }
 
     #[tokio::test]
@@ -600,59 +554,9 @@ mod tests {
     async fn errors_map_to_api_errors() {
         let server = MockServer::start().await;
         let client = client(&server, "");
-        for (status, expected) in [
-            (429, "rate"),
-            (503, "transient"),
-            (401, "auth"),
-            (403, "auth"),
-            (422, "rejected"),
-            (200, "garbage"),
-        ] {
-            server.reset().await;
-            let body = if status == 200 {
-                "{\"not\": \"a list\"}".to_owned()
-            } else {
-                format!("{{\"title\": \"problem\", \"detail\": \"key {KEY} bad\"}}")
-            };
-            Mock::given(method("GET"))
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "7")
-                        .set_body_string(body),
-                )
-                .mount(&server)
-                .await;
-            let err = client.page(request(None)).await.unwrap_err();
-            match (expected, err) {
-                ("rate", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(7)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                ("auth", ApiError::Rejected { status: s, message }) => {
-                    assert_eq!(s, status);
-                    assert!(!message.contains(KEY), "the key is never echoed");
-                }
-                (
-                    "rejected",
-                    ApiError::Rejected {
-                        status: 422,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("problem"))
-                }
-                (
-                    "garbage",
-                    ApiError::Rejected {
-                        status: 200,
-                        message,
-                    },
-                ) => {
-                    assert!(message.contains("not a Rebilly list"))
-                }
-                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
-            }
-        }
+        let call = || client.page(request(None));
+        assert_errors_map(&server, call, KEY).await;
+        assert_unreadable(&server, call, "{\"not\": \"a list\"}", "not a Rebilly list").await;
     }
 
     fn subscription_change(record: &Record) -> crate::canonical::SubscriptionChange {
@@ -669,17 +573,17 @@ mod tests {
         }
     }
 
+    /// The first and only page of a listing of `total` orders.
+    fn only_page(body: &str, total: u64) -> Page {
+        let pagination = Pagination {
+            total: Some(total),
+            offset: Some(0),
+        };
+        parse(body, 0, pagination).unwrap()
+    }
+
     fn rendered(orders: &[Value]) -> Vec<Record> {
-        let page = parse(
-            &list(orders),
-            0,
-            Pagination {
-                total: Some(orders.len() as u64),
-                offset: Some(0),
-            },
-        )
-        .unwrap();
-        page.records
+        only_page(&list(orders), orders.len() as u64).records
     }
 
     #[test]
@@ -748,15 +652,7 @@ mod tests {
                "currency":"USD","amount":49.95,"amountDue":0,"status":"paid",
                "paidTime":"2019-08-24T14:15:22Z","transactions":[]}"#,
         );
-        let page = parse(
-            &body,
-            0,
-            Pagination {
-                total: Some(1),
-                offset: Some(0),
-            },
-        )
-        .unwrap();
+        let page = only_page(&body, 1);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "invoice:inv_1"]);
         let text = String::from_utf8(page.records[1].body.clone()).unwrap();
@@ -799,15 +695,7 @@ mod tests {
                  {"id":"txn_3","type":"refund","result":"approved","amount":49.95,"currency":"USD"},
                  {"id":"txn_4","type":"sale","result":"who-knows"}]}"#,
         );
-        let page = parse(
-            &body,
-            0,
-            Pagination {
-                total: Some(1),
-                offset: Some(0),
-            },
-        )
-        .unwrap();
+        let page = only_page(&body, 1);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -862,15 +750,7 @@ mod tests {
             "[{},\"_embedded\":[{{\"recentInvoice\":{{\"id\":\"inv_3\",\"status\":\"paid\",\"currency\":\"EUR\",\"amount\":10,\"paidTime\":\"2019-08-24T14:15:22Z\"}}}}]}}]",
             &order[..order.len() - 1]
         );
-        let page = parse(
-            &body,
-            0,
-            Pagination {
-                total: Some(1),
-                offset: Some(0),
-            },
-        )
-        .unwrap();
+        let page = only_page(&body, 1);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "invoice:inv_3"]);
         assert_eq!(

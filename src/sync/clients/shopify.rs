@@ -68,16 +68,13 @@ use std::time::Duration;
 
 use chrono::SecondsFormat;
 use futures_util::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, endpoint, read, retry_after, secret_header, snippet, trim_base};
+use crate::api::{ApiError, read, retry_after, snippet};
 use crate::config::ApiSettings;
-
-/// Admin API version when `api.api_version` is not set (the dunning client's default).
-const DEFAULT_API_VERSION: &str = "2025-01";
+use crate::dunning::clients::shopify::{AdminApi, GraphQlErrors};
 
 /// Contracts per page: 2 + 34 × 25 = 852 requested points, under the 1000 a query may ask.
 const MAX_CONTRACTS: u32 = 25;
@@ -118,11 +115,7 @@ nodes {{ ...SubsyncAttempt subscriptionContract {{ id }} }} }} }} \
 }
 
 pub struct ShopifyList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    api_version: String,
-    timeout: Duration,
+    admin: AdminApi,
 }
 
 /// Which listing a cursor continues, and after which `endCursor`.
@@ -158,15 +151,7 @@ fn phase(cursor: Option<&str>) -> Result<Phase<'_>, ApiError> {
 impl ShopifyList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            api_version: api
-                .api_version
-                .clone()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
-            timeout: Duration::from_millis(api.timeout_ms),
+            admin: AdminApi::new(api, http),
         }
     }
 
@@ -226,27 +211,18 @@ impl ShopifyList {
         after: Option<&str>,
         filter: Option<String>,
     ) -> Result<String, ApiError> {
-        let url = endpoint(
-            &self.base_url,
-            &["admin", "api", &self.api_version, "graphql.json"],
-        )?;
-        let token = secret_header(self.token.expose_secret())?;
         let payload = json!({
             "query": query,
             "variables": { "first": first, "after": after, "query": filter },
         });
-        let answer = read(
-            self.http
-                .post(url)
-                .timeout(self.timeout)
-                .header("X-Shopify-Access-Token", token)
-                .json(&payload),
-            "Shopify",
-        )
-        .await?;
-        let wait = retry_after(&answer.headers);
-        let body = answer.body;
-        graphql_errors(&body, wait).map(|()| body)
+        let answer = read(self.admin.graphql(&payload)?, "Shopify").await?;
+        // The GraphQL errors of a 200 answer: `THROTTLED` is a rate limit, anything else final.
+        let errors: GraphQlErrors = serde_json::from_str(&answer.body)
+            .map_err(|e| rejected(format!("not a GraphQL response: {e}")))?;
+        match errors.error(200, retry_after(&answer.headers)) {
+            Some(error) => Err(error),
+            None => Ok(answer.body),
+        }
     }
 }
 
@@ -272,57 +248,6 @@ fn rejected(message: String) -> ApiError {
 #[derive(Deserialize)]
 struct Response<T> {
     data: Option<T>,
-}
-
-#[derive(Deserialize)]
-struct Errors {
-    #[serde(default)]
-    errors: Vec<GraphQlError>,
-    extensions: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct GraphQlError {
-    message: Option<String>,
-    extensions: Option<Value>,
-}
-
-/// The GraphQL errors of a 200 answer: `THROTTLED` is a rate limit, anything else final.
-fn graphql_errors(body: &str, wait: Option<Duration>) -> Result<(), ApiError> {
-    let answer: Errors =
-        serde_json::from_str(body).map_err(|e| rejected(format!("not a GraphQL response: {e}")))?;
-    if answer.errors.is_empty() {
-        return Ok(());
-    }
-    let throttled = answer.errors.iter().any(|e| {
-        e.extensions
-            .as_ref()
-            .and_then(|x| x.get("code"))
-            .and_then(Value::as_str)
-            == Some("THROTTLED")
-    });
-    if throttled {
-        let retry_after = wait.or_else(|| throttle_wait(answer.extensions.as_ref()));
-        return Err(ApiError::RateLimited { retry_after });
-    }
-    let messages: Vec<&str> = (answer.errors.iter())
-        .filter_map(|e| e.message.as_deref())
-        .collect();
-    Err(rejected(snippet(&messages.join("; "))))
-}
-
-/// Seconds until the bucket holds the requested cost: (requestedQueryCost −
-/// currentlyAvailable) / restoreRate from `extensions.cost`, rounded up.
-fn throttle_wait(extensions: Option<&Value>) -> Option<Duration> {
-    let cost = extensions?.get("cost")?;
-    let requested = cost.get("requestedQueryCost")?.as_f64()?;
-    let throttle = cost.get("throttleStatus")?;
-    let available = throttle.get("currentlyAvailable")?.as_f64()?;
-    let rate = throttle.get("restoreRate")?.as_f64()?;
-    if rate <= 0.0 {
-        return None;
-    }
-    Duration::try_from_secs_f64(((requested - available) / rate).max(0.0).ceil()).ok()
 }
 
 fn parse_data<T: for<'de> Deserialize<'de>>(body: &str) -> Result<T, ApiError> {
@@ -517,9 +442,10 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{AttemptStatus, CanonicalEvent, SubscriptionStatus};
     use crate::config::ProviderKind;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, normalize_with};
 
     const TOKEN: &str = "shpat_secret123";
     const ROUTE: &str = "/admin/api/2025-01/graphql.json";
@@ -527,22 +453,16 @@ mod tests {
 
     fn client(server: &MockServer, version: Option<&str>) -> ShopifyList {
         let api = ApiSettings {
-            base_url: format!("{}/", server.uri()),
-            token: SecretString::from(TOKEN),
             api_version: version.map(str::to_owned),
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
+            ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
         ShopifyList::new(&api, reqwest::Client::new())
     }
 
     fn request(cursor: Option<&str>) -> PageRequest<'_> {
         PageRequest {
-            cursor,
-            since: None,
-            known_subscriptions: &[],
             page_size: 100,
+            ..crate::sync::clients::tests::request(cursor)
         }
     }
 
@@ -740,14 +660,7 @@ mod tests {
         assert_eq!(a.subscription_id.as_deref(), Some(CONTRACT));
         assert_eq!(a.status, AttemptStatus::Failed);
         let last = client.page(with(Some("attempts:a1"))).await.unwrap();
-        assert_eq!(
-            last,
-            Page {
-                records: vec![],
-                next: None
-            },
-            "an empty page ends"
-        );
+        assert_eq!(last, EMPTY_END, "an empty page ends");
 
         let requests = server.received_requests().await.unwrap();
         let sent: Value = serde_json::from_slice(&requests[1].body).unwrap();
@@ -791,13 +704,7 @@ mod tests {
             .mount(&server)
             .await;
         let empty = client.page(request(None)).await.unwrap();
-        assert_eq!(
-            empty,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(empty, EMPTY_END);
         // A cursor this client did not write is refused before any request.
         server.reset().await;
         Mock::given(method("POST"))
@@ -815,6 +722,7 @@ mod tests {
     async fn http_and_graphql_errors_map_to_api_errors() {
         let server = MockServer::start().await;
         let client = client(&server, None);
+        assert_errors_map(&server, || client.page(request(None)), TOKEN).await;
         let throttled = json!({
             "errors": [{ "message": "Throttled", "extensions": { "code": "THROTTLED",
                 "documentation": "https://shopify.dev/api/usage/limits" } }],
@@ -822,10 +730,6 @@ mod tests {
                 "throttleStatus": { "maximumAvailable": 1000.0, "currentlyAvailable": 100, "restoreRate": 50.0 } } }
         });
         let cases = [
-            (
-                ResponseTemplate::new(429).insert_header("retry-after", "3"),
-                "rate 3",
-            ),
             (
                 ResponseTemplate::new(200).set_body_json(throttled.clone()),
                 "rate 16",
@@ -835,16 +739,6 @@ mod tests {
                     .set_body_json(throttled)
                     .insert_header("retry-after", "2"),
                 "rate 2",
-            ),
-            (ResponseTemplate::new(503), "transient"),
-            (
-                ResponseTemplate::new(401)
-                    .set_body_string(format!("[API] Invalid API key or access token {TOKEN}")),
-                "auth",
-            ),
-            (
-                ResponseTemplate::new(404).set_body_string("Not Found"),
-                "rejected 404",
             ),
             (
                 ResponseTemplate::new(200).set_body_json(json!({ "errors": [{
@@ -865,34 +759,12 @@ mod tests {
                 .await;
             let err = client.page(request(None)).await.unwrap_err();
             match (expected, err) {
-                ("rate 3", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(3)))
-                }
                 // (852 − 100) / 50 = 15.04 → 16 s.
                 ("rate 16", ApiError::RateLimited { retry_after }) => {
                     assert_eq!(retry_after, Some(Duration::from_secs(16)))
                 }
                 ("rate 2", ApiError::RateLimited { retry_after }) => {
                     assert_eq!(retry_after, Some(Duration::from_secs(2)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                (
-                    "auth",
-                    ApiError::Rejected {
-                        status: 401,
-                        message,
-                    },
-                ) => {
-                    assert!(!message.contains(TOKEN))
-                }
-                (
-                    "rejected 404",
-                    ApiError::Rejected {
-                        status: 404,
-                        message,
-                    },
-                ) => {
-                    assert_eq!(message, "Not Found")
                 }
                 (
                     "rejected 200",
@@ -906,21 +778,6 @@ mod tests {
                 (expected, err) => panic!("expected {expected}, got {err:?}"),
             }
         }
-    }
-
-    #[test]
-    fn throttle_wait_needs_a_restore_rate() {
-        let cost = |rate: f64| {
-            json!({ "cost": { "requestedQueryCost": 10,
-                "throttleStatus": { "currentlyAvailable": 0, "restoreRate": rate } } })
-        };
-        assert_eq!(
-            throttle_wait(Some(&cost(100.0))),
-            Some(Duration::from_secs(1))
-        );
-        assert_eq!(throttle_wait(Some(&cost(0.0))), None);
-        assert_eq!(throttle_wait(Some(&cost(1e-300))), None, "too long to wait");
-        assert_eq!(throttle_wait(Some(&json!({}))), None);
     }
 
     #[test]

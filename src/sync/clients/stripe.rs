@@ -9,37 +9,30 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, endpoint, read, secret_header, trim_base};
+use super::{ListClient, Page, PageRequest, Record, capped};
+use crate::api::{ApiError, Credential, Endpoint, read};
 use crate::config::ApiSettings;
 
 /// Stripe's maximum `limit`.
 const MAX_LIMIT: u32 = 100;
 
 pub struct StripeList {
-    http: reqwest::Client,
-    base_url: String,
-    token: SecretString,
-    timeout: Duration,
+    api: Endpoint,
 }
 
 impl StripeList {
     pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
         Self {
-            http,
-            base_url: trim_base(&api.base_url),
-            token: api.token.clone(),
-            timeout: Duration::from_millis(api.timeout_ms),
+            api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
     }
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
-        let url = endpoint(&self.base_url, &["v1", "invoices"])?;
+        let invoices = self.api.request(Method::GET, &["v1", "invoices"])?;
         let mut query = vec![
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
             ("expand[]", "data.payment_intent".to_owned()),
@@ -50,17 +43,7 @@ impl StripeList {
         if let Some(after) = request.cursor {
             query.push(("starting_after", after.to_owned()));
         }
-        let auth = secret_header(&format!("Bearer {}", self.token.expose_secret()))?;
-        let body = read(
-            self.http
-                .get(url)
-                .query(&query)
-                .timeout(self.timeout)
-                .header(AUTHORIZATION, auth),
-            "Stripe",
-        )
-        .await?
-        .body;
+        let body = read(invoices.query(&query), "Stripe").await?.body;
         parse(&body)
     }
 }
@@ -132,11 +115,7 @@ fn render(invoice: Value) -> Option<Record> {
         "created": created,
         "data": { "object": invoice },
     });
-    Some(Record {
-        key: format!("invoice:{id}:{count}"),
-        body: json_body(&body),
-        headers: Vec::new(),
-    })
+    Some(Record::json(format!("invoice:{id}:{count}"), &body))
 }
 
 #[cfg(test)]
@@ -145,29 +124,16 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::api::tests::{api_settings, assert_errors_map};
     use crate::canonical::{AttemptStatus, CanonicalEvent};
     use crate::config::ProviderKind;
-    use crate::sync::clients::tests::normalize_with;
+    use crate::sync::clients::tests::{EMPTY_END, normalize_with, request};
 
     fn client(server: &MockServer) -> StripeList {
-        let api = ApiSettings {
-            base_url: server.uri(),
-            token: SecretString::from("sk_test_123"),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
-        };
-        StripeList::new(&api, reqwest::Client::new())
-    }
-
-    fn request(cursor: Option<&str>) -> PageRequest<'_> {
-        PageRequest {
-            cursor,
-            since: None,
-            known_subscriptions: &[],
-            page_size: 2,
-        }
+        StripeList::new(
+            &api_settings(server.uri(), "sk_test_123"),
+            reqwest::Client::new(),
+        )
     }
 
     fn invoice(id: &str, status: &str, count: u64) -> Value {
@@ -255,54 +221,13 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(
-            page,
-            Page {
-                records: vec![],
-                next: None
-            }
-        );
+        assert_eq!(page, EMPTY_END);
     }
 
     #[tokio::test]
     async fn errors_map_to_api_errors() {
         let server = MockServer::start().await;
         let client = client(&server);
-        for (status, expected) in [
-            (429, "rate"),
-            (500, "transient"),
-            (401, "auth"),
-            (400, "rejected"),
-        ] {
-            server.reset().await;
-            Mock::given(method("GET"))
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "3")
-                        .set_body_json(
-                            json!({"error": {"type": "invalid_request_error", "message": "bad"}}),
-                        ),
-                )
-                .mount(&server)
-                .await;
-            let err = client.page(request(None)).await.unwrap_err();
-            match (expected, err) {
-                ("rate", ApiError::RateLimited { retry_after }) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(3)))
-                }
-                ("transient", ApiError::Transient(_)) => {}
-                (
-                    "auth",
-                    ApiError::Rejected {
-                        status: 401,
-                        message,
-                    },
-                ) => {
-                    assert!(!message.contains("sk_test_123"))
-                }
-                ("rejected", ApiError::Rejected { status: 400, .. }) => {}
-                (expected, err) => panic!("{status}: expected {expected}, got {err:?}"),
-            }
-        }
+        assert_errors_map(&server, || client.page(request(None)), "sk_test_123").await;
     }
 }
