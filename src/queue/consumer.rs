@@ -11,7 +11,7 @@ use lapin::{
     types::FieldTable,
 };
 
-use super::{Broker, QueueError, codec};
+use super::{Broker, QueueError, close_bounded, codec};
 use crate::envelope::Envelope;
 
 /// One delivery from the work queue. The envelope is decoded eagerly; a message that does
@@ -135,8 +135,11 @@ impl Subscription {
             .await;
     }
 
-    /// Closes the channel: anything unacked goes back to the queue.
+    /// Closes the channel: anything unacked goes back to the queue. Called once the
+    /// consumer was cancelled and drained, or after the channel or its connection failed:
+    /// then no answer may ever come (see [`close_bounded`]), and the broker requeues what
+    /// was unacked when the channel died anyway.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "consumer stopping".into()).await;
+        close_bounded(self.channel.close(200, "consumer stopping".into())).await;
     }
 }

@@ -57,6 +57,24 @@ pub enum QueueError {
     Publish(#[from] PublishError),
 }
 
+/// How long a close on the recovery path may wait for the broker's answer. A close issued
+/// just after the connection failed is never answered: lapin's IO loop has stopped and
+/// rejected what was queued until then, but the connection (and channel) state still
+/// reads "connected" until its internal task catches up, so the close frame is queued
+/// behind a dead loop and its promise never resolves. Unbounded, that wait stalled the
+/// reconnect for good (every webhook 503 until a restart).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Awaits a close on the recovery path (a connection lost or stopping, a consumer channel
+/// done or failed, the topology channel of a new connection) for at most
+/// [`CLOSE_TIMEOUT`]: the broker requeues whatever was unacked when a connection or
+/// channel died, whether or not the close got through.
+pub(crate) async fn close_bounded<T>(close: impl std::future::Future<Output = T>) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+        tracing::warn!("no answer to a close from the broker in time; dropping the handle");
+    }
+}
+
 /// Counts of a queue, read with a passive declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
@@ -160,10 +178,11 @@ impl Broker {
                     self.inner.live.send_replace(Some(live.clone()));
                     let lost = self.watch_health(&live, &shutdown).await;
                     self.inner.live.send_replace(None);
-                    let _ = live
-                        .connection
-                        .close(200, "subsync reconnecting or stopping".into())
-                        .await;
+                    close_bounded(
+                        live.connection
+                            .close(200, "subsync reconnecting or stopping".into()),
+                    )
+                    .await;
                     if !lost {
                         break;
                     }

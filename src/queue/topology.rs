@@ -160,7 +160,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        super::close_bounded(channel.close(200, "topology declared".into())).await;
         Ok(())
     }
 
