@@ -73,35 +73,25 @@ async fn fix_the_cause(config: &TestConfig) {
         .unwrap();
 }
 
+/// Posts invoice `in_{name}`'s `kind` event `evt_{name}`, signed; the ingress takes it.
+async fn post_invoice(app: &TestApp, name: &str, kind: &str) {
+    let event_id = format!("evt_{name}");
+    let body = invoice_event(&event_id, &format!("in_{name}"), kind);
+    assert_eq!(
+        app.post_signed("stripe", &event_id, &body).await.status(),
+        202
+    );
+}
+
 /// Posts `poison` poison events among `good` good ones and waits until the good ones are
 /// reconciled and the poison ones dead-lettered.
 async fn load(app: &TestApp, poison: usize, good: usize) {
     for i in 0..good.max(poison) {
         if i < poison {
-            let body = invoice_event(
-                &format!("evt_poison_{i}"),
-                &format!("in_poison_{i}"),
-                "invoice.payment_failed",
-            );
-            assert_eq!(
-                app.post_signed("stripe", &format!("evt_poison_{i}"), &body)
-                    .await
-                    .status(),
-                202
-            );
+            post_invoice(app, &format!("poison_{i}"), "invoice.payment_failed").await;
         }
         if i < good {
-            let body = invoice_event(
-                &format!("evt_good_{i}"),
-                &format!("in_good_{i}"),
-                "invoice.paid",
-            );
-            assert_eq!(
-                app.post_signed("stripe", &format!("evt_good_{i}"), &body)
-                    .await
-                    .status(),
-                202
-            );
+            post_invoice(app, &format!("good_{i}"), "invoice.paid").await;
         }
     }
     assert!(

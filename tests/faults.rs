@@ -746,7 +746,7 @@ async fn s8_malformed_requests_get_no_5xx_and_queue_nothing() {
     let name = "8 malformed requests";
     let started = Instant::now();
     let options = Options {
-        extra: malformed::SOURCES.into(),
+        extra: malformed::sources(),
         ..Options::default()
     };
     let env = Env::new(name, options).await;

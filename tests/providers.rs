@@ -8,47 +8,18 @@ use std::time::{Duration, SystemTime};
 use common::{TestConfig, eventually, spawn_app};
 use subsync::{app::Role, config::ProviderKind, providers::Source};
 
-const SOURCES: &str = r#"
-[[sources]]
-id = "stripe"
-provider = "stripe"
-secrets = ["whsec_test_secret"]
-[[sources]]
-id = "shopify"
-provider = "shopify"
-secrets = ["test_secret_key"]
-[[sources]]
-id = "appstle"
-provider = "appstle"
-secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
-[[sources]]
-id = "svix"
-provider = "svix"
-secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-[[sources]]
-id = "polar"
-provider = "polar"
-secrets = ["whsec_ExampleExampleExampleExampleExampl0AbCdE"]
-[[sources]]
-id = "paynow"
-provider = "paynow"
-secrets = ["test_secret"]
-[[sources]]
-id = "rebilly"
-provider = "rebilly"
-basic_auth = { username = "rebilly", password = "s3cret-basic-pass" }
-allow_ips = ["127.0.0.1"]
-[[sources]]
-id = "hmac"
-provider = "hmac"
-secrets = ["ls_secret"]
-hmac = { signature_header = "X-Signature", encoding = "hex" }
-"#;
+/// A Stripe source, and one of every other provider (the config has `demo`, standard).
+fn sources() -> String {
+    format!(
+        "[[sources]]\nid = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"whsec_test_secret\"]\n{}",
+        common::PROVIDER_SOURCES
+    )
+}
 
 #[tokio::test]
 async fn every_provider_signed_sample_is_archived_and_unsigned_is_refused() {
     let mut config = TestConfig::new().await;
-    config.extra = SOURCES.into();
+    config.extra = sources();
     let app = spawn_app(&config, Role::All).await;
     let now = SystemTime::now();
     let mut accepted = Vec::new();

@@ -15,6 +15,41 @@ use subsync::{
 use tokio_util::sync::CancellationToken;
 
 pub const DEMO_SECRET: &str = "whsec_c3Vic3luYy1kZW1vLXNpZ25pbmcta2V5LTAwMDE=";
+/// One source of each provider with a webhook scheme other than Stripe and Standard
+/// Webhooks, with the secrets of their published test vectors.
+pub const PROVIDER_SOURCES: &str = r#"
+[[sources]]
+id = "shopify"
+provider = "shopify"
+secrets = ["test_secret_key"]
+[[sources]]
+id = "appstle"
+provider = "appstle"
+secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+[[sources]]
+id = "svix"
+provider = "svix"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[[sources]]
+id = "polar"
+provider = "polar"
+secrets = ["whsec_ExampleExampleExampleExampleExampl0AbCdE"]
+[[sources]]
+id = "paynow"
+provider = "paynow"
+secrets = ["test_secret"]
+[[sources]]
+id = "rebilly"
+provider = "rebilly"
+basic_auth = { username = "rebilly", password = "s3cret-basic-pass" }
+allow_ips = ["127.0.0.1"]
+[[sources]]
+id = "hmac"
+provider = "hmac"
+secrets = ["ls_secret"]
+hmac = { signature_header = "X-Signature", encoding = "hex" }
+"#;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub fn database_url() -> String {

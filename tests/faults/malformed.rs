@@ -23,42 +23,13 @@ use subsync::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every other provider beside the scenario's `stripe` source.
-pub const SOURCES: &str = r#"
-[[sources]]
-id = "demo"
-provider = "standard"
-secrets = ["whsec_c3Vic3luYy1kZW1vLXNpZ25pbmcta2V5LTAwMDE="]
-[[sources]]
-id = "shopify"
-provider = "shopify"
-secrets = ["test_secret_key"]
-[[sources]]
-id = "appstle"
-provider = "appstle"
-secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
-[[sources]]
-id = "svix"
-provider = "svix"
-secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
-[[sources]]
-id = "polar"
-provider = "polar"
-secrets = ["whsec_ExampleExampleExampleExampleExampl0AbCdE"]
-[[sources]]
-id = "paynow"
-provider = "paynow"
-secrets = ["test_secret"]
-[[sources]]
-id = "rebilly"
-provider = "rebilly"
-basic_auth = { username = "rebilly", password = "s3cret-basic-pass" }
-allow_ips = ["127.0.0.1"]
-[[sources]]
-id = "hmac"
-provider = "hmac"
-secrets = ["ls_secret"]
-hmac = { signature_header = "X-Signature", encoding = "hex" }
-"#;
+pub fn sources() -> String {
+    format!(
+        "[[sources]]\nid = \"demo\"\nprovider = \"standard\"\nsecrets = [\"{}\"]\n{}",
+        crate::common::DEMO_SECRET,
+        crate::common::PROVIDER_SOURCES
+    )
+}
 
 /// Header names the providers read, to aim random values at.
 const KNOWN: &[&str] = &[
