@@ -53,6 +53,9 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     #[serde(default = "defaults::publish_channels")]
     pub publish_channels: usize,
+    /// Most webhooks published together as one batch message (1: one message each).
+    #[serde(default = "defaults::publish_batch_max")]
+    pub publish_batch_max: usize,
     #[serde(default = "defaults::confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
     /// Optional bound on the work queue; past it publishes are refused (ingress 503).
@@ -463,6 +466,9 @@ impl Settings {
         if self.amqp.publish_channels == 0 {
             return invalid("amqp.publish_channels must be positive".into());
         }
+        if self.amqp.publish_batch_max == 0 {
+            return invalid("amqp.publish_batch_max must be positive".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for source in &self.sources {
             let id_ok = !source.id.is_empty()
@@ -539,6 +545,10 @@ mod defaults {
     }
     pub fn publish_channels() -> usize {
         4
+    }
+
+    pub fn publish_batch_max() -> usize {
+        64
     }
     pub fn confirm_timeout_ms() -> u64 {
         5_000

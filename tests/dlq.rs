@@ -35,6 +35,10 @@ fn invoice_event(id: &str, invoice: &str, kind: &str) -> Vec<u8> {
 
 /// The app, with the database refusing every attempt whose invoice starts with `in_poison`.
 async fn poisoned_app() -> (TestConfig, TestApp) {
+    poisoned_app_as(Role::All).await
+}
+
+async fn poisoned_app_as(role: Role) -> (TestConfig, TestApp) {
     let mut config = TestConfig::new().await;
     config.extra = r#"
 [[sources]]
@@ -43,7 +47,9 @@ provider = "stripe"
 secrets = ["whsec_dlq"]
 "#
     .to_owned();
-    let app = spawn_app(&config, Role::All).await;
+    let app = spawn_app(&config, role).await;
+    // The trigger needs the tables (an ingress-only app does not migrate).
+    app.db.migrate().await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&config.database_url)
         .await
         .unwrap();
@@ -121,6 +127,55 @@ fn context<'a>(app: &'a TestApp, sources: &'a Sources, dunning: &'a Dunning) -> 
         sources,
         dunning,
     }
+}
+
+/// Webhooks posted concurrently travel as batch messages (group commit); the worker still
+/// settles each event on its own: the good ones reconciled once, each poison one handed
+/// back alone until the delivery limit and dead-lettered alone, as a single message.
+#[tokio::test]
+async fn events_of_a_batch_message_are_reconciled_and_dead_lettered_one_by_one() {
+    use futures_util::StreamExt;
+    let (config, ingress) = poisoned_app_as(Role::Ingress).await;
+    let names: Vec<(String, &str)> = (0..200)
+        .map(|i| match i % 20 {
+            0 => (format!("poison_{i}"), "invoice.payment_failed"),
+            _ => (format!("good_{i}"), "invoice.paid"),
+        })
+        .collect();
+    futures_util::stream::iter(&names)
+        .for_each_concurrent(64, |(name, kind)| post_invoice(&ingress, name, kind))
+        .await;
+    let messages = ingress.queued().await;
+    assert!(
+        messages < 200,
+        "200 concurrent webhooks went out in fewer messages: {messages}"
+    );
+    let worker = spawn_app(&config, Role::Worker).await;
+    assert!(
+        eventually(WAIT, || async {
+            worker.db.count_events(Some("stripe")).await.unwrap() == 190
+                && worker.broker.stats().await.unwrap().1.messages == 10
+        })
+        .await,
+        "190 good events reconciled, 10 poison ones dead-lettered"
+    );
+    let letters = dlq::list(&worker.broker, &dlq::DlqFilter::default())
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..200)
+        .step_by(20)
+        .map(|i| format!("stripe:evt_poison_{i}"))
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    for letter in &letters {
+        let reason = letter.reason.as_deref().unwrap_or("");
+        assert!(reason.contains("(delivery 3 of 3)"), "{reason}");
+    }
+    worker.stop().await;
+    ingress.stop().await;
 }
 
 #[tokio::test]

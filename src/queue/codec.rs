@@ -1,5 +1,10 @@
 //! How an [`Envelope`] is laid out in AMQP properties and headers (envelope version 1):
 //! the body is the raw webhook body, untouched; everything else is a header.
+//!
+//! Webhooks that arrive together may travel as one batch message (header
+//! [`H_BATCH`] = how many): its body is one frame per envelope, each a big-endian `u32`
+//! length and a JSON [`PartHeader`] (what the single message carries in AMQP headers),
+//! then a `u32` length and the raw webhook body, untouched.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -25,6 +30,14 @@ pub const H_DEAD_AT: &str = "x-subsync-dead-lettered-at-us";
 pub const H_REPLAYS: &str = "x-subsync-replays";
 pub const H_REPLAYED_AT: &str = "x-subsync-replayed-at-us";
 
+/// Set on a batch message: how many envelopes its body holds.
+pub const H_BATCH: &str = "x-subsync-batch";
+/// Deliveries an event already had inside a batch before it was handed back on its own.
+pub const H_PRIOR_DELIVERIES: &str = "x-subsync-prior-deliveries";
+const BATCH_CONTENT_TYPE: &str = "application/vnd.subsync.batch";
+/// Routing key of batch messages (sources route as `source.{id}`; the work queue binds `#`).
+pub const BATCH_ROUTING_KEY: &str = "batch";
+
 /// Persistent delivery: the message is written to disk before the broker confirms it.
 const PERSISTENT: u8 = 2;
 
@@ -36,6 +49,10 @@ pub enum DecodeError {
     Version(i64),
     #[error("envelope: unknown provider {0:?}")]
     Provider(String),
+    #[error("a batch of {0} events (replay it whole: the worker splits it)")]
+    Batch(i64),
+    #[error("batch: malformed frame {0}")]
+    Frame(usize),
 }
 
 pub fn encode(envelope: &Envelope) -> BasicProperties {
@@ -78,6 +95,9 @@ pub fn encode(envelope: &Envelope) -> BasicProperties {
 pub fn decode(props: &BasicProperties, body: Bytes) -> Result<Envelope, DecodeError> {
     let empty = FieldTable::default();
     let headers = props.headers().as_ref().unwrap_or(&empty);
+    if let Ok(count) = int(headers, H_BATCH) {
+        return Err(DecodeError::Batch(count));
+    }
     let version = int(headers, H_VERSION)?;
     if version != i64::from(ENVELOPE_VERSION) {
         return Err(DecodeError::Version(version));
@@ -103,6 +123,123 @@ pub fn decode(props: &BasicProperties, body: Bytes) -> Result<Envelope, DecodeEr
         headers: kept,
         body,
     })
+}
+
+/// What a batch frame says about its envelope (a single message has it in AMQP headers).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartHeader<'a> {
+    #[serde(borrow)]
+    source_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    provider: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    received_at_us: i64,
+    content_type: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// One batch message holding `envelopes` (at least one).
+pub fn encode_batch(envelopes: &[&Envelope]) -> (BasicProperties, Vec<u8>) {
+    let size = envelopes.iter().map(|e| e.body.len() + 256).sum();
+    let mut body = Vec::with_capacity(size);
+    for envelope in envelopes {
+        let header = PartHeader {
+            source_id: envelope.source_id.as_str().into(),
+            provider: envelope.provider.as_str().into(),
+            event_id: envelope.event_id.as_str().into(),
+            received_at_us: envelope.received_at.timestamp_micros(),
+            content_type: envelope.content_type.clone(),
+            headers: envelope.headers.clone(),
+        };
+        let header = serde_json::to_vec(&header).expect("a part header serializes");
+        for frame in [&header[..], &envelope.body[..]] {
+            let len = u32::try_from(frame.len()).expect("a frame is smaller than 4 GiB");
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(frame);
+        }
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        H_VERSION.into(),
+        AMQPValue::LongLongInt(ENVELOPE_VERSION.into()),
+    );
+    headers.insert(
+        H_BATCH.into(),
+        AMQPValue::LongLongInt(envelopes.len() as i64),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_app_id("subsync".into())
+        .with_content_type(BATCH_CONTENT_TYPE.into())
+        .with_timestamp(Utc::now().timestamp().max(0) as u64)
+        .with_headers(headers);
+    (props, body)
+}
+
+/// The envelopes of a batch message (bodies share `body`, not copied); `None` for a
+/// single message.
+pub fn decode_batch(
+    props: &BasicProperties,
+    body: &Bytes,
+) -> Option<Result<Vec<Envelope>, DecodeError>> {
+    let count = header_int(props, H_BATCH)?;
+    let mut envelopes = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
+    let mut at = 0usize;
+    while at < body.len() {
+        let index = envelopes.len();
+        let (Some(header), Some(part)) = (frame(body, &mut at), frame(body, &mut at)) else {
+            return Some(Err(DecodeError::Frame(index)));
+        };
+        let Ok(header) = serde_json::from_slice::<PartHeader>(&header) else {
+            return Some(Err(DecodeError::Frame(index)));
+        };
+        let Some(provider) = ProviderKind::parse(&header.provider) else {
+            return Some(Err(DecodeError::Provider(header.provider.into_owned())));
+        };
+        let Some(received_at) = DateTime::<Utc>::from_timestamp_micros(header.received_at_us)
+        else {
+            return Some(Err(DecodeError::Frame(index)));
+        };
+        envelopes.push(Envelope {
+            source_id: header.source_id.into_owned(),
+            provider,
+            event_id: header.event_id.into_owned(),
+            received_at,
+            content_type: header.content_type,
+            headers: header.headers,
+            body: part,
+        });
+    }
+    if envelopes.len() as i64 != count {
+        return Some(Err(DecodeError::Frame(envelopes.len())));
+    }
+    Some(Ok(envelopes))
+}
+
+/// The length-prefixed frame at `at`, moving `at` past it.
+fn frame(body: &Bytes, at: &mut usize) -> Option<Bytes> {
+    let len = body.get(*at..at.checked_add(4)?)?;
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    let start = *at + 4;
+    let end = start.checked_add(len).filter(|&end| end <= body.len())?;
+    *at = end;
+    Some(body.slice(start..end))
+}
+
+/// A single message carrying one event of a batch on its own (dead-lettered, or handed
+/// back after `prior_deliveries` deliveries inside its batch).
+pub fn encode_part(envelope: &Envelope, prior_deliveries: u32) -> BasicProperties {
+    let props = encode(envelope);
+    if prior_deliveries == 0 {
+        return props;
+    }
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        H_PRIOR_DELIVERIES.into(),
+        AMQPValue::LongLongInt(prior_deliveries.into()),
+    );
+    props.with_headers(headers)
 }
 
 /// A string header, if present (used for dead-letter reasons too).
@@ -195,6 +332,49 @@ mod tests {
         let props = encode(&env);
         assert_eq!(props.content_type(), &None);
         assert_eq!(decode(&props, env.body.clone()).unwrap().event_id, "msg_1");
+    }
+
+    #[test]
+    fn a_batch_round_trips_every_envelope_byte_for_byte_and_is_not_a_single_message() {
+        let first = sample();
+        let mut second = sample();
+        second.event_id = "msg_2".into();
+        second.provider = ProviderKind::Stripe;
+        second.content_type = None;
+        second.headers = Vec::new();
+        second.body = Bytes::new();
+        let (props, body) = encode_batch(&[&first, &second]);
+        assert_eq!(props.delivery_mode(), &Some(PERSISTENT));
+        let body = Bytes::from(body);
+        assert_eq!(
+            decode_batch(&props, &body).unwrap().unwrap(),
+            vec![first.clone(), second]
+        );
+        assert_eq!(
+            decode(&props, body.clone()).unwrap_err(),
+            DecodeError::Batch(2)
+        );
+        let single = encode(&first);
+        assert!(decode_batch(&single, &first.body).is_none());
+    }
+
+    #[test]
+    fn a_truncated_or_miscounted_batch_is_a_decode_error_not_a_panic() {
+        let (props, body) = encode_batch(&[&sample(), &sample()]);
+        for cut in [1, 3, 5, body.len() / 2, body.len() - 1] {
+            let truncated = Bytes::copy_from_slice(&body[..cut]);
+            assert!(matches!(
+                decode_batch(&props, &truncated),
+                Some(Err(DecodeError::Frame(_)))
+            ));
+        }
+        let (_, one) = encode_batch(&[&sample()]);
+        assert_eq!(
+            decode_batch(&props, &Bytes::from(one))
+                .unwrap()
+                .unwrap_err(),
+            DecodeError::Frame(1)
+        );
     }
 
     #[test]

@@ -151,16 +151,22 @@ impl DeadLetterSession {
     /// The first half of [`DeadLetterSession::replay`]: a confirmed copy in the work queue,
     /// the original still held here (released if the session ends now).
     pub async fn republish(&self, letter: &DeadLetter) -> Result<(), QueueError> {
-        let source = letter
-            .source_id()
-            .ok_or(QueueError::Publish(PublishError::Returned(
-                "the dead letter names no source to route it by".to_owned(),
-            )))?;
+        // A batch the broker dead-lettered whole (its delivery limit) goes back whole: the
+        // worker splits it.
+        let routing_key = match (letter.source_id(), &letter.envelope) {
+            (Some(source), _) => Topology::routing_key(&source),
+            (None, Err(codec::DecodeError::Batch(_))) => codec::BATCH_ROUTING_KEY.to_owned(),
+            (None, _) => {
+                return Err(QueueError::Publish(PublishError::Returned(
+                    "the dead letter names no source to route it by".to_owned(),
+                )));
+            }
+        };
         let props = for_replay(&letter.props, Utc::now());
         self.broker
             .publish_raw(
                 &self.broker.topology().exchange,
-                &Topology::routing_key(&source),
+                &routing_key,
                 &letter.body,
                 props,
             )

@@ -5,6 +5,7 @@
 //! mandatory flag): a nack, a returned (unroutable) message, a timeout or a dead connection
 //! are all errors, and the ingress turns them into 503 so the provider redelivers.
 
+mod batcher;
 mod codec;
 mod consumer;
 mod dead_letters;
@@ -35,7 +36,7 @@ pub use topology::Topology;
 use crate::config::AmqpSettings;
 use crate::envelope::Envelope;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("broker unavailable")]
     Unavailable,
@@ -64,6 +65,9 @@ pub enum QueueError {
 /// behind a dead loop and its promise never resolves. Unbounded, that wait stalled the
 /// reconnect for good (every webhook 503 until a restart).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Batchers (each with one batch awaiting its confirm) per publishing channel.
+const BATCHERS_PER_CHANNEL: usize = 2;
 
 /// Awaits a close on the recovery path (a connection lost or stopping, a consumer channel
 /// done or failed, the topology channel of a new connection) for at most
@@ -112,6 +116,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
+    /// Group commit of [`Broker::publish`] (`None` in the batchers' own handle, and when
+    /// `publish_batch_max` is 1).
+    batches: Option<batcher::Batches>,
 }
 
 impl Broker {
@@ -129,9 +136,23 @@ impl Broker {
                 live,
                 next: AtomicUsize::new(0),
             }),
+            batches: None,
         };
-        tokio::spawn(broker.clone().supervise(shutdown));
-        broker
+        tokio::spawn(broker.clone().supervise(shutdown.clone()));
+        if settings.publish_batch_max > 1 {
+            let batches = batcher::Batches::start(
+                &broker,
+                settings.publish_channels * BATCHERS_PER_CHANNEL,
+                settings.publish_batch_max,
+                &shutdown,
+            );
+            Broker {
+                batches: Some(batches),
+                ..broker
+            }
+        } else {
+            broker
+        }
     }
 
     pub fn topology(&self) -> &Topology {
@@ -242,22 +263,39 @@ impl Broker {
         })
     }
 
-    /// Publishes a verified webhook and waits for the broker's confirm.
+    /// Publishes a verified webhook and waits for the broker's confirm: together with the
+    /// other webhooks waiting at the same time, as one batch message (see `batcher`).
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
         let started = Instant::now();
-        let props = codec::encode(envelope);
-        let routing_key = Topology::routing_key(&envelope.source_id);
-        let result = self
-            .publish_raw(
-                &self.inner.topology.exchange,
-                &routing_key,
-                &envelope.body,
-                props,
-            )
-            .await;
+        let result = match &self.batches {
+            Some(batches) => batches.publish(envelope).await,
+            None => self.publish_single(envelope).await,
+        };
         metrics::histogram!("subsync_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Publishes one webhook as one message of its own and waits for the broker's confirm.
+    pub async fn publish_single(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        self.publish_envelope(envelope, codec::encode(envelope))
+            .await
+    }
+
+    /// Publishes `envelope` as a single message with `props`, confirmed.
+    async fn publish_envelope(
+        &self,
+        envelope: &Envelope,
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let routing_key = Topology::routing_key(&envelope.source_id);
+        self.publish_raw(
+            &self.inner.topology.exchange,
+            &routing_key,
+            &envelope.body,
+            props,
+        )
+        .await
     }
 
     pub(super) async fn publish_raw(

@@ -34,8 +34,7 @@ enum StepError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Done(Reconciled),
-    /// Dead-lettered, or handed back to the queue for another delivery: acked or nacked
-    /// on its own, not by the batch's ack.
+    /// Dead-lettered, or handed back to the queue for another delivery.
     SetAside,
 }
 
@@ -122,11 +121,12 @@ impl Worker {
                 }
             };
             let Some(first) = first else { return Ok(()) };
-            let mut batch = vec![first?];
+            // Whole deliveries: the events of a batch message are acked together.
+            let mut batch = first?;
             let deadline = Instant::now() + Duration::from_millis(self.settings.batch_wait_ms);
             while batch.len() < self.settings.batch_size {
                 match tokio::time::timeout_at(deadline, sub.next()).await {
-                    Ok(Some(next)) => batch.push(next?),
+                    Ok(Some(next)) => batch.extend(next?),
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -149,7 +149,7 @@ impl Worker {
             }
         }
         if ready.is_empty() {
-            return Ok(());
+            return Ok(sub.ack_window(&batch).await?);
         }
 
         let normalized_at = started.elapsed();
@@ -172,18 +172,11 @@ impl Worker {
             }
             Err(error) => {
                 self.rejected(sub, ready[0].0, &error).await?;
-                return Ok(());
+                vec![Outcome::SetAside]
             }
         };
-        // Everything below the highest committed tag is committed or already dead-lettered
-        // (acked one by one), so one `multiple` ack covers the batch.
-        let committed = ready
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o != Outcome::SetAside);
-        if let Some(tag) = committed.map(|((i, _), _)| i.tag()).max() {
-            sub.ack_through(tag).await?;
-        }
+        // Every event of the window is now committed or set aside.
+        sub.ack_window(&batch).await?;
         // Received → committed, and the age of the oldest event of the batch (queue lag).
         let now = chrono::Utc::now();
         let mut oldest = 0.0f64;

@@ -1,6 +1,7 @@
 //! The ceilings the ingress and the worker are compared with, measured in the same run:
-//! (a) confirmed publishes through `Broker::publish` to a work queue declared exactly like
-//! the service's, with the envelopes the ingress publishes (no HTTP); (b) a trivial axum
+//! (a) confirmed publishes through `Broker::publish_single` (one message per webhook; and,
+//! as (a″), through `Broker::publish`, grouped like the ingress's) to a work queue declared
+//! exactly like the service's, with the envelopes the ingress publishes (no HTTP); (b) a trivial axum
 //! server answering 202 to `POST /webhooks/{id}` (no broker) under the same load generator,
 //! in its own process like `subsync`; (c) batched `UNNEST` inserts into a copy of `events`.
 
@@ -54,10 +55,12 @@ pub struct PublishCeiling {
     pub cpu: CpuUsage,
 }
 
-/// (a) Confirmed publishes with `inflight` concurrent publishers for `warmup + duration`.
+/// (a) Confirmed publishes with `inflight` concurrent publishers for `warmup + duration`,
+/// one message per envelope, or `batched` through the ingress's group commit.
 pub async fn publish(
     bench: &Bench,
     inflight: usize,
+    batched: bool,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<PublishCeiling> {
@@ -95,7 +98,12 @@ pub async fn publish(
                             break;
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed) % envelopes.len();
-                        let outcome = broker.publish(&envelopes[i]).await;
+                        let envelope = &envelopes[i];
+                        let outcome = if batched {
+                            broker.publish(envelope).await
+                        } else {
+                            broker.publish_single(envelope).await
+                        };
                         if sent >= measure_from {
                             match outcome {
                                 Ok(()) => ok += 1,

@@ -106,7 +106,7 @@ async fn drain_in(
         let published = futures_util::stream::iter((0..n).map(|i| {
             let envelope = signed_envelope(source, i);
             let broker = &broker;
-            async move { broker.publish(&envelope).await }
+            async move { broker.publish_single(&envelope).await }
         }))
         .buffer_unordered(512)
         .filter(|r| std::future::ready(r.is_ok()))

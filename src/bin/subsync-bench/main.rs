@@ -83,8 +83,11 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         single_events: usize,
     },
-    /// Ceiling (a): confirmed publishes through `Broker::publish`, no HTTP.
+    /// Ceiling (a): confirmed publishes through `Broker::publish_single`, no HTTP.
     Publish {
+        /// Through the ingress's group commit (`Broker::publish`) instead: (a″).
+        #[arg(long)]
+        batched: bool,
         #[command(flatten)]
         timing: Timing,
     },
@@ -221,10 +224,11 @@ async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
             let (batched, single) = drain::drain(bench, events, single_events).await?;
             drain::print(&batched, &single);
         }
-        Command::Publish { timing } => {
+        Command::Publish { batched, timing } => {
             let r = ceilings::publish(
                 bench,
                 timing.connections,
+                batched,
                 timing.warmup(),
                 timing.duration(),
             )
@@ -342,17 +346,34 @@ async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
             let publish = ceilings::publish(
                 bench,
                 timing.connections,
+                false,
                 timing.warmup(),
                 timing.duration(),
             )
             .await?;
             eprintln!("[all]     {:.0} msg/s", publish.rate);
             tokio::time::sleep(settle).await;
+            eprintln!("[all] (a\") confirmed publish through the group commit...");
+            let grouped = ceilings::publish(
+                bench,
+                timing.connections,
+                true,
+                timing.warmup(),
+                timing.duration(),
+            )
+            .await?;
+            eprintln!("[all]     {:.0} webhooks/s", grouped.rate);
+            tokio::time::sleep(settle).await;
             let deep = if deep_inflight > 0 {
                 eprintln!("[all] (a') confirmed publish, {deep_inflight} in flight...");
-                let deep =
-                    ceilings::publish(bench, deep_inflight, timing.warmup(), timing.duration())
-                        .await?;
+                let deep = ceilings::publish(
+                    bench,
+                    deep_inflight,
+                    false,
+                    timing.warmup(),
+                    timing.duration(),
+                )
+                .await?;
                 eprintln!("[all]     {:.0} msg/s", deep.rate);
                 tokio::time::sleep(settle).await;
                 Some(deep)
@@ -394,6 +415,7 @@ async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
                 total: started.elapsed(),
                 timing,
                 publish,
+                grouped,
                 deep,
                 http,
                 insert,
@@ -478,6 +500,7 @@ struct Report {
     total: Duration,
     timing: Timing,
     publish: ceilings::PublishCeiling,
+    grouped: ceilings::PublishCeiling,
     deep: Option<ceilings::PublishCeiling>,
     http: load::LoadResult,
     insert: ceilings::InsertCeiling,
@@ -495,6 +518,7 @@ impl Report {
         let secs_measured = self.timing.duration().as_secs_f64();
         let ingress_rate = i.load.rate();
         let vs_publish = ingress_rate / p.rate;
+        let vs_grouped = ingress_rate / self.grouped.rate;
         let vs_http = ingress_rate / h.rate();
         let base = &bench.base;
         let rss_ok = |r: Option<u64>| r.is_some_and(|b| b <= MIB_100);
@@ -509,11 +533,24 @@ impl Report {
         row(
             "(a) ceiling: confirmed publish",
             format!(
-                "`Broker::publish` to a quorum work queue (same declaration), {} in flight on {} \
-                 channels, the ingress's envelopes ({} B mean body), no HTTP, {secs_measured:.0} s",
+                "`Broker::publish_single` (one message per webhook) to a quorum work queue (same \
+                 declaration), {} in flight on {} channels, the ingress's envelopes ({} B mean \
+                 body), no HTTP, {secs_measured:.0} s",
                 p.inflight, p.channels, p.mean_body
             ),
             format!("{} msg/s", thousands(p.rate)),
+            "",
+            "",
+        );
+        let g = &self.grouped;
+        row(
+            "(a″) confirmed publish, grouped",
+            format!(
+                "as (a) through `Broker::publish`, the ingress's group commit (webhooks waiting \
+                 together go as one message, up to {} each), {} in flight",
+                base.amqp.publish_batch_max, g.inflight
+            ),
+            format!("{} webhooks/s", thousands(g.rate)),
             "",
             "",
         );
@@ -566,6 +603,7 @@ impl Report {
             "",
             "",
         );
+        row("CPU during (a″)", "as for (a)".into(), g.cpu.text(), "", "");
         row(
             "CPU during (b)",
             "average cores; \"subsync\" is the trivial server".into(),
@@ -593,6 +631,13 @@ impl Report {
             met(vs_publish >= 0.75),
         );
         row(
+            "ingress / ceiling (a″)",
+            "the same publishes, grouped the same way, without HTTP".into(),
+            format!("{:.0}%", vs_grouped * 100.0),
+            "",
+            "",
+        );
+        row(
             "ingress / ceiling (b)",
             "trivial-HTTP ceiling".into(),
             format!("{:.0}%", vs_http * 100.0),
@@ -614,7 +659,7 @@ impl Report {
         row(
             "ingress failures",
             format!(
-                "non-2xx and transport errors; in the work queue after the run: {} messages for \
+                "non-2xx and transport errors; in the work queue after the run: {} webhooks for \
                  {} 2xx answers (warm-up included)",
                 thousands(i.queued as f64),
                 thousands(i.load.ok_total as f64)

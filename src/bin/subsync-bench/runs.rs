@@ -70,8 +70,8 @@ pub struct IngressRun {
     pub load: LoadResult,
     pub peak_rss: Option<u64>,
     pub mean_body: usize,
-    /// Messages in the work queue at the end (every 2xx of the run, warm-up included).
-    pub queued: u32,
+    /// Webhooks in the work queue at the end (every 2xx of the run, warm-up included).
+    pub queued: usize,
 }
 
 /// Ingress alone: `subsync serve --role ingress`, closed loop with `connections`.
@@ -105,8 +105,9 @@ pub async fn ingress(
         let load = load?;
         let stop = CancellationToken::new();
         let broker = observer(&scratch, &stop).await?;
-        let queued = broker.stats().await?.0.messages;
+        let queued = queued_webhooks(&broker).await;
         stop.cancel();
+        let queued = queued?;
         Ok(IngressRun {
             load,
             peak_rss,
@@ -117,6 +118,20 @@ pub async fn ingress(
     .await;
     bench.release(scratch).await?;
     result
+}
+
+/// Webhooks in the work queue (a batch message counts its events), consumed and acked
+/// until none arrives for a second: the scratch queue is deleted afterwards anyway.
+async fn queued_webhooks(broker: &Broker) -> anyhow::Result<usize> {
+    let mut sub = broker.subscribe(1000, "subsync-bench-count").await?;
+    let mut count = 0;
+    while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+        let events = next?;
+        count += events.len();
+        sub.ack_window(&events).await?;
+    }
+    sub.close().await;
+    Ok(count)
 }
 
 pub struct SustainedRun {
