@@ -99,8 +99,15 @@ impl Bench {
         delete_topology(&scratch.settings).await?;
         unregister(&topology);
         if scratch.database {
-            drop_database(self.admin_db_url(), &scratch.name).await?;
-            unregister(&Resource::Database(scratch.name));
+            // An autovacuum worker on the fresh tables makes `DROP ... WITH (FORCE)` fail
+            // for a non-superuser: the database stays registered, retried at exit.
+            match drop_database(self.admin_db_url(), &scratch.name).await {
+                Ok(()) => unregister(&Resource::Database(scratch.name)),
+                Err(error) => eprintln!(
+                    "[bench] {} not dropped yet ({error}); retried at exit",
+                    scratch.name
+                ),
+            }
         }
         Ok(())
     }
