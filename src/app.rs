@@ -65,6 +65,7 @@ pub struct Running {
     pub db: Db,
     tasks: JoinSet<()>,
     broker_stop: CancellationToken,
+    _worker_threads: Option<WorkerThreads>,
 }
 
 pub async fn start(
@@ -139,17 +140,45 @@ pub async fn start(
         let interval = Duration::from_millis(settings.dunning.interval_ms);
         tasks.spawn(scheduler.run(interval, shutdown.clone()));
     }
+    let mut worker_threads = None;
     if role.worker() {
+        // Beside the ingress, the consumers get threads (and database connections) of their
+        // own: normalizing and encoding a batch is CPU work the kernel preempts in favour of
+        // a waiting request, where on shared runtime threads the request waits the batch out.
+        let (db, threads) = if role.ingress() {
+            let threads = WorkerThreads::new()?;
+            let db = {
+                let _inside = threads.runtime().enter();
+                Db::connect_lazy(&settings.database)?
+            };
+            (db, Some(threads))
+        } else {
+            (db.clone(), None)
+        };
         let worker = Worker::new(
             broker.clone(),
-            db.clone(),
+            db,
             sources,
             dunning,
             settings.worker.clone(),
         );
         for index in 0..settings.worker.consumers {
-            tasks.spawn(worker.clone().run(index, shutdown.clone()));
+            let run = worker.clone().run(index, shutdown.clone());
+            match &threads {
+                Some(threads) => {
+                    let running = threads.runtime().spawn(run);
+                    tasks.spawn(async move {
+                        if let Err(error) = running.await {
+                            tracing::error!(%error, "a worker consumer failed");
+                        }
+                    });
+                }
+                None => {
+                    tasks.spawn(run);
+                }
+            }
         }
+        worker_threads = threads;
     }
     tracing::info!(?role, ?ingress_addr, %admin_addr, "subsync started");
     Ok(Running {
@@ -159,7 +188,35 @@ pub async fn start(
         db,
         tasks,
         broker_stop,
+        _worker_threads: worker_threads,
     })
+}
+
+/// The consumers' own runtime; stopped without waiting (it may be dropped inside another
+/// runtime), after `Running::wait` saw every consumer finish.
+struct WorkerThreads(Option<tokio::runtime::Runtime>);
+
+impl WorkerThreads {
+    fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("subsync-worker")
+            .enable_all()
+            .build()
+            .context("starting the worker threads")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for WorkerThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Running {

@@ -544,7 +544,7 @@ mod defaults {
         5
     }
     pub fn publish_channels() -> usize {
-        4
+        1
     }
 
     pub fn publish_batch_max() -> usize {

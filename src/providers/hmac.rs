@@ -13,7 +13,7 @@ use base64::Engine as _;
 use secrecy::SecretString;
 
 use super::{
-    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, body_field, ct_eq,
+    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, body_fields, ct_eq,
     header_as, hmac_sha256, sha256_hex, unix_secs, utf8_keys,
 };
 use crate::config::{HmacEncoding, HmacSettings};
@@ -128,9 +128,10 @@ impl Provider for GenericHmac {
     fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
         serde_json::from_slice::<serde::de::IgnoredAny>(&envelope.body)
             .map_err(|e| NormalizeError::Malformed(format!("not a JSON payload: {e}")))?;
-        let event_type = TYPE_FIELDS
-            .iter()
-            .find_map(|field| body_field(&envelope.body, field))
+        let event_type = body_fields(&envelope.body, TYPE_FIELDS)
+            .into_iter()
+            .flatten()
+            .next()
             .unwrap_or_else(|| "unknown".to_owned());
         Ok(Normalized::ignored(event_type))
     }

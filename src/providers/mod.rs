@@ -376,11 +376,60 @@ fn utf8_keys(secrets: &[SecretString]) -> Result<Vec<Vec<u8>>, String> {
 
 /// A top-level string (or number) field of a JSON body, for event ids and types.
 fn body_field(body: &[u8], field: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match value.get(field)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+    let [value] = body_fields(body, [field]);
+    value
+}
+
+/// Top-level string (or number) fields of a JSON body, in one pass that builds nothing
+/// but them (the ingress reads ids off every webhook). All `None` if the body is not JSON;
+/// a repeated key counts as its last occurrence.
+fn body_fields<const N: usize>(body: &[u8], fields: [&str; N]) -> [Option<String>; N] {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Fields<'f, const N: usize>(&'f [&'f str; N]);
+
+    impl<'de, const N: usize> DeserializeSeed<'de> for Fields<'_, N> {
+        type Value = [Option<String>; N];
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, const N: usize> Visitor<'de> for Fields<'_, N> {
+        type Value = [Option<String>; N];
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = [const { None }; N];
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match self.0.iter().position(|field| *field == key) {
+                    Some(i) => {
+                        found[i] = match map.next_value::<serde_json::Value>()? {
+                            serde_json::Value::String(s) => Some(s),
+                            serde_json::Value::Number(n) => Some(n.to_string()),
+                            _ => None,
+                        }
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match Fields(&fields)
+        .deserialize(&mut de)
+        .and_then(|found| de.end().map(|()| found))
+    {
+        Ok(found) => found,
+        Err(_) => [const { None }; N],
     }
 }
 
@@ -501,5 +550,36 @@ mod tests {
             ..base
         };
         assert!(Source::new(&stripe).is_err());
+    }
+
+    /// Top-level strings and numbers only, the last of a repeated key, nothing from a body
+    /// that is not exactly one JSON object.
+    #[test]
+    fn body_fields_read_top_level_scalars_only() {
+        let body = br#"{"id":"evt_1","n":42,"nested":{"id":"no"},"list":[1],"null":null,"n":7}"#;
+        assert_eq!(
+            body_fields(body, ["id", "n", "nested", "list", "null", "absent"]),
+            [
+                Some("evt_1".into()),
+                Some("7".into()),
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        assert_eq!(
+            body_field(br#"{"id":"a\u00e9"}"#, "id").as_deref(),
+            Some("a\u{e9}")
+        );
+        for not_an_object in [
+            &b"[1]"[..],
+            b"\"id\"",
+            b"{\"id\":\"x\"} trailing",
+            b"{\"id\":",
+            b"",
+        ] {
+            assert_eq!(body_field(not_an_object, "id"), None, "{not_an_object:?}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! (IPv4-mapped IPv6 peers are compared as IPv4).
 //!
 //! Rebilly sends no event id: ours is the SHA-256 (hex) of `eventType` and the top-level
-//! resource ids present in the body ([`ID_FIELDS`], in that order), or of `eventType` and
+//! resource ids present in the body ([`EVENT_ID_FIELDS`], in that order), or of `eventType` and
 //! the whole body when none is present. The Authorization header is never kept.
 //!
 //! Normalization (event → canonical mapping) is documented in `rebilly_normalize.rs`.
@@ -16,7 +16,7 @@ use base64::Engine as _;
 use secrecy::ExposeSecret;
 
 use super::{
-    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, body_field,
+    Accepted, NormalizeError, Normalized, Provider, Unverified, VerifyError, body_fields,
     body_hash_id, ct_eq, header, sha256_hex,
 };
 use crate::config::BasicAuthSettings;
@@ -26,8 +26,10 @@ use crate::envelope::Envelope;
 mod normalize;
 
 const AUTHORIZATION: &str = "authorization";
-/// Top-level resource ids that identify what an event is about.
-pub const ID_FIELDS: [&str; 7] = [
+/// What the event id is made of: `eventType`, then the top-level resource ids that
+/// identify what an event is about.
+const EVENT_ID_FIELDS: [&str; 8] = [
+    "eventType",
     "transactionId",
     "invoiceId",
     "subscriptionId",
@@ -122,10 +124,14 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The event id described in the module documentation.
-fn event_id(body: &[u8], event_type: &str) -> String {
+fn event_id(body: &[u8]) -> String {
+    let [event_type, ids @ ..] = body_fields(body, EVENT_ID_FIELDS);
+    let Some(event_type) = event_type else {
+        return body_hash_id(body);
+    };
     let mut material = format!("eventType={event_type}");
-    for field in ID_FIELDS {
-        if let Some(value) = body_field(body, field) {
+    for (field, value) in EVENT_ID_FIELDS[1..].iter().zip(ids) {
+        if let Some(value) = value {
             material.push_str(&format!("\n{field}={value}"));
         }
     }
@@ -156,12 +162,8 @@ impl Provider for Rebilly {
         if !ct_eq(&digest(&presented), &self.credentials_digest) {
             return Err(VerifyError::BadCredentials);
         }
-        let event_id = match body_field(request.body, "eventType") {
-            Some(event_type) => event_id(request.body, &event_type),
-            None => body_hash_id(request.body),
-        };
         Ok(Accepted {
-            event_id,
+            event_id: event_id(request.body),
             kept_headers: Vec::new(),
         })
     }
