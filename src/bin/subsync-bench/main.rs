@@ -345,41 +345,27 @@ async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
             let machine = env::machine(bench).await;
             let started = std::time::Instant::now();
 
-            eprintln!("[all] (a) confirmed publish ceiling...");
-            let publish = ceilings::publish(
-                bench,
-                timing.connections,
-                false,
-                timing.warmup(),
-                timing.duration(),
-            )
-            .await?;
-            eprintln!("[all]     {:.0} msg/s", publish.rate);
-            tokio::time::sleep(settle).await;
-            eprintln!("[all] (a\") confirmed publish through the group commit...");
-            let grouped = ceilings::publish(
-                bench,
+            // One publish ceiling, then the pause that lets the broker settle.
+            let publish_ceiling = async |label: &str, inflight: usize, batched: bool| {
+                eprintln!("[all] {label}...");
+                let run =
+                    ceilings::publish(bench, inflight, batched, timing.warmup(), timing.duration())
+                        .await?;
+                eprintln!("[all]     {:.0} per second", run.rate);
+                tokio::time::sleep(settle).await;
+                anyhow::Ok(run)
+            };
+            let publish =
+                publish_ceiling("(a) confirmed publish ceiling", timing.connections, false).await?;
+            let grouped = publish_ceiling(
+                "(a\") confirmed publish through the group commit",
                 timing.connections,
                 true,
-                timing.warmup(),
-                timing.duration(),
             )
             .await?;
-            eprintln!("[all]     {:.0} webhooks/s", grouped.rate);
-            tokio::time::sleep(settle).await;
             let deep = if deep_inflight > 0 {
-                eprintln!("[all] (a') confirmed publish, {deep_inflight} in flight...");
-                let deep = ceilings::publish(
-                    bench,
-                    deep_inflight,
-                    false,
-                    timing.warmup(),
-                    timing.duration(),
-                )
-                .await?;
-                eprintln!("[all]     {:.0} msg/s", deep.rate);
-                tokio::time::sleep(settle).await;
-                Some(deep)
+                let label = format!("(a') confirmed publish, {deep_inflight} in flight");
+                Some(publish_ceiling(&label, deep_inflight, false).await?)
             } else {
                 None
             };
