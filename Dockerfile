@@ -1,7 +1,7 @@
 # Multi-stage build: compile with the full toolchain, run on a small non-root image.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY vendor ./vendor
 COPY src ./src
 COPY migrations ./migrations

@@ -9,5 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# Page-cache writeback in small steady steps rather than in 30-second bursts: PostgreSQL
+# leaves its new table pages dirty in the page cache (relation extension is not flushed by
+# its *_flush_after settings), and the kernel's default (background writeback at 10% of RAM,
+# here 2.3 GiB) writes them all at once when they expire, 100-200 MB in a second, during
+# which RabbitMQ's WAL fsyncs, and so every broker confirm, wait 100-450 ms. A host that
+# runs the broker or the database wants this; SUBSYNC_BENCH_KEEP_WRITEBACK=1 leaves it be.
+if [ "${SUBSYNC_BENCH_KEEP_WRITEBACK:-0}" != 1 ] && [ -w /proc/sys/vm/dirty_background_bytes ]; then
+  echo "[bench] vm.dirty_background_bytes = 8 MiB (was $(cat /proc/sys/vm/dirty_background_bytes))" >&2
+  echo 8388608 > /proc/sys/vm/dirty_background_bytes
+fi
 cargo build --release --bin subsync --bin subsync-bench
 exec ./target/release/subsync-bench "$@"

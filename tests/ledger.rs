@@ -9,7 +9,11 @@ use subsync::{
     canonical::{
         AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
     },
-    config::{DatabaseSettings, ProviderKind},
+    config::{DatabaseSettings, ProviderKind, SourceSettings},
+    dunning::{
+        schedule::Dunning,
+        views::{self, RetriesQuery},
+    },
     envelope::Envelope,
     ledger::{AttemptsQuery, Db, NewEvent, Reconciled},
     money::Money,
@@ -76,6 +80,16 @@ type Webhook = (String, Vec<CanonicalEvent>);
 
 /// Reconciles `batch` for `source` in one transaction.
 async fn apply(db: &Db, source: &str, batch: &[Webhook]) -> Vec<Reconciled> {
+    apply_with(db, source, batch, &Dunning::default()).await
+}
+
+/// [`apply`] with the retry plans of `dunning`.
+async fn apply_with(
+    db: &Db,
+    source: &str,
+    batch: &[Webhook],
+    dunning: &Dunning,
+) -> Vec<Reconciled> {
     let envelopes: Vec<Envelope> = batch
         .iter()
         .map(|(id, _)| Envelope {
@@ -97,7 +111,7 @@ async fn apply(db: &Db, source: &str, batch: &[Webhook]) -> Vec<Reconciled> {
             events,
         })
         .collect();
-    db.reconcile(&events, &Default::default()).await.unwrap()
+    db.reconcile(&events, dunning).await.unwrap()
 }
 
 async fn one(db: &Db, source: &str, id: &str, events: Vec<CanonicalEvent>) -> Reconciled {
@@ -423,4 +437,95 @@ async fn a_cycle_reported_paid_by_two_attempts_is_collected_once_in_any_order() 
         .unwrap();
     assert_eq!(view.balances["collected"]["USD"], 9990);
     assert!(db.verify_ledger().await.unwrap().is_empty());
+}
+
+/// Retry rows are decided for a whole batch at once: the rows equal those of the same
+/// events reconciled one by one, and a cycle paid in the batch ends recovered whichever of
+/// its events came first.
+#[tokio::test]
+async fn a_batch_writes_the_retry_rows_its_events_write_one_by_one() {
+    let (db, _) = db().await;
+    let sources: Vec<SourceSettings> = ["batch", "single"]
+        .iter()
+        .map(|id| {
+            serde_json::from_value(serde_json::json!({"id": id, "provider": "paynow"})).unwrap()
+        })
+        .collect();
+    let dunning = Dunning::from_settings(&sources);
+    let failed_at =
+        |id: &str, sub: &str, secs: i64| match attempt(id, sub, AttemptStatus::Failed, None) {
+            CanonicalEvent::BillingAttempt(a) => CanonicalEvent::BillingAttempt(BillingAttempt {
+                attempted_at: Some(at(secs)),
+                next_attempt_at: Some(at(secs + 86_400)),
+                ..a
+            }),
+            _ => unreachable!(),
+        };
+    // Two failures of one cycle (the later-named one failed first), and a cycle that
+    // failed and was then paid by an attempt whose id sorts first.
+    let webhooks: Vec<Webhook> = vec![
+        ("evt_a1".into(), vec![failed_at("a1", "sub_a", 0)]),
+        ("evt_a2".into(), vec![failed_at("a2", "sub_a", -60)]),
+        ("evt_b1".into(), vec![failed_at("b1", "sub_b", 0)]),
+        (
+            "evt_b0".into(),
+            vec![attempt(
+                "b0",
+                "sub_b",
+                AttemptStatus::Succeeded,
+                Some((500, "USD")),
+            )],
+        ),
+    ];
+    apply_with(&db, "batch", &webhooks, &dunning).await;
+    for webhook in &webhooks {
+        apply_with(&db, "single", std::slice::from_ref(webhook), &dunning).await;
+    }
+
+    let rows = |source: &str| {
+        let db = db.clone();
+        let q = RetriesQuery {
+            source_id: Some(source.into()),
+            ..Default::default()
+        };
+        async move {
+            let mut rows: Vec<_> = views::list(&db, &q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.cycle_key,
+                        r.attempt_id,
+                        r.status,
+                        r.first_failed_at,
+                        r.due_at,
+                        r.last_outcome,
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        }
+    };
+    let batch = rows("batch").await;
+    assert_eq!(batch.len(), 2);
+    let (a, b) = (&batch[0], &batch[1]);
+    assert_eq!(
+        (a.0.as_str(), a.1.as_str(), a.2.as_str()),
+        ("sub_a-cycle", "a2", "provider_managed")
+    );
+    assert_eq!(
+        a.3,
+        at(-60),
+        "the cycle failed first at the earlier failure"
+    );
+    assert_eq!(
+        a.4,
+        Some(at(-60 + 86_400)),
+        "the provider's next attempt of the latest event"
+    );
+    assert_eq!((b.0.as_str(), b.2.as_str()), ("sub_b-cycle", "recovered"));
+    assert_eq!(b.5.as_deref(), Some("paid: b0"));
+    assert_eq!(rows("single").await, batch);
 }

@@ -2,7 +2,10 @@
 //! schedules (or re-decides) the retry of its cycle; a paid cycle recovers it; an active
 //! subscription re-arms retries that were waiting for the customer.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -110,92 +113,186 @@ pub(crate) fn row_for(
     }
 }
 
-/// Writes the retry consequences of a reconciled batch. Runs in the caller's transaction.
+/// Writes the retry consequences of a reconciled batch in the caller's transaction, in a
+/// fixed number of statements whatever the batch's size: failures first, then payments, so
+/// that within a batch a paid cycle ends recovered whichever of its events came first.
 pub async fn on_attempts(
     tx: &mut sqlx::PgConnection,
     dunning: &Dunning,
     facts: &[AttemptFact],
 ) -> Result<(), sqlx::Error> {
-    for fact in facts {
-        let Some(plan) = dunning.plan(&fact.source_id) else {
-            continue;
-        };
-        match fact.status {
-            AttemptStatus::Succeeded | AttemptStatus::Refunded => recover(tx, fact).await?,
-            AttemptStatus::Failed => schedule_failure(tx, plan, fact).await?,
-            _ => {}
-        }
-    }
-    Ok(())
+    let with_plan = |statuses: &[AttemptStatus]| -> Vec<(&AttemptFact, &SourcePlan)> {
+        facts
+            .iter()
+            .filter(|f| statuses.contains(&f.status))
+            .filter_map(|f| Some((f, dunning.plan(&f.source_id)?)))
+            .collect()
+    };
+    schedule_failures(tx, &with_plan(&[AttemptStatus::Failed])).await?;
+    let paid = with_plan(&[AttemptStatus::Succeeded, AttemptStatus::Refunded]);
+    recover(tx, paid.iter().map(|(f, _)| *f)).await
 }
 
-/// A paid cycle needs no more retries; without a cycle id (Shopify), a later success of
-/// the same subscription recovers the failures before it.
-async fn recover(tx: &mut sqlx::PgConnection, fact: &AttemptFact) -> Result<(), sqlx::Error> {
+/// Open retries of the cycles these payments paid are recovered; without a cycle id
+/// (Shopify), a later success of the same subscription recovers the failures before it.
+/// A row paid by several attempts of the batch names the first of them.
+async fn recover<'a>(
+    tx: &mut sqlx::PgConnection,
+    paid: impl Iterator<Item = &'a AttemptFact>,
+) -> Result<(), sqlx::Error> {
+    let (mut source, mut cycle, mut attempt, mut subscription, mut at) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for fact in paid {
+        source.push(fact.source_id.as_str());
+        cycle.push(fact.cycle_key());
+        attempt.push(fact.attempt_id.as_str());
+        subscription.push(fact.subscription_id.as_deref());
+        at.push(fact.attempted_at);
+    }
+    if source.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE retries SET status = 'recovered', due_at = NULL, last_outcome = 'paid: ' || $3,
-                updated_at = now()
-         WHERE source_id = $1
-           AND status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
-           AND (cycle_key = $2
-                OR (cycle_id IS NULL AND $4::text IS NOT NULL AND subscription_id = $4
-                    AND first_failed_at <= COALESCE($5, now())))",
+        "WITH paid AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                 AS p(source_id, cycle_key, attempt_id, subscription_id, attempted_at)),
+         hit AS (
+             SELECT source_id, cycle_key, min(attempt_id) AS attempt_id FROM (
+                 SELECT r.source_id, r.cycle_key, p.attempt_id
+                 FROM paid p JOIN retries r USING (source_id, cycle_key)
+                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
+                 UNION ALL
+                 SELECT r.source_id, r.cycle_key, p.attempt_id
+                 FROM paid p JOIN retries r USING (source_id, subscription_id)
+                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
+                   AND r.cycle_id IS NULL AND r.first_failed_at <= COALESCE(p.attempted_at, now())
+             ) h GROUP BY source_id, cycle_key)
+         UPDATE retries r SET status = 'recovered', due_at = NULL,
+                last_outcome = 'paid: ' || hit.attempt_id, updated_at = now()
+         FROM hit
+         WHERE r.source_id = hit.source_id AND r.cycle_key = hit.cycle_key
+           AND r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')",
     )
-    .bind(&fact.source_id)
-    .bind(fact.cycle_key())
-    .bind(&fact.attempt_id)
-    .bind(&fact.subscription_id)
-    .bind(fact.attempted_at)
+    .persistent(false)
+    .bind(&source)
+    .bind(&cycle)
+    .bind(&attempt)
+    .bind(&subscription)
+    .bind(&at)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn schedule_failure(
+/// A cycle's retry row as this batch leaves it.
+struct RetryRow<'a> {
+    fact: &'a AttemptFact,
+    subscription_id: Option<&'a str>,
+    status: &'static str,
+    bucket: DeclineBucket,
+    retries_done: i32,
+    first_failed_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+    policy: String,
+    final_action: Option<&'static str>,
+}
+
+/// Schedules (or re-decides) the retry of every failed cycle: the stored rows are locked
+/// and read in one statement, each failure is decided in order against the state the
+/// ones before it left, and the results are written in one statement.
+async fn schedule_failures(
     tx: &mut sqlx::PgConnection,
-    plan: &SourcePlan,
-    fact: &AttemptFact,
+    failed: &[(&AttemptFact, &SourcePlan)],
 ) -> Result<(), sqlx::Error> {
-    let existing: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT status, retries_done, first_failed_at FROM retries
-         WHERE source_id = $1 AND cycle_key = $2 FOR UPDATE",
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let sources: Vec<&str> = failed.iter().map(|(f, _)| f.source_id.as_str()).collect();
+    let cycles: Vec<&str> = failed.iter().map(|(f, _)| f.cycle_key()).collect();
+    let stored: Vec<(String, String, String, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT r.source_id, r.cycle_key, r.status, r.retries_done, r.first_failed_at
+         FROM retries r JOIN UNNEST($1::text[], $2::text[]) AS k(source_id, cycle_key)
+              USING (source_id, cycle_key)
+         ORDER BY r.source_id, r.cycle_key
+         FOR UPDATE OF r",
     )
-    .bind(&fact.source_id)
-    .bind(fact.cycle_key())
-    .fetch_optional(&mut *tx)
+    // Planned with each call's values and the table's size now: a plan cached while the
+    // table was small would keep scanning it whole.
+    .persistent(false)
+    .bind(&sources)
+    .bind(&cycles)
+    .fetch_all(&mut *tx)
     .await?;
-    let now = fact.attempted_at.unwrap_or_else(Utc::now);
-    let (retries_done, first_failed_at) = match &existing {
-        // Settled cycles stay settled; a failure while our call is in flight is its answer.
-        Some((status, ..))
-            if matches!(
-                status.as_str(),
-                "recovered" | "completed" | "exhausted" | "stopped"
-            ) =>
-        {
-            return Ok(());
-        }
-        Some((_, done, first)) => (u32::try_from(*done).unwrap_or(0), (*first).min(now)),
-        None => (0, now),
-    };
-    let bucket: DeclineBucket =
-        decline::classify(fact.error_code.as_deref(), &fact.provider_status);
-    let (status, due_at, final_action) = match plan.mode {
-        Mode::ProviderManaged => ("provider_managed", fact.next_attempt_at, None),
-        Mode::Call => row_for(
-            &plan
-                .policy
-                .decide(bucket, retries_done, first_failed_at, now),
-        ),
-    };
-    let outcome = format!(
-        "failed: {}",
-        fact.error_code.as_deref().unwrap_or(&fact.provider_status)
-    );
+    let mut state: HashMap<(String, String), (String, i32, DateTime<Utc>)> = stored
+        .into_iter()
+        .map(|(source, cycle, status, done, first)| ((source, cycle), (status, done, first)))
+        .collect();
+    let mut rows: BTreeMap<(&str, &str), RetryRow> = BTreeMap::new();
+    for (fact, plan) in failed {
+        let key = (fact.source_id.clone(), fact.cycle_key().to_owned());
+        let now = fact.attempted_at.unwrap_or_else(Utc::now);
+        let (retries_done, first_failed_at) = match state.get(&key) {
+            // Settled cycles stay settled; a failure while our call is in flight is its answer.
+            Some((status, ..))
+                if matches!(
+                    status.as_str(),
+                    "recovered" | "completed" | "exhausted" | "stopped"
+                ) =>
+            {
+                continue;
+            }
+            Some((_, done, first)) => (*done, (*first).min(now)),
+            None => (0, now),
+        };
+        let bucket = decline::classify(fact.error_code.as_deref(), &fact.provider_status);
+        let (status, due_at, final_action) = match plan.mode {
+            Mode::ProviderManaged => ("provider_managed", fact.next_attempt_at, None),
+            Mode::Call => row_for(&plan.policy.decide(
+                bucket,
+                u32::try_from(retries_done).unwrap_or(0),
+                first_failed_at,
+                now,
+            )),
+        };
+        state.insert(key, (status.to_owned(), retries_done, first_failed_at));
+        let slot = (fact.source_id.as_str(), fact.cycle_key());
+        let earlier = rows.remove(&slot).and_then(|r| r.subscription_id);
+        let row = RetryRow {
+            fact,
+            subscription_id: fact.subscription_id.as_deref().or(earlier),
+            status,
+            bucket,
+            retries_done,
+            first_failed_at,
+            due_at,
+            policy: plan.policy.describe(),
+            final_action,
+        };
+        rows.insert(slot, row);
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&RetryRow> = rows.values().collect();
+    fn column<'r, T>(rows: &[&'r RetryRow<'r>], f: impl Fn(&'r RetryRow<'r>) -> T) -> Vec<T> {
+        rows.iter().map(|r| f(r)).collect()
+    }
+    let outcomes: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let fact = r.fact;
+            format!(
+                "failed: {}",
+                fact.error_code.as_deref().unwrap_or(&fact.provider_status)
+            )
+        })
+        .collect();
     sqlx::query(
         "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status, bucket,
                               retries_done, first_failed_at, due_at, policy, final_action, last_outcome)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
+                              $11::text[], $12::text[], $13::text[])
          ON CONFLICT (source_id, cycle_key) DO UPDATE SET
              subscription_id = COALESCE(excluded.subscription_id, retries.subscription_id),
              attempt_id = excluded.attempt_id, status = excluded.status, bucket = excluded.bucket,
@@ -203,19 +300,19 @@ async fn schedule_failure(
              final_action = excluded.final_action, last_outcome = excluded.last_outcome,
              updated_at = now()",
     )
-    .bind(&fact.source_id)
-    .bind(fact.cycle_key())
-    .bind(&fact.subscription_id)
-    .bind(&fact.attempt_id)
-    .bind(&fact.cycle_id)
-    .bind(status)
-    .bind(bucket.as_str())
-    .bind(i32::try_from(retries_done).unwrap_or(i32::MAX))
-    .bind(first_failed_at)
-    .bind(due_at)
-    .bind(plan.policy.describe())
-    .bind(final_action)
-    .bind(outcome)
+    .bind(column(&rows, |r| r.fact.source_id.as_str()))
+    .bind(column(&rows, |r| r.fact.cycle_key()))
+    .bind(column(&rows, |r| r.subscription_id))
+    .bind(column(&rows, |r| r.fact.attempt_id.as_str()))
+    .bind(column(&rows, |r| r.fact.cycle_id.as_deref()))
+    .bind(column(&rows, |r| r.status))
+    .bind(column(&rows, |r| r.bucket.as_str()))
+    .bind(column(&rows, |r| r.retries_done))
+    .bind(column(&rows, |r| r.first_failed_at))
+    .bind(column(&rows, |r| r.due_at))
+    .bind(column(&rows, |r| r.policy.as_str()))
+    .bind(column(&rows, |r| r.final_action))
+    .bind(&outcomes)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -444,9 +444,13 @@ pub async fn machine(bench: &Bench) -> String {
     let postgres = postgres_version(bench.admin_db_url())
         .await
         .unwrap_or_else(|| "unknown".into());
+    let writeback = match std::fs::read_to_string("/proc/sys/vm/dirty_background_bytes") {
+        Ok(b) if b.trim() != "0" => format!("vm.dirty_background_bytes {}", b.trim()),
+        _ => "vm.dirty_background_bytes unset (ratio)".into(),
+    };
     format!(
         "{cores} cores ({model}), {ram_gib:.1} GiB RAM, {os} (Linux {kernel}), \
-         RabbitMQ {rabbitmq}, PostgreSQL {postgres}"
+         RabbitMQ {rabbitmq}, PostgreSQL {postgres}, {writeback}"
     )
 }
 

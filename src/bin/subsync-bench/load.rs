@@ -48,6 +48,8 @@ pub struct LoadResult {
     pub started: Option<chrono::DateTime<chrono::Utc>>,
     /// CPU use over the measured window.
     pub cpu: CpuUsage,
+    /// Open loop: (due time from the start in ms, latency in µs) of every 2xx answer.
+    pub timeline: Vec<(u32, u32)>,
 }
 
 impl LoadResult {
@@ -107,6 +109,27 @@ impl LoadResult {
         }
         self.transport_errors += other.transport_errors;
         self.ok_total += other.ok_total;
+        self.timeline.extend(other.timeline);
+    }
+
+    /// Open loop: the p99 and max latency (ms) of each second of the schedule.
+    pub fn per_second(&self) -> Vec<(f64, f64)> {
+        let mut seconds: Vec<Vec<u32>> = Vec::new();
+        for &(due_ms, latency) in &self.timeline {
+            let s = (due_ms / 1000) as usize;
+            if seconds.len() <= s {
+                seconds.resize_with(s + 1, Vec::new);
+            }
+            seconds[s].push(latency);
+        }
+        seconds
+            .into_iter()
+            .map(|mut l| {
+                l.sort_unstable();
+                let max = l.last().copied().unwrap_or(0);
+                (percentile(&l, 0.99) as f64 / 1000.0, max as f64 / 1000.0)
+            })
+            .collect()
     }
 }
 
@@ -125,6 +148,7 @@ struct Recorder {
     statuses: BTreeMap<u16, u64>,
     transport_errors: u64,
     ok_total: u64,
+    timeline: Vec<(u32, u32)>,
 }
 
 impl Recorder {
@@ -313,7 +337,13 @@ pub async fn open_loop(
                         continue;
                     }
                     let outcome = conn.send(&requests[i]).await;
-                    rec.record(true, &outcome, due.elapsed());
+                    let took = due.elapsed();
+                    rec.record(true, &outcome, took);
+                    if matches!(&outcome, Ok(s) if s.is_success()) {
+                        let due_ms = (due - start).as_millis() as u32;
+                        rec.timeline
+                            .push((due_ms, took.as_micros().min(u32::MAX as u128) as u32));
+                    }
                 }
                 (rec, unsent)
             })

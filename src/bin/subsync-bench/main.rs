@@ -301,6 +301,12 @@ async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
             sustained,
         } => {
             let r = run_sustained(bench, &sustained, quick, ingress_only).await?;
+            if let Some(started) = r.load.started {
+                eprintln!("[sustained] started {}", started.format("%H:%M:%S%.3f"));
+            }
+            for (second, (p99, max)) in r.load.per_second().iter().enumerate() {
+                eprintln!("[sustained] second {second}: p99 {p99:.1} ms, max {max:.1} ms");
+            }
             println!(
                 "sustained {:.0}/s for {} s: accepted {} (failures: {}), ingress p50 {:.2} ms, \
                  p99 {:.2} ms, p99.9 {:.2} ms; committed {} ({:.0}/s steady, last {:.1} s after \
