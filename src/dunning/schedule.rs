@@ -187,13 +187,13 @@ async fn recover<'a>(
 /// A cycle's retry row as this batch leaves it.
 struct RetryRow<'a> {
     fact: &'a AttemptFact,
+    plan: &'a SourcePlan,
     subscription_id: Option<&'a str>,
     status: &'static str,
     bucket: DeclineBucket,
     retries_done: i32,
     first_failed_at: DateTime<Utc>,
     due_at: Option<DateTime<Utc>>,
-    policy: String,
     final_action: Option<&'static str>,
 }
 
@@ -223,21 +223,24 @@ async fn schedule_failures(
     .bind(&cycles)
     .fetch_all(&mut *tx)
     .await?;
-    let mut state: HashMap<(String, String), (String, i32, DateTime<Utc>)> = stored
-        .into_iter()
-        .map(|(source, cycle, status, done, first)| ((source, cycle), (status, done, first)))
+    // Each cycle's (status, retries done, first failure) as the failures before left it.
+    let mut state: HashMap<(&str, &str), (&str, i32, DateTime<Utc>)> = stored
+        .iter()
+        .map(|(source, cycle, status, done, first)| {
+            (
+                (source.as_str(), cycle.as_str()),
+                (status.as_str(), *done, *first),
+            )
+        })
         .collect();
     let mut rows: BTreeMap<(&str, &str), RetryRow> = BTreeMap::new();
-    for (fact, plan) in failed {
-        let key = (fact.source_id.clone(), fact.cycle_key().to_owned());
+    for &(fact, plan) in failed {
+        let key = (fact.source_id.as_str(), fact.cycle_key());
         let now = fact.attempted_at.unwrap_or_else(Utc::now);
         let (retries_done, first_failed_at) = match state.get(&key) {
             // Settled cycles stay settled; a failure while our call is in flight is its answer.
             Some((status, ..))
-                if matches!(
-                    status.as_str(),
-                    "recovered" | "completed" | "exhausted" | "stopped"
-                ) =>
+                if matches!(*status, "recovered" | "completed" | "exhausted" | "stopped") =>
             {
                 continue;
             }
@@ -254,21 +257,20 @@ async fn schedule_failures(
                 now,
             )),
         };
-        state.insert(key, (status.to_owned(), retries_done, first_failed_at));
-        let slot = (fact.source_id.as_str(), fact.cycle_key());
-        let earlier = rows.remove(&slot).and_then(|r| r.subscription_id);
+        state.insert(key, (status, retries_done, first_failed_at));
+        let earlier = rows.remove(&key).and_then(|r| r.subscription_id);
         let row = RetryRow {
             fact,
+            plan,
             subscription_id: fact.subscription_id.as_deref().or(earlier),
             status,
             bucket,
             retries_done,
             first_failed_at,
             due_at,
-            policy: plan.policy.describe(),
             final_action,
         };
-        rows.insert(slot, row);
+        rows.insert(key, row);
     }
     if rows.is_empty() {
         return Ok(());
@@ -277,16 +279,6 @@ async fn schedule_failures(
     fn column<'r, T>(rows: &[&'r RetryRow<'r>], f: impl Fn(&'r RetryRow<'r>) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
-    let outcomes: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let fact = r.fact;
-            format!(
-                "failed: {}",
-                fact.error_code.as_deref().unwrap_or(&fact.provider_status)
-            )
-        })
-        .collect();
     sqlx::query(
         "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status, bucket,
                               retries_done, first_failed_at, due_at, policy, final_action, last_outcome)
@@ -310,9 +302,12 @@ async fn schedule_failures(
     .bind(column(&rows, |r| r.retries_done))
     .bind(column(&rows, |r| r.first_failed_at))
     .bind(column(&rows, |r| r.due_at))
-    .bind(column(&rows, |r| r.policy.as_str()))
+    .bind(column(&rows, |r| r.plan.policy.describe()))
     .bind(column(&rows, |r| r.final_action))
-    .bind(&outcomes)
+    .bind(column(&rows, |r| {
+        let fact = r.fact;
+        format!("failed: {}", fact.error_code.as_deref().unwrap_or(&fact.provider_status))
+    }))
     .execute(&mut *tx)
     .await?;
     Ok(())
