@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Run the whole test suite: same service bootstrap as scripts/run.sh, then every test
-# against the real RabbitMQ and PostgreSQL, then schemathesis against the admin API.
+# Run the whole test suite: static checks (scripts/lint.sh), the same service bootstrap as
+# scripts/run.sh, then every test against the real RabbitMQ and PostgreSQL, then
+# schemathesis against the admin API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Self-contained, fmt, clippy, cargo-deny. SUBSYNC_SKIP_LINT=1 skips them (local runs).
+if [ "${SUBSYNC_SKIP_LINT:-0}" != 1 ]; then
+  bash scripts/lint.sh
+fi
 bash scripts/services.sh
 export SUBSYNC_TEST_DATABASE_URL="${SUBSYNC_TEST_DATABASE_URL:-postgres://subsync:subsync@127.0.0.1:5432/subsync}"
 export SUBSYNC_TEST_AMQP_URL="${SUBSYNC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"

@@ -10,6 +10,10 @@ use serde::Deserialize;
 /// Default path of the configuration file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/default.toml";
 
+/// The admin token `config/default.toml` ships for local development. Everyone can read
+/// it, so `serve` refuses it unless the admin listener is on loopback.
+pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token-change-me";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot load configuration: {0}")]
@@ -250,7 +254,15 @@ pub struct HmacSettings {
     /// Header with a unix-seconds timestamp; when set the signed content is `{ts}.{body}`.
     #[serde(default)]
     pub timestamp_header: Option<String>,
-    /// Header with the event id; when absent the event id is the SHA-256 of the body.
+    /// Top-level field of the signed JSON body holding the event id (e.g. `id`). Preferred:
+    /// the signature covers it.
+    #[serde(default)]
+    pub event_id_field: Option<String>,
+    /// Header with the event id, when the sender puts it nowhere else. The signature does
+    /// not cover a header: anyone holding one captured request can re-post its body under
+    /// fresh ids, and each is a new event to the inbox (only the normalized records' own
+    /// ids keep the ledger from counting it twice). With neither, the event id is the
+    /// SHA-256 of the body, so a re-posted body is always a duplicate.
     #[serde(default)]
     pub event_id_header: Option<String>,
 }
@@ -502,6 +514,26 @@ impl Settings {
     pub fn source(&self, id: &str) -> Option<&SourceSettings> {
         self.sources.iter().find(|s| s.id == id)
     }
+
+    /// What `serve` needs beyond [`Settings::load`]: the public development admin token
+    /// only on a loopback admin listener.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        let addr = self.http.admin_addr;
+        let dev = self
+            .admin
+            .named_tokens()
+            .into_iter()
+            .find(|t| t.token.expose_secret() == DEV_ADMIN_TOKEN);
+        match dev {
+            Some(named) if !addr.ip().is_loopback() => Err(ConfigError::Invalid(format!(
+                "admin token {:?} is the public development default and http.admin_addr \
+                 ({addr}) is not loopback: set admin.token (SUBSYNC__ADMIN__TOKEN, or \
+                 \"env:NAME\") to a secret of your own",
+                named.name
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl AmqpSettings {
@@ -609,6 +641,51 @@ mod tests {
         let result = Settings::load(&path);
         std::fs::remove_file(&path).unwrap();
         result
+    }
+
+    #[test]
+    fn serve_refuses_the_development_token_off_loopback() {
+        let dev = MINIMAL.replace("a-long-enough-token", DEV_ADMIN_TOKEN);
+        load(&dev).unwrap().check_serve().unwrap();
+        let exposed = dev.replace("admin_addr = \"127.0.0.1:0\"", "admin_addr = \"0.0.0.0:0\"");
+        let err = load(&exposed)
+            .unwrap()
+            .check_serve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.token") && err.contains("0.0.0.0:0"),
+            "{err}"
+        );
+        assert!(!err.contains(DEV_ADMIN_TOKEN), "the token is echoed: {err}");
+        let own = MINIMAL.replace("admin_addr = \"127.0.0.1:0\"", "admin_addr = \"0.0.0.0:0\"");
+        load(&own).unwrap().check_serve().unwrap();
+    }
+
+    /// The container's configuration: no demo source, no development token, every secret
+    /// from the environment (and a missing one named).
+    #[test]
+    fn production_template_has_no_demo_source_and_no_default_secret() {
+        let template = include_str!("../config/production.toml");
+        let err = load(template).unwrap_err().to_string();
+        assert!(err.contains("SUBSYNC_DATABASE_URL"), "{err}");
+        // The only test that uses these variables.
+        for (name, value) in [
+            ("SUBSYNC_DATABASE_URL", "postgres://u:p@db/subsync"),
+            ("SUBSYNC_AMQP_URL", "amqp://u:p@mq:5672/%2f"),
+            ("SUBSYNC_ADMIN_TOKEN", "an-operator-secret-token"),
+        ] {
+            // SAFETY: no other test reads or writes these variables.
+            unsafe { std::env::set_var(name, value) };
+        }
+        let settings = load(template).unwrap();
+        assert!(settings.sources.is_empty());
+        assert!(!settings.http.admin_addr.ip().is_loopback());
+        assert_eq!(
+            settings.admin.token.expose_secret(),
+            "an-operator-secret-token"
+        );
+        settings.check_serve().unwrap();
     }
 
     #[test]

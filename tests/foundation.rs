@@ -65,7 +65,7 @@ async fn the_same_webhook_delivered_three_times_is_archived_once() {
     app.stop().await;
 }
 
-/// SW-1 and SW-2 (../shared/reference/providers.md §1) through the real ingress. Their
+/// SW-1 and SW-2 (the Standard Webhooks libraries' own sign tests) through the real ingress. Their
 /// timestamps are from 2021-22, so this source allows a window that reaches back to them.
 #[tokio::test]
 async fn published_standard_webhooks_vectors_pass_and_near_misses_fail() {

@@ -36,6 +36,7 @@ fn source(kind: ProviderKind) -> Source {
             encoding: HmacEncoding::Hex,
             signature_prefix: Some("sha256=".into()),
             timestamp_header: Some("x-timestamp".into()),
+            event_id_field: None,
             event_id_header: Some("x-event-id".into()),
         }),
         retry: Default::default(),

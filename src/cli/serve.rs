@@ -13,6 +13,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
+    settings.check_serve()?;
     let shutdown = CancellationToken::new();
     app::cancel_on_signals(shutdown.clone());
     let running = app::start(settings, args.role, shutdown).await?;

@@ -2,9 +2,12 @@
 //! the signature is read from `signature_header` (after an optional `signature_prefix` such
 //! as `sha256=`), encoded as `hex` (either case) or `base64`; the key is the secret as UTF-8.
 //! With `timestamp_header` the signed content is `{ts}.{raw body}` (unix seconds, ±tolerance,
-//! 300 s by default), else the raw body alone. The event id is the `event_id_header` value,
-//! or the SHA-256 (hex) of the body when none is configured. Errors name the header by
-//! role (`signature`, `timestamp`, `event id`), not by its configured name.
+//! 300 s by default), else the raw body alone. The event id is the `event_id_field` of the
+//! signed JSON body (top level), else the `event_id_header` value, else the SHA-256 (hex) of
+//! the body. Prefer the field: a header is not signed, so a captured body re-posted under
+//! fresh header ids reaches the inbox as new events (see `HmacSettings::event_id_header`).
+//! Errors name the header by role (`signature`, `timestamp`, `event id`), not by its
+//! configured name.
 
 use std::time::SystemTime;
 
@@ -30,8 +33,18 @@ pub struct GenericHmac {
     encoding: HmacEncoding,
     prefix: String,
     timestamp: Option<HeaderName>,
-    event_id: Option<HeaderName>,
+    event_id: EventId,
     tolerance_secs: u64,
+}
+
+/// Where a source's event id comes from, most trustworthy first.
+enum EventId {
+    /// A top-level field of the signed body.
+    Field(String),
+    /// An unsigned header.
+    Header(HeaderName),
+    /// The SHA-256 of the body.
+    BodyHash,
 }
 
 fn header_name(name: &str, what: &str) -> Result<HeaderName, String> {
@@ -52,7 +65,12 @@ impl GenericHmac {
             encoding: settings.encoding,
             prefix: settings.signature_prefix.clone().unwrap_or_default(),
             timestamp: opt(&settings.timestamp_header, "timestamp_header").transpose()?,
-            event_id: opt(&settings.event_id_header, "event_id_header").transpose()?,
+            event_id: match (&settings.event_id_field, &settings.event_id_header) {
+                (Some(field), _) if !field.trim().is_empty() => EventId::Field(field.clone()),
+                (Some(_), _) => return Err("hmac.event_id_field must not be empty".to_owned()),
+                (None, Some(name)) => EventId::Header(header_name(name, "event_id_header")?),
+                (None, None) => EventId::BodyHash,
+            },
             tolerance_secs: tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS),
         })
     }
@@ -102,10 +120,6 @@ impl Provider for GenericHmac {
             }
             None => None,
         };
-        let event_id = match &self.event_id {
-            Some(name) => header_as(request.headers, name, "event id")?.to_owned(),
-            None => sha256_hex(&[request.body]),
-        };
         let matched = self
             .keys
             .iter()
@@ -113,6 +127,15 @@ impl Provider for GenericHmac {
         if !matched {
             return Err(VerifyError::SignatureMismatch);
         }
+        let event_id = match &self.event_id {
+            EventId::Field(field) => {
+                let [id] = body_fields(request.body, [field.as_str()]);
+                id.filter(|id| !id.is_empty())
+                    .ok_or_else(|| VerifyError::MissingEventId(field.clone()))?
+            }
+            EventId::Header(name) => header_as(request.headers, name, "event id")?.to_owned(),
+            EventId::BodyHash => sha256_hex(&[request.body]),
+        };
         let kept_headers = match (&self.timestamp, timestamp) {
             (Some(name), Some(ts)) => vec![(name.as_str().to_owned(), ts.to_owned())],
             _ => Vec::new(),
@@ -146,14 +169,20 @@ impl Provider for GenericHmac {
         if let (Some(name), Some(ts)) = (&self.timestamp, ts) {
             headers.push((name.as_str().to_owned(), ts));
         }
-        if let Some(name) = &self.event_id {
+        if let EventId::Header(name) = &self.event_id {
             headers.push((name.as_str().to_owned(), event_id.to_owned()));
         }
         headers
     }
 
     fn sample_body(&self, event_id: &str, now: SystemTime) -> Vec<u8> {
-        super::standard::StandardWebhooks::sample("subscription.renewed", event_id, now)
+        let body = super::standard::StandardWebhooks::sample("subscription.renewed", event_id, now);
+        let EventId::Field(field) = &self.event_id else {
+            return body;
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(&body).expect("static JSON");
+        value[field.as_str()] = event_id.into();
+        serde_json::to_vec(&value).expect("a JSON value")
     }
 }
 
@@ -179,6 +208,7 @@ mod tests {
             encoding,
             signature_prefix: prefix.map(str::to_owned),
             timestamp_header: ts.then(|| "X-Timestamp".to_owned()),
+            event_id_field: None,
             event_id_header: id.then(|| "X-Event-Id".to_owned()),
         }
     }
@@ -239,6 +269,40 @@ mod tests {
             .unwrap_err(),
             VerifyError::SignatureMismatch
         );
+    }
+
+    /// The event id comes from the signed body when a field is configured: a header cannot
+    /// change it, and a body without the field is refused.
+    #[test]
+    fn event_id_field_of_the_signed_body_wins_over_any_header() {
+        let s = HmacSettings {
+            event_id_field: Some("id".into()),
+            ..settings(HmacEncoding::Hex, None, false, true)
+        };
+        let v = verifier(&["k1"], &s);
+        let body = r#"{"id":"evt_body_1","type":"subscription_payment_failed"}"#;
+        let signed = v.sign("ignored", body.as_bytes(), at(TS));
+        assert_eq!(signed.len(), 1, "no event id header is sent: {signed:?}");
+        let sig = signed[0].1.as_str();
+        let forged = [("x-signature", sig), ("x-event-id", "evt_fresh_replay")];
+        assert_eq!(check(&v, &forged, body, TS).unwrap().event_id, "evt_body_1");
+        let no_id = r#"{"type":"subscription_payment_failed"}"#;
+        let sig = v.sign("x", no_id.as_bytes(), at(TS))[0].1.clone();
+        assert_eq!(
+            check(&v, &[("x-signature", &sig)], no_id, TS).unwrap_err(),
+            VerifyError::MissingEventId("id".into())
+        );
+        // A sample body carries its event id in the field, so send-test round-trips.
+        let sample = v.sample_body("evt_sample", at(TS));
+        let sample = std::str::from_utf8(&sample).unwrap();
+        let sig = v.sign("evt_sample", sample.as_bytes(), at(TS))[0].1.clone();
+        let ok = check(&v, &[("x-signature", &sig)], sample, TS).unwrap();
+        assert_eq!(ok.event_id, "evt_sample");
+        let empty = HmacSettings {
+            event_id_field: Some(" ".into()),
+            ..s
+        };
+        assert!(GenericHmac::new(&[SecretString::from("k1")], &empty, None).is_err());
     }
 
     #[test]

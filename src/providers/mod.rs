@@ -47,6 +47,8 @@ pub enum VerifyError {
     BadCredentials,
     #[error("sender address not allowed")]
     PeerNotAllowed,
+    #[error("the signed body has no {0:?} field (its event id)")]
+    MissingEventId(String),
 }
 
 impl VerifyError {
@@ -59,6 +61,7 @@ impl VerifyError {
             VerifyError::SignatureMismatch => "signature",
             VerifyError::BadCredentials => "credentials",
             VerifyError::PeerNotAllowed => "peer",
+            VerifyError::MissingEventId(_) => "event_id",
         }
     }
 }
@@ -490,6 +493,7 @@ mod tests {
                     encoding: HmacEncoding::Hex,
                     signature_prefix: Some("sha256=".into()),
                     timestamp_header: Some("x-timestamp".into()),
+                    event_id_field: None,
                     event_id_header: None,
                 }),
                 retry: Default::default(),

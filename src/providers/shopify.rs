@@ -27,6 +27,13 @@
 //! a reused key, so every retry carries its own key (grouping by it would make each retry a
 //! cycle of its own). The payload has no amount, next attempt or count: all null.
 //!
+//! The HMAC covers the body only: `X-Shopify-Topic` and `X-Shopify-Webhook-Id` are not
+//! signed. So the status the topic claims must agree with the signed body: a `success`
+//! with an `error_code` or `error_message`, or a `failure` with neither (Shopify's failure
+//! payload types both as required strings), is dead-lettered with that reason. A body
+//! re-posted under a fresh webhook id is a new inbox event but the same attempt (its gid is
+//! in the body), which only moves forward, so it changes nothing.
+//!
 //! Contracts: status from the body's `status` (case-insensitive): `active` → active,
 //! `paused` → paused, `cancelled` → cancelled, `expired` and `stale` ("expired due to
 //! inactivity") → expired, `failed` → failed; without a `status`, the topic's action gives

@@ -100,6 +100,7 @@ pub(super) fn normalize(envelope: &Envelope) -> Result<Normalized, NormalizeErro
                 _ => return Ok(Normalized::ignored(topic)),
             };
             let attempt: Attempt = parse_payload(body, "Shopify billing attempt")?;
+            agrees_with_topic(&attempt, status, &topic)?;
             billing_attempt(attempt, status, word, triggered_at)?
         }
         Some(("subscription_contracts", action)) => {
@@ -125,6 +126,29 @@ pub(super) fn normalize(envelope: &Envelope) -> Result<Normalized, NormalizeErro
         event_type: topic,
         events: vec![event],
     })
+}
+
+/// `X-Shopify-Topic` is not signed (the HMAC covers the body only), so the signed body must
+/// agree with the status the topic claims: a success never carries an error, and a failure
+/// always does (Shopify's failure payload types `error_code` and `error_message` as
+/// required strings). Otherwise a captured failure re-posted under the success topic
+/// would book a payment that never happened. `challenged` has no published payload type,
+/// so nothing is required of it. A body that contradicts its topic is dead-lettered.
+fn agrees_with_topic(
+    attempt: &Attempt,
+    status: AttemptStatus,
+    topic: &str,
+) -> Result<(), NormalizeError> {
+    let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let has_error = present(&attempt.error_code) || present(&attempt.error_message);
+    let contradiction = match status {
+        AttemptStatus::Succeeded if has_error => "carries error_code/error_message",
+        AttemptStatus::Failed if !has_error => "carries no error_code or error_message",
+        _ => return Ok(()),
+    };
+    Err(malformed(format!(
+        "the signed body contradicts its unsigned topic {topic}: it {contradiction}"
+    )))
 }
 
 fn billing_attempt(

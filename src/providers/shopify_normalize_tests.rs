@@ -111,6 +111,52 @@ fn billing_attempt_topics_become_attempts() {
     assert_eq!(a.subscription_id.as_deref(), Some(CONTRACT));
 }
 
+/// Shopify's own fixtures (Shopify/subscriptions-reference-app @ c558ae04,
+/// `app/jobs/dunning/tests/fixtures/SUBSCRIPTION_BILLING_ATTEMPTS_{FAILURE,SUCCESS}.ts`)
+/// under the other topic: the unsigned topic cannot turn a failure into a success, nor
+/// the reverse; the reason names the contradiction.
+#[test]
+fn a_body_that_contradicts_its_topic_is_refused() {
+    let failure = json!({
+        "admin_graphql_api_id": "gid://shopify/SubscriptionBillingAttempt/1",
+        "admin_graphql_api_order_id": "gid://shopify/Order/1",
+        "admin_graphql_api_subscription_contract_id": "gid://shopify/SubscriptionContract/1",
+        "error_code": "insufficient_inventory", "error_message": "insufficient_inventory",
+        "id": 1, "idempotency_key": "foo-bar-baz", "order_id": 1, "ready": true,
+        "subscription_contract_id": 1
+    });
+    let success = json!({
+        "id": 1, "admin_graphql_api_id": "gid://shopify/SubscriptionBillingAttempt/1",
+        "idempotency_key": "foo-bar-baz", "order_id": 1,
+        "admin_graphql_api_order_id": "gid://shopify/Order/1", "subscription_contract_id": 1,
+        "admin_graphql_api_subscription_contract_id": "gid://shopify/SubscriptionContract/1",
+        "ready": true, "error_message": null, "error_code": null
+    });
+    let as_topic = |action: &str, body: &Value| {
+        let topic = format!("subscription_billing_attempts/{action}");
+        match run(&topic, body) {
+            Err(NormalizeError::Malformed(reason)) => reason,
+            other => panic!(
+                "{topic}: expected a refusal, got {:?}",
+                other.map(|n| n.events)
+            ),
+        }
+    };
+    let reason = as_topic("success", &failure);
+    assert!(
+        reason.contains("contradicts") && reason.contains("success"),
+        "{reason}"
+    );
+    let reason = as_topic("failure", &success);
+    assert!(reason.contains("no error_code"), "{reason}");
+    // Each under its own topic is fine, and so is an empty error on a success.
+    one("subscription_billing_attempts/failure", &failure);
+    one("subscription_billing_attempts/success", &success);
+    let mut blank = success.clone();
+    blank["error_code"] = json!("");
+    one("subscription_billing_attempts/success", &blank);
+}
+
 #[test]
 fn contract_topics_become_changes() {
     use SubscriptionStatus as S;

@@ -169,11 +169,9 @@ mod tests {
 
     use super::*;
 
-    // ST-1 and ST-2 (arlyon/async-stripe), exact payload bytes.
-    const PAYLOAD_A: &[u8] =
-        include_bytes!("../../../shared/reference/vectors/stripe_payload_A.json");
-    const PAYLOAD_B: &[u8] =
-        include_bytes!("../../../shared/reference/vectors/stripe_payload_B.json");
+    // ST-1 and ST-2 (arlyon/async-stripe), exact payload bytes (tests/fixtures/README.md).
+    const PAYLOAD_A: &[u8] = include_bytes!("../../tests/fixtures/stripe/stripe_payload_A.json");
+    const PAYLOAD_B: &[u8] = include_bytes!("../../tests/fixtures/stripe/stripe_payload_B.json");
     const SECRET_12: &str = "webhook_secret";
     const T_12: u64 = 1533204620;
     const ST1_HEADER: &str = "t=1533204620,v1=f0bdba6d4eacbd8ad8a3bbadd7248e633ec1477f7899c124c51b39405fa36613,v0=63f3a72374a733066c4be69ed7f8e5ac85c22c9f0a6a612ab9a025a9e4ee7eef";
