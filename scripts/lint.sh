@@ -7,7 +7,7 @@ log() { printf '[lint] %s\n' "$*" >&2; }
 
 # 1. Self-contained: no tracked file may refer to a folder beside the checkout (a user's
 #    clone has nothing there). The pattern is written so that it does not match itself.
-if git ls-files -z | xargs -0 grep -nI -e '\.\./shared' -e 'shared/reference' -- 2>/dev/null; then
+if git ls-files -z | xargs -0 grep -nI -e '\.\./shared' -e 'shared[/]reference' -- 2>/dev/null; then
   log "tracked files refer to a folder outside the repository (above): copy what they need in"
   exit 1
 fi
@@ -30,14 +30,19 @@ fi
 deny() { PATH="$TOOLS/bin:$PATH" cargo deny --locked "$@"; }
 deny check bans licenses sources
 # Advisories need the RustSec database (a git clone cargo-deny keeps under
-# ~/.cargo/advisory-dbs). Fetch it where the network allows; else use the copy on the
-# machine; with neither, say so plainly rather than pass in silence.
+# ~/.cargo/advisory-dbs). cargo-deny fetches it where the network allows; otherwise the copy
+# on the machine is used; with neither, say so plainly rather than pass in silence.
+db_date() {
+  local db
+  db=$(ls -d "$HOME"/.cargo/advisory-dbs/advisory-db-*/ 2>/dev/null | head -1)
+  [ -n "$db" ] && git -C "$db" log -1 --format=%cs 2>/dev/null || echo "unknown date"
+}
 if deny check advisories 2>/tmp/subsync-deny-advisories.log; then
-  log "advisories ok (database fetched)"
+  log "advisories ok (RustSec database of $(db_date))"
 elif grep -q "failed to fetch advisory database" /tmp/subsync-deny-advisories.log; then
   if ls -d "$HOME"/.cargo/advisory-dbs/advisory-db-*/crates >/dev/null 2>&1; then
     deny --offline check advisories
-    log "advisories ok (the database copy on this machine: $(git -C "$(ls -d "$HOME"/.cargo/advisory-dbs/advisory-db-* | head -1)" log -1 --format=%cs 2>/dev/null || echo 'date unknown'))"
+    log "advisories ok (offline: the RustSec database copy of $(db_date) on this machine)"
   else
     log "WARNING: advisories NOT checked: the RustSec database cannot be fetched here and no copy is on this machine"
   fi
