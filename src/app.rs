@@ -1,6 +1,10 @@
 //! Wiring: builds the parts a role needs from the settings, binds the listeners and runs
 //! until the shutdown token is cancelled.
 //!
+//! Every long-running task runs under `supervise` (restarted with backoff when it panics
+//! or fails, and named by `/readyz` while down); the HTTP listeners are the exception,
+//! they stop only on shutdown.
+//!
 //! Shutdown order: stop accepting and finish in-flight requests (their publishes still
 //! need the broker), let every worker finish its batch and hand back what it had not
 //! started, and only then close the broker connection.
@@ -20,8 +24,10 @@ use crate::dunning::{
 };
 use crate::ingress;
 use crate::ledger::Db;
+use crate::ops::dead_letter_index;
 use crate::providers::Sources;
 use crate::queue::Broker;
+use crate::supervise::{Restart, TaskHealth, supervise};
 use crate::sync::{self, Syncer};
 use crate::worker::Worker;
 
@@ -80,8 +86,9 @@ pub async fn start(
     if role.uses_database() {
         db.migrate().await.context("applying migrations")?;
     }
+    let health = TaskHealth::default();
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(&settings.amqp, broker_stop.clone());
+    let broker = Broker::start_supervised(&settings.amqp, broker_stop.clone(), &health);
     let mut tasks = JoinSet::new();
 
     let ingress_addr = if role.ingress() {
@@ -109,6 +116,7 @@ pub async fn start(
         dunning: Dunning::from_settings(&settings.sources),
         uses_database: role.uses_database(),
         uses_broker: role.uses_broker(),
+        health: health.clone(),
     });
     tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
 
@@ -119,33 +127,60 @@ pub async fn start(
                 .map_err(anyhow::Error::msg)?;
             let syncer = Arc::new(syncer);
             for (source_id, interval) in periodic {
-                tasks.spawn(sync::run_periodic(
-                    syncer.clone(),
-                    source_id,
-                    interval,
+                let (syncer, stop) = (syncer.clone(), shutdown.clone());
+                tasks.spawn(supervise(
+                    format!("sync:{source_id}"),
                     shutdown.clone(),
+                    health.clone(),
+                    Restart::default(),
+                    move || {
+                        sync::run_periodic(
+                            syncer.clone(),
+                            source_id.clone(),
+                            interval,
+                            stop.clone(),
+                        )
+                    },
                 ));
             }
         }
     }
     let dunning = Dunning::from_settings(&settings.sources);
     if role.scheduler() {
-        let scheduler = Scheduler::new(
+        // Built now so a bad setting fails the start; rebuilt for each restart.
+        let mut first = Some(scheduler(settings, &db, &dunning)?);
+        let (settings, db, dunning, stop) = (
+            settings.clone(),
             db.clone(),
             dunning.clone(),
-            retry_clients(settings)?,
-            Duration::from_secs(settings.dunning.in_flight_timeout_secs),
-        )
-        .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
+            shutdown.clone(),
+        );
         let interval = Duration::from_millis(settings.dunning.interval_ms);
-        tasks.spawn(scheduler.run(interval, shutdown.clone()));
+        let make = move || {
+            let scheduler = first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| scheduler(&settings, &db, &dunning));
+            let stop = stop.clone();
+            async move {
+                scheduler?.run(interval, stop).await;
+                anyhow::Ok(())
+            }
+        };
+        tasks.spawn(supervise(
+            "scheduler".to_owned(),
+            shutdown.clone(),
+            health.clone(),
+            Restart::default(),
+            make,
+        ));
     }
     let mut worker_threads = None;
     if role.worker() {
         // Beside the ingress, the consumers get threads (and database connections) of their
         // own: normalizing and encoding a batch is CPU work the kernel preempts in favour of
         // a waiting request, where on shared runtime threads the request waits the batch out.
-        let (db, threads) = if role.ingress() {
+        let (worker_db, threads) = if role.ingress() {
             let threads = WorkerThreads::new()?;
             let db = {
                 let _inside = threads.runtime().enter();
@@ -157,19 +192,27 @@ pub async fn start(
         };
         let worker = Worker::new(
             broker.clone(),
-            db,
+            worker_db,
             sources,
             dunning,
             settings.worker.clone(),
         );
         for index in 0..settings.worker.consumers {
-            let run = worker.clone().run(index, shutdown.clone());
+            let (worker, stop) = (worker.clone(), shutdown.clone());
+            // Spawned on the worker threads, the supervisor restarts the consumer there.
+            let run = supervise(
+                format!("worker-{index}"),
+                shutdown.clone(),
+                health.clone(),
+                Restart::default(),
+                move || worker.clone().run(index, stop.clone()),
+            );
             match &threads {
                 Some(threads) => {
                     let running = threads.runtime().spawn(run);
                     tasks.spawn(async move {
                         if let Err(error) = running.await {
-                            tracing::error!(%error, "a worker consumer failed");
+                            tracing::error!(%error, "a worker supervisor failed");
                         }
                     });
                 }
@@ -179,6 +222,17 @@ pub async fn start(
             }
         }
         worker_threads = threads;
+        let (broker, db, stop) = (broker.clone(), db.clone(), shutdown.clone());
+        let interval = Duration::from_secs(settings.worker.dead_letter_index_secs);
+        tasks.spawn(supervise(
+            "dead-letter-indexer".to_owned(),
+            shutdown.clone(),
+            health.clone(),
+            Restart::default(),
+            move || {
+                dead_letter_index::run_indexer(broker.clone(), db.clone(), interval, stop.clone())
+            },
+        ));
     }
     tracing::info!(?role, ?ingress_addr, %admin_addr, "subsync started");
     Ok(Running {
@@ -236,6 +290,18 @@ impl Running {
         }
         tracing::info!("subsync stopped");
     }
+}
+
+/// The retry scheduler as the settings describe it.
+fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<Scheduler> {
+    let scheduler = Scheduler::new(
+        db.clone(),
+        dunning.clone(),
+        retry_clients(settings)?,
+        Duration::from_secs(settings.dunning.in_flight_timeout_secs),
+    )
+    .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
+    Ok(scheduler)
 }
 
 /// The retry client of every source whose provider takes retries through its API.
