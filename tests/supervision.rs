@@ -37,6 +37,18 @@ async fn a_consumer_losing_its_queue_is_named_by_readyz_until_it_recovers() {
         "ready at start"
     );
     let before = app.admin_get("/metrics", None).await.text().await.unwrap();
+    // The document describes the 503 body this test reads.
+    let spec: Value = app
+        .admin_get("/admin/openapi.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let not_ready = &spec["paths"]["/readyz"]["get"]["responses"]["503"];
+    let schema = not_ready["content"]["application/json"]["schema"]["$ref"].as_str();
+    assert_eq!(schema, Some("#/components/schemas/NotReady"), "{not_ready}");
+    let down = &spec["components"]["schemas"]["NotReady"]["properties"]["down"];
+    assert_eq!(down["type"], "array", "{down}");
 
     // The broker stays up; the queue the consumer reads from goes away.
     app.broker.delete_topology().await.unwrap();
