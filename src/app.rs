@@ -1,11 +1,17 @@
 //! Wiring: builds the parts a role needs from the settings, binds the listeners and runs
 //! until the shutdown token is cancelled.
 //!
+//! Every long-running task runs under `supervise` (restarted with backoff when it panics
+//! or fails, and named by `/readyz` while down); the HTTP listeners are the exception,
+//! they stop only on shutdown.
+//!
 //! Shutdown order: stop accepting and finish in-flight requests (their publishes still
 //! need the broker), let every worker finish its batch and hand back what it had not
 //! started, and only then close the broker connection.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
 
 use anyhow::Context;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -20,8 +26,10 @@ use crate::dunning::{
 };
 use crate::ingress;
 use crate::ledger::Db;
+use crate::ops::dead_letter_index;
 use crate::providers::Sources;
 use crate::queue::Broker;
+use crate::supervise::{Restart, TaskExit, TaskHealth, supervise};
 use crate::sync::{self, Syncer};
 use crate::worker::Worker;
 
@@ -80,8 +88,9 @@ pub async fn start(
     if role.uses_database() {
         db.migrate().await.context("applying migrations")?;
     }
+    let health = TaskHealth::default();
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(&settings.amqp, broker_stop.clone());
+    let broker = Broker::start_supervised(&settings.amqp, broker_stop.clone(), &health);
     let mut tasks = JoinSet::new();
 
     let ingress_addr = if role.ingress() {
@@ -109,77 +118,36 @@ pub async fn start(
         dunning: Dunning::from_settings(&settings.sources),
         uses_database: role.uses_database(),
         uses_broker: role.uses_broker(),
+        health: health.clone(),
     });
     tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
 
-    if role.sync() {
-        let periodic = Syncer::periodic(settings);
-        if !periodic.is_empty() {
-            let syncer = Syncer::new(settings, db.clone(), Some(broker.clone()))
-                .map_err(anyhow::Error::msg)?;
-            let syncer = Arc::new(syncer);
-            for (source_id, interval) in periodic {
-                tasks.spawn(sync::run_periodic(
-                    syncer.clone(),
-                    source_id,
-                    interval,
-                    shutdown.clone(),
-                ));
-            }
-        }
-    }
     let dunning = Dunning::from_settings(&settings.sources);
-    if role.scheduler() {
-        let scheduler = Scheduler::new(
-            db.clone(),
-            dunning.clone(),
-            retry_clients(settings)?,
-            Duration::from_secs(settings.dunning.in_flight_timeout_secs),
-        )
-        .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
-        let interval = Duration::from_millis(settings.dunning.interval_ms);
-        tasks.spawn(scheduler.run(interval, shutdown.clone()));
+    let mut supervised = Supervised {
+        tasks: &mut tasks,
+        shutdown: &shutdown,
+        health: &health,
+    };
+    if role.sync() {
+        spawn_syncs(settings, &db, &broker, &mut supervised)?;
     }
-    let mut worker_threads = None;
-    if role.worker() {
-        // Beside the ingress, the consumers get threads (and database connections) of their
-        // own: normalizing and encoding a batch is CPU work the kernel preempts in favour of
-        // a waiting request, where on shared runtime threads the request waits the batch out.
-        let (db, threads) = if role.ingress() {
-            let threads = WorkerThreads::new()?;
-            let db = {
-                let _inside = threads.runtime().enter();
-                Db::connect_lazy(&settings.database)?
-            };
-            (db, Some(threads))
-        } else {
-            (db.clone(), None)
-        };
-        let worker = Worker::new(
-            broker.clone(),
-            db,
+    if role.scheduler() {
+        let make = scheduler_task(settings, &db, &dunning, &shutdown)?;
+        supervised.spawn("scheduler".to_owned(), None, make);
+    }
+    let worker_threads = if role.worker() {
+        spawn_workers(
+            settings,
+            role,
+            &db,
+            &broker,
             sources,
             dunning,
-            settings.worker.clone(),
-        );
-        for index in 0..settings.worker.consumers {
-            let run = worker.clone().run(index, shutdown.clone());
-            match &threads {
-                Some(threads) => {
-                    let running = threads.runtime().spawn(run);
-                    tasks.spawn(async move {
-                        if let Err(error) = running.await {
-                            tracing::error!(%error, "a worker consumer failed");
-                        }
-                    });
-                }
-                None => {
-                    tasks.spawn(run);
-                }
-            }
-        }
-        worker_threads = threads;
-    }
+            &mut supervised,
+        )?
+    } else {
+        None
+    };
     tracing::info!(?role, ?ingress_addr, %admin_addr, "subsync started");
     Ok(Running {
         ingress_addr,
@@ -236,6 +204,156 @@ impl Running {
         }
         tracing::info!("subsync stopped");
     }
+}
+
+/// Spawns tasks under [`supervise`] into the service's task set.
+struct Supervised<'a> {
+    tasks: &'a mut JoinSet<()>,
+    shutdown: &'a CancellationToken,
+    health: &'a TaskHealth,
+}
+
+impl Supervised<'_> {
+    /// Supervises `make()` as `task`: on `runtime` when given (the supervisor then restarts
+    /// the task there), else on the current one.
+    fn spawn<F, Fut>(&mut self, task: String, runtime: Option<&tokio::runtime::Runtime>, make: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: TaskExit + Send + 'static,
+    {
+        let run = supervise(
+            task,
+            self.shutdown.clone(),
+            self.health.clone(),
+            Restart::default(),
+            make,
+        );
+        match runtime {
+            Some(runtime) => {
+                let running = runtime.spawn(run);
+                self.tasks.spawn(async move {
+                    if let Err(error) = running.await {
+                        tracing::error!(%error, "a supervisor failed");
+                    }
+                });
+            }
+            None => {
+                self.tasks.spawn(run);
+            }
+        }
+    }
+}
+
+/// The worker consumers and the dead-letter indexer, supervised; the consumers' own
+/// threads when they share the process with the ingress.
+fn spawn_workers(
+    settings: &Settings,
+    role: Role,
+    db: &Db,
+    broker: &Broker,
+    sources: Arc<Sources>,
+    dunning: Dunning,
+    supervised: &mut Supervised<'_>,
+) -> anyhow::Result<Option<WorkerThreads>> {
+    // Beside the ingress, the consumers get threads (and database connections) of their
+    // own: normalizing and encoding a batch is CPU work the kernel preempts in favour of
+    // a waiting request, where on shared runtime threads the request waits the batch out.
+    let (worker_db, threads) = if role.ingress() {
+        let threads = WorkerThreads::new()?;
+        let db = {
+            let _inside = threads.runtime().enter();
+            Db::connect_lazy(&settings.database)?
+        };
+        (db, Some(threads))
+    } else {
+        (db.clone(), None)
+    };
+    let worker = Worker::new(
+        broker.clone(),
+        worker_db,
+        sources,
+        dunning,
+        settings.worker.clone(),
+    );
+    for index in 0..settings.worker.consumers {
+        let (worker, stop) = (worker.clone(), supervised.shutdown.clone());
+        let runtime = threads.as_ref().map(WorkerThreads::runtime);
+        supervised.spawn(format!("worker-{index}"), runtime, move || {
+            worker.clone().run(index, stop.clone())
+        });
+    }
+    let (broker, db, stop) = (broker.clone(), db.clone(), supervised.shutdown.clone());
+    let interval = Duration::from_secs(settings.worker.dead_letter_index_secs);
+    supervised.spawn("dead-letter-indexer".to_owned(), None, move || {
+        dead_letter_index::run_indexer(broker.clone(), db.clone(), interval, stop.clone())
+    });
+    Ok(threads)
+}
+
+/// One supervised loop per source with a sync interval.
+fn spawn_syncs(
+    settings: &Settings,
+    db: &Db,
+    broker: &Broker,
+    supervised: &mut Supervised<'_>,
+) -> anyhow::Result<()> {
+    let periodic = Syncer::periodic(settings);
+    if periodic.is_empty() {
+        return Ok(());
+    }
+    let syncer =
+        Syncer::new(settings, db.clone(), Some(broker.clone())).map_err(anyhow::Error::msg)?;
+    let syncer = Arc::new(syncer);
+    for (source_id, interval) in periodic {
+        let (syncer, stop) = (syncer.clone(), supervised.shutdown.clone());
+        supervised.spawn(format!("sync:{source_id}"), None, move || {
+            sync::run_periodic(syncer.clone(), source_id.clone(), interval, stop.clone())
+        });
+    }
+    Ok(())
+}
+
+/// The scheduler's runs: built now so a bad setting fails the start, rebuilt for each
+/// restart (a run consumes its scheduler).
+fn scheduler_task(
+    settings: &Settings,
+    db: &Db,
+    dunning: &Dunning,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static> {
+    let mut first = Some(scheduler(settings, db, dunning)?);
+    let (settings, db, dunning, stop) = (
+        settings.clone(),
+        db.clone(),
+        dunning.clone(),
+        shutdown.clone(),
+    );
+    let interval = Duration::from_millis(settings.dunning.interval_ms);
+    Ok(move || {
+        let scheduler = first
+            .take()
+            .map(Ok)
+            .unwrap_or_else(|| scheduler(&settings, &db, &dunning));
+        let stop = stop.clone();
+        let run = async move {
+            scheduler?.run(interval, stop).await;
+            Ok(())
+        };
+        Box::pin(run) as BoxFuture<'static, anyhow::Result<()>>
+    })
+}
+
+/// The retry scheduler as the settings describe it.
+fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<Scheduler> {
+    let scheduler = Scheduler::new(
+        db.clone(),
+        dunning.clone(),
+        retry_clients(settings)?,
+        Duration::from_secs(settings.dunning.in_flight_timeout_secs),
+    )
+    .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
+    Ok(scheduler)
 }
 
 /// The retry client of every source whose provider takes retries through its API.

@@ -116,6 +116,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     #[serde(default = "defaults::batch_wait_ms")]
     pub batch_wait_ms: u64,
+    /// How often the dead-letter index is checked against the queue (seconds).
+    #[serde(default = "defaults::dead_letter_index_secs")]
+    pub dead_letter_index_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -125,6 +128,7 @@ impl Default for WorkerSettings {
             prefetch: defaults::prefetch(),
             batch_size: defaults::batch_size(),
             batch_wait_ms: defaults::batch_wait_ms(),
+            dead_letter_index_secs: defaults::dead_letter_index_secs(),
         }
     }
 }
@@ -472,6 +476,9 @@ impl Settings {
         if self.worker.batch_size == 0 || self.worker.consumers == 0 {
             return invalid("worker.batch_size and worker.consumers must be positive".into());
         }
+        if self.worker.dead_letter_index_secs == 0 {
+            return invalid("worker.dead_letter_index_secs must be positive".into());
+        }
         if usize::from(self.worker.prefetch) < self.worker.batch_size {
             return invalid("worker.prefetch must be at least worker.batch_size".into());
         }
@@ -605,6 +612,9 @@ mod defaults {
     }
     pub fn batch_wait_ms() -> u64 {
         5
+    }
+    pub fn dead_letter_index_secs() -> u64 {
+        300
     }
     pub fn api_timeout_ms() -> u64 {
         10_000

@@ -27,6 +27,7 @@ pub mod money;
 pub mod ops;
 pub mod providers;
 pub mod queue;
+pub mod supervise;
 pub mod sync;
 pub mod telemetry;
 pub mod worker;

@@ -149,7 +149,7 @@ async fn drain_in(
         let drain_rate = n as f64 / started.elapsed().as_secs_f64();
         workers.cancel();
         for handle in handles {
-            handle.await?;
+            handle.await??;
         }
         anyhow::ensure!(
             db.verify_ledger().await?.is_empty(),

@@ -4,6 +4,7 @@
 //! cannot drift apart).
 
 mod extract;
+mod health;
 mod openapi;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::ops::{
 };
 use crate::providers::Sources;
 use crate::queue::{Broker, DeadLetterSummary};
+use crate::supervise::TaskHealth;
 use extract::{Json, Path, Query, storable_time};
 
 pub struct AdminState {
@@ -46,6 +48,8 @@ pub struct AdminState {
     pub uses_database: bool,
     /// Whether it uses the broker (a scheduler-only one does not).
     pub uses_broker: bool,
+    /// The supervised tasks of this process; `/readyz` names those that are down.
+    pub health: TaskHealth,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -126,20 +130,18 @@ async fn healthz() -> axum::Json<Status> {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
-    (status = 200, description = "What this role uses is reachable", body = Status),
-    (status = 503, description = "The broker or the database is not reachable", body = openapi::ErrorBody,
-        headers(("retry-after" = String, description = "Seconds"))),
+    (status = 200, description = "What this role uses is reachable and every supervised task runs", body = Status),
+    (status = 503, description = "The broker or the database is not reachable, or a supervised task is down (named in `down`)",
+        body = health::NotReady, headers(("retry-after" = String, description = "Seconds"))),
 ))]
-async fn ready(State(state): State<Arc<AdminState>>) -> Result<axum::Json<Status>, ApiError> {
-    if state.uses_broker && !state.broker.is_connected() {
-        return Err(ApiError::Unavailable("broker not connected"));
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    if let Some(not_ready) = health::not_ready(&state).await {
+        return not_ready;
     }
-    if state.uses_database && state.db.ping().await.is_err() {
-        return Err(ApiError::Unavailable("database not reachable"));
-    }
-    Ok(axum::Json(Status {
+    axum::Json(Status {
         status: "ready".to_owned(),
-    }))
+    })
+    .into_response()
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "health", responses(
@@ -147,7 +149,7 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Result<axum::Json<Status
         content_type = "text/plain; version=0.0.4; charset=utf-8"),
 ))]
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    refresh_gauges(&state).await;
+    health::refresh_gauges(&state).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -155,45 +157,6 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         )],
         crate::telemetry::metrics().render(),
     )
-}
-
-/// Gauges read at scrape time: queue depths and the oldest dead letter's age (broker),
-/// retries per status and due now (database). A part that is unreachable keeps its last
-/// values (and `/readyz` says why).
-async fn refresh_gauges(state: &AdminState) {
-    if state.uses_broker
-        && let Ok((work, dead)) = state.broker.stats().await
-    {
-        for (queue, stats) in [("work", work), ("dead_letter", dead)] {
-            metrics::gauge!("subsync_queue_messages", "queue" => queue).set(stats.messages as f64);
-            metrics::gauge!("subsync_queue_consumers", "queue" => queue)
-                .set(stats.consumers as f64);
-        }
-        if work.messages == 0 {
-            metrics::gauge!("subsync_work_lag_seconds").set(0.0);
-        }
-        let age = match dead.messages {
-            0 => Some(0.0),
-            _ => state
-                .broker
-                .oldest_dead_letter()
-                .await
-                .ok()
-                .flatten()
-                .map(|at| (chrono::Utc::now() - at).as_seconds_f64().max(0.0)),
-        };
-        if let Some(age) = age {
-            metrics::gauge!("subsync_dead_letter_oldest_age_seconds").set(age);
-        }
-    }
-    if state.uses_database
-        && let Ok((by_status, due)) = crate::dunning::views::counts(&state.db).await
-    {
-        for (status, n) in by_status {
-            metrics::gauge!("subsync_retries", "status" => status).set(n as f64);
-        }
-        metrics::gauge!("subsync_retries_due").set(due as f64);
-    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

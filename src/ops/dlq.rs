@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, OpsError, Progress, audit};
+use super::{Actor, OpsError, Progress, audit, dead_letter_index};
 use crate::dunning::schedule::Dunning;
 use crate::ledger::{Change, Db, NewEvent};
 use crate::providers::Sources;
@@ -242,6 +242,7 @@ async fn replay_now(
                 report.replayed += 1;
                 "replayed"
             };
+            dead_letter_index::forget_logged(ctx.db, &letter.id).await;
             report.messages.push(ReplayedMessage {
                 id: letter.id.clone(),
                 reason: letter.reason.clone(),
@@ -379,6 +380,7 @@ pub async fn purge(
                 scanned += 1;
                 if filter.matches(&letter) {
                     session.remove(&letter).await?;
+                    dead_letter_index::forget_logged(db, &letter.id).await;
                     report.purged += 1;
                     report.ids.push(letter.id.clone());
                 }

@@ -3,6 +3,7 @@
 //! audited; every dry run goes through the ledger's rolled-back preview.
 
 pub mod audit;
+pub mod dead_letter_index;
 pub mod dlq;
 pub mod replay;
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Broker, PublishError, codec};
 use crate::envelope::Envelope;
+use crate::supervise::{Restart, TaskHealth, supervise};
 
 /// Body bytes gathered into one batch before it is closed (a larger webhook goes alone).
 const MAX_BATCH_BYTES: usize = 512 * 1024;
@@ -40,16 +41,26 @@ impl Batches {
         batchers: usize,
         max_items: usize,
         shutdown: &CancellationToken,
+        health: &TaskHealth,
     ) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE_CAPACITY);
         let waiting = Arc::new(Mutex::new(waiting));
-        for _ in 0..batchers {
+        for index in 0..batchers {
             let batcher = Batcher {
                 broker: broker.clone(),
                 waiting: waiting.clone(),
                 max_items,
             };
-            tokio::spawn(batcher.run(shutdown.clone()));
+            // A batcher that panics drops its batch's replies (those callers get 503) and
+            // the lock on the waiting queue; its restart serves the rest.
+            let shutdown_run = shutdown.clone();
+            tokio::spawn(supervise(
+                format!("publish-batcher-{index}"),
+                shutdown.clone(),
+                health.clone(),
+                Restart::default(),
+                move || batcher.clone().run(shutdown_run.clone()),
+            ));
         }
         Self { queue }
     }
@@ -68,6 +79,7 @@ impl Batches {
     }
 }
 
+#[derive(Clone)]
 struct Batcher {
     broker: Broker,
     waiting: Arc<Mutex<mpsc::Receiver<Pending>>>,

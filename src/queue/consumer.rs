@@ -16,6 +16,7 @@ use lapin::{
     types::FieldTable,
 };
 
+use super::dead_letters::{DeadLettered, letter_id};
 use super::{Broker, QueueError, close_bounded, codec};
 use crate::envelope::Envelope;
 
@@ -147,23 +148,39 @@ impl Subscription {
     /// Moves one event to the dead-letter queue with `reason`: the copy is confirmed by the
     /// broker before the original is acked, so a crash in between only duplicates it. An
     /// event of a batch goes there on its own, and its batch is acked with the window.
-    pub async fn dead_letter(&self, incoming: &Incoming, reason: &str) -> Result<(), QueueError> {
+    /// Returns what the dead-letter index records of it.
+    pub async fn dead_letter(
+        &self,
+        incoming: &Incoming,
+        reason: &str,
+    ) -> Result<DeadLettered, QueueError> {
+        let at = chrono::Utc::now();
+        let record = DeadLettered {
+            id: letter_id(&incoming.envelope, &incoming.body),
+            source_id: match &incoming.envelope {
+                Ok(e) => Some(e.source_id.clone()),
+                Err(_) => codec::header_string(&incoming.props, codec::H_SOURCE),
+            },
+            event_id: incoming.envelope.as_ref().ok().map(|e| e.event_id.clone()),
+            reason: Some(reason.to_owned()),
+            at,
+        };
         if incoming.part {
             let envelope = incoming.envelope_of_part();
             let props = codec::encode_part(envelope, 0);
             self.broker
-                .publish_dead_letter(&props, &envelope.body, reason)
+                .publish_dead_letter(&props, &envelope.body, reason, at)
                 .await?;
-            return Ok(());
+            return Ok(record);
         }
         self.broker
-            .publish_dead_letter(&incoming.props, &incoming.body, reason)
+            .publish_dead_letter(&incoming.props, &incoming.body, reason, at)
             .await?;
         self.channel
             .basic_ack(incoming.tag, BasicAckOptions { multiple: false })
             .await?;
         incoming.settled_alone.store(true, Ordering::Relaxed);
-        Ok(())
+        Ok(record)
     }
 
     /// Hands one event back to the queue for another delivery, counted against the

@@ -40,6 +40,25 @@ pub struct DeadLetter {
     props: BasicProperties,
 }
 
+/// A message this process just dead-lettered, as the dead-letter index records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The id the message has in the dead-letter queue (see [`DeadLetter::id`]).
+    pub id: String,
+    pub source_id: Option<String>,
+    pub event_id: Option<String>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A dead letter's id: `{source_id}:{event_id}`, or `sha256:{body hash}` without envelope.
+pub(super) fn letter_id(envelope: &Result<Envelope, codec::DecodeError>, body: &[u8]) -> String {
+    match envelope {
+        Ok(e) => format!("{}:{}", e.source_id, e.event_id),
+        Err(_) => format!("sha256:{}", crate::providers::sha256_hex(&[body])),
+    }
+}
+
 /// The part of a dead letter that is shown as a summary (lists, JSON).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterSummary {
@@ -64,10 +83,7 @@ impl DeadLetter {
             .and_then(DateTime::<Utc>::from_timestamp_micros);
         let deaths = deaths + u32::from(ours.is_some());
         times.extend(ours);
-        let id = match &envelope {
-            Ok(e) => format!("{}:{}", e.source_id, e.event_id),
-            Err(_) => format!("sha256:{}", crate::providers::sha256_hex(&[&body])),
-        };
+        let id = letter_id(&envelope, &body);
         Self {
             id,
             envelope,
@@ -114,18 +130,6 @@ impl Broker {
             broker: self.clone(),
             channel: self.channel().await?,
         })
-    }
-}
-
-impl Broker {
-    /// When the message at the head of the dead-letter queue (the oldest) was
-    /// dead-lettered; `None` when the queue is empty or the head carries no time. The
-    /// message is read and released, never removed.
-    pub async fn oldest_dead_letter(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
-        let mut session = self.dead_letter_session().await?;
-        let head = session.next().await;
-        session.close().await;
-        Ok(head?.and_then(|letter| letter.first_death_at))
     }
 }
 

@@ -1,6 +1,10 @@
 //! RabbitMQ: the only module that imports lapin. It owns the topology, a connection that
 //! heals itself, the confirmed publisher the ingress uses and the consumer the worker uses.
 //!
+//! Its long-running tasks (the connection loop, the group-commit batchers) run under
+//! `crate::supervise`: a panic in one is logged, counted and restarted, and shows in
+//! `/readyz`.
+//!
 //! A publish counts only once the broker confirmed it (persistent message, quorum queue,
 //! mandatory flag): a nack, a returned (unroutable) message, a timeout or a dead connection
 //! are all errors, and the ingress turns them into 503 so the provider redelivers.
@@ -25,16 +29,17 @@ use lapin::{
     types::FieldTable,
 };
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use codec::DecodeError;
 pub use consumer::{Incoming, Subscription};
-pub use dead_letters::{DeadLetter, DeadLetterSession, DeadLetterSummary};
+pub use dead_letters::{DeadLetter, DeadLetterSession, DeadLetterSummary, DeadLettered};
 pub use topology::Topology;
 
 use crate::config::AmqpSettings;
 use crate::envelope::Envelope;
+use crate::supervise::{Restart, TaskHealth, supervise};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
@@ -109,6 +114,9 @@ struct Inner {
     reconnect_max_delay: Duration,
     live: watch::Sender<Option<Arc<Live>>>,
     next: AtomicUsize,
+    /// The one channel `/metrics` scrapes read queue depths on (passive declares), kept
+    /// open between scrapes; replaced when it or its connection is gone.
+    stats_channel: Mutex<Option<Channel>>,
 }
 
 /// Handle to the broker; cheap to clone. A background task keeps one connection alive,
@@ -125,6 +133,15 @@ impl Broker {
     /// Starts the connection supervisor. Returns at once: until the first connection is up,
     /// publishes fail with [`PublishError::Unavailable`].
     pub fn start(settings: &AmqpSettings, shutdown: CancellationToken) -> Self {
+        Self::start_supervised(settings, shutdown, &TaskHealth::default())
+    }
+
+    /// [`Broker::start`], reporting its tasks' restarts and downtime to `health`.
+    pub fn start_supervised(
+        settings: &AmqpSettings,
+        shutdown: CancellationToken,
+        health: &TaskHealth,
+    ) -> Self {
         let (live, _) = watch::channel(None);
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -135,16 +152,28 @@ impl Broker {
                 reconnect_max_delay: Duration::from_millis(settings.reconnect_max_delay_ms),
                 live,
                 next: AtomicUsize::new(0),
+                stats_channel: Mutex::new(None),
             }),
             batches: None,
         };
-        tokio::spawn(broker.clone().supervise(shutdown.clone()));
+        let connection = {
+            let (broker, shutdown) = (broker.clone(), shutdown.clone());
+            move || broker.clone().supervise(shutdown.clone())
+        };
+        tokio::spawn(supervise(
+            "broker-connection".to_owned(),
+            shutdown.clone(),
+            health.clone(),
+            Restart::default(),
+            connection,
+        ));
         if settings.publish_batch_max > 1 {
             let batches = batcher::Batches::start(
                 &broker,
                 settings.publish_channels * BATCHERS_PER_CHANNEL,
                 settings.publish_batch_max,
                 &shutdown,
+                health,
             );
             Broker {
                 batches: Some(batches),
@@ -184,7 +213,12 @@ impl Broker {
             .cloned()
     }
 
+    /// Keeps one connection up until shutdown (the body of the `broker-connection` task).
     async fn supervise(self, shutdown: CancellationToken) {
+        // A run that panicked may have left its connection published: not ours any more.
+        if let Some(stale) = self.inner.live.send_replace(None) {
+            close_bounded(stale.connection.close(200, "subsync restarting".into())).await;
+        }
         let mut backoff = self.backoff();
         loop {
             let attempt = tokio::select! {
@@ -342,8 +376,9 @@ impl Broker {
         props: &BasicProperties,
         body: &[u8],
         reason: &str,
+        at: chrono::DateTime<Utc>,
     ) -> Result<(), PublishError> {
-        let props = codec::with_reason(props, reason, Utc::now());
+        let props = codec::with_reason(props, reason, at);
         self.publish_raw(&self.inner.topology.dead_letter_exchange, "", body, props)
             .await
     }
@@ -353,18 +388,36 @@ impl Broker {
         Ok(live.connection.create_channel().await?)
     }
 
-    /// Message and consumer counts of the work queue and the dead-letter queue.
+    /// Message and consumer counts of the work queue and the dead-letter queue, read with
+    /// passive declares (which change nothing) on one channel kept for them.
     pub async fn stats(&self) -> Result<(QueueStats, QueueStats), QueueError> {
-        let channel = self.channel().await?;
+        let mut kept = self.inner.stats_channel.lock().await;
+        let channel = match kept.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self.channel().await?;
+                *kept = Some(channel.clone());
+                channel
+            }
+        };
+        let result = Self::read_stats(&self.inner.topology, &channel).await;
+        if result.is_err() {
+            // A failed declare (a queue deleted from under us) closes the channel.
+            *kept = None;
+        }
+        result
+    }
+
+    async fn read_stats(
+        topology: &Topology,
+        channel: &Channel,
+    ) -> Result<(QueueStats, QueueStats), QueueError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
         let mut out = Vec::with_capacity(2);
-        for name in [
-            &self.inner.topology.work_queue,
-            &self.inner.topology.dead_letter_queue,
-        ] {
+        for name in [&topology.work_queue, &topology.dead_letter_queue] {
             let q = channel
                 .queue_declare(name.as_str().into(), passive, FieldTable::default())
                 .await?;
@@ -373,7 +426,6 @@ impl Broker {
                 consumers: q.consumer_count(),
             });
         }
-        let _ = channel.close(200, "stats read".into()).await;
         Ok((out[0], out[1]))
     }
 

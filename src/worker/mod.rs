@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerSettings;
 use crate::dunning::schedule::Dunning;
 use crate::ledger::{Db, DbError, NewEvent, Reconciled};
+use crate::ops::dead_letter_index;
 use crate::providers::{Normalized, Sources};
 use crate::queue::{Broker, Incoming, QueueError, Subscription};
 
@@ -64,8 +65,11 @@ impl Worker {
         }
     }
 
-    /// Runs one consumer until `shutdown`, resubscribing whenever the broker connection drops.
-    pub async fn run(self, index: usize, shutdown: CancellationToken) {
+    /// Runs one consumer until `shutdown`, resubscribing whenever the broker connection
+    /// drops. Fails when the broker is up but refuses the consumer (its work queue is gone,
+    /// access denied): nothing in here heals that, so its supervisor restarts it with
+    /// backoff and `/readyz` names it meanwhile.
+    pub async fn run(self, index: usize, shutdown: CancellationToken) -> Result<(), QueueError> {
         let tag = format!(
             "subsync-{}-{index}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -80,6 +84,7 @@ impl Worker {
             }
             let mut sub = match self.broker.subscribe(self.settings.prefetch, &tag).await {
                 Ok(sub) => sub,
+                Err(error) if self.broker.is_connected() => return Err(error),
                 Err(error) => {
                     tracing::warn!(%error, "cannot subscribe to the work queue");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -95,6 +100,7 @@ impl Worker {
             }
             sub.close().await;
         }
+        Ok(())
     }
 
     /// Consumes batches until the consumer is cancelled (on shutdown) and drained.
@@ -145,7 +151,7 @@ impl Worker {
         for incoming in &batch {
             match self.normalize(incoming) {
                 Ok(normalized) => ready.push((incoming, normalized)),
-                Err((kind, reason)) => dead_letter(sub, incoming, kind, &reason).await?,
+                Err((kind, reason)) => dead_letter(sub, &self.db, incoming, kind, &reason).await?,
             }
         }
         if ready.is_empty() {
@@ -228,7 +234,7 @@ impl Worker {
         let delivery = incoming.delivery_number();
         if delivery >= limit {
             let reason = format!("{error} (delivery {delivery} of {limit})");
-            return dead_letter(sub, incoming, "rejected", &reason).await;
+            return dead_letter(sub, &self.db, incoming, "rejected", &reason).await;
         }
         tracing::warn!(%error, delivery, limit, "event rejected by the database; handing it back");
         metrics::counter!("subsync_worker_errors_total", "kind" => "rejected").increment(1);
@@ -292,8 +298,12 @@ impl Worker {
     }
 }
 
+/// Dead-letters one event and records it in the dead-letter index (which `/metrics` reads
+/// the oldest letter's age from). An index write that fails leaves the row to the indexer:
+/// the letter itself is safely in the queue.
 async fn dead_letter(
     sub: &Subscription,
+    db: &Db,
     incoming: &Incoming,
     kind: &'static str,
     reason: &str,
@@ -309,8 +319,12 @@ async fn dead_letter(
         event_id,
         "dead-lettering an event that cannot be processed"
     );
-    sub.dead_letter(incoming, &format!("{kind}: {reason}"))
+    let letter = sub
+        .dead_letter(incoming, &format!("{kind}: {reason}"))
         .await?;
+    if let Err(error) = dead_letter_index::record(db, &letter).await {
+        tracing::warn!(%error, id = letter.id, "could not index a dead letter; the indexer will");
+    }
     metrics::counter!("subsync_worker_errors_total", "kind" => "poison").increment(1);
     metrics::counter!("subsync_dead_lettered_total", "reason" => kind).increment(1);
     Ok(())
