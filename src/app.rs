@@ -240,9 +240,7 @@ impl Running {
 
 /// The retry client of every source whose provider takes retries through its API.
 fn retry_clients(settings: &Settings) -> anyhow::Result<HashMap<String, Box<dyn RetryClient>>> {
-    let http = reqwest::Client::builder()
-        .build()
-        .context("building the HTTP client")?;
+    let http = crate::api::http_client().context("building the HTTP client")?;
     Ok(settings
         .sources
         .iter()

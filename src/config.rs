@@ -311,6 +311,10 @@ pub struct SyncSettings {
     /// How many times one page is retried (429 waits and transient errors) before the
     /// run stops with an error.
     pub max_page_retries: u32,
+    /// The most bytes of one list page read; past it the run stops with an error.
+    pub max_page_bytes: usize,
+    /// The most pages of one run; past it the run stops with an error (an endless listing).
+    pub max_pages: u64,
 }
 
 impl Default for SyncSettings {
@@ -321,6 +325,8 @@ impl Default for SyncSettings {
             page_size: 100,
             min_interval_ms: 0,
             max_page_retries: 8,
+            max_page_bytes: 16 << 20,
+            max_pages: 10_000,
         }
     }
 }
@@ -404,9 +410,12 @@ pub struct ApiSettings {
     /// PayNow: the store whose subscriptions are synced (`/v1/stores/{store_id}/...`).
     #[serde(default)]
     pub store_id: Option<String>,
-    /// Per-call timeout (ms).
+    /// Per-call timeout (ms), the answer's body included.
     #[serde(default = "defaults::api_timeout_ms")]
     pub timeout_ms: u64,
+    /// The most bytes of a call's answer read (a retry); past it the outcome is unknown.
+    #[serde(default = "defaults::api_max_answer_bytes")]
+    pub max_answer_bytes: usize,
 }
 
 impl Settings {
@@ -576,6 +585,9 @@ mod defaults {
     }
     pub fn api_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn api_max_answer_bytes() -> usize {
+        1 << 20
     }
     pub fn log_level() -> String {
         "info".into()

@@ -142,9 +142,8 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(settings: &Settings, db: Db, broker: Option<Broker>) -> Result<Self, String> {
         let sources = Arc::new(Sources::from_settings(&settings.sources)?);
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http =
+            crate::api::http_client().map_err(|e| format!("building the HTTP client: {e}"))?;
         let targets = settings
             .sources
             .iter()
@@ -246,6 +245,7 @@ impl Syncer {
                 since: start.since,
                 known_subscriptions: &known,
                 page_size: target.settings.page_size,
+                max_page_bytes: target.settings.max_page_bytes,
             };
             let page = match self
                 .fetch(target, request, min_interval, &mut last_request, source_id)

@@ -21,7 +21,7 @@ pub struct StripeClient {
 }
 
 impl StripeClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
@@ -37,6 +37,7 @@ impl StripeClient {
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(""),
+            self.api.answer_cap(),
         )
         .await?;
         classify(status, wait, &body)
@@ -140,7 +141,7 @@ mod tests {
             timeout_ms,
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        StripeClient::new(&api, reqwest::Client::new())
+        StripeClient::new(&api, crate::api::http_client().unwrap())
     }
 
     fn call() -> RetryCall {
