@@ -276,4 +276,6 @@ pub(crate) fn snippet(text: &str) -> String {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 pub(crate) mod tests;
