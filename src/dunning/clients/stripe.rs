@@ -288,6 +288,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hostile_answers_cost_one_call() {
+        // Retry-After of 1e20 is ignored; ten trillion seconds is bounded.
+        for (value, wait) in [
+            ("1e20", None),
+            ("10000000000000", Some(crate::api::MAX_RETRY_WAIT)),
+        ] {
+            let limited = ResponseTemplate::new(429).insert_header("Retry-After", value);
+            let expected = Err(CallError::RateLimited { retry_after: wait });
+            assert_eq!(answer(limited).await, expected, "{value}");
+        }
+        // A paid invoice padded past api.max_answer_bytes: the outcome is unknown, so the
+        // same call (same key) is sent again later.
+        let padded = format!(r#"{{"status": "paid", "pad": "{}"}}"#, "x".repeat(1 << 20));
+        let oversized = ResponseTemplate::new(200).set_body_string(padded);
+        assert!(matches!(
+            answer(oversized).await,
+            Err(CallError::Transient(m)) if m.contains("api.max_answer_bytes")
+        ));
+    }
+
+    #[tokio::test]
     async fn server_errors_and_timeouts_are_transient() {
         assert!(matches!(
             answer(ResponseTemplate::new(500)).await,

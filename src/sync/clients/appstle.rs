@@ -141,7 +141,7 @@ impl AppstleList {
             && !all_billed_before(&attempts, request.since);
         let records = attempts.into_iter().filter_map(render).collect();
         let next = if more {
-            Some(cursor(index, entry, page + 1))
+            Some(cursor(index, entry, page.saturating_add(1)))
         } else {
             next_contract
         };
