@@ -191,8 +191,8 @@ pub(crate) struct Answer {
 
 /// Sends a read (a list page) and maps an unsuccessful answer to its error: 429 is
 /// `RateLimited` (with `Retry-After`), 5xx `Transient`, 401/403 an authentication failure
-/// (the body is not echoed), a redirect or a body past `cap` final (`Rejected`), any other
-/// status `Rejected` with a snippet of the body.
+/// (the body is not echoed), a redirect or a successful answer past `cap` final
+/// (`Rejected`), any other status `Rejected` with a snippet of the body.
 pub(crate) async fn read(
     request: RequestBuilder,
     provider: &str,
@@ -204,15 +204,18 @@ pub(crate) async fn read(
         return Err(redirected(&response));
     }
     let headers = response.headers().clone();
-    let body = body::read_capped(response, cap)
-        .await
-        .map_err(|e| match e {
-            body::BodyError::Transport(e) => transport(e),
-            too_large => ApiError::Rejected {
+    let body = match body::read_capped(response, cap).await {
+        Ok(body) => body,
+        Err(body::BodyError::Transport(e)) => return Err(transport(e)),
+        Err(too_large) if status.is_success() => {
+            return Err(ApiError::Rejected {
                 status: status.as_u16(),
                 message: too_large.to_string(),
-            },
-        })?;
+            });
+        }
+        // An unsuccessful answer's body is only read for a message: its status decides.
+        Err(too_large) => too_large.to_string(),
+    };
     match status {
         s if s.is_success() => Ok(Answer { headers, body }),
         StatusCode::TOO_MANY_REQUESTS => Err(ApiError::RateLimited {

@@ -65,6 +65,18 @@ async fn an_answer_over_the_cap_fails_cleanly_and_one_at_the_cap_is_read() {
             (size, call, page) => panic!("{size}: {call:?} / {:?}", page.map(|a| a.body)),
         }
     }
+    // An oversized error answer still fails as its status says (a 503 is retried).
+    server.reset().await;
+    let unavailable = ResponseTemplate::new(503).set_body_string("x".repeat(5000));
+    Mock::given(any())
+        .respond_with(unavailable)
+        .mount(&server)
+        .await;
+    let request = api.request(Method::GET, &["list"]).unwrap();
+    let page = read(request, "Provider", Cap::page(1024)).await;
+    assert!(
+        matches!(page, Err(ApiError::Transient(m)) if m == "Provider answered 503 Service Unavailable")
+    );
 }
 
 /// A provider on a raw socket: answers every request with `head`, then calls `body` with
