@@ -1,27 +1,57 @@
 //! Plumbing shared by the provider API clients (dunning retries, pull sync): URLs built
 //! from safe path segments, credential headers marked sensitive, one request/answer
 //! exchange with its own timeout, `Retry-After`, and errors that never echo a credential.
+//!
+//! A provider API is on the other side of a trust boundary: a hostile or broken one must
+//! cost one call (or one sync run), never a task or the process. So every client is built
+//! by [`http_client`] (redirects are never followed: a redirect would carry the credential
+//! header to a host nobody configured), every answer is read with a byte cap
+//! ([`body`]) under the call's timeout, and every wait a provider asks for is bounded
+//! ([`wait`]).
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::ApiSettings;
 
+mod body;
+mod wait;
+
+pub(crate) use body::Cap;
+pub use wait::MAX_RETRY_WAIT;
+pub(crate) use wait::{bound_secs, retry_after};
+
 /// Why a provider API request did not get a usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    /// 429 (or a GraphQL `THROTTLED`): wait at least `retry_after` when given.
+    /// 429 (or a GraphQL `THROTTLED`): wait at least `retry_after` when given (at most
+    /// [`MAX_RETRY_WAIT`]).
     #[error("rate limited")]
     RateLimited { retry_after: Option<Duration> },
-    /// 5xx, timeout, connection failure: retry the same call (same key) on a backoff.
+    /// 5xx, timeout, connection failure, an answer too large to read: retry the same call
+    /// (same key) on a backoff.
     #[error("transient: {0}")]
     Transient(String),
-    /// Any other 4xx: final for this try.
+    /// Any other 4xx, a redirect: final for this try.
     #[error("rejected with {status}: {message}")]
     Rejected { status: u16, message: String },
+}
+
+/// The HTTP client of the provider APIs. Only [`http_client`] makes one, so no client can
+/// be built that follows redirects.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp(reqwest::Client);
+
+/// The one way to build the HTTP client of the provider APIs: redirects are not followed
+/// (a 3xx becomes a final error, see [`redirected`]).
+pub fn http_client() -> Result<ProviderHttp, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map(ProviderHttp)
 }
 
 /// How a provider API takes its token.
@@ -34,24 +64,32 @@ pub(crate) enum Credential {
 }
 
 /// One configured provider API: the HTTP client, the base URL (without its trailing `/`),
-/// the token with the way it is sent, and the per-call timeout (`api.timeout_ms`).
+/// the token with the way it is sent, the per-call timeout (`api.timeout_ms`) and the cap
+/// on a call's answer (`api.max_answer_bytes`).
 pub(crate) struct Endpoint {
     http: reqwest::Client,
     base_url: String,
     token: SecretString,
     credential: Credential,
     timeout: Duration,
+    answer_cap: Cap,
 }
 
 impl Endpoint {
-    pub(crate) fn new(api: &ApiSettings, http: reqwest::Client, credential: Credential) -> Self {
+    pub(crate) fn new(api: &ApiSettings, http: ProviderHttp, credential: Credential) -> Self {
         Self {
-            http,
+            http: http.0,
             base_url: trim_base(&api.base_url),
             token: api.token.clone(),
             credential,
             timeout: Duration::from_millis(api.timeout_ms),
+            answer_cap: Cap::answer(api.max_answer_bytes),
         }
+    }
+
+    /// The cap on the answer of a call (see [`exchange`]).
+    pub(crate) fn answer_cap(&self) -> Cap {
+        self.answer_cap
     }
 
     /// A request to the base URL plus `segments` (see [`endpoint`]), with the call's timeout
@@ -69,6 +107,7 @@ impl Endpoint {
             }
             Credential::Header(name) => (name.clone(), secret_header(token)?),
         };
+        // The timeout covers the whole exchange, body included (see `body::read_capped`).
         Ok(self
             .http
             .request(method, url)
@@ -121,15 +160,26 @@ pub(crate) fn missing(what: &str) -> ApiError {
     }
 }
 
-/// Sends a request with its own timeout and reads the answer: status, `Retry-After`, body.
-/// No HTTP answer at all is transient (the same call, same key, may be sent again).
+/// Sends a request with its own timeout and reads the answer: status, `Retry-After`, body
+/// (at most `cap`). No HTTP answer at all is transient (the same call, same key, may be
+/// sent again), and so is an answer past the cap: its outcome is unknown. A redirect is
+/// final (see [`redirected`]).
 pub(crate) async fn exchange(
-    request: reqwest::RequestBuilder,
-) -> Result<(reqwest::StatusCode, Option<Duration>, String), ApiError> {
+    request: RequestBuilder,
+    cap: Cap,
+) -> Result<(StatusCode, Option<Duration>, String), ApiError> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirected(&response));
+    }
     let wait = retry_after(response.headers());
-    let body = response.text().await.map_err(transport)?;
+    let body = body::read_capped(response, cap)
+        .await
+        .map_err(|e| match e {
+            body::BodyError::Transport(e) => transport(e),
+            too_large => ApiError::Transient(format!("{too_large}; the outcome is unknown")),
+        })?;
     Ok((status, wait, body))
 }
 
@@ -141,15 +191,31 @@ pub(crate) struct Answer {
 
 /// Sends a read (a list page) and maps an unsuccessful answer to its error: 429 is
 /// `RateLimited` (with `Retry-After`), 5xx `Transient`, 401/403 an authentication failure
-/// (the body is not echoed), any other status `Rejected` with a snippet of the body.
+/// (the body is not echoed), a redirect or a successful answer past `cap` final
+/// (`Rejected`), any other status `Rejected` with a snippet of the body.
 pub(crate) async fn read(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder,
     provider: &str,
+    cap: Cap,
 ) -> Result<Answer, ApiError> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirected(&response));
+    }
     let headers = response.headers().clone();
-    let body = response.text().await.map_err(transport)?;
+    let body = match body::read_capped(response, cap).await {
+        Ok(body) => body,
+        Err(body::BodyError::Transport(e)) => return Err(transport(e)),
+        Err(too_large) if status.is_success() => {
+            return Err(ApiError::Rejected {
+                status: status.as_u16(),
+                message: too_large.to_string(),
+            });
+        }
+        // An unsuccessful answer's body is only read for a message: its status decides.
+        Err(too_large) => too_large.to_string(),
+    };
     match status {
         s if s.is_success() => Ok(Answer { headers, body }),
         StatusCode::TOO_MANY_REQUESTS => Err(ApiError::RateLimited {
@@ -164,11 +230,21 @@ pub(crate) async fn read(
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by these providers).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = value.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+/// A 3xx answer: final, naming only the host it points to (never the rest of the
+/// `Location`, which could carry anything, nor our request's URL or headers).
+fn redirected(response: &Response) -> ApiError {
+    let host = (response.headers().get(LOCATION))
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| response.url().join(l).ok())
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let message = match host {
+        Some(host) => format!("redirect to {host} not followed"),
+        None => "redirect (without a usable Location) not followed".to_owned(),
+    };
+    ApiError::Rejected {
+        status: response.status().as_u16(),
+        message,
+    }
 }
 
 /// A request that got no HTTP answer (timeout, connection failure, broken body): the same
@@ -203,200 +279,6 @@ pub(crate) fn snippet(text: &str) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::fmt::Debug;
-
-    use futures_util::future::BoxFuture;
-    use wiremock::matchers::{any, header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
-    use super::*;
-
-    /// The settings of a provider API at `base_url` with `token`: no provider-specific
-    /// field, a 2 s timeout.
-    pub(crate) fn api_settings(base_url: impl Into<String>, token: &str) -> ApiSettings {
-        ApiSettings {
-            base_url: base_url.into(),
-            token: SecretString::from(token),
-            api_version: None,
-            payment_method_id: None,
-            store_id: None,
-            timeout_ms: 2_000,
-        }
-    }
-
-    /// Asserts that `call`, answered by `server` with each unsuccessful status in turn,
-    /// fails as [`read`] maps it: 429 is `RateLimited` with the `Retry-After`, 5xx
-    /// `Transient`, 401/403 `Rejected` without echoing `token` (which the body carries), any
-    /// other 4xx `Rejected` with the body. Each status is answered to exactly one request;
-    /// the server is reset before each.
-    pub(crate) async fn assert_errors_map<'c, T: Debug>(
-        server: &MockServer,
-        call: impl Fn() -> BoxFuture<'c, Result<T, ApiError>>,
-        token: &str,
-    ) {
-        let echo = format!("{{\"message\": \"invalid key {token}\"}}");
-        let problem = r#"{"title": "Bad Request", "detail": "no such field"}"#;
-        for status in [429, 500, 502, 503, 401, 403, 400, 404, 422] {
-            let body = if matches!(status, 401 | 403) {
-                echo.as_str()
-            } else {
-                problem
-            };
-            server.reset().await;
-            Mock::given(any())
-                .respond_with(
-                    ResponseTemplate::new(status)
-                        .insert_header("retry-after", "3")
-                        .set_body_string(body),
-                )
-                .expect(1)
-                .mount(server)
-                .await;
-            let result = call().await;
-            server.verify().await;
-            match (status, result) {
-                (429, Err(ApiError::RateLimited { retry_after })) => {
-                    assert_eq!(retry_after, Some(Duration::from_secs(3)))
-                }
-                (500.., Err(ApiError::Transient(_))) => {}
-                (401 | 403, Err(ApiError::Rejected { status: s, message })) => {
-                    assert_eq!(s, status);
-                    assert!(!message.contains(token), "the token is echoed: {message}");
-                }
-                (_, Err(ApiError::Rejected { status: s, message })) if s == status => {
-                    assert_eq!(message, problem)
-                }
-                (status, other) => panic!("{status}: unexpected {other:?}"),
-            }
-        }
-        server.reset().await;
-    }
-
-    #[tokio::test]
-    async fn read_maps_answers_to_api_errors() {
-        let server = MockServer::start().await;
-        let settings = api_settings(server.uri(), "tok_secret");
-        let bearer = Credential::Authorization("Bearer");
-        let api = Endpoint::new(&settings, reqwest::Client::new(), bearer);
-        let call = || -> BoxFuture<'_, Result<String, ApiError>> {
-            Box::pin(async {
-                let request = api.request(Method::GET, &["list"])?;
-                Ok(read(request, "Provider").await?.body)
-            })
-        };
-        assert_errors_map(&server, call, "tok_secret").await;
-
-        let answers = [
-            (
-                ResponseTemplate::new(200).set_body_string(" [1] "),
-                Ok(" [1] ".to_owned()),
-            ),
-            (
-                ResponseTemplate::new(429),
-                Err(ApiError::RateLimited { retry_after: None }),
-            ),
-            (
-                ResponseTemplate::new(503),
-                Err(ApiError::Transient(
-                    "Provider answered 503 Service Unavailable".to_owned(),
-                )),
-            ),
-        ];
-        for (answer, expected) in answers {
-            server.reset().await;
-            Mock::given(any()).respond_with(answer).mount(&server).await;
-            assert_eq!(call().await, expected);
-        }
-
-        server.reset().await;
-        let slow = ResponseTemplate::new(200).set_delay(Duration::from_millis(500));
-        Mock::given(any()).respond_with(slow).mount(&server).await;
-        let settings = ApiSettings {
-            timeout_ms: 50,
-            ..settings
-        };
-        let api = Endpoint::new(
-            &settings,
-            reqwest::Client::new(),
-            Credential::Authorization("Bearer"),
-        );
-        let result = read(api.request(Method::GET, &["list"]).unwrap(), "Provider").await;
-        assert!(matches!(result, Err(ApiError::Transient(m)) if m.starts_with("timeout")));
-    }
-
-    #[tokio::test]
-    async fn endpoint_requests_carry_the_token_in_its_header() {
-        let server = MockServer::start().await;
-        Mock::given(method("PUT"))
-            .and(path("/base/v1/a%2Fb"))
-            .and(header("authorization", "APIKey k1"))
-            .respond_with(ResponseTemplate::new(204))
-            .expect(1)
-            .mount(&server)
-            .await;
-        Mock::given(method("GET"))
-            .and(path("/base/v1"))
-            .and(header("x-api-key", "k2"))
-            .respond_with(ResponseTemplate::new(204))
-            .expect(1)
-            .mount(&server)
-            .await;
-        let base = format!("{}/base/", server.uri());
-        let http = reqwest::Client::new();
-        let scheme = Endpoint::new(
-            &api_settings(base.as_str(), "k1"),
-            http.clone(),
-            Credential::Authorization("APIKey"),
-        );
-        let request = scheme.request(Method::PUT, &["v1", "a/b"]).unwrap();
-        assert_eq!(request.send().await.unwrap().status(), 204);
-        let own = Credential::Header(HeaderName::from_static("x-api-key"));
-        let own = Endpoint::new(&api_settings(base.as_str(), "k2"), http.clone(), own);
-        let request = own.request(Method::GET, &["v1"]).unwrap();
-        assert_eq!(request.send().await.unwrap().status(), 204);
-
-        // A token that is no header value is final, and never echoed.
-        let bad = Endpoint::new(
-            &api_settings(base, "k\n3"),
-            http,
-            Credential::Authorization("Bearer"),
-        );
-        match bad.request(Method::GET, &["v1"]) {
-            Err(ApiError::Rejected { status: 0, message }) => assert!(!message.contains("k\n3")),
-            other => panic!("unexpected {:?}", other.map(|_| ())),
-        }
-    }
-
-    #[test]
-    fn endpoint_trims_and_encodes() {
-        let url = endpoint(&trim_base("http://h/p/"), &["v1", "a/b?c"]).unwrap();
-        assert_eq!(url.as_str(), "http://h/p/v1/a%2Fb%3Fc");
-        let url = endpoint("http://h", &["x"]).unwrap();
-        assert_eq!(url.as_str(), "http://h/x");
-        assert!(matches!(
-            endpoint("not a url", &["x"]),
-            Err(ApiError::Rejected { status: 0, .. })
-        ));
-    }
-
-    #[test]
-    fn retry_after_parses_seconds() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn snippet_truncates_on_char_boundaries() {
-        assert_eq!(snippet("  short "), "short");
-        let long = "é".repeat(400);
-        assert_eq!(snippet(&long).chars().count(), 303);
-    }
-}
+mod hostile_tests;
+#[cfg(test)]
+pub(crate) mod tests;

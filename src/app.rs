@@ -358,9 +358,7 @@ fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<
 
 /// The retry client of every source whose provider takes retries through its API.
 fn retry_clients(settings: &Settings) -> anyhow::Result<HashMap<String, Box<dyn RetryClient>>> {
-    let http = reqwest::Client::builder()
-        .build()
-        .context("building the HTTP client")?;
+    let http = crate::api::http_client().context("building the HTTP client")?;
     Ok(settings
         .sources
         .iter()

@@ -327,6 +327,10 @@ pub struct SyncSettings {
     /// How many times one page is retried (429 waits and transient errors) before the
     /// run stops with an error.
     pub max_page_retries: u32,
+    /// The most bytes of one list page read; past it the run stops with an error.
+    pub max_page_bytes: usize,
+    /// The most pages of one run; past it the run stops with an error (an endless listing).
+    pub max_pages: u64,
 }
 
 impl Default for SyncSettings {
@@ -337,6 +341,8 @@ impl Default for SyncSettings {
             page_size: 100,
             min_interval_ms: 0,
             max_page_retries: 8,
+            max_page_bytes: 16 << 20,
+            max_pages: 10_000,
         }
     }
 }
@@ -420,9 +426,12 @@ pub struct ApiSettings {
     /// PayNow: the store whose subscriptions are synced (`/v1/stores/{store_id}/...`).
     #[serde(default)]
     pub store_id: Option<String>,
-    /// Per-call timeout (ms).
+    /// Per-call timeout (ms), the answer's body included.
     #[serde(default = "defaults::api_timeout_ms")]
     pub timeout_ms: u64,
+    /// The most bytes of a call's answer read (a retry); past it the outcome is unknown.
+    #[serde(default = "defaults::api_max_answer_bytes")]
+    pub max_answer_bytes: usize,
 }
 
 impl Settings {
@@ -489,7 +498,7 @@ impl Settings {
             return invalid("amqp.publish_batch_max must be positive".into());
         }
         let mut seen = std::collections::HashSet::new();
-        for source in &self.sources {
+        for (i, source) in self.sources.iter().enumerate() {
             let id_ok = !source.id.is_empty()
                 && source
                     .id
@@ -514,6 +523,7 @@ impl Settings {
                 }
                 _ => {}
             }
+            validate_provider_api(i, source).map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }
@@ -547,6 +557,42 @@ impl AmqpSettings {
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
     }
+}
+
+/// A source's provider API settings: the credential only ever travels over TLS (plain
+/// `http://` only to a loopback host, for local fakes), and the caps that bound what a
+/// provider can make us read are positive. The error names the key, never the URL (which
+/// could carry credentials).
+fn validate_provider_api(i: usize, source: &SourceSettings) -> Result<(), String> {
+    let id = &source.id;
+    if let Some(api) = &source.api {
+        let key = format!("sources[{i}].api");
+        let url = reqwest::Url::parse(&api.base_url)
+            .map_err(|_| format!("{key}.base_url ({id:?}): not a valid URL"))?;
+        // IPv6 hosts come bracketed; the parser has normalized IPv4 forms (`127.1`).
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(format!(
+                "{key}.base_url ({id:?}): must be https:// unless loopback"
+            ));
+        }
+        if api.max_answer_bytes == 0 {
+            return Err(format!("{key}.max_answer_bytes ({id:?}) must be positive"));
+        }
+    }
+    if let Some(sync) = &source.sync
+        && (sync.max_page_bytes == 0 || sync.max_pages == 0)
+    {
+        return Err(format!(
+            "sources[{i}].sync.max_page_bytes and max_pages ({id:?}) must be positive"
+        ));
+    }
+    Ok(())
 }
 
 /// `env:NAME` reads the variable NAME; the error names the variable, never a value.
@@ -618,6 +664,9 @@ mod defaults {
     }
     pub fn api_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn api_max_answer_bytes() -> usize {
+        1 << 20
     }
     pub fn log_level() -> String {
         "info".into()
@@ -728,6 +777,69 @@ mod tests {
         let bad = MINIMAL.replace("id = \"demo\"", "id = \"a/b\"");
         let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("must be"), "{err}");
+    }
+
+    #[test]
+    fn api_base_url_must_be_https_unless_loopback() {
+        let with_api = |url: &str| {
+            format!(
+                "{MINIMAL}\n[[sources]]\nid = \"shop-x\"\nprovider = \"shopify\"\nsecrets = [\"k\"]\napi = {{ base_url = \"{url}\", token = \"t\" }}\n"
+            )
+        };
+        for url in [
+            "https://shop-x.myshopify.com",
+            "http://127.0.0.1:8080/",
+            "http://127.1.2.3",
+            "http://localhost:9000/base",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+        ] {
+            let settings = load(&with_api(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let api = settings.source("shop-x").unwrap().api.as_ref().unwrap();
+            assert_eq!(api.max_answer_bytes, 1 << 20, "the default");
+        }
+        for url in [
+            "http://shop-x.myshopify.com",
+            "http://user:pw@10.0.0.1",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example",
+            "ftp://127.0.0.1",
+            "not a url",
+        ] {
+            let err = load(&with_api(url)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("sources[1].api.base_url (\"shop-x\"): "),
+                "{url}: {err}"
+            );
+            assert!(
+                !err.contains("pw") && !err.contains("evil"),
+                "echoes the URL: {err}"
+            );
+        }
+        let err = load(&with_api("http://shop-x.myshopify.com")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sources[1].api.base_url (\"shop-x\"): must be https:// unless loopback"
+        );
+    }
+
+    #[test]
+    fn sync_caps_default_and_must_be_positive() {
+        let with_sync = |sync: &str| {
+            format!(
+                "{MINIMAL}\n[[sources]]\nid = \"st\"\nprovider = \"stripe\"\nsecrets = [\"k\"]\nsync = {{ {sync} }}\n"
+            )
+        };
+        let settings = load(&with_sync("interval_secs = 0")).unwrap();
+        let sync = settings.source("st").unwrap().sync.clone().unwrap();
+        assert_eq!((sync.max_page_bytes, sync.max_pages), (16 << 20, 10_000));
+        for zero in ["max_pages = 0", "max_page_bytes = 0"] {
+            let err = load(&with_sync(zero)).unwrap_err().to_string();
+            assert!(
+                err.contains("sources[1].sync.max_page_bytes and max_pages"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -147,7 +147,7 @@ async fn send(app: &TestApp, id: &str, body: Vec<u8>) {
 }
 
 fn scheduler(app: &TestApp, in_flight_timeout: Duration) -> Scheduler {
-    let http = reqwest::Client::new();
+    let http = subsync::api::http_client().unwrap();
     let clients = app
         .settings
         .sources

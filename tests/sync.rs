@@ -116,7 +116,15 @@ fn webhook(event_id: &str, event_type: &str, invoice: &Value) -> Vec<u8> {
     .unwrap()
 }
 
+#[path = "sync/pagination.rs"]
+mod pagination;
+
 async fn stripe_api(fake: FakeInvoices) -> MockServer {
+    stripe_api_with(fake).await
+}
+
+/// A fake of Stripe's invoice list at its real path, behind the Bearer token.
+async fn stripe_api_with(fake: impl Respond + 'static) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(matchers::method("GET"))
         .and(matchers::path("/v1/invoices"))

@@ -13,6 +13,7 @@
 //! end of the listing. One instance runs a source at a time (an advisory lock).
 
 pub mod clients;
+mod pages;
 mod state;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use crate::ledger::{Change, Db, DbError, NewEvent};
 use crate::providers::{MAX_EVENT_ID_LEN, Source, Sources};
 use crate::queue::{Broker, PublishError};
 use clients::{ListClient, PageRequest, Record};
+pub use pages::PaginationError;
 
 /// The header that marks an event as coming from pull sync.
 pub const ORIGIN_HEADER: &str = "x-subsync-origin";
@@ -56,6 +58,10 @@ pub enum SyncError {
         "page {page} failed: {error} (the watermark is unchanged; the next run resumes at this page)"
     )]
     Page { page: u64, error: ApiError },
+    #[error(
+        "stopped after page {page}: {error} (the watermark is unchanged; the next run resumes after this page)"
+    )]
+    Pagination { page: u64, error: PaginationError },
     #[error("queueing a synced record failed: {0} (the next run resumes at this page)")]
     Publish(#[from] PublishError),
     #[error("database: {0}")]
@@ -142,9 +148,8 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(settings: &Settings, db: Db, broker: Option<Broker>) -> Result<Self, String> {
         let sources = Arc::new(Sources::from_settings(&settings.sources)?);
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let http =
+            crate::api::http_client().map_err(|e| format!("building the HTTP client: {e}"))?;
         let targets = settings
             .sources
             .iter()
@@ -239,6 +244,7 @@ impl Syncer {
             ms => Duration::from_millis(ms),
         };
         let mut cursor = start.cursor.clone();
+        let mut pagination = pages::Pagination::new(cursor.as_deref(), target.settings.max_pages);
         let mut last_request: Option<tokio::time::Instant> = None;
         loop {
             let request = PageRequest {
@@ -246,6 +252,7 @@ impl Syncer {
                 since: start.since,
                 known_subscriptions: &known,
                 page_size: target.settings.page_size,
+                max_page_bytes: target.settings.max_page_bytes,
             };
             let page = match self
                 .fetch(target, request, min_interval, &mut last_request, source_id)
@@ -254,7 +261,8 @@ impl Syncer {
                 Ok(page) => page,
                 Err(error) => {
                     let page = report.pages + 1;
-                    return Err(self.stop(source_id, options, page, error).await);
+                    let error = SyncError::Page { page, error };
+                    return Err(self.stop(source_id, options, error).await);
                 }
             };
             let (records, changed) = self
@@ -272,17 +280,13 @@ impl Syncer {
                     .await?;
             }
             progress.page(&report);
-            match page.next {
-                Some(next) if Some(&next) == cursor.as_ref() => {
-                    let error = ApiError::Rejected {
-                        status: 200,
-                        message: "the API returned the same cursor again".to_owned(),
-                    };
-                    return Err(self.stop(source_id, options, report.pages, error).await);
-                }
-                Some(next) => cursor = Some(next),
-                None => break,
+            let Some(next) = page.next else { break };
+            if let Err(error) = pagination.follow(report.pages, &next) {
+                let page = report.pages;
+                let error = SyncError::Pagination { page, error };
+                return Err(self.stop(source_id, options, error).await);
             }
+            cursor = Some(next);
         }
         if !options.dry_run {
             state::finish(&self.db, source_id, start.started_at).await?;
@@ -293,16 +297,9 @@ impl Syncer {
         Ok(report)
     }
 
-    /// A run stopped by a page: the error is recorded (not for a dry run); the watermark
-    /// and the cursor stay, so the next run resumes at that page.
-    async fn stop(
-        &self,
-        source_id: &str,
-        options: &RunOptions,
-        page: u64,
-        error: ApiError,
-    ) -> SyncError {
-        let error = SyncError::Page { page, error };
+    /// A run stopped by a page or its pagination: the error is recorded (not for a dry
+    /// run); the watermark and the cursor stay, so the next run resumes there.
+    async fn stop(&self, source_id: &str, options: &RunOptions, error: SyncError) -> SyncError {
         if !options.dry_run
             && let Err(db) = state::failed(&self.db, source_id, &error.to_string()).await
         {

@@ -25,7 +25,7 @@ pub struct AppstleClient {
 }
 
 impl AppstleClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         let key = Credential::Header(HeaderName::from_static("x-api-key"));
         Self {
             api: Endpoint::new(api, http, key),
@@ -47,7 +47,7 @@ impl AppstleClient {
                 &call.attempt_id,
             ],
         )?;
-        let (status, wait, body) = exchange(request).await?;
+        let (status, wait, body) = exchange(request, self.api.answer_cap()).await?;
         classify(status, wait, &body)
     }
 }
@@ -114,7 +114,7 @@ mod tests {
             timeout_ms,
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        AppstleClient::new(&api, reqwest::Client::new())
+        AppstleClient::new(&api, crate::api::http_client().unwrap())
     }
 
     fn call() -> RetryCall {

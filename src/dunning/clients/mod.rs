@@ -10,7 +10,9 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::api::{Credential, Endpoint, auth_failed, exchange, missing, required, snippet};
+use crate::api::{
+    Credential, Endpoint, ProviderHttp, auth_failed, exchange, missing, required, snippet,
+};
 use crate::config::{ApiSettings, ProviderKind};
 
 mod appstle;
@@ -66,7 +68,7 @@ pub trait RetryClient: Send + Sync {
 pub fn client_for(
     kind: ProviderKind,
     api: &ApiSettings,
-    http: reqwest::Client,
+    http: ProviderHttp,
 ) -> Option<Box<dyn RetryClient>> {
     match kind {
         ProviderKind::Stripe => Some(Box::new(StripeClient::new(api, http))),
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn client_for_covers_the_api_providers_only() {
-        let http = reqwest::Client::new();
+        let http = crate::api::http_client().unwrap();
         for kind in [
             ProviderKind::Stripe,
             ProviderKind::Shopify,

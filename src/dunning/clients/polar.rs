@@ -23,7 +23,7 @@ pub struct PolarClient {
 }
 
 impl PolarClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             payment_method_id: api.payment_method_id.clone(),
             api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
@@ -47,6 +47,7 @@ impl PolarClient {
             request
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .json(&body),
+            self.api.answer_cap(),
         )
         .await?;
         classify(status, wait, &body)
@@ -147,7 +148,7 @@ mod tests {
             timeout_ms,
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        PolarClient::new(&api, reqwest::Client::new())
+        PolarClient::new(&api, crate::api::http_client().unwrap())
     }
 
     fn call() -> RetryCall {

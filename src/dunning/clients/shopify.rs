@@ -19,7 +19,7 @@ use super::{
     CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
     required, snippet,
 };
-use crate::api::ApiError;
+use crate::api::{ApiError, Cap, bound_secs};
 use crate::config::ApiSettings;
 
 /// Admin API version when `api.api_version` is not set.
@@ -40,7 +40,7 @@ pub(crate) struct AdminApi {
 }
 
 impl AdminApi {
-    pub(crate) fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub(crate) fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         let token = Credential::Header(HeaderName::from_static("x-shopify-access-token"));
         Self {
             api_version: api
@@ -50,6 +50,11 @@ impl AdminApi {
                 .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
             api: Endpoint::new(api, http, token),
         }
+    }
+
+    /// The cap on a call's answer (`api.max_answer_bytes`).
+    pub(crate) fn answer_cap(&self) -> Cap {
+        self.api.answer_cap()
     }
 
     /// `POST {base_url}/admin/api/{api_version}/graphql.json` with `body` as JSON.
@@ -113,7 +118,8 @@ fn throttle_wait(extensions: Option<&Value>) -> Option<Duration> {
     if rate <= 0.0 {
         return None;
     }
-    Duration::try_from_secs_f64(((requested - available) / rate).max(0.0).ceil()).ok()
+    // A provider's numbers: bounded like `Retry-After` (absurd costs cannot park a retry).
+    bound_secs(((requested - available) / rate).ceil())
 }
 
 /// Creates a billing attempt on a Shopify contract (`RetryCall::subscription_id`).
@@ -122,7 +128,7 @@ pub struct ShopifyClient {
 }
 
 impl ShopifyClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             admin: AdminApi::new(api, http),
         }
@@ -143,7 +149,8 @@ impl ShopifyClient {
                 },
             },
         });
-        let (status, wait, body) = exchange(self.admin.graphql(&body)?).await?;
+        let (status, wait, body) =
+            exchange(self.admin.graphql(&body)?, self.admin.answer_cap()).await?;
         classify(status, wait, &body)
     }
 }
@@ -265,7 +272,7 @@ mod tests {
             api_version: version.map(str::to_owned),
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        ShopifyClient::new(&api, reqwest::Client::new())
+        ShopifyClient::new(&api, crate::api::http_client().unwrap())
     }
 
     fn call(contract: &str) -> RetryCall {
@@ -446,7 +453,27 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(throttle_wait(Some(&cost(0.0))), None);
-        assert_eq!(throttle_wait(Some(&cost(1e-300))), None, "too long to wait");
+        assert_eq!(
+            throttle_wait(Some(&cost(1e-300))),
+            Some(crate::api::MAX_RETRY_WAIT),
+            "too long to wait: bounded"
+        );
         assert_eq!(throttle_wait(Some(&json!({}))), None);
+    }
+
+    #[test]
+    fn throttle_wait_of_absurd_costs_is_bounded() {
+        let cost = |requested: f64, available: f64, rate: f64| {
+            json!({ "cost": { "requestedQueryCost": requested,
+                "throttleStatus": { "currentlyAvailable": available, "restoreRate": rate } } })
+        };
+        let max = Some(crate::api::MAX_RETRY_WAIT);
+        assert_eq!(throttle_wait(Some(&cost(1e15, 0.0, 1.0))), max);
+        assert_eq!(throttle_wait(Some(&cost(1e300, -1e300, 1e-300))), max);
+        assert_eq!(throttle_wait(Some(&cost(10.0, 0.0, 1e-300))), max);
+        assert_eq!(
+            throttle_wait(Some(&cost(1.0, 1e300, 1.0))),
+            Some(Duration::ZERO)
+        );
     }
 }

@@ -21,7 +21,7 @@ pub struct StripeClient {
 }
 
 impl StripeClient {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
@@ -37,6 +37,7 @@ impl StripeClient {
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(""),
+            self.api.answer_cap(),
         )
         .await?;
         classify(status, wait, &body)
@@ -140,7 +141,7 @@ mod tests {
             timeout_ms,
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        StripeClient::new(&api, reqwest::Client::new())
+        StripeClient::new(&api, crate::api::http_client().unwrap())
     }
 
     fn call() -> RetryCall {
@@ -284,6 +285,27 @@ mod tests {
             answer(bare).await,
             Err(CallError::RateLimited { retry_after: None })
         );
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_cost_one_call() {
+        // Retry-After of 1e20 is ignored; ten trillion seconds is bounded.
+        for (value, wait) in [
+            ("1e20", None),
+            ("10000000000000", Some(crate::api::MAX_RETRY_WAIT)),
+        ] {
+            let limited = ResponseTemplate::new(429).insert_header("Retry-After", value);
+            let expected = Err(CallError::RateLimited { retry_after: wait });
+            assert_eq!(answer(limited).await, expected, "{value}");
+        }
+        // A paid invoice padded past api.max_answer_bytes: the outcome is unknown, so the
+        // same call (same key) is sent again later.
+        let padded = format!(r#"{{"status": "paid", "pad": "{}"}}"#, "x".repeat(1 << 20));
+        let oversized = ResponseTemplate::new(200).set_body_string(padded);
+        assert!(matches!(
+            answer(oversized).await,
+            Err(CallError::Transient(m)) if m.contains("api.max_answer_bytes")
+        ));
     }
 
     #[tokio::test]

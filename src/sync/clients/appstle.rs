@@ -68,7 +68,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, Credential, Endpoint, read, snippet};
+use crate::api::{ApiError, Cap, Credential, Endpoint, read, snippet};
 use crate::config::ApiSettings;
 
 /// Page size cap. Spring's own cap is 2000, but each page makes Appstle call Shopify for
@@ -105,7 +105,7 @@ pub struct AppstleList {
 type Attempt = BTreeMap<String, Box<RawValue>>;
 
 impl AppstleList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         let key = Credential::Header(HeaderName::from_static("x-api-key"));
         Self {
             api: Endpoint::new(api, http, key),
@@ -133,13 +133,15 @@ impl AppstleList {
             });
         };
         let size = capped(request.page_size, MAX_SIZE);
-        let (attempts, headers) = self.past_orders(contract, page, size).await?;
+        let (attempts, headers) = self
+            .past_orders(contract, page, size, request.cap())
+            .await?;
         let more = !attempts.is_empty()
             && more_pages(&headers, page, size, attempts.len())
             && !all_billed_before(&attempts, request.since);
         let records = attempts.into_iter().filter_map(render).collect();
         let next = if more {
-            Some(cursor(index, entry, page + 1))
+            Some(cursor(index, entry, page.saturating_add(1)))
         } else {
             next_contract
         };
@@ -152,6 +154,7 @@ impl AppstleList {
         contract: &str,
         page: u32,
         size: u32,
+        cap: Cap,
     ) -> Result<(Vec<Attempt>, HeaderMap), ApiError> {
         let past_orders = self.api.request(
             Method::GET,
@@ -168,7 +171,7 @@ impl AppstleList {
             ("page", page.to_string()),
             ("size", size.to_string()),
         ];
-        let answer = read(past_orders.query(&query), "Appstle").await?;
+        let answer = read(past_orders.query(&query), "Appstle", cap).await?;
         let attempts: Vec<Attempt> =
             serde_json::from_str(&answer.body).map_err(|e| ApiError::Rejected {
                 status: 200,
@@ -349,7 +352,7 @@ mod tests {
 
     fn client(server: &MockServer) -> AppstleList {
         let api = api_settings(format!("{}/", server.uri()), TOKEN);
-        AppstleList::new(&api, reqwest::Client::new())
+        AppstleList::new(&api, crate::api::http_client().unwrap())
     }
 
     fn request<'a>(cursor: Option<&'a str>, known: &'a [String]) -> PageRequest<'a> {

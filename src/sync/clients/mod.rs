@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Cap, ProviderHttp};
 use crate::config::{ApiSettings, ProviderKind};
 
 mod appstle;
@@ -33,6 +33,15 @@ pub struct PageRequest<'a> {
     pub known_subscriptions: &'a [String],
     /// Records wanted per page; a client caps it at its API's documented maximum.
     pub page_size: u32,
+    /// The most bytes of the page's answer read (`sync.max_page_bytes`).
+    pub max_page_bytes: usize,
+}
+
+impl PageRequest<'_> {
+    /// The cap on the page's answer.
+    pub(crate) fn cap(&self) -> Cap {
+        Cap::page(self.max_page_bytes)
+    }
 }
 
 /// One page of records, and where to continue.
@@ -71,7 +80,7 @@ pub trait ListClient: Send + Sync {
 pub fn list_client_for(
     kind: ProviderKind,
     api: &ApiSettings,
-    http: reqwest::Client,
+    http: ProviderHttp,
 ) -> Option<Box<dyn ListClient>> {
     match kind {
         ProviderKind::Stripe => Some(Box::new(stripe::StripeList::new(api, http))),
@@ -128,6 +137,7 @@ pub(crate) mod tests {
             since: None,
             known_subscriptions: &[],
             page_size: 2,
+            max_page_bytes: 1 << 20,
         }
     }
 

@@ -63,7 +63,7 @@ pub struct PayNowList {
 }
 
 impl PayNowList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             store_id: api.store_id.clone(),
             api: Endpoint::new(api, http, Credential::Authorization("APIKey")),
@@ -80,7 +80,9 @@ impl PayNowList {
         if let Some(after) = request.cursor {
             query.push(("after", after.to_owned()));
         }
-        let body = read(subscriptions.query(&query), "PayNow").await?.body;
+        let body = read(subscriptions.query(&query), "PayNow", request.cap())
+            .await?
+            .body;
         parse(&body, limit, request.cursor, request.since)
     }
 }
@@ -226,7 +228,7 @@ mod tests {
             store_id: store_id.map(str::to_owned),
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        PayNowList::new(&api, reqwest::Client::new())
+        PayNowList::new(&api, crate::api::http_client().unwrap())
     }
 
     fn subscription(id: &str, status: &str, cycle: Option<u64>) -> Value {

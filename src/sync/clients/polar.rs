@@ -77,7 +77,7 @@ pub struct PolarList {
 }
 
 impl PolarList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
@@ -105,7 +105,9 @@ impl PolarList {
             ("page", page.to_string()),
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
         ];
-        let body = read(orders.query(&query), "Polar").await?.body;
+        let body = read(orders.query(&query), "Polar", request.cap())
+            .await?
+            .body;
         parse(&body, page, request.since)
     }
 }
@@ -208,7 +210,10 @@ mod tests {
     const SUB: &str = "e5149aae-e521-42b9-b24c-abb8d71eea2e";
 
     fn client(server: &MockServer) -> PolarList {
-        PolarList::new(&api_settings(server.uri(), TOKEN), reqwest::Client::new())
+        PolarList::new(
+            &api_settings(server.uri(), TOKEN),
+            crate::api::http_client().unwrap(),
+        )
     }
 
     /// A `CustomerOrder` as the portal lists it.

@@ -79,7 +79,7 @@ pub struct RebillyList {
 }
 
 impl RebillyList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             api: Endpoint::new(api, http, Credential::Header(API_KEY)),
         }
@@ -105,7 +105,7 @@ impl RebillyList {
             let at = since.to_rfc3339_opts(SecondsFormat::Secs, true);
             query.push(("filter", format!("updatedTime:{at}..")));
         }
-        let answer = read(subscriptions.query(&query), "Rebilly").await?;
+        let answer = read(subscriptions.query(&query), "Rebilly", request.cap()).await?;
         parse(&answer.body, offset, Pagination::read(&answer.headers))
     }
 }
@@ -402,7 +402,7 @@ mod tests {
 
     fn client(server: &MockServer, base_path: &str) -> RebillyList {
         let api = api_settings(format!("{}{base_path}", server.uri()), KEY);
-        RebillyList::new(&api, reqwest::Client::new())
+        RebillyList::new(&api, crate::api::http_client().unwrap())
     }
 
     fn order(id: &str, status: &str) -> Value {

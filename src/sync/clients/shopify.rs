@@ -72,7 +72,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, read, retry_after, snippet};
+use crate::api::{ApiError, Cap, read, retry_after, snippet};
 use crate::config::ApiSettings;
 use crate::dunning::clients::shopify::{AdminApi, GraphQlErrors};
 
@@ -149,7 +149,7 @@ fn phase(cursor: Option<&str>) -> Result<Phase<'_>, ApiError> {
 }
 
 impl ShopifyList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             admin: AdminApi::new(api, http),
         }
@@ -163,7 +163,9 @@ impl ShopifyList {
             Phase::Contracts(after) => {
                 let filter = since.as_ref().map(|t| format!("updated_at:>='{t}'"));
                 let first = capped(request.page_size, MAX_CONTRACTS);
-                let body = self.post(&contracts_query(), first, after, filter).await?;
+                let body = self
+                    .post(&contracts_query(), first, after, filter, request.cap())
+                    .await?;
                 let data: ContractsData = parse_data(&body)?;
                 let connection = data.subscription_contracts.ok_or_else(|| {
                     rejected("no subscriptionContracts in the response".to_owned())
@@ -185,7 +187,9 @@ impl ShopifyList {
             Phase::Attempts(after) => {
                 let filter = since.as_ref().map(|t| format!("created_at:>='{t}'"));
                 let first = capped(request.page_size, MAX_ATTEMPTS);
-                let body = self.post(&attempts_query(), first, after, filter).await?;
+                let body = self
+                    .post(&attempts_query(), first, after, filter, request.cap())
+                    .await?;
                 let data: AttemptsData = parse_data(&body)?;
                 let connection = data.subscription_billing_attempts.ok_or_else(|| {
                     rejected("no subscriptionBillingAttempts in the response".to_owned())
@@ -210,12 +214,13 @@ impl ShopifyList {
         first: u32,
         after: Option<&str>,
         filter: Option<String>,
+        cap: Cap,
     ) -> Result<String, ApiError> {
         let payload = json!({
             "query": query,
             "variables": { "first": first, "after": after, "query": filter },
         });
-        let answer = read(self.admin.graphql(&payload)?, "Shopify").await?;
+        let answer = read(self.admin.graphql(&payload)?, "Shopify", cap).await?;
         // The GraphQL errors of a 200 answer: `THROTTLED` is a rate limit, anything else final.
         let errors: GraphQlErrors = serde_json::from_str(&answer.body)
             .map_err(|e| rejected(format!("not a GraphQL response: {e}")))?;
@@ -459,7 +464,7 @@ mod tests {
             api_version: version.map(str::to_owned),
             ..api_settings(format!("{}/", server.uri()), TOKEN)
         };
-        ShopifyList::new(&api, reqwest::Client::new())
+        ShopifyList::new(&api, crate::api::http_client().unwrap())
     }
 
     fn request(cursor: Option<&str>) -> PageRequest<'_> {

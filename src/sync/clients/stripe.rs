@@ -25,7 +25,7 @@ pub struct StripeList {
 }
 
 impl StripeList {
-    pub fn new(api: &ApiSettings, http: reqwest::Client) -> Self {
+    pub fn new(api: &ApiSettings, http: crate::api::ProviderHttp) -> Self {
         Self {
             api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
         }
@@ -43,7 +43,9 @@ impl StripeList {
         if let Some(after) = request.cursor {
             query.push(("starting_after", after.to_owned()));
         }
-        let body = read(invoices.query(&query), "Stripe").await?.body;
+        let body = read(invoices.query(&query), "Stripe", request.cap())
+            .await?
+            .body;
         parse(&body)
     }
 }
@@ -132,7 +134,7 @@ mod tests {
     fn client(server: &MockServer) -> StripeList {
         StripeList::new(
             &api_settings(server.uri(), "sk_test_123"),
-            reqwest::Client::new(),
+            crate::api::http_client().unwrap(),
         )
     }
 

@@ -1,0 +1,191 @@
+use std::fmt::Debug;
+
+use futures_util::future::BoxFuture;
+use wiremock::matchers::{any, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::*;
+
+/// A list page's cap in these tests.
+const PAGE: Cap = Cap::page(1 << 20);
+
+/// The settings of a provider API at `base_url` with `token`: no provider-specific
+/// field, a 2 s timeout.
+pub(crate) fn api_settings(base_url: impl Into<String>, token: &str) -> ApiSettings {
+    ApiSettings {
+        base_url: base_url.into(),
+        token: SecretString::from(token),
+        api_version: None,
+        payment_method_id: None,
+        store_id: None,
+        timeout_ms: 2_000,
+        max_answer_bytes: 1 << 20,
+    }
+}
+
+/// Asserts that `call`, answered by `server` with each unsuccessful status in turn,
+/// fails as [`read`] maps it: 429 is `RateLimited` with the `Retry-After`, 5xx
+/// `Transient`, 401/403 `Rejected` without echoing `token` (which the body carries), any
+/// other 4xx `Rejected` with the body. Each status is answered to exactly one request;
+/// the server is reset before each.
+pub(crate) async fn assert_errors_map<'c, T: Debug>(
+    server: &MockServer,
+    call: impl Fn() -> BoxFuture<'c, Result<T, ApiError>>,
+    token: &str,
+) {
+    let echo = format!("{{\"message\": \"invalid key {token}\"}}");
+    let problem = r#"{"title": "Bad Request", "detail": "no such field"}"#;
+    for status in [429, 500, 502, 503, 401, 403, 400, 404, 422] {
+        let body = if matches!(status, 401 | 403) {
+            echo.as_str()
+        } else {
+            problem
+        };
+        server.reset().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("retry-after", "3")
+                    .set_body_string(body),
+            )
+            .expect(1)
+            .mount(server)
+            .await;
+        let result = call().await;
+        server.verify().await;
+        match (status, result) {
+            (429, Err(ApiError::RateLimited { retry_after })) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(3)))
+            }
+            (500.., Err(ApiError::Transient(_))) => {}
+            (401 | 403, Err(ApiError::Rejected { status: s, message })) => {
+                assert_eq!(s, status);
+                assert!(!message.contains(token), "the token is echoed: {message}");
+            }
+            (_, Err(ApiError::Rejected { status: s, message })) if s == status => {
+                assert_eq!(message, problem)
+            }
+            (status, other) => panic!("{status}: unexpected {other:?}"),
+        }
+    }
+    server.reset().await;
+}
+
+#[tokio::test]
+async fn read_maps_answers_to_api_errors() {
+    let server = MockServer::start().await;
+    let settings = api_settings(server.uri(), "tok_secret");
+    let bearer = Credential::Authorization("Bearer");
+    let api = Endpoint::new(&settings, http_client().unwrap(), bearer);
+    let call = || -> BoxFuture<'_, Result<String, ApiError>> {
+        Box::pin(async {
+            let request = api.request(Method::GET, &["list"])?;
+            Ok(read(request, "Provider", PAGE).await?.body)
+        })
+    };
+    assert_errors_map(&server, call, "tok_secret").await;
+
+    let answers = [
+        (
+            ResponseTemplate::new(200).set_body_string(" [1] "),
+            Ok(" [1] ".to_owned()),
+        ),
+        (
+            ResponseTemplate::new(429),
+            Err(ApiError::RateLimited { retry_after: None }),
+        ),
+        (
+            ResponseTemplate::new(503),
+            Err(ApiError::Transient(
+                "Provider answered 503 Service Unavailable".to_owned(),
+            )),
+        ),
+    ];
+    for (answer, expected) in answers {
+        server.reset().await;
+        Mock::given(any()).respond_with(answer).mount(&server).await;
+        assert_eq!(call().await, expected);
+    }
+
+    server.reset().await;
+    let slow = ResponseTemplate::new(200).set_delay(Duration::from_millis(500));
+    Mock::given(any()).respond_with(slow).mount(&server).await;
+    let settings = ApiSettings {
+        timeout_ms: 50,
+        ..settings
+    };
+    let api = Endpoint::new(
+        &settings,
+        http_client().unwrap(),
+        Credential::Authorization("Bearer"),
+    );
+    let result = read(
+        api.request(Method::GET, &["list"]).unwrap(),
+        "Provider",
+        PAGE,
+    )
+    .await;
+    assert!(matches!(result, Err(ApiError::Transient(m)) if m.starts_with("timeout")));
+}
+
+#[tokio::test]
+async fn endpoint_requests_carry_the_token_in_its_header() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/base/v1/a%2Fb"))
+        .and(header("authorization", "APIKey k1"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/base/v1"))
+        .and(header("x-api-key", "k2"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let base = format!("{}/base/", server.uri());
+    let http = http_client().unwrap();
+    let scheme = Endpoint::new(
+        &api_settings(base.as_str(), "k1"),
+        http.clone(),
+        Credential::Authorization("APIKey"),
+    );
+    let request = scheme.request(Method::PUT, &["v1", "a/b"]).unwrap();
+    assert_eq!(request.send().await.unwrap().status(), 204);
+    let own = Credential::Header(HeaderName::from_static("x-api-key"));
+    let own = Endpoint::new(&api_settings(base.as_str(), "k2"), http.clone(), own);
+    let request = own.request(Method::GET, &["v1"]).unwrap();
+    assert_eq!(request.send().await.unwrap().status(), 204);
+
+    // A token that is no header value is final, and never echoed.
+    let bad = Endpoint::new(
+        &api_settings(base, "k\n3"),
+        http,
+        Credential::Authorization("Bearer"),
+    );
+    match bad.request(Method::GET, &["v1"]) {
+        Err(ApiError::Rejected { status: 0, message }) => assert!(!message.contains("k\n3")),
+        other => panic!("unexpected {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn endpoint_trims_and_encodes() {
+    let url = endpoint(&trim_base("http://h/p/"), &["v1", "a/b?c"]).unwrap();
+    assert_eq!(url.as_str(), "http://h/p/v1/a%2Fb%3Fc");
+    let url = endpoint("http://h", &["x"]).unwrap();
+    assert_eq!(url.as_str(), "http://h/x");
+    assert!(matches!(
+        endpoint("not a url", &["x"]),
+        Err(ApiError::Rejected { status: 0, .. })
+    ));
+}
+
+#[test]
+fn snippet_truncates_on_char_boundaries() {
+    assert_eq!(snippet("  short "), "short");
+    let long = "é".repeat(400);
+    assert_eq!(snippet(&long).chars().count(), 303);
+}
