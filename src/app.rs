@@ -136,7 +136,8 @@ pub async fn start(
             retry_clients(settings)?,
             Duration::from_secs(settings.dunning.in_flight_timeout_secs),
         )
-        .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
+        .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs))
+        .with_park_after_failures(settings.dunning.park_after_failures);
         let interval = Duration::from_millis(settings.dunning.interval_ms);
         tasks.spawn(scheduler.run(interval, shutdown.clone()));
     }
