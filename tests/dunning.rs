@@ -4,6 +4,8 @@
 //! repeated idempotency key with the first response instead of charging again.
 
 mod common;
+#[path = "dunning/parked.rs"]
+mod parked;
 
 use std::{
     collections::HashMap,

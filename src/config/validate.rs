@@ -19,8 +19,6 @@ pub const MAX_SYNC_INTERVAL_SECS: u64 = 30 * DAY;
 pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
 /// Most consecutive failures before a retry is parked.
 pub const MAX_PARK_AFTER: u32 = 1_000;
-/// Tries of one retry call within a pass (the first and three transient re-sends).
-const CALL_TRIES: u64 = 4;
 
 /// Every range rule; the first breach is the error.
 pub(super) fn check(s: &Settings) -> Result<(), ConfigError> {
@@ -48,7 +46,7 @@ pub(super) fn check(s: &Settings) -> Result<(), ConfigError> {
         0,
         MAX_BATCH_WAIT_MS,
     )?;
-    dunning(&s.dunning, &s.sources)?;
+    dunning(&s.dunning)?;
     for source in &s.sources {
         retry_policy(source)?;
         source_api_and_sync(source)?;
@@ -70,7 +68,7 @@ fn key(source: &SourceSettings, key: &str) -> String {
     format!("sources[{:?}].{key}", source.id)
 }
 
-fn dunning(d: &DunningSettings, sources: &[SourceSettings]) -> Result<(), ConfigError> {
+fn dunning(d: &DunningSettings) -> Result<(), ConfigError> {
     within("dunning.interval_ms", d.interval_ms, 1, MAX_TICK_MS)?;
     within(
         "dunning.accepted_timeout_secs",
@@ -92,24 +90,6 @@ fn dunning(d: &DunningSettings, sources: &[SourceSettings]) -> Result<(), Config
         1,
         u64::from(MAX_PARK_AFTER),
     )?;
-    // A call still running when the timeout re-arms it would be sent twice at once (and
-    // Appstle's API has no idempotency key).
-    for source in sources {
-        let Some(api) = &source.api else { continue };
-        let longest_ms = api
-            .timeout_ms
-            .saturating_mul(CALL_TRIES)
-            .saturating_add(1_000);
-        if in_flight.saturating_mul(1_000) <= longest_ms {
-            return Err(ConfigError::Invalid(format!(
-                "dunning.in_flight_timeout_secs ({in_flight} s) must exceed the longest retry call \
-                 of source {:?}: {CALL_TRIES} tries of {} = {} ms, plus 1 s",
-                source.id,
-                key(source, "api.timeout_ms"),
-                api.timeout_ms,
-            )));
-        }
-    }
     Ok(())
 }
 

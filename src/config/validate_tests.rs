@@ -83,7 +83,7 @@ fn dunning_tick_and_timeouts_are_bounded() {
         }],
     );
     let mut s = settings();
-    s.dunning.in_flight_timeout_secs = 42;
+    s.dunning.in_flight_timeout_secs = 1;
     s.dunning.interval_ms = 86_400_000;
     s.dunning.park_after_failures = 1;
     s.validate().expect("the bounds themselves are allowed");
