@@ -12,6 +12,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use clap::Parser;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -21,6 +22,7 @@ use subsync::{
         clients::{CallError, CallOutcome, RetryCall, RetryClient},
         schedule::Dunning,
         scheduler::Scheduler,
+        views::{self, RetriesQuery},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -92,15 +94,17 @@ async fn resume_over_http(app: &TestApp, id: &str) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-fn subsync(config: &TestConfig, args: &[&str]) -> std::process::Output {
+/// Runs `subsync ARGS` in this process (the binary under the shared target directory may
+/// be another checkout's build); true when it exits successfully.
+async fn subsync(config: &TestConfig, args: &[&str]) -> bool {
     let path = config.write();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subsync"))
-        .args(args)
-        .env("SUBSYNC_CONFIG", &path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    out
+    let path = path.to_str().unwrap();
+    let head = ["subsync", "--config", path];
+    let argv = head.iter().chain(args);
+    let cli = subsync::cli::Cli::try_parse_from(argv).expect("valid arguments");
+    let code = cli.run().await.map(|code| format!("{code:?}"));
+    let _ = std::fs::remove_file(path);
+    code.is_ok_and(|code| code == format!("{:?}", std::process::ExitCode::SUCCESS))
 }
 
 /// Shopify's GraphQL answer when the bucket cannot hold the cost for 10^15 seconds.
@@ -240,20 +244,23 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
         .unwrap();
     assert_eq!(pass.called, 0, "parked retries are not picked");
 
-    // Visible in `retries list`, the admin API and the metrics.
-    let out = subsync(
-        &config,
-        &["retries", "list", "--status", "parked", "--json"],
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 2, "{rows}");
-    assert!(ids.contains(&"down:in_down") && ids.contains(&"refused:in_refused"));
+    // Visible in `retries list` (the CLI's query), the admin API and the metrics.
+    assert!(subsync(&config, &["retries", "list", "--status", "parked"]).await);
+    let query = RetriesQuery {
+        status: Some("parked".into()),
+        ..Default::default()
+    };
+    let rows = views::list(&app.db, &query).await.unwrap();
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["down:in_down", "refused:in_refused"]);
+    let body: Value = app
+        .admin_get("/admin/retries?status=parked", Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["retries"].as_array().unwrap().len(), 2, "{body}");
     let metrics = app.admin_get("/metrics", None).await.text().await.unwrap();
     assert!(
         metrics.contains("subsync_retries{status=\"parked\"} 2"),
@@ -265,12 +272,7 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
     );
 
     // Resumed by the command line and by the admin API: due now, count reset, audited.
-    let out = subsync(&config, &["retries", "resume", "down:in_down"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(subsync(&config, &["retries", "resume", "down:in_down"]).await);
     let (status, body) = resume_over_http(&app, "refused:in_refused").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -287,11 +289,8 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
     );
     assert_eq!(resume_over_http(&app, "refused:in_nothing").await.0, 404);
     assert_eq!(resume_over_http(&app, "no-colon").await.0, 400);
-    assert!(
-        !subsync(&config, &["retries", "resume", "down:in_nothing"])
-            .status
-            .success()
-    );
+    assert!(!subsync(&config, &["retries", "resume", "down:in_nothing"]).await);
+    assert!(!subsync(&config, &["retries", "resume", "refused:in_refused"]).await);
     let audit: Value = app
         .admin_get("/admin/audit", Some(ADMIN_TOKEN))
         .await
