@@ -261,7 +261,12 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
         .await
         .unwrap();
     assert_eq!(body["retries"].as_array().unwrap().len(), 2, "{body}");
-    let metrics = app.admin_get("/metrics", None).await.text().await.unwrap();
+    let metrics = app
+        .admin_get("/metrics", Some(ADMIN_TOKEN))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("subsync_retries{status=\"parked\"} 2"),
         "{metrics}"
@@ -289,6 +294,14 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
     );
     assert_eq!(resume_over_http(&app, "refused:in_nothing").await.0, 404);
     assert_eq!(resume_over_http(&app, "no-colon").await.0, 400);
+    let spec: Value = app
+        .admin_get("/admin/openapi.json", Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resume = &spec["paths"]["/admin/retries/{id}/resume"]["post"];
+    assert_eq!(resume["tags"][0], "dunning", "documented: {resume}");
     assert!(!subsync(&config, &["retries", "resume", "down:in_nothing"]).await);
     assert!(!subsync(&config, &["retries", "resume", "refused:in_refused"]).await);
     let audit: Value = app
@@ -309,7 +322,12 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
             .iter()
             .any(|e| e["actor"] == "admin" && e["filter"]["id"] == "refused:in_refused")
     );
-    let metrics = app.admin_get("/metrics", None).await.text().await.unwrap();
+    let metrics = app
+        .admin_get("/metrics", Some(ADMIN_TOKEN))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("subsync_retries{status=\"parked\"} 0"),
         "{metrics}"
