@@ -452,3 +452,104 @@ async fn a_panicking_client_parks_its_retry_and_the_scheduler_goes_on() {
     task.await.unwrap();
     app.stop().await;
 }
+
+/// A retry left `in_flight` with a call that never finished: the process died during it.
+async fn insert_unanswered(config: &TestConfig, source: &str, cycle: &str, failures: i32) {
+    let mut db = sqlx::PgConnection::connect(&config.database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status,
+                              bucket, retries_done, first_failed_at, policy, consecutive_failures)
+         VALUES ($1, $2, 'sub_1', $2, $2, 'in_flight', 'retry_soon', 1, now(), 'test', $3)",
+    )
+    .bind(source)
+    .bind(cycle)
+    .bind(failures)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO retry_calls (source_id, cycle_key, retry_number, idempotency_key, request, started_at)
+         VALUES ($1, $2, 1, 'k', 'retry #1', now() - interval '10 minutes')",
+    )
+    .bind(source)
+    .bind(cycle)
+    .execute(&mut db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_call_that_keeps_killing_the_process_is_parked_and_stays_parked_on_new_failures() {
+    let (config, app) = app_with(&[stripe_source("stripe", "http://127.0.0.1:1")]).await;
+    insert_unanswered(&config, "stripe", "in_crash", 4).await;
+    insert_unanswered(&config, "stripe", "in_once", 0).await;
+    let charges = Charging::default();
+    let scheduler = with_clients(&app, vec![("stripe", Box::new(charges.clone()))]);
+    let pass = scheduler.run_once(Utc::now()).await.unwrap();
+    assert_eq!(
+        (pass.resent, pass.parked, pass.called),
+        (1, 1, 1),
+        "{pass:?}"
+    );
+    let crash = listed(&app, "stripe", "in_crash").await;
+    assert_eq!(
+        (crash["status"].as_str(), crash["retries_done"].as_i64()),
+        (Some("parked"), Some(0))
+    );
+    let error = crash["last_error"].as_str().unwrap();
+    assert!(error.starts_with("no answer recorded"), "{error}");
+    assert_eq!(
+        listed(&app, "stripe", "in_once").await["status"],
+        "recovered",
+        "re-sent once"
+    );
+    assert_eq!(charges.0.load(Ordering::SeqCst), 1);
+
+    // The provider reports another failure of the cycle: still parked, for the operator.
+    let t0 = t0();
+    send(
+        &app,
+        "evt_crash",
+        invoice_event(
+            "evt_crash",
+            "invoice.payment_failed",
+            "in_crash",
+            2,
+            Some("insufficient_funds"),
+            t0,
+        ),
+    )
+    .await;
+    let crash = listed(&app, "stripe", "in_crash").await;
+    assert_eq!(
+        (crash["status"].as_str(), crash["due_at"].as_str()),
+        (Some("parked"), None),
+        "{crash}"
+    );
+    assert_eq!(
+        scheduler
+            .run_once(Utc::now() + chrono::Duration::days(1))
+            .await
+            .unwrap()
+            .called,
+        0
+    );
+
+    // A payment reported by webhook recovers a parked retry.
+    insert_unanswered(&config, "stripe", "in_paid", 4).await;
+    scheduler.run_once(Utc::now()).await.unwrap();
+    assert_eq!(listed(&app, "stripe", "in_paid").await["status"], "parked");
+    send(
+        &app,
+        "evt_paid",
+        invoice_event("evt_paid", "invoice.paid", "in_paid", 2, None, t0),
+    )
+    .await;
+    assert_eq!(
+        listed(&app, "stripe", "in_paid").await["status"],
+        "recovered"
+    );
+    app.stop().await;
+}
