@@ -170,6 +170,16 @@ async fn a_huge_retry_after_or_throttle_is_clamped_instead_of_panicking_the_sche
             "clamped: {due}"
         );
     }
+    // An id whose cycle key holds `/` reaches its row through the admin API (percent-encoded).
+    let (status, body) = resume_over_http(&app, &format!("shop:{shop_cycle}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("is scheduled, not parked"),
+        "{body}"
+    );
     app.stop().await;
 }
 
