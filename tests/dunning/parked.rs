@@ -1,111 +1,20 @@
 //! The scheduler never panics and never loops on a broken retry: a provider's absurd
 //! `Retry-After` (or Shopify throttle) is clamped, a retry whose calls keep failing is
-//! parked with its error while the other sources' retries go on, an operator resumes it,
-//! and a panicking client parks only its own retry.
+//! parked with its error while the other sources' retries go on, and an operator resumes
+//! it from the command line or the admin API.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Parser;
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use sqlx::Connection;
-use subsync::{
-    app::Role,
-    dunning::{
-        clients::{CallError, CallOutcome, RetryCall, RetryClient},
-        schedule::Dunning,
-        scheduler::Scheduler,
-        views::{self, RetriesQuery},
-    },
-};
-use tokio_util::sync::CancellationToken;
+use subsync::dunning::views::{self, RetriesQuery};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
 
-use super::common::{ADMIN_TOKEN, TestApp, TestConfig, eventually, spawn_app};
+use super::common::ADMIN_TOKEN;
+use super::support::{
+    app_with, insert_retry, listed, metrics, resume_over_http, stripe_source, subsync,
+};
 use super::{FakeStripe, fake_stripe, invoice_event, retry, scheduler, send, t0};
-
-/// A Stripe source named `id` whose API is `base_url`.
-fn stripe_source(id: &str, base_url: &str) -> String {
-    format!(
-        "[[sources]]\nid = \"{id}\"\nprovider = \"stripe\"\nsecrets = [\"whsec_{id}\"]\n\
-         api = {{ base_url = \"{base_url}\", token = \"sk_test_dunning\" }}\n\
-         retry = {{ jitter = false }}\n"
-    )
-}
-
-/// The service (its own scheduler idle: these tests drive the clock) with these sources.
-async fn app_with(sources: &[String]) -> (TestConfig, TestApp) {
-    let mut config = TestConfig::new().await;
-    config.extra = format!("{}\n[dunning]\ninterval_ms = 3600000\n", sources.concat());
-    let app = spawn_app(&config, Role::All).await;
-    (config, app)
-}
-
-/// A retry row due at `due`, as a failure webhook would have left it.
-async fn insert_retry(config: &TestConfig, source: &str, cycle: &str, due: DateTime<Utc>) {
-    let mut db = sqlx::PgConnection::connect(&config.database_url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status,
-                              bucket, retries_done, first_failed_at, due_at, policy)
-         VALUES ($1, $2, '4242', $2, $2, 'scheduled', 'retry_soon', 0, $3, $3, 'test')",
-    )
-    .bind(source)
-    .bind(cycle)
-    .bind(due)
-    .execute(&mut db)
-    .await
-    .unwrap();
-}
-
-/// The retry's row through the admin API (`id` is `source:cycle`, percent-encoded).
-async fn listed(app: &TestApp, source: &str, cycle: &str) -> Value {
-    let path = format!("/admin/retries?source_id={source}&limit=1000");
-    let body: Value = app
-        .admin_get(&path, Some(ADMIN_TOKEN))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let rows = body["retries"].as_array().unwrap();
-    rows.iter()
-        .find(|r| r["cycle_key"] == cycle)
-        .cloned()
-        .unwrap_or_else(|| panic!("{source}:{cycle} in {body}"))
-}
-
-async fn resume_over_http(app: &TestApp, id: &str) -> (u16, Value) {
-    let encoded: String = id.replace('/', "%2F");
-    let response = app
-        .http
-        .post(format!("{}/admin/retries/{encoded}/resume", app.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-/// Runs `subsync ARGS` in this process (the binary under the shared target directory may
-/// be another checkout's build); true when it exits successfully.
-async fn subsync(config: &TestConfig, args: &[&str]) -> bool {
-    let path = config.write();
-    let path = path.to_str().unwrap();
-    let head = ["subsync", "--config", path];
-    let argv = head.iter().chain(args);
-    let cli = subsync::cli::Cli::try_parse_from(argv).expect("valid arguments");
-    let code = cli.run().await.map(|code| format!("{code:?}"));
-    let _ = std::fs::remove_file(path);
-    code.is_ok_and(|code| code == format!("{:?}", std::process::ExitCode::SUCCESS))
-}
 
 /// Shopify's GraphQL answer when the bucket cannot hold the cost for 10^15 seconds.
 fn shopify_throttled() -> ResponseTemplate {
@@ -149,7 +58,7 @@ async fn a_huge_retry_after_or_throttle_is_clamped_instead_of_panicking_the_sche
     )
     .await;
     let shop_cycle = "gid://shopify/SubscriptionBillingAttempt/1";
-    insert_retry(&config, "shop", shop_cycle, t0).await;
+    insert_retry(&config, "shop", shop_cycle, t0 + chrono::Duration::hours(1)).await;
 
     let now = t0 + chrono::Duration::hours(7);
     let pass = scheduler(&app, Duration::from_secs(300))
@@ -184,7 +93,7 @@ async fn a_huge_retry_after_or_throttle_is_clamped_instead_of_panicking_the_sche
 }
 
 #[tokio::test]
-async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_resumes() {
+async fn a_retry_that_keeps_failing_is_parked_with_its_error_while_other_sources_complete() {
     let fake = FakeStripe::default();
     let healthy = fake_stripe(fake.clone()).await;
     let down = MockServer::start().await;
@@ -212,8 +121,9 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
         ),
     )
     .await;
-    insert_retry(&config, "down", "in_down", t0).await;
-    insert_retry(&config, "refused", "in_refused", t0).await;
+    let due = t0 + chrono::Duration::hours(1);
+    insert_retry(&config, "down", "in_down", due).await;
+    insert_retry(&config, "refused", "in_refused", due).await;
 
     let scheduler = scheduler(&app, Duration::from_secs(300)).with_park_after_failures(3);
     let mut parked = 0;
@@ -271,20 +181,35 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
         .await
         .unwrap();
     assert_eq!(body["retries"].as_array().unwrap().len(), 2, "{body}");
-    let metrics = app
-        .admin_get("/metrics", Some(ADMIN_TOKEN))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&app).await;
     assert!(
-        metrics.contains("subsync_retries{status=\"parked\"} 2"),
-        "{metrics}"
+        text.contains("subsync_retries{status=\"parked\"} 2"),
+        "{text}"
     );
     assert!(
-        metrics.contains("subsync_retries_parked_total{source=\"down\"} 1"),
-        "{metrics}"
+        text.contains("subsync_retries_parked_total{source=\"down\"} 1"),
+        "{text}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_retry_is_resumed_from_the_command_line_or_the_admin_api_and_audited() {
+    let down = MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&down)
+        .await;
+    let sources = [
+        stripe_source("down", &down.uri()),
+        stripe_source("refused", "http://127.0.0.1:1"),
+    ];
+    let (config, app) = app_with(&sources).await;
+    let due = t0() + chrono::Duration::hours(1);
+    insert_retry(&config, "down", "in_down", due).await;
+    insert_retry(&config, "refused", "in_refused", due).await;
+    let scheduler = scheduler(&app, Duration::from_secs(300)).with_park_after_failures(1);
+    assert_eq!(scheduler.run_once(due).await.unwrap().parked, 2);
 
     // Resumed by the command line and by the admin API: due now, count reset, audited.
     assert!(subsync(&config, &["retries", "resume", "down:in_down"]).await);
@@ -332,234 +257,22 @@ async fn a_retry_that_keeps_failing_is_parked_while_other_sources_complete_and_r
             .iter()
             .any(|e| e["actor"] == "admin" && e["filter"]["id"] == "refused:in_refused")
     );
-    let metrics = app
-        .admin_get("/metrics", Some(ADMIN_TOKEN))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&app).await;
     assert!(
-        metrics.contains("subsync_retries{status=\"parked\"} 0"),
-        "{metrics}"
+        text.contains("subsync_retries{status=\"parked\"} 0"),
+        "{text}"
     );
 
-    // Both are called again, with the same retry number and key.
+    // Both are called again with the same retry number (and key); still failing, and
+    // parked after one failure here, they park again at once.
     let pass = scheduler
         .run_once(Utc::now() + chrono::Duration::minutes(1))
         .await
         .unwrap();
-    assert_eq!(pass.called, 2);
+    assert_eq!((pass.called, pass.parked), (2, 2));
     let row = listed(&app, "down", "in_down").await;
-    assert_eq!(
-        (row["status"].as_str(), row["consecutive_failures"].as_i64()),
-        (Some("scheduled"), Some(1))
-    );
-    app.stop().await;
-}
-
-/// A client that panics on every call.
-struct Panicking;
-
-impl RetryClient for Panicking {
-    fn retry<'a>(&'a self, call: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>> {
-        Box::pin(async move { panic!("test client panics on {}", call.attempt_id) })
-    }
-}
-
-/// A client that charges and counts.
-#[derive(Clone, Default)]
-struct Charging(Arc<AtomicUsize>);
-
-impl RetryClient for Charging {
-    fn retry<'a>(&'a self, _: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Ok(CallOutcome::Charged) })
-    }
-}
-
-fn with_clients(app: &TestApp, clients: Vec<(&str, Box<dyn RetryClient>)>) -> Scheduler {
-    let clients = clients
-        .into_iter()
-        .map(|(id, c)| (id.to_owned(), c))
-        .collect();
-    let dunning = Dunning::from_settings(&app.settings.sources);
-    Scheduler::new(app.db.clone(), dunning, clients, Duration::from_secs(300))
-}
-
-#[tokio::test]
-async fn a_panicking_client_parks_its_retry_and_the_scheduler_goes_on() {
-    let sources = [
-        stripe_source("boom", "http://127.0.0.1:1"),
-        stripe_source("ok", "http://127.0.0.1:1"),
-    ];
-    let (config, app) = app_with(&sources).await;
-    let t0 = t0();
-    insert_retry(&config, "boom", "in_boom", t0).await;
-    insert_retry(&config, "ok", "in_ok1", t0).await;
-    insert_retry(&config, "ok", "in_ok2", t0 + chrono::Duration::minutes(6)).await;
-    let charges = Charging::default();
-    let scheduler = with_clients(
-        &app,
-        vec![
-            ("boom", Box::new(Panicking)),
-            ("ok", Box::new(charges.clone())),
-        ],
-    )
-    .with_park_after_failures(2);
-    let first = scheduler
-        .run_once(t0)
-        .await
-        .expect("the panic stays in its retry");
-    assert_eq!((first.called, first.parked), (2, 0));
-    let row = listed(&app, "boom", "in_boom").await;
-    assert_eq!(
-        (row["status"].as_str(), row["consecutive_failures"].as_i64()),
-        (Some("scheduled"), Some(1))
-    );
-    let second = scheduler
-        .run_once(t0 + chrono::Duration::minutes(6))
-        .await
-        .unwrap();
-    assert_eq!((second.called, second.parked), (2, 1));
-    assert_eq!(
-        charges.0.load(Ordering::SeqCst),
-        2,
-        "the other source's retries were made"
-    );
-    let row = listed(&app, "boom", "in_boom").await;
-    assert_eq!(row["status"], "parked", "{row}");
-    assert_eq!(
-        row["last_error"],
-        "the provider client panicked: test client panics on in_boom"
-    );
-    assert_eq!(listed(&app, "ok", "in_ok2").await["status"], "recovered");
-
-    // The running loop too: a panic parks the retry (here at once) and the loop goes on.
-    insert_retry(&config, "boom", "in_boom2", Utc::now()).await;
-    insert_retry(&config, "ok", "in_ok3", Utc::now()).await;
-    let looping = with_clients(
-        &app,
-        vec![
-            ("boom", Box::new(Panicking)),
-            ("ok", Box::new(charges.clone())),
-        ],
-    )
-    .with_park_after_failures(1);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(looping.run(Duration::from_millis(50), shutdown.clone()));
-    let parked = eventually(Duration::from_secs(10), || async {
-        listed(&app, "boom", "in_boom2").await["status"] == "parked"
-    })
-    .await;
-    assert!(parked);
-    insert_retry(&config, "ok", "in_ok4", Utc::now()).await;
-    let later = eventually(Duration::from_secs(10), || async {
-        listed(&app, "ok", "in_ok4").await["status"] == "recovered"
-    })
-    .await;
-    assert!(later && !task.is_finished(), "the loop outlived the panic");
-    shutdown.cancel();
-    task.await.unwrap();
-    app.stop().await;
-}
-
-/// A retry left `in_flight` with a call that never finished: the process died during it.
-async fn insert_unanswered(config: &TestConfig, source: &str, cycle: &str, failures: i32) {
-    let mut db = sqlx::PgConnection::connect(&config.database_url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status,
-                              bucket, retries_done, first_failed_at, policy, consecutive_failures)
-         VALUES ($1, $2, 'sub_1', $2, $2, 'in_flight', 'retry_soon', 1, now(), 'test', $3)",
-    )
-    .bind(source)
-    .bind(cycle)
-    .bind(failures)
-    .execute(&mut db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO retry_calls (source_id, cycle_key, retry_number, idempotency_key, request, started_at)
-         VALUES ($1, $2, 1, 'k', 'retry #1', now() - interval '10 minutes')",
-    )
-    .bind(source)
-    .bind(cycle)
-    .execute(&mut db)
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn a_call_that_keeps_killing_the_process_is_parked_and_stays_parked_on_new_failures() {
-    let (config, app) = app_with(&[stripe_source("stripe", "http://127.0.0.1:1")]).await;
-    insert_unanswered(&config, "stripe", "in_crash", 4).await;
-    insert_unanswered(&config, "stripe", "in_once", 0).await;
-    let charges = Charging::default();
-    let scheduler = with_clients(&app, vec![("stripe", Box::new(charges.clone()))]);
-    let pass = scheduler.run_once(Utc::now()).await.unwrap();
-    assert_eq!(
-        (pass.resent, pass.parked, pass.called),
-        (1, 1, 1),
-        "{pass:?}"
-    );
-    let crash = listed(&app, "stripe", "in_crash").await;
-    assert_eq!(
-        (crash["status"].as_str(), crash["retries_done"].as_i64()),
-        (Some("parked"), Some(0))
-    );
-    let error = crash["last_error"].as_str().unwrap();
-    assert!(error.starts_with("no answer recorded"), "{error}");
-    assert_eq!(
-        listed(&app, "stripe", "in_once").await["status"],
-        "recovered",
-        "re-sent once"
-    );
-    assert_eq!(charges.0.load(Ordering::SeqCst), 1);
-
-    // The provider reports another failure of the cycle: still parked, for the operator.
-    let t0 = t0();
-    send(
-        &app,
-        "evt_crash",
-        invoice_event(
-            "evt_crash",
-            "invoice.payment_failed",
-            "in_crash",
-            2,
-            Some("insufficient_funds"),
-            t0,
-        ),
-    )
-    .await;
-    let crash = listed(&app, "stripe", "in_crash").await;
-    assert_eq!(
-        (crash["status"].as_str(), crash["due_at"].as_str()),
-        (Some("parked"), None),
-        "{crash}"
-    );
-    assert_eq!(
-        scheduler
-            .run_once(Utc::now() + chrono::Duration::days(1))
-            .await
-            .unwrap()
-            .called,
-        0
-    );
-
-    // A payment reported by webhook recovers a parked retry.
-    insert_unanswered(&config, "stripe", "in_paid", 4).await;
-    scheduler.run_once(Utc::now()).await.unwrap();
-    assert_eq!(listed(&app, "stripe", "in_paid").await["status"], "parked");
-    send(
-        &app,
-        "evt_paid",
-        invoice_event("evt_paid", "invoice.paid", "in_paid", 2, None, t0),
-    )
-    .await;
-    assert_eq!(
-        listed(&app, "stripe", "in_paid").await["status"],
-        "recovered"
-    );
+    let seen = (row["status"].as_str(), row["consecutive_failures"].as_i64());
+    assert_eq!(seen, (Some("parked"), Some(1)), "{row}");
+    assert_eq!(row["retries_done"], 0, "{row}");
     app.stop().await;
 }
