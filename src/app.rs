@@ -352,7 +352,8 @@ fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<
         retry_clients(settings)?,
         Duration::from_secs(settings.dunning.in_flight_timeout_secs),
     )
-    .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs));
+    .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs))
+    .with_park_after_failures(settings.dunning.park_after_failures);
     Ok(scheduler)
 }
 

@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod validate;
+
 /// Default path of the configuration file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "config/default.toml";
 
@@ -145,6 +147,9 @@ pub struct DunningSettings {
     /// An accepted asynchronous retry (Appstle, Shopify) whose outcome never arrives is
     /// handed back to the policy after this long (seconds).
     pub accepted_timeout_secs: u64,
+    /// A retry whose calls fail this many times in a row (no usable answer: transport
+    /// error, 5xx, rate limit, a panicking client) is parked for an operator.
+    pub park_after_failures: u32,
 }
 
 impl Default for DunningSettings {
@@ -153,6 +158,7 @@ impl Default for DunningSettings {
             interval_ms: 1000,
             in_flight_timeout_secs: 300,
             accepted_timeout_secs: 86_400,
+            park_after_failures: 5,
         }
     }
 }
@@ -525,7 +531,7 @@ impl Settings {
             }
             validate_provider_api(i, source).map_err(ConfigError::Invalid)?;
         }
-        Ok(())
+        validate::check(self)
     }
 
     pub fn source(&self, id: &str) -> Option<&SourceSettings> {

@@ -4,6 +4,12 @@
 //! repeated idempotency key with the first response instead of charging again.
 
 mod common;
+#[path = "dunning/panics.rs"]
+mod panics;
+#[path = "dunning/parked.rs"]
+mod parked;
+#[path = "dunning/support.rs"]
+mod support;
 
 use std::{
     collections::HashMap,

@@ -60,6 +60,7 @@ pub fn router(state: AdminState) -> Router {
         .routes(routes!(subscription))
         .routes(routes!(billing_attempts))
         .routes(routes!(retries))
+        .routes(routes!(retry_resume))
         .routes(routes!(dlq_list))
         .routes(routes!(dlq_replay))
         .routes(routes!(dlq_purge))
@@ -232,6 +233,23 @@ async fn retries(
 ) -> Result<axum::Json<Retries>, ApiError> {
     let retries = crate::dunning::views::list(&state.db, &query).await?;
     Ok(axum::Json(Retries { retries }))
+}
+
+#[utoipa::path(post, path = "/admin/retries/{id}/resume", tag = "dunning",
+    params(("id" = String, Path, description = "`{source_id}:{cycle_key}` as listed (percent-encode a `/` of the cycle key)")),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "The parked retry, resumed: scheduled, due now, failure count 0 (audited)", body = RetryView),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn retry_resume(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RetryView>, ApiError> {
+    let resumed = crate::ops::retries::resume(&state.db, &id, &actor).await?;
+    resumed.map(axum::Json).ok_or(ApiError::NotFound)
 }
 
 /// Filters of `GET /admin/dlq` (replay and purge take the same, with `ids`, as JSON).

@@ -1,8 +1,9 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::dunning::views::{self, RetriesQuery};
+use crate::dunning::views::{self, RetriesQuery, RetryView};
 use crate::ledger::Db;
+use crate::ops::{Actor, retries};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -13,8 +14,18 @@ pub enum Command {
         due: bool,
         #[arg(long)]
         source: Option<String>,
+        /// Only retries in this status (e.g. `parked`).
+        #[arg(long)]
+        status: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Puts a parked retry back on the schedule: due now, its failure count reset (audited).
+    Resume {
+        /// `SOURCE_ID:CYCLE_KEY`, as `retries list` shows it.
+        id: String,
         #[arg(long)]
         json: bool,
     },
@@ -22,28 +33,50 @@ pub enum Command {
 
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCode> {
     let db = Db::connect_lazy(&settings.database)?;
-    let Command::List {
-        due,
-        source,
-        limit,
-        json,
-    } = command;
-    let query = RetriesQuery {
-        source_id: source,
-        subscription_id: None,
-        due,
-        limit: Some(limit),
-    };
-    let retries = views::list(&db, &query).await?;
+    match command {
+        Command::List {
+            due,
+            source,
+            status,
+            limit,
+            json,
+        } => {
+            let query = RetriesQuery {
+                source_id: source,
+                subscription_id: None,
+                due,
+                status,
+                limit: Some(limit),
+            };
+            let retries = views::list(&db, &query).await?;
+            print_list(&retries, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { id, json } => {
+            let Some(view) = retries::resume(&db, &id, &Actor::cli()).await? else {
+                eprintln!("no retry {id:?} (see `subsync retries list`)");
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("resumed {}: {} (due now)", view.id, view.status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_list(retries: &[RetryView], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&retries)?);
-        return Ok(ExitCode::SUCCESS);
+        println!("{}", serde_json::to_string_pretty(retries)?);
+        return Ok(());
     }
     println!(
         "{:<14} {:<24} {:<18} {:<22} {:>4} {:<25} LAST OUTCOME / POLICY",
         "SOURCE", "CYCLE", "STATUS", "BUCKET", "DONE", "DUE"
     );
-    for r in &retries {
+    for r in retries {
         let due_at = r
             .due_at
             .map(|d| d.to_rfc3339())
@@ -59,5 +92,5 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
         retries.len(),
         if retries.len() == 1 { "y" } else { "ies" }
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

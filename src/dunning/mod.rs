@@ -4,7 +4,9 @@
 
 pub mod clients;
 pub mod decline;
+pub mod outcome;
 pub mod policy;
 pub mod schedule;
 pub mod scheduler;
+pub mod status;
 pub mod views;

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::decline::{self, DeclineBucket};
 use super::policy::{Decision, RetryPolicy};
+use super::status::RetryStatus;
 use crate::canonical::AttemptStatus;
 use crate::config::{ProviderKind, SourceSettings};
 
@@ -98,15 +99,15 @@ impl AttemptFact {
 /// The row a decision leads to.
 pub(crate) fn row_for(
     decision: &Decision,
-) -> (&'static str, Option<DateTime<Utc>>, Option<&'static str>) {
+) -> (RetryStatus, Option<DateTime<Utc>>, Option<&'static str>) {
     match decision {
-        Decision::RetryAt(at) => ("scheduled", Some(*at), None),
-        Decision::AwaitCustomer => ("awaiting_customer", None, None),
+        Decision::RetryAt(at) => (RetryStatus::Scheduled, Some(*at), None),
+        Decision::AwaitCustomer => (RetryStatus::AwaitingCustomer, None, None),
         Decision::Stop { action, reason } => {
             let status = if *reason == "never_retry" {
-                "stopped"
+                RetryStatus::Stopped
             } else {
-                "exhausted"
+                RetryStatus::Exhausted
             };
             (status, None, Some(action.as_str()))
         }
@@ -160,18 +161,18 @@ async fn recover<'a>(
              SELECT source_id, cycle_key, min(attempt_id) AS attempt_id FROM (
                  SELECT r.source_id, r.cycle_key, p.attempt_id
                  FROM paid p JOIN retries r USING (source_id, cycle_key)
-                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
+                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
                  UNION ALL
                  SELECT r.source_id, r.cycle_key, p.attempt_id
                  FROM paid p JOIN retries r USING (source_id, subscription_id)
-                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
+                 WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
                    AND r.cycle_id IS NULL AND r.first_failed_at <= COALESCE(p.attempted_at, now())
              ) h GROUP BY source_id, cycle_key)
          UPDATE retries r SET status = 'recovered', due_at = NULL,
                 last_outcome = 'paid: ' || hit.attempt_id, updated_at = now()
          FROM hit
          WHERE r.source_id = hit.source_id AND r.cycle_key = hit.cycle_key
-           AND r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')",
+           AND r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')",
     )
     .persistent(false)
     .bind(&source)
@@ -237,19 +238,19 @@ async fn schedule_failures(
     for &(fact, plan) in failed {
         let key = (fact.source_id.as_str(), fact.cycle_key());
         let now = fact.attempted_at.unwrap_or_else(Utc::now);
-        let (retries_done, first_failed_at) = match state.get(&key) {
+        let (stored, retries_done, first_failed_at) = match state.get(&key) {
             // Settled cycles stay settled; a failure while our call is in flight is its answer.
             Some((status, ..))
                 if matches!(*status, "recovered" | "completed" | "exhausted" | "stopped") =>
             {
                 continue;
             }
-            Some((_, done, first)) => (*done, (*first).min(now)),
-            None => (0, now),
+            Some((status, done, first)) => (Some(*status), *done, (*first).min(now)),
+            None => (None, 0, now),
         };
         let bucket = decline::classify(fact.error_code.as_deref(), &fact.provider_status);
         let (status, due_at, final_action) = match plan.mode {
-            Mode::ProviderManaged => ("provider_managed", fact.next_attempt_at, None),
+            Mode::ProviderManaged => (RetryStatus::ProviderManaged, fact.next_attempt_at, None),
             Mode::Call => row_for(&plan.policy.decide(
                 bucket,
                 u32::try_from(retries_done).unwrap_or(0),
@@ -257,6 +258,14 @@ async fn schedule_failures(
                 now,
             )),
         };
+        // A parked retry waits for its operator: a new failure does not make our calls
+        // work again (a hard decline or exhaustion still settles it).
+        let parked = RetryStatus::Parked.as_str();
+        let (status, due_at) = match status {
+            RetryStatus::Scheduled if stored == Some(parked) => (RetryStatus::Parked, None),
+            other => (other, due_at),
+        };
+        let status = status.as_str();
         state.insert(key, (status, retries_done, first_failed_at));
         let earlier = rows.remove(&key).and_then(|r| r.subscription_id);
         let row = RetryRow {

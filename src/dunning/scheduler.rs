@@ -7,18 +7,37 @@
 //! call (the process died between call and commit) is re-sent after `in_flight_timeout`
 //! with the SAME number and key, so the provider answers with the first call's result and
 //! never charges twice.
+//!
+//! One retry never stops the others: a panic in a provider client (or in handling its
+//! answer) is caught per retry and counted as that retry's failure, every time it computes
+//! is checked, and a retry whose calls keep failing (or whose process keeps dying during
+//! the call) is parked after `park_after` failures in a row (see [`super::outcome`]).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::FutureExt;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use super::clients::{CallError, CallOutcome, RetryCall, RetryClient};
+use super::clients::{RetryCall, RetryClient};
 use super::decline::{self, DeclineBucket};
 use super::schedule::{Dunning, row_for};
+use super::status::RetryStatus;
 use crate::ledger::{Db, DbError};
+
+mod call;
+
+use call::{count_parked, panic_message};
+
+/// Consecutive failures that park a retry unless configured (`dunning.park_after_failures`).
+pub const DEFAULT_PARK_AFTER: u32 = 5;
+/// Longest tick and timeouts the scheduler takes: beyond them tokio's timer and
+/// Postgres's intervals overflow, and no sane setting comes near (config refuses more).
+const MAX_TICK: Duration = Duration::from_secs(86_400);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3_650 * 86_400);
+/// What a re-armed call (no answer recorded) counts as.
+const NO_ANSWER: &str = "no answer recorded: the process stopped during the call";
 
 /// A retry this scheduler claimed and must call.
 #[derive(Debug, Clone)]
@@ -28,6 +47,8 @@ pub struct Claimed {
     pub retry_number: i32,
     pub call: RetryCall,
     first_failed_at: DateTime<Utc>,
+    /// Consecutive failures before this call.
+    failures: i32,
 }
 
 /// What one pass did.
@@ -38,6 +59,8 @@ pub struct Pass {
     pub resent: usize,
     /// Accepted retries whose outcome never arrived, handed back to the policy.
     pub expired: usize,
+    /// Retries parked by this pass (their calls kept failing).
+    pub parked: usize,
 }
 
 pub struct Scheduler {
@@ -46,6 +69,7 @@ pub struct Scheduler {
     clients: Arc<HashMap<String, Box<dyn RetryClient>>>,
     in_flight_timeout: Duration,
     accepted_timeout: Duration,
+    park_after: u32,
     batch: i64,
 }
 
@@ -66,63 +90,105 @@ impl Scheduler {
             db,
             dunning,
             clients: Arc::new(clients),
-            in_flight_timeout,
+            in_flight_timeout: in_flight_timeout.min(MAX_TIMEOUT),
             accepted_timeout: Duration::from_secs(86_400),
+            park_after: DEFAULT_PARK_AFTER,
             batch: 50,
         }
     }
 
-    /// Runs passes every `interval` until shutdown.
+    /// Consecutive failures (calls without a usable answer) that park a retry (at least 1).
+    pub fn with_park_after_failures(mut self, failures: u32) -> Self {
+        self.park_after = failures.max(1);
+        self
+    }
+
+    /// Runs passes every `interval` (1 ms to a day) until shutdown. A pass that fails or
+    /// panics is logged and the next tick tries again.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        let interval = interval.clamp(Duration::from_millis(1), MAX_TICK);
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match self.run_once(Utc::now()).await {
-                Ok(pass) if pass != Pass::default() => tracing::info!(?pass, "retry pass"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "retry pass failed; trying again next tick"),
+            let pass = AssertUnwindSafe(self.run_once(Utc::now()))
+                .catch_unwind()
+                .await;
+            match pass {
+                Ok(Ok(pass)) if pass != Pass::default() => tracing::info!(?pass, "retry pass"),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "retry pass failed; trying again next tick")
+                }
+                Err(panic) => tracing::error!(
+                    panic = %panic_message(panic.as_ref()),
+                    "retry pass panicked; trying again next tick"
+                ),
             }
         }
     }
 
     /// One pass at time `now`: re-arm stuck calls, claim what is due, call, record.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, DbError> {
-        let resent = self.rearm_unanswered(now).await?;
+        let (resent, mut parked) = self.rearm_unanswered(now).await?;
         let expired = self.expire_accepted(now).await?;
         let (claimed, completed_without_call) = self.claim(now).await?;
         for retry in &claimed {
-            let outcome = self.call(retry).await;
-            self.record(retry, &outcome, now).await?;
+            let (called, took) = self.call(retry).await;
+            let update = self.update_for(retry, called, now);
+            if self.record(retry, &update, took).await? {
+                parked += 1;
+            }
         }
         Ok(Pass {
             called: claimed.len(),
             completed_without_call,
             resent,
             expired,
+            parked,
         })
     }
 
     /// Calls left unanswered (a crash between call and commit) go back to `scheduled` with
     /// their retry number, so the re-send carries the same idempotency key. Staleness is
     /// real elapsed time (the database's clock), whatever `now` the pass schedules with.
-    async fn rearm_unanswered(&self, now: DateTime<Utc>) -> Result<usize, DbError> {
+    /// Each counts as a failure of its retry: a call that kills the process every time is
+    /// parked instead of bringing the crash back after each restart.
+    async fn rearm_unanswered(&self, now: DateTime<Utc>) -> Result<(usize, usize), DbError> {
         let timeout_ms = i64::try_from(self.in_flight_timeout.as_millis()).unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "UPDATE retries r SET status = 'scheduled', due_at = $1, retries_done = r.retries_done - 1,
-                    last_outcome = 'no answer recorded: re-sending the same call', updated_at = now()
+        let park_after = i32::try_from(self.park_after).unwrap_or(i32::MAX);
+        let rearmed: Vec<(String, String, String)> = sqlx::query_as(
+            "UPDATE retries r SET
+                    status = CASE WHEN r.consecutive_failures + 1 >= $3 THEN 'parked' ELSE 'scheduled' END,
+                    due_at = CASE WHEN r.consecutive_failures + 1 >= $3 THEN NULL ELSE $1 END,
+                    retries_done = r.retries_done - 1,
+                    consecutive_failures = r.consecutive_failures + 1, last_error = $4,
+                    last_outcome = CASE WHEN r.consecutive_failures + 1 >= $3
+                        THEN 'parked after ' || (r.consecutive_failures + 1) || ' consecutive failures: ' || $4
+                        ELSE 'no answer recorded: re-sending the same call' END,
+                    updated_at = now()
              FROM retry_calls c
              WHERE r.status = 'in_flight' AND c.source_id = r.source_id AND c.cycle_key = r.cycle_key
                AND c.retry_number = r.retries_done AND c.finished_at IS NULL
-               AND c.started_at < now() - make_interval(secs => $2::float8 / 1000)",
+               AND c.started_at < now() - make_interval(secs => $2::float8 / 1000)
+             RETURNING r.source_id, r.cycle_key, r.status",
         )
         .bind(now)
         .bind(timeout_ms as f64)
-        .execute(self.db.pool())
+        .bind(park_after)
+        .bind(NO_ANSWER)
+        .fetch_all(self.db.pool())
         .await?;
-        Ok(done.rows_affected() as usize)
+        let mut parked = 0;
+        for (source_id, cycle_key, status) in &rearmed {
+            if status == RetryStatus::Parked.as_str() {
+                parked += 1;
+                count_parked(source_id, cycle_key, NO_ANSWER);
+            }
+        }
+        Ok((rearmed.len() - parked, parked))
     }
 
     /// How long an accepted asynchronous retry (Appstle, Shopify) may wait for its outcome
@@ -135,8 +201,13 @@ impl Scheduler {
     /// Accepted retries whose outcome (webhook) never came: the try counts as failed with
     /// its bucket, and the policy decides what follows.
     async fn expire_accepted(&self, now: DateTime<Utc>) -> Result<usize, DbError> {
-        let cutoff = now
-            - chrono::Duration::from_std(self.accepted_timeout).unwrap_or(chrono::Duration::MAX);
+        // A timeout reaching before the start of time expires nothing.
+        let cutoff = TimeDelta::from_std(self.accepted_timeout)
+            .ok()
+            .and_then(|timeout| now.checked_sub_signed(timeout));
+        let Some(cutoff) = cutoff else {
+            return Ok(0);
+        };
         let mut tx = self.db.pool().begin().await?;
         let stale: Vec<(String, String, String, i32, DateTime<Utc>)> = sqlx::query_as(
             "SELECT r.source_id, r.cycle_key, r.bucket, r.retries_done, r.first_failed_at
@@ -162,7 +233,7 @@ impl Scheduler {
                 decision
                     .as_ref()
                     .map(row_for)
-                    .unwrap_or(("exhausted", None, None));
+                    .unwrap_or((RetryStatus::Exhausted, None, None));
             sqlx::query(
                 "UPDATE retries SET status = $3, due_at = $4, final_action = COALESCE($5, final_action),
                         last_outcome = 'no outcome reported for the accepted retry', updated_at = now()
@@ -170,7 +241,7 @@ impl Scheduler {
             )
             .bind(source_id)
             .bind(cycle_key)
-            .bind(status)
+            .bind(status.as_str())
             .bind(due_at)
             .bind(action)
             .execute(&mut *tx)
@@ -191,9 +262,11 @@ impl Scheduler {
             Option<String>,
             i32,
             DateTime<Utc>,
+            i32,
         );
         let due: Vec<Due> = sqlx::query_as(
-            "SELECT source_id, cycle_key, attempt_id, cycle_id, subscription_id, retries_done, first_failed_at
+            "SELECT source_id, cycle_key, attempt_id, cycle_id, subscription_id, retries_done, first_failed_at,
+                    consecutive_failures
              FROM retries WHERE status = 'scheduled' AND due_at <= $1
              ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
@@ -202,8 +275,16 @@ impl Scheduler {
         .fetch_all(&mut *tx)
         .await?;
         let (mut claimed, mut settled) = (Vec::new(), 0);
-        for (source_id, cycle_key, attempt_id, cycle_id, subscription_id, done, first_failed_at) in
-            due
+        for (
+            source_id,
+            cycle_key,
+            attempt_id,
+            cycle_id,
+            subscription_id,
+            done,
+            first_failed_at,
+            failures,
+        ) in due
         {
             if let Some(reason) =
                 settled_reason(&mut tx, &source_id, &cycle_key, subscription_id.as_deref()).await?
@@ -221,9 +302,8 @@ impl Scheduler {
                 settled += 1;
                 continue;
             }
-            if !self.clients.contains_key(&source_id) {
-                continue;
-            }
+            // A retry without a client (its source lost its `api`) is claimed too: its call
+            // fails, so it moves on and is parked instead of holding the batch's head.
             let n = done + 1;
             let key = idempotency_key(&source_id, &cycle_key, n);
             sqlx::query(
@@ -262,135 +342,11 @@ impl Scheduler {
                 retry_number: n,
                 call,
                 first_failed_at,
+                failures,
             });
         }
         tx.commit().await?;
         Ok((claimed, settled))
-    }
-
-    /// Calls the provider; transient failures are retried at once a few times with the
-    /// same idempotency key before the pass gives up on this retry.
-    async fn call(&self, retry: &Claimed) -> (Result<CallOutcome, CallError>, Duration) {
-        let started = std::time::Instant::now();
-        let Some(client) = self.clients.get(&retry.source_id) else {
-            return (
-                Err(CallError::Rejected {
-                    status: 0,
-                    message: "no client".into(),
-                }),
-                Duration::ZERO,
-            );
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(3);
-        let result = (|| client.retry(&retry.call))
-            .retry(backoff)
-            .when(|e| matches!(e, CallError::Transient(_)))
-            .await;
-        (result, started.elapsed())
-    }
-
-    async fn record(
-        &self,
-        retry: &Claimed,
-        (result, took): &(Result<CallOutcome, CallError>, Duration),
-        now: DateTime<Utc>,
-    ) -> Result<(), DbError> {
-        let plan = self.dunning.plan(&retry.source_id);
-        let decide = |bucket: DeclineBucket| {
-            let retries_done = u32::try_from(retry.retry_number).unwrap_or(0);
-            plan.map(|p| {
-                p.policy
-                    .decide(bucket, retries_done, retry.first_failed_at, now)
-            })
-        };
-        // (status, due_at, retries_done, final action, bucket)
-        let (status, due_at, done, action, bucket): (
-            &str,
-            Option<DateTime<Utc>>,
-            i32,
-            Option<&str>,
-            Option<&str>,
-        ) = match result {
-            Ok(CallOutcome::Charged) => ("recovered", None, retry.retry_number, None, None),
-            Ok(CallOutcome::Accepted | CallOutcome::InProgress) => {
-                ("in_flight", None, retry.retry_number, None, None)
-            }
-            Ok(CallOutcome::RequiresAction) => {
-                ("awaiting_customer", None, retry.retry_number, None, None)
-            }
-            Ok(CallOutcome::NotEligible(_)) => ("completed", None, retry.retry_number, None, None),
-            Ok(CallOutcome::Declined { code, .. }) => {
-                let bucket = decline::classify(code.as_deref(), "declined");
-                let (s, d, a) =
-                    decide(bucket)
-                        .as_ref()
-                        .map(row_for)
-                        .unwrap_or(("exhausted", None, None));
-                (s, d, retry.retry_number, a, Some(bucket.as_str()))
-            }
-            Err(CallError::Rejected { .. }) => {
-                let (s, d, a) = decide(DeclineBucket::ProviderError)
-                    .as_ref()
-                    .map(row_for)
-                    .unwrap_or(("exhausted", None, None));
-                (s, d, retry.retry_number, a, None)
-            }
-            // Not an answer about the payment: the same retry number (and key) again later.
-            Err(CallError::RateLimited { retry_after }) => {
-                let wait = retry_after.unwrap_or(Duration::from_secs(60));
-                (
-                    "scheduled",
-                    Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)),
-                    retry.retry_number - 1,
-                    None,
-                    None,
-                )
-            }
-            Err(CallError::Transient(_)) => (
-                "scheduled",
-                Some(now + chrono::Duration::minutes(5)),
-                retry.retry_number - 1,
-                None,
-                None,
-            ),
-        };
-        let outcome = match result {
-            Ok(o) => format!("{o:?}"),
-            Err(e) => e.to_string(),
-        };
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "UPDATE retry_calls SET finished_at = now(), duration_ms = $4, result = $5
-             WHERE source_id = $1 AND cycle_key = $2 AND retry_number = $3",
-        )
-        .bind(&retry.source_id)
-        .bind(&retry.cycle_key)
-        .bind(retry.retry_number)
-        .bind(i32::try_from(took.as_millis()).unwrap_or(i32::MAX))
-        .bind(&outcome)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE retries SET status = $3, due_at = $4, retries_done = $5, final_action = COALESCE($6, final_action),
-                    bucket = COALESCE($7, bucket), last_outcome = $8, updated_at = now()
-             WHERE source_id = $1 AND cycle_key = $2 AND status = 'in_flight'",
-        )
-        .bind(&retry.source_id)
-        .bind(&retry.cycle_key)
-        .bind(status)
-        .bind(due_at)
-        .bind(done)
-        .bind(action)
-        .bind(bucket)
-        .bind(&outcome)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        metrics::counter!("subsync_retries_attempted_total", "source" => retry.source_id.clone(), "status" => status).increment(1);
-        Ok(())
     }
 }
 

@@ -1,12 +1,16 @@
-//! What is scheduled and why, for people and tools.
+//! What is scheduled and why, for people and tools; and the one operator write on a
+//! retry, resuming a parked one.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::status::RetryStatus;
 use crate::ledger::{Db, DbError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RetryView {
+    /// `{source_id}:{cycle_key}`: what `retries resume` and the admin API take.
+    pub id: String,
     pub source_id: String,
     pub cycle_key: String,
     pub subscription_id: Option<String>,
@@ -20,6 +24,10 @@ pub struct RetryView {
     pub due_at: Option<DateTime<Utc>>,
     pub final_action: Option<String>,
     pub last_outcome: Option<String>,
+    /// Calls in a row without a usable answer; `parked_after_failures` of them park it.
+    pub consecutive_failures: i32,
+    /// The latest failed call's error (cleared by an answer about the payment).
+    pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -31,12 +39,14 @@ pub struct RetriesQuery {
     /// Only retries due now (status `scheduled`, due time passed).
     #[serde(default)]
     pub due: bool,
+    /// Only retries in this status (e.g. `parked`).
+    pub status: Option<String>,
     pub limit: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "source_id, cycle_key, subscription_id, attempt_id, status, bucket, policy, retries_done,
-    first_failed_at, due_at, final_action, last_outcome, updated_at";
+const COLUMNS: &str = "source_id || ':' || cycle_key AS id, source_id, cycle_key, subscription_id,
+    attempt_id, status, bucket, policy, retries_done, first_failed_at, due_at, final_action,
+    last_outcome, consecutive_failures, last_error, updated_at";
 
 pub async fn list(db: &Db, q: &RetriesQuery) -> Result<Vec<RetryView>, DbError> {
     let sql = format!(
@@ -44,6 +54,7 @@ pub async fn list(db: &Db, q: &RetriesQuery) -> Result<Vec<RetryView>, DbError> 
          WHERE ($1::text IS NULL OR source_id = $1)
            AND ($2::text IS NULL OR subscription_id = $2)
            AND (NOT $3 OR (status = 'scheduled' AND due_at <= now()))
+           AND ($5::text IS NULL OR status = $5)
          ORDER BY due_at NULLS LAST, updated_at DESC
          LIMIT $4"
     );
@@ -52,12 +63,13 @@ pub async fn list(db: &Db, q: &RetriesQuery) -> Result<Vec<RetryView>, DbError> 
         .bind(q.subscription_id.as_deref())
         .bind(q.due)
         .bind(q.limit.unwrap_or(100).clamp(1, 1000))
+        .bind(q.status.as_deref())
         .fetch_all(db.pool())
         .await?)
 }
 
 /// The subscription's retry that is still open (scheduled, in flight, awaiting the
-/// customer or provider-managed), if any.
+/// customer, provider-managed or parked), if any.
 pub async fn open_for(
     db: &Db,
     source_id: &str,
@@ -66,7 +78,7 @@ pub async fn open_for(
     let sql = format!(
         "SELECT {COLUMNS} FROM retries
          WHERE source_id = $1 AND subscription_id = $2
-           AND status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed')
+           AND status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
          ORDER BY first_failed_at DESC LIMIT 1"
     );
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -76,16 +88,73 @@ pub async fn open_for(
         .await?)
 }
 
-/// How many retries are in each status, and how many scheduled ones are due now.
+/// How many retries are in each status (every status, 0 included: a gauge whose status
+/// emptied must drop to 0, not keep its last value), and how many scheduled ones are due.
 pub async fn counts(db: &Db) -> Result<(Vec<(String, i64)>, i64), DbError> {
-    let by_status: Vec<(String, i64)> =
+    let stored: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM retries GROUP BY status ORDER BY status")
             .fetch_all(db.pool())
             .await?;
+    let mut by_status: Vec<(String, i64)> = RetryStatus::ALL
+        .iter()
+        .map(|status| (status.as_str().to_owned(), 0))
+        .collect();
+    for (status, n) in stored {
+        match by_status.iter_mut().find(|(known, _)| *known == status) {
+            Some((_, count)) => *count = n,
+            None => by_status.push((status, n)),
+        }
+    }
     let (due,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM retries WHERE status = 'scheduled' AND due_at <= now()",
     )
     .fetch_one(db.pool())
     .await?;
     Ok((by_status, due))
+}
+
+/// What resuming a retry found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// It was parked: now scheduled, due at once, its failure count back to 0.
+    Resumed(Box<RetryView>),
+    /// It is not parked (this status): nothing changed.
+    NotParked(String),
+    NotFound,
+}
+
+/// Puts a parked retry back on the schedule, due now, with its failure count reset (its
+/// `last_error` stays for reference until an answer clears it). The retry number is
+/// unchanged, so a call that may have reached the provider is re-sent with the same key.
+pub async fn resume(
+    db: &Db,
+    source_id: &str,
+    cycle_key: &str,
+    by: &str,
+) -> Result<Resumed, DbError> {
+    let sql = format!(
+        "UPDATE retries SET status = 'scheduled', due_at = now(), consecutive_failures = 0,
+                last_outcome = 'resumed by ' || $3, updated_at = now()
+         WHERE source_id = $1 AND cycle_key = $2 AND status = 'parked'
+         RETURNING {COLUMNS}"
+    );
+    let resumed: Option<RetryView> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(source_id)
+        .bind(cycle_key)
+        .bind(by)
+        .fetch_optional(db.pool())
+        .await?;
+    if let Some(view) = resumed {
+        return Ok(Resumed::Resumed(Box::new(view)));
+    }
+    let status: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM retries WHERE source_id = $1 AND cycle_key = $2")
+            .bind(source_id)
+            .bind(cycle_key)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(match status {
+        Some((status,)) => Resumed::NotParked(status),
+        None => Resumed::NotFound,
+    })
 }

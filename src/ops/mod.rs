@@ -1,11 +1,13 @@
 //! Operator actions shared by the command line and the admin API: the dead-letter queue
-//! (list, show, replay, purge) and replays of archived events. Every replay and purge is
-//! audited; every dry run goes through the ledger's rolled-back preview.
+//! (list, show, replay, purge), replays of archived events and resuming parked retries.
+//! Every replay, purge and resume is audited; every dry run goes through the ledger's
+//! rolled-back preview.
 
 pub mod audit;
 pub mod dead_letter_index;
 pub mod dlq;
 pub mod replay;
+pub mod retries;
 
 use crate::ledger::DbError;
 use crate::queue::{PublishError, QueueError};

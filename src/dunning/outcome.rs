@@ -1,0 +1,221 @@
+//! What one retry call's result does to its row, as a pure function the scheduler applies.
+//!
+//! Two kinds of results. A provider's answer about the payment (charged, declined,
+//! accepted, in progress, needs the customer, not eligible) is a normal outcome: the policy
+//! or the answer decides, and the count of consecutive failures goes back to 0. A call
+//! that produced no usable answer (transport error, timeout, 5xx, rate limit, a request we
+//! could not build, a rejected request, no client, a panicking client) is a failure of
+//! subsync's own: it counts, and after `park_after` in a row the retry is `parked` with the
+//! error text instead of looping forever (an operator resumes it).
+//!
+//! Every time computed here is checked: a provider's `Retry-After` (or Shopify throttle)
+//! is clamped to [`MAX_RATE_LIMIT_WAIT`], and a time past chrono's range saturates, so no
+//! value from a provider can panic the scheduler.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::clients::{CallError, CallOutcome};
+use super::decline::{self, DeclineBucket};
+use super::policy::RetryPolicy;
+use super::schedule::row_for;
+use super::status::RetryStatus;
+
+/// Longest wait a provider's rate limit imposes on one retry; a longer one is clamped
+/// (and the error text says so). A day keeps a confused provider from freezing a retry.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(86_400);
+/// Wait after a failure that names no time of its own (5xx, timeout, panic, ...).
+pub const FAILURE_WAIT: Duration = Duration::from_secs(300);
+/// Wait after a rate limit without `Retry-After`.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// Longest error text kept (a provider's body snippet or a panic message).
+const MAX_ERROR_CHARS: usize = 300;
+
+/// What a call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Called {
+    /// The provider answered about the payment.
+    Answer(CallOutcome),
+    /// No usable answer.
+    Error(CallError),
+    /// The source has no retry client (its `api` is not configured): nothing was sent.
+    NoClient,
+    /// The client panicked; the payload's message.
+    Panicked(String),
+}
+
+/// The retry as the scheduler claimed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub policy: Option<&'a RetryPolicy>,
+    /// The number of this call (retries done before it plus one).
+    pub retry_number: i32,
+    pub first_failed_at: DateTime<Utc>,
+    /// Consecutive failures before this call.
+    pub prior_failures: i32,
+    /// Consecutive failures that park the retry (at least 1).
+    pub park_after: u32,
+    pub now: DateTime<Utc>,
+}
+
+/// The row after the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub status: RetryStatus,
+    pub due_at: Option<DateTime<Utc>>,
+    pub retries_done: i32,
+    pub final_action: Option<&'static str>,
+    pub bucket: Option<&'static str>,
+    /// Consecutive failures after this call (0 after an answer).
+    pub consecutive_failures: i32,
+    /// This call's failure (never a secret), when it got no usable answer.
+    pub error: Option<String>,
+    /// What operators read as the last outcome.
+    pub outcome: String,
+}
+
+/// `now + wait`, saturating at the end of time instead of panicking.
+pub fn after(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(wait)
+        .ok()
+        .and_then(|wait| now.checked_add_signed(wait))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The row a call's result leads to.
+pub fn update_for(called: &Called, cx: &Context<'_>) -> Update {
+    let n = cx.retry_number;
+    let decide = |bucket: DeclineBucket| {
+        let done = u32::try_from(n).unwrap_or(0);
+        cx.policy
+            .map(|p| row_for(&p.decide(bucket, done, cx.first_failed_at, cx.now)))
+            .unwrap_or((RetryStatus::Exhausted, None, None))
+    };
+    let answer = |status, due_at, final_action, bucket, outcome: &CallOutcome| Update {
+        status,
+        due_at,
+        retries_done: n,
+        final_action,
+        bucket,
+        consecutive_failures: 0,
+        error: None,
+        outcome: format!("{outcome:?}"),
+    };
+    let failure = match called {
+        Called::Answer(o @ CallOutcome::Charged) => {
+            return answer(RetryStatus::Recovered, None, None, None, o);
+        }
+        Called::Answer(o @ (CallOutcome::Accepted | CallOutcome::InProgress)) => {
+            return answer(RetryStatus::InFlight, None, None, None, o);
+        }
+        Called::Answer(o @ CallOutcome::RequiresAction) => {
+            return answer(RetryStatus::AwaitingCustomer, None, None, None, o);
+        }
+        Called::Answer(o @ CallOutcome::NotEligible(_)) => {
+            return answer(RetryStatus::Completed, None, None, None, o);
+        }
+        Called::Answer(o @ CallOutcome::Declined { code, .. }) => {
+            let bucket = decline::classify(code.as_deref(), "declined");
+            let (status, due_at, action) = decide(bucket);
+            return answer(status, due_at, action, Some(bucket.as_str()), o);
+        }
+        // The provider refused the request itself (not the payment): the policy's
+        // provider-error path, the retry number spent, and a failure all the same.
+        Called::Error(e @ CallError::Rejected { .. }) => {
+            let (status, due_at, action) = decide(DeclineBucket::ProviderError);
+            failed(cx, (status, due_at, n, action), e.to_string())
+        }
+        // Not an answer: the same retry number (and key) again later.
+        Called::Error(CallError::RateLimited { retry_after }) => {
+            let (wait, text) = rate_limit_wait(*retry_after);
+            let due_at = Some(after(cx.now, wait));
+            failed(cx, (RetryStatus::Scheduled, due_at, n - 1, None), text)
+        }
+        Called::Error(e) => again_later(cx, e.to_string()),
+        Called::NoClient => again_later(cx, "no retry client for this source".to_owned()),
+        Called::Panicked(message) => {
+            again_later(cx, format!("the provider client panicked: {message}"))
+        }
+    };
+    park_if_due(cx, failure)
+}
+
+/// The same retry number (and key: the request may have reached the provider) after
+/// [`FAILURE_WAIT`].
+fn again_later(cx: &Context<'_>, text: String) -> Update {
+    let due_at = Some(after(cx.now, FAILURE_WAIT));
+    failed(
+        cx,
+        (RetryStatus::Scheduled, due_at, cx.retry_number - 1, None),
+        text,
+    )
+}
+
+type Row = (
+    RetryStatus,
+    Option<DateTime<Utc>>,
+    i32,
+    Option<&'static str>,
+);
+
+fn failed(
+    cx: &Context<'_>,
+    (status, due_at, retries_done, final_action): Row,
+    text: String,
+) -> Update {
+    let error = truncate(&text);
+    Update {
+        status,
+        due_at,
+        retries_done,
+        final_action,
+        bucket: None,
+        consecutive_failures: cx.prior_failures.max(0).saturating_add(1),
+        outcome: error.clone(),
+        error: Some(error),
+    }
+}
+
+/// Parks the retry once its failures in a row reach `park_after`, whatever the policy
+/// said: a final action (cancel, pause) must not follow from subsync's own failures.
+fn park_if_due(cx: &Context<'_>, mut update: Update) -> Update {
+    let count = update.consecutive_failures;
+    if i64::from(count) < i64::from(cx.park_after.max(1)) {
+        return update;
+    }
+    update.status = RetryStatus::Parked;
+    update.due_at = None;
+    update.final_action = None;
+    let error = update.error.as_deref().unwrap_or_default();
+    update.outcome = format!("parked after {count} consecutive failures: {error}");
+    update
+}
+
+/// How long a rate limit makes the retry wait, with the failure's text.
+fn rate_limit_wait(retry_after: Option<Duration>) -> (Duration, String) {
+    let Some(asked) = retry_after else {
+        return (RATE_LIMIT_WAIT, "rate limited (no Retry-After)".to_owned());
+    };
+    if asked > MAX_RATE_LIMIT_WAIT {
+        let text = format!(
+            "rate limited: Retry-After {} s clamped to {} s",
+            asked.as_secs(),
+            MAX_RATE_LIMIT_WAIT.as_secs()
+        );
+        return (MAX_RATE_LIMIT_WAIT, text);
+    }
+    let text = format!("rate limited: Retry-After {} s", asked.as_secs());
+    (asked, text)
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[path = "outcome_tests.rs"]
+mod tests;
