@@ -353,7 +353,11 @@ fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<
         Duration::from_secs(settings.dunning.in_flight_timeout_secs),
     )
     .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs))
-    .with_park_after_failures(settings.dunning.park_after_failures);
+    .with_park_after_failures(settings.dunning.park_after_failures)
+    .with_waits(crate::dunning::outcome::Waits {
+        failure: Duration::from_secs(settings.dunning.failure_wait_secs),
+        max_rate_limit: Duration::from_secs(settings.dunning.max_rate_limit_wait_secs),
+    });
     Ok(scheduler)
 }
 

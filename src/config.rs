@@ -150,6 +150,12 @@ pub struct DunningSettings {
     /// A retry whose calls fail this many times in a row (no usable answer: transport
     /// error, 5xx, rate limit, a panicking client) is parked for an operator.
     pub park_after_failures: u32,
+    /// Wait before a call that got no usable answer (5xx, timeout, an oversized answer, a
+    /// panicking client) is sent again with the same key (seconds).
+    pub failure_wait_secs: u64,
+    /// Longest wait a provider's rate limit (`Retry-After`, Shopify's throttle) may impose
+    /// on one retry; a longer one is clamped (seconds).
+    pub max_rate_limit_wait_secs: u64,
 }
 
 impl Default for DunningSettings {
@@ -159,6 +165,8 @@ impl Default for DunningSettings {
             in_flight_timeout_secs: 300,
             accepted_timeout_secs: 86_400,
             park_after_failures: 5,
+            failure_wait_secs: 300,
+            max_rate_limit_wait_secs: 3600,
         }
     }
 }

@@ -83,6 +83,18 @@ fn dunning(d: &DunningSettings) -> Result<(), ConfigError> {
         1,
         MAX_SPAN_SECS,
     )?;
+    within(
+        "dunning.failure_wait_secs",
+        d.failure_wait_secs,
+        1,
+        MAX_SPAN_SECS,
+    )?;
+    within(
+        "dunning.max_rate_limit_wait_secs",
+        d.max_rate_limit_wait_secs,
+        1,
+        MAX_SPAN_SECS,
+    )?;
     let park = u64::from(d.park_after_failures);
     within(
         "dunning.park_after_failures",

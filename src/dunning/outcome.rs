@@ -9,7 +9,7 @@
 //! error text instead of looping forever (an operator resumes it).
 //!
 //! Every time computed here is checked: a provider's `Retry-After` (or Shopify throttle)
-//! is clamped to [`MAX_RATE_LIMIT_WAIT`], and a time past chrono's range saturates, so no
+//! is clamped to [`Waits::max_rate_limit`], and a time past chrono's range saturates, so no
 //! value from a provider can panic the scheduler.
 
 use std::time::Duration;
@@ -22,12 +22,27 @@ use super::policy::RetryPolicy;
 use super::schedule::row_for;
 use super::status::RetryStatus;
 
-/// Longest wait a provider's rate limit imposes on one retry; a longer one is clamped
-/// (and the error text says so). A day keeps a confused provider from freezing a retry.
-pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(86_400);
-/// Wait after a failure that names no time of its own (5xx, timeout, panic, ...).
-pub const FAILURE_WAIT: Duration = Duration::from_secs(300);
-/// Wait after a rate limit without `Retry-After`.
+/// How long failures make a retry wait (`dunning.failure_wait_secs`,
+/// `dunning.max_rate_limit_wait_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    /// After a failure that names no time of its own (5xx, timeout, panic, ...).
+    pub failure: Duration,
+    /// Longest wait a provider's rate limit imposes on one retry; a longer one is clamped
+    /// (and the error text says so), so a confused provider cannot freeze a retry.
+    pub max_rate_limit: Duration,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Self {
+            failure: Duration::from_secs(300),
+            max_rate_limit: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Wait after a rate limit without `Retry-After` (capped by `Waits::max_rate_limit`).
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Longest error text kept (a provider's body snippet or a panic message).
 const MAX_ERROR_CHARS: usize = 300;
@@ -56,6 +71,7 @@ pub struct Context<'a> {
     pub prior_failures: i32,
     /// Consecutive failures that park the retry (at least 1).
     pub park_after: u32,
+    pub waits: Waits,
     pub now: DateTime<Utc>,
 }
 
@@ -128,7 +144,7 @@ pub fn update_for(called: &Called, cx: &Context<'_>) -> Update {
         }
         // Not an answer: the same retry number (and key) again later.
         Called::Error(CallError::RateLimited { retry_after }) => {
-            let (wait, text) = rate_limit_wait(*retry_after);
+            let (wait, text) = rate_limit_wait(*retry_after, cx.waits.max_rate_limit);
             let due_at = Some(after(cx.now, wait));
             failed(cx, (RetryStatus::Scheduled, due_at, n - 1, None), text)
         }
@@ -142,9 +158,9 @@ pub fn update_for(called: &Called, cx: &Context<'_>) -> Update {
 }
 
 /// The same retry number (and key: the request may have reached the provider) after
-/// [`FAILURE_WAIT`].
+/// the failure wait.
 fn again_later(cx: &Context<'_>, text: String) -> Update {
-    let due_at = Some(after(cx.now, FAILURE_WAIT));
+    let due_at = Some(after(cx.now, cx.waits.failure));
     failed(
         cx,
         (RetryStatus::Scheduled, due_at, cx.retry_number - 1, None),
@@ -193,17 +209,18 @@ fn park_if_due(cx: &Context<'_>, mut update: Update) -> Update {
 }
 
 /// How long a rate limit makes the retry wait, with the failure's text.
-fn rate_limit_wait(retry_after: Option<Duration>) -> (Duration, String) {
+fn rate_limit_wait(retry_after: Option<Duration>, max: Duration) -> (Duration, String) {
     let Some(asked) = retry_after else {
-        return (RATE_LIMIT_WAIT, "rate limited (no Retry-After)".to_owned());
+        let wait = RATE_LIMIT_WAIT.min(max);
+        return (wait, "rate limited (no Retry-After)".to_owned());
     };
-    if asked > MAX_RATE_LIMIT_WAIT {
+    if asked > max {
         let text = format!(
             "rate limited: Retry-After {} s clamped to {} s",
             asked.as_secs(),
-            MAX_RATE_LIMIT_WAIT.as_secs()
+            max.as_secs()
         );
-        return (MAX_RATE_LIMIT_WAIT, text);
+        return (max, text);
     }
     let text = format!("rate limited: Retry-After {} s", asked.as_secs());
     (asked, text)

@@ -19,6 +19,7 @@ fn cx(policy: &RetryPolicy, prior_failures: i32) -> Context<'_> {
         first_failed_at: t0(),
         prior_failures,
         park_after: 5,
+        waits: Waits::default(),
         now: t0(),
     }
 }
@@ -126,10 +127,15 @@ fn a_rejected_request_follows_the_policy_and_still_counts() {
 fn a_huge_retry_after_is_clamped_and_never_overflows() {
     let p = policy();
     let u = update_for(&limited(10_000_000_000_000), &cx(&p, 0));
-    assert_eq!(u.due_at, Some(t0() + TimeDelta::days(1)));
+    assert_eq!(u.due_at, Some(t0() + TimeDelta::hours(1)));
     assert!(u.outcome.contains("clamped"), "{}", u.outcome);
     let u = update_for(&limited(u64::MAX), &cx(&p, 0));
-    assert_eq!(u.due_at, Some(t0() + TimeDelta::days(1)));
+    assert_eq!(u.due_at, Some(t0() + TimeDelta::hours(1)));
+    // The clamp is the configured one (`dunning.max_rate_limit_wait_secs`).
+    let mut short = cx(&p, 0);
+    short.waits.max_rate_limit = std::time::Duration::from_secs(2);
+    let u = update_for(&limited(10_000_000_000_000), &short);
+    assert_eq!(u.due_at, Some(t0() + TimeDelta::seconds(2)));
     // At the end of time the due time saturates instead of panicking.
     let mut c = cx(&p, 0);
     c.now = DateTime::<Utc>::MAX_UTC;

@@ -70,6 +70,7 @@ pub struct Scheduler {
     in_flight_timeout: Duration,
     accepted_timeout: Duration,
     park_after: u32,
+    waits: super::outcome::Waits,
     batch: i64,
 }
 
@@ -93,6 +94,7 @@ impl Scheduler {
             in_flight_timeout: in_flight_timeout.min(MAX_TIMEOUT),
             accepted_timeout: Duration::from_secs(86_400),
             park_after: DEFAULT_PARK_AFTER,
+            waits: Default::default(),
             batch: 50,
         }
     }
@@ -100,6 +102,12 @@ impl Scheduler {
     /// Consecutive failures (calls without a usable answer) that park a retry (at least 1).
     pub fn with_park_after_failures(mut self, failures: u32) -> Self {
         self.park_after = failures.max(1);
+        self
+    }
+
+    /// How long failures make a retry wait.
+    pub fn with_waits(mut self, waits: super::outcome::Waits) -> Self {
+        self.waits = waits;
         self
     }
 

@@ -223,7 +223,11 @@ impl Syncer {
     ) -> Result<SyncReport, SyncError> {
         let source_id = source.id();
         let row = state::load(&self.db, source_id).await?;
-        let lookback = chrono::Duration::seconds(target.settings.lookback_secs as i64);
+        // Bounded at load (`sync.lookback_secs`); saturate anyway rather than panic.
+        let lookback = i64::try_from(target.settings.lookback_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX);
         // Postgres keeps microseconds: the watermark is stored and reported alike.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let start = state::plan(&row, options.since, lookback, now);

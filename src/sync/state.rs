@@ -56,7 +56,11 @@ pub fn plan(
     }
     Start {
         started_at: now,
-        since: since.or(row.watermark.map(|w| w - lookback)),
+        // The watermark comes from provider data: saturate at the start of time.
+        since: since.or(row.watermark.map(|w| {
+            w.checked_sub_signed(lookback)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        })),
         cursor: None,
         resumed: false,
     }

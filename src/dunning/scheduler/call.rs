@@ -54,6 +54,7 @@ impl Scheduler {
             first_failed_at: retry.first_failed_at,
             prior_failures: retry.failures,
             park_after: self.park_after,
+            waits: self.waits,
             now,
         };
         let decided =

@@ -259,7 +259,9 @@ fn all_billed_before(attempts: &[Attempt], since: Option<DateTime<Utc>>) -> bool
     let Some(since) = since else {
         return false;
     };
-    let horizon = since - LATE_WINDOW;
+    let horizon = since
+        .checked_sub_signed(LATE_WINDOW)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     attempts.iter().all(|attempt| {
         field(attempt, "billingDate")
             .and_then(|date| DateTime::parse_from_rfc3339(&date).ok())

@@ -158,7 +158,9 @@ fn all_created_before(orders: &[Value], since: Option<DateTime<Utc>>) -> bool {
     let Some(since) = since else {
         return false;
     };
-    let horizon = since - LATE_WINDOW;
+    let horizon = since
+        .checked_sub_signed(LATE_WINDOW)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     orders.iter().all(|order| {
         order
             .get("created_at")
