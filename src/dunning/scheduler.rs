@@ -12,8 +12,16 @@
 //! answer) is caught per retry and counted as that retry's failure, every time it computes
 //! is checked, and a retry whose calls keep failing (or whose process keeps dying during
 //! the call) is parked after `park_after` failures in a row (see [`super::outcome`]).
+//! Nor does one provider slow the others: the running scheduler claims and calls in one
+//! lane per source with a client (plus one for the rest), each on its own tick, so a
+//! provider that stalls every call delays only its own retries.
 
-use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::FutureExt;
@@ -74,6 +82,27 @@ pub struct Scheduler {
     batch: i64,
 }
 
+/// Which due retries a pass claims.
+#[derive(Debug, Clone, Copy)]
+enum Lane<'a> {
+    /// Every source (one pass of `run_once`).
+    All,
+    /// One source with a retry client.
+    Source(&'a str),
+    /// Every source but those with a client of their own lane.
+    Rest(&'a [String]),
+}
+
+impl std::fmt::Display for Lane<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lane::All => f.write_str("all sources"),
+            Lane::Source(source) => write!(f, "source {source}"),
+            Lane::Rest(_) => f.write_str("sources without a client"),
+        }
+    }
+}
+
 /// The idempotency key of retry `n` of a cycle: the same on every re-send.
 pub fn idempotency_key(source_id: &str, cycle_key: &str, n: i32) -> String {
     let digest = sha2::Sha256::digest(format!("{source_id}\n{cycle_key}\n{n}"));
@@ -115,40 +144,77 @@ impl Scheduler {
     /// panics is logged and the next tick tries again.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
         let interval = interval.clamp(Duration::from_millis(1), MAX_TICK);
+        let with_client: Vec<String> = self.clients.keys().cloned().collect();
+        let mut lanes: Vec<Lane<'_>> = with_client.iter().map(|s| Lane::Source(s)).collect();
+        lanes.push(Lane::Rest(&with_client));
+        let lanes = lanes
+            .into_iter()
+            .map(|lane| self.run_lane(lane, interval, &shutdown));
+        futures_util::future::join_all(lanes).await;
+    }
+
+    async fn run_lane(&self, lane: Lane<'_>, interval: Duration, shutdown: &CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let pass = AssertUnwindSafe(self.run_once(Utc::now()))
+            let pass = AssertUnwindSafe(self.pass(Utc::now(), lane))
                 .catch_unwind()
                 .await;
             match pass {
-                Ok(Ok(pass)) if pass != Pass::default() => tracing::info!(?pass, "retry pass"),
+                Ok(Ok(pass)) if pass != Pass::default() => {
+                    tracing::info!(?pass, %lane, "retry pass")
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "retry pass failed; trying again next tick")
+                    tracing::warn!(%error, %lane, "retry pass failed; trying again next tick")
                 }
                 Err(panic) => tracing::error!(
-                    panic = %panic_message(panic.as_ref()),
+                    panic = %panic_message(panic.as_ref()), %lane,
                     "retry pass panicked; trying again next tick"
                 ),
             }
         }
     }
 
-    /// One pass at time `now`: re-arm stuck calls, claim what is due, call, record.
+    /// One pass over every source at time `now`: re-arm stuck calls, claim what is due,
+    /// call, record.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, DbError> {
-        let (resent, mut parked) = self.rearm_unanswered(now).await?;
-        let expired = self.expire_accepted(now).await?;
-        let (claimed, completed_without_call) = self.claim(now).await?;
-        for retry in &claimed {
-            let (called, took) = self.call(retry).await;
-            let update = self.update_for(retry, called, now);
-            if self.record(retry, &update, took).await? {
-                parked += 1;
+        self.pass(now, Lane::All).await
+    }
+
+    /// One pass of `lane`. The shared upkeep (re-arming unanswered calls, expiring
+    /// accepted ones) runs in the lane that is not a single source.
+    async fn pass(&self, now: DateTime<Utc>, lane: Lane<'_>) -> Result<Pass, DbError> {
+        let (resent, mut parked, expired) = match lane {
+            Lane::Source(_) => (0, 0, 0),
+            Lane::All | Lane::Rest(_) => {
+                let (resent, parked) = self.rearm_unanswered(now).await?;
+                (resent, parked, self.expire_accepted(now).await?)
             }
+        };
+        let (claimed, completed_without_call) = self.claim(now, lane).await?;
+        // Sources are called side by side, each source's retries in order: a provider that
+        // stalls or misbehaves costs its own retries time, never another source's.
+        let mut by_source: BTreeMap<&str, Vec<&Claimed>> = BTreeMap::new();
+        for retry in &claimed {
+            by_source.entry(&retry.source_id).or_default().push(retry);
+        }
+        let sources = by_source.into_values().map(|retries| async move {
+            let mut parked = 0;
+            for retry in retries {
+                let (called, took) = self.call(retry).await;
+                let update = self.update_for(retry, called, now);
+                if self.record(retry, &update, took).await? {
+                    parked += 1;
+                }
+            }
+            Ok::<usize, DbError>(parked)
+        });
+        for result in futures_util::future::join_all(sources).await {
+            parked += result?;
         }
         Ok(Pass {
             called: claimed.len(),
@@ -260,7 +326,16 @@ impl Scheduler {
     }
 
     /// Claims due retries, completing without a call those the ledger says are settled.
-    async fn claim(&self, now: DateTime<Utc>) -> Result<(Vec<Claimed>, usize), DbError> {
+    async fn claim(
+        &self,
+        now: DateTime<Utc>,
+        lane: Lane<'_>,
+    ) -> Result<(Vec<Claimed>, usize), DbError> {
+        let (only, except): (Option<&str>, &[String]) = match lane {
+            Lane::All => (None, &[]),
+            Lane::Source(source) => (Some(source), &[]),
+            Lane::Rest(with_client) => (None, with_client),
+        };
         let mut tx = self.db.pool().begin().await?;
         type Due = (
             String,
@@ -276,10 +351,13 @@ impl Scheduler {
             "SELECT source_id, cycle_key, attempt_id, cycle_id, subscription_id, retries_done, first_failed_at,
                     consecutive_failures
              FROM retries WHERE status = 'scheduled' AND due_at <= $1
+               AND ($3::text IS NULL OR source_id = $3) AND NOT (source_id = ANY($4))
              ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(now)
         .bind(self.batch)
+        .bind(only)
+        .bind(except)
         .fetch_all(&mut *tx)
         .await?;
         let (mut claimed, mut settled) = (Vec::new(), 0);
