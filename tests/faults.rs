@@ -18,12 +18,16 @@
 mod common;
 #[path = "faults/harness.rs"]
 mod harness;
+#[path = "faults/hostile_api.rs"]
+mod hostile_api;
 #[path = "faults/link.rs"]
 mod link;
 #[path = "faults/load.rs"]
 mod load;
 #[path = "faults/malformed.rs"]
 mod malformed;
+#[path = "faults/provider.rs"]
+mod provider;
 #[path = "faults/stripe.rs"]
 mod stripe;
 
