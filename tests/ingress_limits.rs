@@ -236,22 +236,32 @@ async fn at_the_limit_an_idle_connection_makes_room_for_a_webhook() {
 }
 
 #[tokio::test]
-async fn at_the_limit_held_by_slow_heads_a_webhook_waits_for_their_deadline() {
-    let app = ingress(8, 400, 30_000).await;
+async fn at_the_limit_held_by_slow_heads_the_slowest_is_closed_for_a_webhook() {
+    // Heads may take 3 s, but at the limit one in progress for over 300 ms is given up.
+    let app = ingress(8, 3_000, 30_000).await;
     let slow: Vec<_> = (0..8)
         .map(|_| trickle(app.addr, Duration::from_millis(50)))
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, took) = app.post_webhook("msg_limit_slow").await;
-    assert_eq!(status, 202, "accepted once a slow connection timed out");
-    // It had to wait for a slot (the limit is real), but not longer than the deadline.
+    assert_eq!(status, 202, "accepted once a slow head was closed");
+    // It had to wait (the limit is real), but far less than the head deadline.
     assert!(
-        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(150) && took < Duration::from_secs(2),
         "{took:?}"
     );
+    let mut held: Vec<Duration> = Vec::new();
     for handle in slow {
-        let held = handle.await.unwrap();
-        assert!(held < Duration::from_secs(2), "{held:?}");
+        held.push(handle.await.unwrap());
     }
+    held.sort();
+    assert!(
+        held[0] < Duration::from_secs(2),
+        "one closed early: {held:?}"
+    );
+    assert!(
+        held[1] >= Duration::from_millis(2_700),
+        "the others ran to the deadline: {held:?}"
+    );
     app.stop().await;
 }

@@ -11,10 +11,12 @@
 //! hyper enforces its own: a read that would wait past the deadline fails, and hyper
 //! drops the connection.
 //!
-//! The [`Registry`] lets the accept loop, at its connection limit, close the connection
-//! idle the longest to make room for a new one (a keep-alive connection between requests,
-//! or one that has not sent a byte yet): an idle connection costs its client nothing to
-//! reopen, a waiting new one may be a webhook.
+//! The [`Registry`] lets the accept loop, at its connection limit, close a connection to
+//! make room for a new one: the one idle the longest among those with no request in
+//! flight that are idle between requests, have not sent a byte, or have been sending one
+//! request head for longer than a tenth of `header_read` (providers send a head in one
+//! packet; a head still incomplete after a second is a slow or hostile client). Closing
+//! such a connection costs its client at most a reconnect; a new one may be a webhook.
 
 use std::{
     collections::HashMap,
@@ -40,6 +42,14 @@ pub struct Deadlines {
     pub keep_alive_idle: Duration,
 }
 
+impl Deadlines {
+    /// How long a request head may be in progress before, at the connection limit, its
+    /// connection may be closed for a new one.
+    fn slow_head(&self) -> Duration {
+        self.header_read / 10
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for a request head; `started` once a byte of it arrived.
@@ -57,6 +67,16 @@ struct State {
     evicted: bool,
     /// The task that last waited on a read, woken when the deadline or eviction changes.
     waker: Option<Waker>,
+}
+
+impl State {
+    fn evictable(&self, limits: &Deadlines) -> bool {
+        match self.phase {
+            Phase::Idle | Phase::Head { started: false } => true,
+            Phase::Head { started: true } => self.since.elapsed() >= limits.slow_head(),
+            Phase::Busy => false,
+        }
+    }
 }
 
 /// One connection's phase, shared by its socket wrapper, its service and the registry.
@@ -112,21 +132,17 @@ impl Tracker {
         }
     }
 
-    /// Since when this connection has been evictable: idle between requests, or open
-    /// without having sent a byte.
-    fn idle_since(&self) -> Option<Instant> {
+    /// Since when this connection may be closed for a new one (None: not now).
+    fn evictable_since(&self, limits: &Deadlines) -> Option<Instant> {
         let state = self.lock();
-        match state.phase {
-            Phase::Idle | Phase::Head { started: false } if !state.evicted => Some(state.since),
-            _ => None,
-        }
+        (!state.evicted && state.evictable(limits)).then_some(state.since)
     }
 
-    /// Closes the connection at its next read, if it is still idle (a request that
+    /// Closes the connection at its next read, if it is still evictable (a request that
     /// started in the meantime is served).
-    fn evict(&self) -> bool {
+    fn evict(&self, limits: &Deadlines) -> bool {
         let mut state = self.lock();
-        if !matches!(state.phase, Phase::Idle | Phase::Head { started: false }) {
+        if !state.evictable(limits) {
             return false;
         }
         state.evicted = true;
@@ -147,11 +163,10 @@ impl Tracker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
             _ => state.waker = Some(cx.waker().clone()),
         }
-        let idle = matches!(state.phase, Phase::Idle | Phase::Head { started: false });
-        if state.evicted && idle {
+        if state.evicted && state.evictable(limits) {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "idle connection closed to admit a new one",
+                "idle or slow connection closed to admit a new one",
             ));
         }
         state.evicted = false;
@@ -194,16 +209,18 @@ impl Registry {
         self.lock().len()
     }
 
-    /// Closes the connection that has been idle the longest; false when none is idle.
-    pub fn evict_longest_idle(&self) -> bool {
-        let candidates: Vec<(Instant, Arc<Tracker>)> = self
+    /// Closes the evictable connection idle the longest (see the module docs); false
+    /// when there is none.
+    pub fn evict_longest_idle(&self, limits: &Deadlines) -> bool {
+        let mut candidates: Vec<(Instant, Arc<Tracker>)> = self
             .lock()
             .values()
-            .filter_map(|t| Some((t.idle_since()?, t.clone())))
+            .filter_map(|t| Some((t.evictable_since(limits)?, t.clone())))
             .collect();
-        let mut candidates = candidates;
         candidates.sort_by_key(|(since, _)| *since);
-        candidates.into_iter().any(|(_, tracker)| tracker.evict())
+        candidates
+            .into_iter()
+            .any(|(_, tracker)| tracker.evict(limits))
     }
 }
 

@@ -2,10 +2,11 @@
 //! which can bound neither slow clients nor the number of connections.
 //!
 //! - At most `max_connections` connections are open per listener (a semaphore). At the
-//!   limit the loop has accepted one connection and waits with it: it first closes the
-//!   connection idle the longest (see [`conn`](super::conn)), else waits until one ends
-//!   (a slow head ends within `header_read`). Connections beyond that wait in the
-//!   kernel's accept backlog, so open descriptors stay at `max_connections` + 1.
+//!   limit the loop has accepted one connection and waits with it: it closes the
+//!   connection idle the longest (keep-alive, silent, or a slow head: see
+//!   [`conn`](super::conn)), else waits until one ends (every head ends within
+//!   `header_read`). Connections beyond that wait in the kernel's accept backlog, so
+//!   open descriptors stay at `max_connections` + 1.
 //! - Each connection's request-head and keep-alive deadlines are enforced by
 //!   [`conn::Watched`](super::conn::Watched).
 //! - Shutdown: stop accepting, let every connection finish its request in flight
@@ -70,7 +71,7 @@ pub async fn serve(
         let permit = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            permit = free_slot(&slots, &registry, what) => permit,
+            permit = free_slot(&slots, &registry, &limits.deadlines, what) => permit,
         };
         let registration = registry.register();
         let io = TokioIo::new(Watched::new(
@@ -101,12 +102,13 @@ pub async fn serve(
     }
 }
 
-/// A connection slot: a free one, or the one an idle connection gives up. Retries the
+/// A connection slot: a free one, or the one an idle or slow connection gives up. Retries the
 /// eviction while waiting, as a connection may turn idle (or its eviction may lose the
 /// race against a request that just started).
 async fn free_slot(
     slots: &Arc<Semaphore>,
     registry: &Registry,
+    deadlines: &Deadlines,
     what: &'static str,
 ) -> OwnedSemaphorePermit {
     if let Ok(permit) = slots.clone().try_acquire_owned() {
@@ -115,9 +117,9 @@ async fn free_slot(
     metrics::counter!("subsync_http_connection_limit_reached_total", "listener" => what)
         .increment(1);
     loop {
-        let evicted = registry.evict_longest_idle();
+        let evicted = registry.evict_longest_idle(deadlines);
         if evicted {
-            metrics::counter!("subsync_http_idle_connections_closed_total", "listener" => what)
+            metrics::counter!("subsync_http_connections_evicted_total", "listener" => what)
                 .increment(1);
         }
         let wait = Duration::from_millis(if evicted { 1_000 } else { 50 });
