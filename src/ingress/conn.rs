@@ -209,18 +209,24 @@ impl Registry {
         self.lock().len()
     }
 
-    /// Closes the evictable connection idle the longest (see the module docs); false
-    /// when there is none.
-    pub fn evict_longest_idle(&self, limits: &Deadlines) -> bool {
+    /// Closes up to `count` evictable connections, those idle the longest first (see the
+    /// module docs); returns how many. One scan serves several accepts, so a flood of new
+    /// connections at the limit is admitted at accept speed rather than one scan each.
+    pub fn evict_longest_idle(&self, limits: &Deadlines, count: usize) -> usize {
         let mut candidates: Vec<(Instant, Arc<Tracker>)> = self
             .lock()
             .values()
             .filter_map(|t| Some((t.evictable_since(limits)?, t.clone())))
             .collect();
+        if candidates.len() > count && count > 0 {
+            candidates.select_nth_unstable_by_key(count - 1, |(since, _)| *since);
+            candidates.truncate(count);
+        }
         candidates.sort_by_key(|(since, _)| *since);
         candidates
             .into_iter()
-            .any(|(_, tracker)| tracker.evict(limits))
+            .filter(|(_, tracker)| tracker.evict(limits))
+            .count()
     }
 }
 

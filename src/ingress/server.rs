@@ -71,7 +71,7 @@ pub async fn serve(
         let permit = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            permit = free_slot(&slots, &registry, &limits.deadlines, what) => permit,
+            permit = free_slot(&slots, &registry, &limits, what) => permit,
         };
         let registration = registry.register();
         let io = TokioIo::new(Watched::new(
@@ -108,7 +108,7 @@ pub async fn serve(
 async fn free_slot(
     slots: &Arc<Semaphore>,
     registry: &Registry,
-    deadlines: &Deadlines,
+    limits: &Limits,
     what: &'static str,
 ) -> OwnedSemaphorePermit {
     if let Ok(permit) = slots.clone().try_acquire_owned() {
@@ -116,13 +116,13 @@ async fn free_slot(
     }
     metrics::counter!("subsync_http_connection_limit_reached_total", "listener" => what)
         .increment(1);
+    // Room for the next few accepts too, so a burst at the limit costs one scan per batch.
+    let batch = (limits.max_connections / 64).clamp(1, 64);
     loop {
-        let evicted = registry.evict_longest_idle(deadlines);
-        if evicted {
-            metrics::counter!("subsync_http_connections_evicted_total", "listener" => what)
-                .increment(1);
-        }
-        let wait = Duration::from_millis(if evicted { 1_000 } else { 50 });
+        let evicted = registry.evict_longest_idle(&limits.deadlines, batch);
+        metrics::counter!("subsync_http_connections_evicted_total", "listener" => what)
+            .increment(evicted as u64);
+        let wait = Duration::from_millis(if evicted > 0 { 1_000 } else { 50 });
         if let Ok(permit) = tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
             return permit.expect("the semaphore is never closed");
         }

@@ -123,7 +123,7 @@ async fn hold(mut stream: TcpStream, kind: Kind, byte_every: Duration) -> bool {
 }
 
 /// Sends webhook `0..count` at `rate` per second; each is retried (after 200 ms) while it
-/// gets no HTTP answer or a 503, for at most `give_up`. Returns the report (answer =
+/// gets no HTTP answer within 5 s or a 503, for at most `give_up`. Returns the report (answer =
 /// the last one) and, per webhook, how long it took to get its 2xx.
 pub async fn post_until_accepted(
     load: &Load,
@@ -132,8 +132,8 @@ pub async fn post_until_accepted(
     give_up: Duration,
 ) -> (Report, Vec<Duration>) {
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
+        // A provider's patience with one attempt (Shopify's is 5 s), then it tries again.
+        .timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
@@ -147,8 +147,14 @@ pub async fn post_until_accepted(
         tasks.spawn(async move {
             let webhook = (load.make)(n);
             let first = Instant::now();
+            let mut tries = Vec::new();
             let answer = loop {
-                let answer = post(&client, &load, &webhook.id, &webhook.body).await;
+                let attempt = Instant::now();
+                let (answer, error) = post(&client, &load, &webhook.id, &webhook.body).await;
+                tries.push(format!(
+                    "{answer:?} after {:.2?} {error}",
+                    attempt.elapsed()
+                ));
                 let retry = matches!(answer, Answer::Error | Answer::Status(503));
                 if !retry || first.elapsed() > give_up {
                     break answer;
@@ -156,6 +162,9 @@ pub async fn post_until_accepted(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
             drop(permit);
+            if !answer.ok() {
+                eprintln!("[faults] webhook {} got no 2xx: {tries:?}", webhook.id);
+            }
             (
                 Entry {
                     id: webhook.id,
@@ -184,7 +193,8 @@ pub async fn post_until_accepted(
     (report, took)
 }
 
-async fn post(client: &reqwest::Client, load: &Load, id: &str, body: &[u8]) -> Answer {
+/// The answer, and for a request that got none, why (for the failure report).
+async fn post(client: &reqwest::Client, load: &Load, id: &str, body: &[u8]) -> (Answer, String) {
     let mut request = client
         .post(&load.url)
         .header("content-type", "application/json");
@@ -195,9 +205,17 @@ async fn post(client: &reqwest::Client, load: &Load, id: &str, body: &[u8]) -> A
         Ok(response) => {
             let status = response.status().as_u16();
             let _ = response.bytes().await;
-            Answer::Status(status)
+            (Answer::Status(status), String::new())
         }
-        Err(_) => Answer::Error,
+        Err(error) => {
+            let mut why = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            (Answer::Error, why)
+        }
     }
 }
 
