@@ -265,3 +265,49 @@ async fn at_the_limit_held_by_slow_heads_the_slowest_is_closed_for_a_webhook() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_stops_accepting_closes_idle_connections_and_finishes_requests_in_flight() {
+    let mut app = ingress(64, 10_000, 75_000).await;
+    let mut idle = idle_keep_alive(app.addr).await;
+    // A signed webhook whose body is half sent when shutdown begins.
+    let source = subsync::providers::Source::new(app.settings.source("demo").unwrap()).unwrap();
+    let payload = body("invoice.paid", 2);
+    let mut head = format!(
+        "POST /webhooks/demo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        payload.len()
+    );
+    for (name, value) in source.sign("msg_in_flight", &payload, std::time::SystemTime::now()) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut in_flight = TcpStream::connect(app.addr).await.unwrap();
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = payload.split_at(payload.len() / 2);
+    in_flight.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    app.shutdown.cancel();
+    let running = app.running.take().unwrap();
+    let stopped = tokio::spawn(running.wait());
+    let idle_closed = closed_after(&mut idle, Duration::from_secs(2)).await;
+    assert!(
+        idle_closed.is_some(),
+        "an idle connection is closed at once"
+    );
+    assert!(
+        TcpStream::connect(app.addr).await.is_err(),
+        "the listener no longer accepts"
+    );
+    assert!(!stopped.is_finished(), "waits for the request in flight");
+    in_flight.write_all(rest).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = in_flight.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("stops once the request is answered")
+        .unwrap();
+    app.stop().await;
+}

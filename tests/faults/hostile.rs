@@ -55,42 +55,70 @@ impl AttackStats {
     }
 }
 
-/// Starts `count` attackers of `kind` against `addr` until `over` turns true.
-pub fn attack(
-    tasks: &mut JoinSet<()>,
+/// The attackers: each holds one connection at a time, until [`Attack::stop`].
+pub struct Attack {
+    tasks: JoinSet<()>,
+    stats: Arc<AttackStats>,
+    over: watch::Sender<bool>,
+}
+
+impl Attack {
+    /// `trickling` + `idle` attackers against `addr`; tricklers send a byte every `every`.
+    pub fn start(addr: SocketAddr, trickling: usize, idle: usize, every: Duration) -> Self {
+        let (over, _) = watch::channel(false);
+        let mut attack = Self {
+            tasks: JoinSet::new(),
+            stats: Arc::default(),
+            over,
+        };
+        attack.spawn(addr, Kind::Trickle, trickling, every);
+        attack.spawn(addr, Kind::Idle, idle, every);
+        attack
+    }
+
+    fn spawn(&mut self, addr: SocketAddr, kind: Kind, count: usize, byte_every: Duration) {
+        for _ in 0..count {
+            let (stats, over) = (self.stats.clone(), self.over.subscribe());
+            self.tasks
+                .spawn(attacker(addr, kind, byte_every, stats, over));
+        }
+    }
+
+    /// Ends the attack (every attacker closes its connection); what they saw.
+    pub async fn stop(mut self) -> String {
+        self.over.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.stats.summary()
+    }
+}
+
+async fn attacker(
     addr: SocketAddr,
     kind: Kind,
-    count: usize,
     byte_every: Duration,
-    stats: &Arc<AttackStats>,
-    over: &watch::Receiver<bool>,
+    stats: Arc<AttackStats>,
+    mut over: watch::Receiver<bool>,
 ) {
-    for _ in 0..count {
-        let (stats, mut over) = (stats.clone(), over.clone());
-        tasks.spawn(async move {
-            while !*over.borrow() {
-                let connect =
-                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr));
-                let Ok(Ok(stream)) = connect.await else {
-                    stats.connect_failures.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                stats.connections.fetch_add(1, Ordering::SeqCst);
-                let open = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
-                stats.peak_open.fetch_max(open, Ordering::SeqCst);
-                let closed = tokio::select! {
-                    closed = hold(stream, kind, byte_every) => closed,
-                    _ = over.wait_for(|o| *o) => false,
-                };
-                stats.open.fetch_sub(1, Ordering::SeqCst);
-                if closed {
-                    stats.closed_by_server.fetch_add(1, Ordering::SeqCst);
-                }
-                // Reconnect paced, so the attack is bounded in rate as well as in count.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+    while !*over.borrow() {
+        let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr));
+        let Ok(Ok(stream)) = connect.await else {
+            stats.connect_failures.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        let open = stats.open.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak_open.fetch_max(open, Ordering::SeqCst);
+        let closed = tokio::select! {
+            closed = hold(stream, kind, byte_every) => closed,
+            _ = over.wait_for(|o| *o) => false,
+        };
+        stats.open.fetch_sub(1, Ordering::SeqCst);
+        if closed {
+            stats.closed_by_server.fetch_add(1, Ordering::SeqCst);
+        }
+        // Reconnect paced, so the attack is bounded in rate as well as in count.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -245,6 +273,53 @@ pub fn sample(pid: u32) -> Option<ProcessFigures> {
     })
 }
 
+/// What the server may use: descriptors up to what it had before plus `max_connections`
+/// plus `fd_slack`, memory up to its peak before plus `kib_per_connection` per allowed
+/// connection; once the attack is over, no more than `fd_slack` descriptors above before.
+pub struct Bounds {
+    pub max_connections: usize,
+    pub fd_slack: usize,
+    pub kib_per_connection: u64,
+}
+
+impl Bounds {
+    pub fn check(&self, before: &ProcessFigures, peak: &ProcessFigures, after: &ProcessFigures) {
+        assert!(
+            peak.fds <= before.fds + self.max_connections + self.fd_slack,
+            "open descriptors bounded by max_connections {}: {} before, {} at peak",
+            self.max_connections,
+            before.fds,
+            peak.fds
+        );
+        let rss_bound = before.hwm_kib + self.max_connections as u64 * self.kib_per_connection;
+        assert!(
+            peak.hwm_kib <= rss_bound,
+            "peak RSS {} KiB within {rss_bound} KiB (before + {} KiB per allowed connection)",
+            peak.hwm_kib,
+            self.kib_per_connection
+        );
+        assert!(
+            after.fds <= before.fds + self.fd_slack,
+            "connections released after the attack: {} fds, {} before",
+            after.fds,
+            before.fds
+        );
+    }
+
+    /// Waits (at most 15 s) until the server is back within `fd_slack` of `before`.
+    pub async fn released(&self, pid: u32, before: &ProcessFigures) -> ProcessFigures {
+        let started = Instant::now();
+        loop {
+            let now = sample(pid).expect("/proc figures of the service");
+            if now.fds <= before.fds + self.fd_slack || started.elapsed() > Duration::from_secs(15)
+            {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Samples `pid` every 100 ms until `over`; returns the largest figures seen.
 pub async fn peak(pid: u32, mut over: watch::Receiver<bool>) -> ProcessFigures {
     let mut peak = ProcessFigures::default();
@@ -273,10 +348,16 @@ pub fn open_files_limit() -> Option<usize> {
         .ok()
 }
 
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
+/// "p50 …, p99 …, max …" of sorted durations.
+pub fn latencies(sorted: &[Duration]) -> String {
+    let at = |p: f64| {
+        let index = ((sorted.len().max(1) - 1) as f64 * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    };
+    format!(
+        "p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
 }
