@@ -150,15 +150,24 @@ async fn hold(mut stream: TcpStream, kind: Kind, byte_every: Duration) -> bool {
     unreachable!("the head never ends")
 }
 
+/// What the valid webhooks went through.
+pub struct Delivered {
+    /// Each webhook's last answer.
+    pub report: Report,
+    /// How long each webhook that got a 2xx took, first attempt to 2xx, sorted.
+    pub took: Vec<Duration>,
+    /// Webhooks that needed more than one attempt.
+    pub retried: usize,
+}
+
 /// Sends webhook `0..count` at `rate` per second; each is retried (after 200 ms) while it
-/// gets no HTTP answer within 5 s or a 503, for at most `give_up`. Returns the report (answer =
-/// the last one) and, per webhook, how long it took to get its 2xx.
+/// gets no HTTP answer within 5 s or a 503, for at most `give_up`.
 pub async fn post_until_accepted(
     load: &Load,
     count: usize,
     rate: f64,
     give_up: Duration,
-) -> (Report, Vec<Duration>) {
+) -> Delivered {
     let client = reqwest::Client::builder()
         // A provider's patience with one attempt (Shopify's is 5 s), then it tries again.
         .timeout(Duration::from_secs(5))
@@ -173,43 +182,19 @@ pub async fn post_until_accepted(
         let permit = permits.clone().acquire_owned().await.unwrap();
         let (load, client) = (load.clone(), client.clone());
         tasks.spawn(async move {
-            let webhook = (load.make)(n);
-            let first = Instant::now();
-            let mut tries = Vec::new();
-            let answer = loop {
-                let attempt = Instant::now();
-                let (answer, error) = post(&client, &load, &webhook.id, &webhook.body).await;
-                tries.push(format!(
-                    "{answer:?} after {:.2?} {error}",
-                    attempt.elapsed()
-                ));
-                let retry = matches!(answer, Answer::Error | Answer::Status(503));
-                if !retry || first.elapsed() > give_up {
-                    break answer;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            };
+            let delivered = deliver(&client, &load, n, give_up).await;
             drop(permit);
-            if !answer.ok() {
-                eprintln!("[faults] webhook {} got no 2xx: {tries:?}", webhook.id);
-            }
-            (
-                Entry {
-                    id: webhook.id,
-                    index: n,
-                    answer,
-                },
-                first.elapsed(),
-            )
+            delivered
         });
     }
     let mut entries = Vec::with_capacity(count);
-    let mut took = Vec::with_capacity(count);
+    let (mut took, mut retried) = (Vec::with_capacity(count), 0);
     while let Some(done) = tasks.join_next().await {
-        let (entry, elapsed) = done.unwrap();
+        let (entry, elapsed, attempts) = done.unwrap();
         if entry.answer.ok() {
             took.push(elapsed);
         }
+        retried += usize::from(attempts > 1);
         entries.push(entry);
     }
     entries.sort_by_key(|e| e.index);
@@ -218,7 +203,46 @@ pub async fn post_until_accepted(
         entries,
         elapsed: started.elapsed(),
     };
-    (report, took)
+    Delivered {
+        report,
+        took,
+        retried,
+    }
+}
+
+/// Webhook `n` until it gets an answer other than none or 503, or `give_up` passed: its
+/// last answer, how long from the first attempt, how many attempts.
+async fn deliver(
+    client: &reqwest::Client,
+    load: &Load,
+    n: usize,
+    give_up: Duration,
+) -> (Entry, Duration, usize) {
+    let webhook = (load.make)(n);
+    let first = Instant::now();
+    let mut tries = Vec::new();
+    let answer = loop {
+        let attempt = Instant::now();
+        let (answer, error) = post(client, load, &webhook.id, &webhook.body).await;
+        tries.push(format!(
+            "{answer:?} after {:.2?} {error}",
+            attempt.elapsed()
+        ));
+        let retry = matches!(answer, Answer::Error | Answer::Status(503));
+        if !retry || first.elapsed() > give_up {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if !answer.ok() {
+        eprintln!("[faults] webhook {} got no 2xx: {tries:?}", webhook.id);
+    }
+    let entry = Entry {
+        id: webhook.id,
+        index: n,
+        answer,
+    };
+    (entry, first.elapsed(), tries.len())
 }
 
 /// The answer, and for a request that got none, why (for the failure report).
