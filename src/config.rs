@@ -672,6 +672,20 @@ mod tests {
     }
 
     #[test]
+    fn http_connection_limits_default_and_refuse_zero() {
+        let settings = load(MINIMAL).unwrap();
+        assert_eq!(settings.http.header_read_timeout_ms, 10_000);
+        assert_eq!(settings.http.keep_alive_idle_ms, 75_000);
+        assert_eq!(settings.http.max_connections, 4_096);
+        let zero = MINIMAL.replace(
+            "admin_addr = \"127.0.0.1:0\"",
+            "admin_addr = \"127.0.0.1:0\"\nmax_connections = 0",
+        );
+        let err = load(&zero).unwrap_err().to_string();
+        assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
     fn provider_kinds_round_trip() {
         for kind in ProviderKind::ALL {
             assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));

@@ -13,9 +13,10 @@
 //!
 //! The [`Registry`] lets the accept loop, at its connection limit, close a connection to
 //! make room for a new one: the one idle the longest among those with no request in
-//! flight that are idle between requests, have not sent a byte, or have been sending one
-//! request head for longer than a tenth of `header_read` (providers send a head in one
-//! packet; a head still incomplete after a second is a slow or hostile client). Closing
+//! flight that are idle between requests, or have been waiting for (or sending) a request
+//! head for longer than a tenth of `header_read` (providers send a head in one packet
+//! right after connecting; a head still incomplete after a second is a slow or hostile
+//! client). Closing
 //! such a connection costs its client at most a reconnect; a new one may be a webhook.
 
 use std::{
@@ -52,8 +53,8 @@ impl Deadlines {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for a request head; `started` once a byte of it arrived.
-    Head { started: bool },
+    /// Waiting for a request head, or reading it.
+    Head,
     /// A request is being served.
     Busy,
     /// Keep-alive, between two requests.
@@ -72,8 +73,8 @@ struct State {
 impl State {
     fn evictable(&self, limits: &Deadlines) -> bool {
         match self.phase {
-            Phase::Idle | Phase::Head { started: false } => true,
-            Phase::Head { started: true } => self.since.elapsed() >= limits.slow_head(),
+            Phase::Idle => true,
+            Phase::Head => self.since.elapsed() >= limits.slow_head(),
             Phase::Busy => false,
         }
     }
@@ -88,7 +89,7 @@ impl Tracker {
     fn new() -> Self {
         Self {
             state: Mutex::new(State {
-                phase: Phase::Head { started: false },
+                phase: Phase::Head,
                 since: Instant::now(),
                 evicted: false,
                 waker: None,
@@ -102,16 +103,13 @@ impl Tracker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Bytes arrived: an idle connection starts a new request head, whose clock starts now.
+    /// Bytes arrived: an idle connection starts a new request head, whose clock starts
+    /// now (a connection's first head is timed from the accept).
     fn on_bytes(&self) {
         let mut state = self.lock();
-        match state.phase {
-            Phase::Idle => {
-                state.phase = Phase::Head { started: true };
-                state.since = Instant::now();
-            }
-            Phase::Head { started: false } => state.phase = Phase::Head { started: true },
-            Phase::Head { started: true } | Phase::Busy => {}
+        if state.phase == Phase::Idle {
+            state.phase = Phase::Head;
+            state.since = Instant::now();
         }
     }
 
@@ -171,7 +169,7 @@ impl Tracker {
         }
         state.evicted = false;
         Ok(match state.phase {
-            Phase::Head { .. } => Some(state.since + limits.header_read),
+            Phase::Head => Some(state.since + limits.header_read),
             Phase::Idle => Some(state.since + limits.keep_alive_idle),
             Phase::Busy => None,
         })

@@ -3,7 +3,7 @@
 //!
 //! - At most `max_connections` connections are open per listener (a semaphore). At the
 //!   limit the loop has accepted one connection and waits with it: it closes the
-//!   connection idle the longest (keep-alive, silent, or a slow head: see
+//!   connection idle the longest (keep-alive, or no complete head after header_read/10: see
 //!   [`conn`](super::conn)), else waits until one ends (every head ends within
 //!   `header_read`). Connections beyond that wait in the kernel's accept backlog, so
 //!   open descriptors stay at `max_connections` + 1.
