@@ -89,15 +89,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let open = registry.count();
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
             listener = what,
-            open,
-            "connections still open after the shutdown grace; dropped"
+            open = registry.count(),
+            "connections still open after the shutdown grace; no longer waited for"
         );
     }
 }
