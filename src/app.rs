@@ -102,7 +102,13 @@ pub async fn start(
             settings.http.body_limit_bytes,
             Duration::from_millis(settings.http.request_timeout_ms),
         );
-        tasks.spawn(serve(listener, app, shutdown.clone(), "ingress"));
+        tasks.spawn(serve(
+            listener,
+            app,
+            &settings.http,
+            shutdown.clone(),
+            "ingress",
+        ));
         Some(addr)
     } else {
         None
@@ -120,7 +126,13 @@ pub async fn start(
         uses_broker: role.uses_broker(),
         health: health.clone(),
     });
-    tasks.spawn(serve(listener, admin, shutdown.clone(), "admin"));
+    tasks.spawn(serve(
+        listener,
+        admin,
+        &settings.http,
+        shutdown.clone(),
+        "admin",
+    ));
 
     let dunning = Dunning::from_settings(&settings.sources);
     let mut supervised = Supervised {
@@ -383,19 +395,26 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} listener on {addr}"))
 }
 
-async fn serve(
+/// Serves `app` with the `[http]` connection limits (see `ingress::server`) until
+/// `shutdown`; then stops accepting and finishes the requests in flight.
+fn serve(
     listener: TcpListener,
     app: axum::Router,
+    http: &crate::config::HttpSettings,
     shutdown: CancellationToken,
     what: &'static str,
-) {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(%error, listener = what, "HTTP server failed");
-    }
+) -> impl Future<Output = ()> + Send + 'static {
+    let request_timeout = Duration::from_millis(http.request_timeout_ms);
+    let limits = ingress::Limits {
+        deadlines: ingress::Deadlines {
+            header_read: Duration::from_millis(http.header_read_timeout_ms),
+            keep_alive_idle: Duration::from_millis(http.keep_alive_idle_ms),
+        },
+        max_connections: http.max_connections,
+        // The request deadline bounds every ingress request; the admin's are short.
+        shutdown_grace: request_timeout + Duration::from_secs(5),
+    };
+    ingress::server::serve(listener, app, limits, shutdown, what)
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

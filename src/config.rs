@@ -79,6 +79,16 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     #[serde(default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A request head must be complete this long after its first byte (after the accept
+    /// for a connection's first request).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(default = "defaults::keep_alive_idle_ms")]
+    pub keep_alive_idle_ms: u64,
+    /// Open connections per listener; past it the longest-idle one is closed, or new ones wait.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -505,6 +515,15 @@ impl Settings {
         if usize::from(self.worker.prefetch) < self.worker.batch_size {
             return invalid("worker.prefetch must be at least worker.batch_size".into());
         }
+        let http = &self.http;
+        if http.header_read_timeout_ms == 0
+            || http.keep_alive_idle_ms == 0
+            || http.max_connections == 0
+        {
+            return invalid(
+                "http.header_read_timeout_ms, http.keep_alive_idle_ms and http.max_connections must be positive".into(),
+            );
+        }
         if self.amqp.publish_channels == 0 {
             return invalid("amqp.publish_channels must be positive".into());
         }
@@ -660,6 +679,15 @@ mod defaults {
     }
     pub fn request_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn keep_alive_idle_ms() -> u64 {
+        75_000
+    }
+    pub fn max_connections() -> usize {
+        4_096
     }
     pub fn consumers() -> usize {
         2
@@ -854,6 +882,20 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn http_connection_limits_default_and_refuse_zero() {
+        let settings = load(MINIMAL).unwrap();
+        assert_eq!(settings.http.header_read_timeout_ms, 10_000);
+        assert_eq!(settings.http.keep_alive_idle_ms, 75_000);
+        assert_eq!(settings.http.max_connections, 4_096);
+        let zero = MINIMAL.replace(
+            "admin_addr = \"127.0.0.1:0\"",
+            "admin_addr = \"127.0.0.1:0\"\nmax_connections = 0",
+        );
+        let err = load(&zero).unwrap_err().to_string();
+        assert!(err.contains("http.max_connections"), "{err}");
     }
 
     #[test]

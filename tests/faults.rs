@@ -20,6 +20,8 @@ mod common;
 mod harness;
 #[path = "faults/hostile_api.rs"]
 mod hostile_api;
+#[path = "faults/hostile.rs"]
+mod hostile;
 #[path = "faults/link.rs"]
 mod link;
 #[path = "faults/load.rs"]
@@ -823,4 +825,98 @@ async fn s8_malformed_requests_get_no_5xx_and_queue_nothing() {
         started.elapsed().as_secs_f64()
     );
     finish(env, vec![ingress]).await;
+}
+
+/// Scenario 9 runs with the default connection limit and head deadline.
+const HOSTILE_MAX_CONNECTIONS: usize = 4096;
+const HOSTILE_HEADER_READ: Duration = Duration::from_secs(10);
+const HOSTILE_BOUNDS: hostile::Bounds = hostile::Bounds {
+    max_connections: HOSTILE_MAX_CONNECTIONS,
+    // The connection the accept loop holds while it waits for a slot, and a few admin
+    // requests of the harness.
+    fd_slack: 16,
+    // hyper's buffers and the connection's task, with room to spare.
+    kib_per_connection: 64,
+};
+
+/// 5,000 connections trickle request heads and 5,000 sit idle on keep-alive, all
+/// reconnecting when closed, while signed webhooks arrive at 250/s: each must get its 2xx
+/// within the head deadline + 5 s (a provider retries an attempt that got no answer in
+/// 5 s or a 503), and the server's descriptors and memory stay bounded by its limit.
+#[tokio::test]
+#[ignore = "fault injection: run by scripts/faults.sh"]
+async fn s9_hostile_clients_cannot_exhaust_the_ingress() {
+    let name = "9 hostile clients";
+    let started = Instant::now();
+    let (trickling, idle, every) = (5_000, 5_000, Duration::from_secs(3));
+    let limit = hostile::open_files_limit().unwrap_or(0);
+    assert!(
+        limit >= trickling + idle + 1_000,
+        "the attack needs {} sockets; ulimit -n is {limit} (scripts/faults.sh raises it)",
+        trickling + idle
+    );
+    let options = Options {
+        http_extra: format!(
+            "max_connections = {HOSTILE_MAX_CONNECTIONS}\nheader_read_timeout_ms = {}",
+            HOSTILE_HEADER_READ.as_millis()
+        ),
+        ..Options::default()
+    };
+    let env = Env::new(name, options).await;
+    let service = env.service("all", "all", &common::amqp_url()).await;
+    let pid = service.pid().unwrap();
+    let url = service.ingress_url();
+    let before = hostile::sample(pid).expect("/proc figures of the service");
+    let (sampling_tx, sampling) = watch::channel(false);
+    let sampler = tokio::spawn(hostile::peak(pid, sampling));
+
+    let attack = hostile::Attack::start(url[7..].parse().unwrap(), trickling, idle, every);
+    // Let the attack fill the connection table before the webhooks start.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = hostile::sample(pid).expect("/proc figures of the service");
+    let n = webhooks();
+    let give_up = HOSTILE_HEADER_READ + Duration::from_secs(5);
+    let load = Load::new(&env, url.clone(), "stripe", invoices("h"), n);
+    let delivered = hostile::post_until_accepted(&load, n, 250.0, give_up).await;
+    let (report, took) = (&delivered.report, &delivered.took);
+    let attack = attack.stop().await;
+    sampling_tx.send_replace(true);
+    let peak = sampler.await.unwrap();
+    let after = HOSTILE_BOUNDS.released(pid, &before).await;
+
+    figure!(
+        name,
+        "attack: {trickling} trickling (a byte every {}s) + {idle} idle keep-alive connections, reconnecting: {attack}; the server 5 s in: {} fds, RSS {} MiB",
+        every.as_secs(),
+        during.fds,
+        during.rss_kib / 1024
+    );
+    figure!(
+        name,
+        "webhooks: {}/{n} got 2xx (an attempt retried after 5 s without answer or a 503, up to {}s; {} needed more than one): {}; {}",
+        took.len(),
+        give_up.as_secs(),
+        delivered.retried,
+        hostile::latencies(took),
+        report.summary()
+    );
+    figure!(
+        name,
+        "server process: fds {} before, {} at peak, {} after (max_connections {HOSTILE_MAX_CONNECTIONS}); RSS {} MiB before, VmHWM {} MiB at peak",
+        before.fds,
+        peak.fds,
+        after.fds,
+        before.rss_kib / 1024,
+        peak.hwm_kib / 1024
+    );
+    assert_eq!(
+        took.len(),
+        n,
+        "every valid webhook got its 2xx within {give_up:?}"
+    );
+    HOSTILE_BOUNDS.check(&before, &peak, &after);
+    let settled = settle(&env, &load, report, &HashSet::new()).await;
+    print_settled(name, report, &settled);
+    figure!(name, "{:.0}s", started.elapsed().as_secs_f64());
+    finish(env, vec![service]).await;
 }

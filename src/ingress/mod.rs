@@ -1,7 +1,13 @@
 //! The public ingress: `POST /webhooks/{source_id}`. Reads the raw body (bounded), verifies
 //! it over the exact bytes, publishes it and answers 2xx only after the broker confirmed.
+//! An unknown source is answered before a byte of its body is read, so a client cannot
+//! make the ingress wait for (or buffer) a body nobody will look at. Hostile connections
+//! are bounded by the server (`server`, `conn`), rejection logs by `rejections`.
 
+mod conn;
 mod error;
+mod rejections;
+pub mod server;
 
 use std::{
     net::SocketAddr,
@@ -11,7 +17,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -19,7 +25,14 @@ use axum::{
 };
 use bytes::Bytes;
 
+pub use conn::Deadlines;
 pub use error::ApiError;
+pub use server::Limits;
+
+use rejections::RejectionLog;
+
+/// How often rejected webhooks are summarized in the log.
+const REJECTION_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 use crate::providers::{Sources, Unverified};
 use crate::queue::Broker;
@@ -27,8 +40,11 @@ use crate::queue::Broker;
 struct IngressState {
     sources: Arc<Sources>,
     broker: Broker,
+    rejections: Arc<RejectionLog>,
+    body_limit: usize,
 }
 
+/// Must be called inside a Tokio runtime (the rejection summary is a task).
 pub fn router(
     sources: Arc<Sources>,
     broker: Broker,
@@ -42,7 +58,12 @@ pub fn router(
         .layer(middleware::from_fn(move |request, next| {
             deadline(timeout, request, next)
         }))
-        .with_state(Arc::new(IngressState { sources, broker }))
+        .with_state(Arc::new(IngressState {
+            sources,
+            broker,
+            rejections: RejectionLog::start(REJECTION_SUMMARY_EVERY),
+            body_limit,
+        }))
 }
 
 /// A request that takes longer than `timeout` (slow body, stuck broker) gets 503 so the
@@ -59,23 +80,32 @@ async fn receive(
     Path(source_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let source = state.sources.get(&source_id);
-    let label = source
-        .map(|s| s.id().to_owned())
-        .unwrap_or_else(|| "unknown".into());
+    // The path is the client's: only a configured id becomes a label.
+    let label = source.map_or("unknown", |s| s.id()).to_owned();
     let result = async {
         let source = source.ok_or(ApiError::UnknownSource)?;
-        let body = body.map_err(|rejection| match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-            _ => ApiError::BadRequest(rejection.body_text()),
+        // Read only now, for a known source; an announced length past the limit is
+        // refused without reading (a chunked body is still cut at the limit: 413).
+        let announced = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > state.body_limit as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
+            match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::BadRequest(rejection.body_text()),
+            }
         })?;
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let verified = source
             .verify(Unverified { headers: &headers, body: &body, peer: Some(peer.ip()) }, content_type, SystemTime::now())
             .inspect_err(|error| {
-                tracing::info!(source = %source.id(), %error, "webhook rejected");
+                tracing::debug!(source = %source.id(), %error, "webhook rejected");
                 metrics::counter!("subsync_verification_failures_total", "source" => source.id().to_owned(), "reason" => error.kind())
                     .increment(1);
             })?;
@@ -92,7 +122,24 @@ async fn receive(
         Ok(_) => "queued",
         Err(e) => e.outcome(),
     };
+    if let Err(error) = &result
+        && let Some(reason) = rejection_reason(error)
+    {
+        state.rejections.record(&label, reason);
+    }
     metrics::counter!("subsync_ingress_requests_total", "source" => label, "outcome" => outcome)
         .increment(1);
     result
+}
+
+/// The summary's reason for a refused webhook; None for failures on our side (503 and
+/// the like), which are not the client's doing and are logged as they happen.
+fn rejection_reason(error: &ApiError) -> Option<&'static str> {
+    match error {
+        ApiError::Verify(verify) => Some(verify.kind()),
+        ApiError::UnknownSource => Some("unknown_source"),
+        ApiError::PayloadTooLarge => Some("too_large"),
+        ApiError::BadRequest(_) => Some("bad_request"),
+        _ => None,
+    }
 }

@@ -68,6 +68,8 @@ pub struct Options {
     pub extra: String,
     /// TOML fragment added to the `stripe` source (e.g. `api` and `retry`).
     pub stripe_extra: String,
+    /// TOML lines added to `[http]` (connection limits).
+    pub http_extra: String,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             confirm_timeout_ms: 5000,
             extra: String::new(),
             stripe_extra: String::new(),
+            http_extra: String::new(),
         }
     }
 }
@@ -389,6 +392,7 @@ ingress_addr = "127.0.0.1:{ingress}"
 admin_addr = "127.0.0.1:{admin}"
 body_limit_bytes = 1048576
 request_timeout_ms = 10000
+{http_extra}
 [admin]
 token = "{ADMIN_TOKEN}"
 [worker]
@@ -412,6 +416,7 @@ secrets = ["{STRIPE_SECRET}"]
         prefetch = o.prefetch,
         batch = o.batch_size,
         stripe_extra = o.stripe_extra,
+        http_extra = o.http_extra,
         extra = o.extra,
     );
     let path = dir.join(format!("{label}.toml"));
@@ -550,6 +555,11 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
