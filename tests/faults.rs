@@ -18,10 +18,10 @@
 mod common;
 #[path = "faults/harness.rs"]
 mod harness;
-#[path = "faults/hostile_api.rs"]
-mod hostile_api;
 #[path = "faults/hostile.rs"]
 mod hostile;
+#[path = "faults/hostile_api.rs"]
+mod hostile_api;
 #[path = "faults/link.rs"]
 mod link;
 #[path = "faults/load.rs"]
