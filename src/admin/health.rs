@@ -5,16 +5,13 @@
 
 use std::sync::Once;
 
-use axum::{
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
 use serde::Serialize;
 
 use super::AdminState;
+use crate::ingress::ApiError;
 use crate::ops::dead_letter_index;
 
-/// `/readyz` when not ready: the cause, and the supervised tasks that are down.
+/// `/readyz` when not ready, as [`ApiError::NotReady`] answers it (the OpenAPI schema).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct NotReady {
     /// `service unavailable: <cause>`.
@@ -25,7 +22,7 @@ pub(super) struct NotReady {
 }
 
 /// Why this process is not ready, if it is not.
-pub(super) async fn not_ready(state: &AdminState) -> Option<Response> {
+pub(super) async fn not_ready(state: &AdminState) -> Option<ApiError> {
     let down = state.health.down();
     let cause = if state.uses_broker && !state.broker.is_connected() {
         "broker not connected"
@@ -36,15 +33,7 @@ pub(super) async fn not_ready(state: &AdminState) -> Option<Response> {
     } else {
         return None;
     };
-    let body = NotReady {
-        error: format!("service unavailable: {cause}"),
-        down,
-    };
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    Some(response)
+    Some(ApiError::NotReady { cause, down })
 }
 
 /// Gauges read at scrape time: queue depths (broker), the oldest dead letter's age (the

@@ -137,7 +137,7 @@ async fn healthz() -> axum::Json<Status> {
 ))]
 async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     if let Some(not_ready) = health::not_ready(&state).await {
-        return not_ready;
+        return not_ready.into_response();
     }
     axum::Json(Status {
         status: "ready".to_owned(),

@@ -30,6 +30,12 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
+    /// `/readyz`: the cause, and the supervised tasks down now.
+    #[error("service unavailable: {cause}")]
+    NotReady {
+        cause: &'static str,
+        down: Vec<String>,
+    },
     #[error("internal error")]
     Database(#[from] DbError),
     #[error("{0}")]
@@ -52,7 +58,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Verify(_) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Publish(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Publish(_) | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Database(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Ops(OpsError::UnknownSource(_)) => StatusCode::NOT_FOUND,
@@ -70,7 +78,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => "too_large",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Verify(_) | ApiError::Unauthorized => "unauthorized",
-            ApiError::Publish(_) | ApiError::Unavailable(_) => "unavailable",
+            ApiError::Publish(_) | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
+                "unavailable"
+            }
             ApiError::Database(_) => "error",
             ApiError::Ops(_) => "ops_error",
         }
@@ -88,7 +98,13 @@ impl IntoResponse for ApiError {
             ApiError::Database(_) => status.canonical_reason().unwrap_or("error").to_lowercase(),
             other => other.to_string(),
         };
-        let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        let body = match &self {
+            ApiError::NotReady { down, .. } => {
+                serde_json::json!({ "error": message, "down": down })
+            }
+            _ => serde_json::json!({ "error": message }),
+        };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Standard Webhooks senders honour Retry-After.
             response

@@ -86,15 +86,18 @@ pub struct Hostile {
     /// Bytes written into `HugeBody` answers, all connections together.
     pub huge_bytes_sent: Arc<AtomicU64>,
     /// Requests that reached the redirect target, with their headers (lower-case names).
-    pub redirected: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub redirected: Arc<Mutex<Vec<Headers>>>,
     pub connections: Arc<AtomicUsize>,
 }
 
-/// One parsed request: method, target, headers (lower-case names).
+/// A request's headers, names in lower case.
+pub type Headers = Vec<(String, String)>;
+
+/// One parsed request: method, target, headers.
 struct Request {
     method: String,
     target: String,
-    headers: Vec<(String, String)>,
+    headers: Headers,
 }
 
 impl Request {
@@ -120,7 +123,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let mut lines = text.split("\r\n");
     let mut first = lines.next()?.split(' ');
     let (method, target) = (first.next()?.to_owned(), first.next()?.to_owned());
-    let headers: Vec<(String, String)> = lines
+    let headers: Headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();

@@ -185,13 +185,20 @@ park_after_failures = 3
     let sync_error = sync.1.clone().unwrap_or_default();
     assert!(sync.0.is_none(), "the watermark moved: {sync:?}");
     assert!(sync_error.contains("cursor"), "{sync_error}");
-    let seen = hostile.seen.lock().unwrap();
-    assert!(seen.list_pages >= 4, "list pages {}", seen.list_pages);
-    assert!(
-        seen.malformed.is_empty(),
-        "requests off Stripe's definition: {:?}",
-        seen.malformed
-    );
+    let (list_pages, charges, unknown_invoice_charges) = {
+        let seen = hostile.seen.lock().unwrap();
+        assert!(seen.list_pages >= 4, "list pages {}", seen.list_pages);
+        assert!(
+            seen.malformed.is_empty(),
+            "requests off Stripe's definition: {:?}",
+            seen.malformed
+        );
+        (
+            seen.list_pages,
+            seen.charges.clone(),
+            seen.unknown_invoice_charges,
+        )
+    };
     let parked = service
         .metric("subsync_retries_parked_total", &["source=\"hostile\""])
         .await
@@ -206,11 +213,11 @@ park_after_failures = 3
         "hostile source: {} retries parked {:.1}s after the drain ({} charge requests by mode {:?}; {} unknown-invoice charges from the healed cycle); {} bytes of a 2 GiB body read; 0 requests at the redirect target; sync: {} list pages, last error {:?}, watermark kept",
         errors.len(),
         settled_in.as_secs_f64(),
-        seen.charges.values().sum::<usize>(),
-        seen.charges,
-        seen.unknown_invoice_charges,
+        charges.values().sum::<usize>(),
+        charges,
+        unknown_invoice_charges,
         streamed,
-        seen.list_pages,
+        list_pages,
         sync_error,
     );
     figure!(
@@ -220,6 +227,5 @@ park_after_failures = 3
         fake.charges(),
         started.elapsed().as_secs_f64()
     );
-    drop(seen);
     finish(env, vec![service]).await;
 }
