@@ -47,7 +47,7 @@ pub fn broker_addr() -> std::net::SocketAddr {
     host_port.parse().expect("amqp URL with an IP:port")
 }
 
-/// Prints one figure line of a scenario (collected into the README's reliability section).
+/// Prints one figure line of a scenario (collected into docs/reliability.md).
 #[macro_export]
 macro_rules! figure {
     ($scenario:expr, $($arg:tt)*) => {
