@@ -19,5 +19,5 @@ if [ "${SUBSYNC_BENCH_KEEP_WRITEBACK:-0}" != 1 ] && [ -w /proc/sys/vm/dirty_back
   echo "[bench] vm.dirty_background_bytes = 8 MiB (was $(cat /proc/sys/vm/dirty_background_bytes))" >&2
   echo 8388608 > /proc/sys/vm/dirty_background_bytes
 fi
-cargo build --release -p subsync --bin subsync -p subsync-bench
+cargo build --release -p subsync -p subsync-bench --bin subsync --bin subsync-bench
 exec ./target/release/subsync-bench "$@"
