@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Settings;
+use crate::db::Db;
 use crate::dunning::{
     clients::{self, RetryClient},
     schedule::Dunning,
     scheduler::Scheduler,
 };
 use crate::ingress;
-use crate::ledger::Db;
 use crate::ops::dead_letter_index;
 use crate::providers::Sources;
 use crate::queue::Broker;

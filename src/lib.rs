@@ -9,9 +9,17 @@
 //!                          inbox dedupe + archive [+ attempt state, journal, retries])
 //! ```
 //!
-//! Modules in flow order; each owns one concern. `ingress` never imports `worker`; only
-//! `queue` imports lapin; only `ledger` touches the tables; `providers` know nothing of
-//! the queue.
+//! Modules (listed alphabetically); each owns one concern. `ingress` never imports
+//! `worker`; only `queue` imports lapin; `providers` know nothing of the queue, the
+//! ledger, dunning or sync. `db` holds the pool and migrations; each table has one
+//! owning module that writes it:
+//!
+//! | tables | owner |
+//! |---|---|
+//! | `events`, `billing_attempts`, `subscriptions`, `journal_entries`, `postings` | `ledger` |
+//! | `retries`, `retry_calls` | `dunning` (written inside the ledger's transaction for the failures it reconciles) |
+//! | `sync_state` | `sync` |
+//! | `audit_log`, `dead_letters` | `ops` |
 
 pub mod admin;
 pub mod api;
@@ -19,6 +27,7 @@ pub mod app;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod dunning;
 pub mod envelope;
 pub mod ingress;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{TestConfig, eventually};
-use subsync::{config::Settings, ledger::Db};
+use subsync::{config::Settings, db::Db};
 
 const BIN: &str = env!("CARGO_BIN_EXE_subsync");
 const SOURCE_SECRET: &str = "whsec_bG9nLWxlYWstY2FuYXJ5LXNpZ25pbmcta2V5"; // "log-leak-canary-signing-key"

@@ -10,12 +10,13 @@ use subsync::{
         AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
     },
     config::{DatabaseSettings, ProviderKind, SourceSettings},
+    db::Db,
     dunning::{
         schedule::Dunning,
         views::{self, RetriesQuery},
     },
     envelope::Envelope,
-    ledger::{AttemptsQuery, Db, NewEvent, Reconciled},
+    ledger::{AttemptsQuery, NewEvent, Reconciled},
     money::Money,
 };
 

@@ -10,10 +10,7 @@ use bytes::Bytes;
 use common::{TestConfig, eventually, snapshot, spawn_app};
 use futures_util::StreamExt;
 use subsync::{
-    app::Role,
-    config::DatabaseSettings,
-    envelope::Envelope,
-    ledger::{Db, NewEvent},
+    app::Role, config::DatabaseSettings, db::Db, envelope::Envelope, ledger::NewEvent,
     providers::Source,
 };
 

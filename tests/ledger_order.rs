@@ -14,8 +14,9 @@ use subsync::{
         AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
     },
     config::{DatabaseSettings, ProviderKind},
+    db::Db,
     envelope::Envelope,
-    ledger::{Db, NewEvent},
+    ledger::NewEvent,
     money::Money,
 };
 

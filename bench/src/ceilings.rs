@@ -216,7 +216,7 @@ pub async fn insert(
 ) -> anyhow::Result<InsertCeiling> {
     let scratch = bench.scratch("pg", true).await?;
     let result = async {
-        let db = subsync::ledger::Db::connect_lazy(&scratch.settings.database)?;
+        let db = subsync::db::Db::connect_lazy(&scratch.settings.database)?;
         db.migrate().await?;
         let url = secrecy::ExposeSecret::expose_secret(&scratch.settings.database.url).to_owned();
         let mut setup = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;

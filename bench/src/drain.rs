@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use subsync::{
     config::{ProviderKind, SourceSettings},
-    ledger::Db,
+    db::Db,
     providers::{Source, Sources, Unverified},
     queue::Broker,
     worker::Worker,

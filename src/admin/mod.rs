@@ -23,10 +23,11 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::config::NamedToken;
+use crate::db::Db;
 use crate::dunning::schedule::Dunning;
 use crate::dunning::views::{RetriesQuery, RetryView};
 use crate::ingress::ApiError;
-use crate::ledger::{AttemptView, AttemptsQuery, Db, EventRow, EventsQuery, SubscriptionView};
+use crate::ledger::{AttemptView, AttemptsQuery, EventRow, EventsQuery, SubscriptionView};
 use crate::ops::{
     Actor, Quiet,
     audit::{self, AuditRow},

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::ledger::{Db, SubscriptionView};
+use crate::db::Db;
+use crate::ledger::SubscriptionView;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

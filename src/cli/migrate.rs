@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::ledger::Db;
+use crate::db::Db;
 
 pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     Db::connect_lazy(&settings.database)?.migrate().await?;

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Spinner, dlq::status, parse_time};
 use crate::config::Settings;
+use crate::db::Db;
 use crate::dunning::schedule::Dunning;
-use crate::ledger::Db;
 use crate::ops::{Actor, replay};
 use crate::providers::Sources;
 

@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
+use crate::db::Db;
 use crate::dunning::views::{self, RetriesQuery, RetryView};
-use crate::ledger::Db;
 use crate::ops::{Actor, retries};
 
 #[derive(Debug, clap::Subcommand)]

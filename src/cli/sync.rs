@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Spinner, connect_broker, parse_time};
 use crate::config::Settings;
-use crate::ledger::Db;
+use crate::db::Db;
 use crate::sync::{RunOptions, SyncReport, Syncer};
 
 #[derive(Debug, clap::Args)]

@@ -32,7 +32,7 @@ use super::clients::{RetryCall, RetryClient};
 use super::decline::{self, DeclineBucket};
 use super::schedule::{Dunning, row_for};
 use super::status::RetryStatus;
-use crate::ledger::{Db, DbError};
+use crate::db::{Db, DbError};
 
 mod call;
 

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::ledger::DbError;
+use crate::db::DbError;
 use crate::ops::OpsError;
 use crate::providers::VerifyError;
 use crate::queue::PublishError;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Db, DbError};
 use crate::canonical::CanonicalEvent;
+use crate::db::{Db, DbError};
 use crate::envelope::{ENVELOPE_VERSION, Envelope};
 
 /// An event ready to be archived, with what normalization found in it.
@@ -197,7 +197,7 @@ impl Db {
         .bind(until)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -247,7 +247,7 @@ impl Db {
         .bind(q.until)
         .bind(q.status.as_deref())
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         Ok(rows)
     }
@@ -258,7 +258,7 @@ impl Db {
             "SELECT count(*) FROM events WHERE ($1::text IS NULL OR source_id = $1)",
         )
         .bind(source_id)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         Ok(n)
     }
@@ -270,7 +270,7 @@ impl Db {
         )
         .bind(source_id)
         .bind(event_id)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         Ok(n)
     }

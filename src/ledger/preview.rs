@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::archive::NewEvent;
 use super::reconcile::{Inbox, Reconciled, reconcile_in};
-use super::{Db, DbError};
 use crate::canonical::CanonicalEvent;
+use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
 
 /// One ledger row an event would change: its state before (`None`: a new row) and after.
@@ -77,7 +77,7 @@ impl Db {
     ) -> Result<Vec<EventPreview>, DbError> {
         let per_event: Vec<Vec<Key>> = events.iter().map(keys_of).collect();
         let keys: BTreeSet<&Key> = per_event.iter().flatten().collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let before = rows(&mut tx, &keys).await?;
         let outcomes = reconcile_in(&mut tx, events, inbox, dunning).await?;
         let after = rows(&mut tx, &keys).await?;

@@ -26,10 +26,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::archive::{self, NewEvent};
-use super::{Db, DbError};
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
 };
+use crate::db::{Db, DbError};
 use crate::dunning::{
     decline,
     schedule::{self, AttemptFact, Dunning},
@@ -153,7 +153,7 @@ impl Db {
         events: &[NewEvent<'_>],
         dunning: &Dunning,
     ) -> Result<Vec<Reconciled>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let outcomes = reconcile_in(&mut tx, events, Inbox::Insert, dunning).await?;
         tx.commit().await?;
         Ok(outcomes)
@@ -169,7 +169,7 @@ impl Db {
         ids: &[i64],
         dunning: &Dunning,
     ) -> Result<Vec<Reconciled>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let outcomes = reconcile_in(&mut tx, events, Inbox::Archived(ids), dunning).await?;
         tx.commit().await?;
         Ok(outcomes)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Db, DbError};
+use crate::db::{Db, DbError};
 
 /// One billing attempt as shown to people and tools.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -65,7 +65,7 @@ impl Db {
         )
         .bind(source_id)
         .bind(subscription_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?;
         let attempts = self
             .billing_attempts(&AttemptsQuery {
@@ -81,7 +81,7 @@ impl Db {
         )
         .bind(source_id)
         .bind(subscription_id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         if header.is_none() && attempts.is_empty() && rows.is_empty() {
             return Ok(None);
@@ -121,7 +121,7 @@ impl Db {
             .bind(q.subscription_id.as_deref())
             .bind(q.status.as_deref())
             .bind(q.limit.unwrap_or(100).clamp(1, 1000))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?)
     }
 
@@ -173,7 +173,7 @@ impl Db {
         ];
         let mut breaches = Vec::new();
         for (what, sql) in checks {
-            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(self.pool()).await?;
             breaches.extend(rows.into_iter().map(|(id,)| format!("{what}: {id}")));
         }
         Ok(breaches)

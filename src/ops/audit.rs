@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::ledger::{Db, DbError};
+use crate::db::{Db, DbError};
 
 /// Who acts: an admin token's name, or `cli:<user>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

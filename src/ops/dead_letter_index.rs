@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::OpsError;
 use super::dlq::MAX_SCAN;
-use crate::ledger::{Db, DbError};
+use crate::db::{Db, DbError};
 use crate::queue::{Broker, DeadLettered};
 
 /// Records a letter this process has just dead-lettered.

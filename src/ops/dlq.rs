@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Actor, OpsError, Progress, audit, dead_letter_index};
+use crate::db::Db;
 use crate::dunning::schedule::Dunning;
-use crate::ledger::{Change, Db, NewEvent};
+use crate::ledger::{Change, NewEvent};
 use crate::providers::Sources;
 use crate::queue::{Broker, DeadLetter, DeadLetterSummary};
 

@@ -9,7 +9,7 @@ pub mod dlq;
 pub mod replay;
 pub mod retries;
 
-use crate::ledger::DbError;
+use crate::db::DbError;
 use crate::queue::{PublishError, QueueError};
 
 pub use audit::Actor;

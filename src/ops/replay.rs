@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Actor, OpsError, Progress, audit};
+use crate::db::Db;
 use crate::dunning::schedule::Dunning;
-use crate::ledger::{Change, Db, NewEvent, Reconciled};
+use crate::ledger::{Change, NewEvent, Reconciled};
 use crate::providers::Sources;
 
 /// Events per transaction.

@@ -2,8 +2,8 @@
 //! the other operator writes (who, which retry, what came of it).
 
 use super::{Actor, OpsError, audit};
+use crate::db::Db;
 use crate::dunning::views::{self, Resumed, RetryView};
-use crate::ledger::Db;
 
 /// Resumes the parked retry `id` (`{source_id}:{cycle_key}`). `Ok(None)`: no such retry.
 pub async fn resume(db: &Db, id: &str, actor: &Actor) -> Result<Option<RetryView>, OpsError> {

@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::config::{Settings, SyncSettings};
+use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
 use crate::envelope::Envelope;
-use crate::ledger::{Change, Db, DbError, NewEvent};
+use crate::ledger::{Change, NewEvent};
 use crate::providers::{MAX_EVENT_ID_LEN, Source, Sources};
 use crate::queue::{Broker, PublishError};
 use clients::{ListClient, PageRequest, Record};

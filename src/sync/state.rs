@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 
-use crate::ledger::{Db, DbError};
+use crate::db::{Db, DbError};
 
 /// Where a run starts: a fresh run, or the unfinished one it resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]

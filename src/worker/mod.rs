@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerSettings;
+use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
-use crate::ledger::{Db, DbError, NewEvent, Reconciled};
+use crate::ledger::{NewEvent, Reconciled};
 use crate::ops::dead_letter_index;
 use crate::providers::{Normalized, Sources};
 use crate::queue::{Broker, Incoming, QueueError, Subscription};

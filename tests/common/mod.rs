@@ -9,7 +9,7 @@ use std::{future::Future, path::PathBuf, time::Duration};
 use subsync::{
     app::{self, Role, Running},
     config::Settings,
-    ledger::Db,
+    db::Db,
     queue::Broker,
 };
 use tokio_util::sync::CancellationToken;

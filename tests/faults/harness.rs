@@ -12,7 +12,7 @@ use std::{
 };
 
 use sqlx::Connection;
-use subsync::{config::Settings, ledger::Db, queue::Broker};
+use subsync::{config::Settings, db::Db, queue::Broker};
 use tokio_util::sync::CancellationToken;
 
 use crate::common;

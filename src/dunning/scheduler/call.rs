@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 
 use super::{Claimed, Scheduler};
+use crate::db::DbError;
 use crate::dunning::clients::CallError;
 use crate::dunning::outcome::{self, Called, Update};
 use crate::dunning::status::RetryStatus;
-use crate::ledger::DbError;
 
 impl Scheduler {
     /// Calls the provider; transient failures are retried at once a few times with the
