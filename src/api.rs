@@ -26,7 +26,7 @@ pub(crate) use wait::{bound_secs, retry_after};
 
 /// Why a provider API request did not get a usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
+pub enum ProviderApiError {
     /// 429 (or a GraphQL `THROTTLED`): wait at least `retry_after` when given (at most
     /// [`MAX_RETRY_WAIT`]).
     #[error("rate limited")]
@@ -98,7 +98,7 @@ impl Endpoint {
         &self,
         method: Method,
         segments: &[&str],
-    ) -> Result<RequestBuilder, ApiError> {
+    ) -> Result<RequestBuilder, ProviderApiError> {
         let url = endpoint(&self.base_url, segments)?;
         let token = self.token.expose_secret();
         let (name, value) = match &self.credential {
@@ -123,8 +123,8 @@ fn trim_base(base_url: &str) -> String {
 
 /// `base` plus `segments`, each percent-encoded as one path segment (an id can never add a
 /// path, query or fragment). An unusable base is final for the call.
-fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, ApiError> {
-    let invalid = || ApiError::Rejected {
+fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, ProviderApiError> {
+    let invalid = || ProviderApiError::Rejected {
         status: 0,
         message: "invalid api.base_url".to_owned(),
     };
@@ -138,8 +138,8 @@ fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, ApiError> {
 
 /// A header value carrying a credential, marked sensitive so no debug output shows it. The
 /// error never echoes the value.
-fn secret_header(value: &str) -> Result<HeaderValue, ApiError> {
-    let mut header = HeaderValue::from_str(value).map_err(|_| ApiError::Rejected {
+fn secret_header(value: &str) -> Result<HeaderValue, ProviderApiError> {
+    let mut header = HeaderValue::from_str(value).map_err(|_| ProviderApiError::Rejected {
         status: 0,
         message: "api.token is not a valid header value".to_owned(),
     })?;
@@ -148,13 +148,16 @@ fn secret_header(value: &str) -> Result<HeaderValue, ApiError> {
 }
 
 /// A required, non-empty id of the call; without it the call is final and nothing is sent.
-pub(crate) fn required<'a>(value: Option<&'a str>, what: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn required<'a>(
+    value: Option<&'a str>,
+    what: &str,
+) -> Result<&'a str, ProviderApiError> {
     value.filter(|v| !v.is_empty()).ok_or_else(|| missing(what))
 }
 
 /// A required setting or id the call lacks: final, nothing was sent.
-pub(crate) fn missing(what: &str) -> ApiError {
-    ApiError::Rejected {
+pub(crate) fn missing(what: &str) -> ProviderApiError {
+    ProviderApiError::Rejected {
         status: 0,
         message: format!("missing {what}"),
     }
@@ -167,7 +170,7 @@ pub(crate) fn missing(what: &str) -> ApiError {
 pub(crate) async fn exchange(
     request: RequestBuilder,
     cap: Cap,
-) -> Result<(StatusCode, Option<Duration>, String), ApiError> {
+) -> Result<(StatusCode, Option<Duration>, String), ProviderApiError> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
     if status.is_redirection() {
@@ -178,7 +181,9 @@ pub(crate) async fn exchange(
         .await
         .map_err(|e| match e {
             body::BodyError::Transport(e) => transport(e),
-            too_large => ApiError::Transient(format!("{too_large}; the outcome is unknown")),
+            too_large => {
+                ProviderApiError::Transient(format!("{too_large}; the outcome is unknown"))
+            }
         })?;
     Ok((status, wait, body))
 }
@@ -197,7 +202,7 @@ pub(crate) async fn read(
     request: RequestBuilder,
     provider: &str,
     cap: Cap,
-) -> Result<Answer, ApiError> {
+) -> Result<Answer, ProviderApiError> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
     if status.is_redirection() {
@@ -208,7 +213,7 @@ pub(crate) async fn read(
         Ok(body) => body,
         Err(body::BodyError::Transport(e)) => return Err(transport(e)),
         Err(too_large) if status.is_success() => {
-            return Err(ApiError::Rejected {
+            return Err(ProviderApiError::Rejected {
                 status: status.as_u16(),
                 message: too_large.to_string(),
             });
@@ -218,12 +223,14 @@ pub(crate) async fn read(
     };
     match status {
         s if s.is_success() => Ok(Answer { headers, body }),
-        StatusCode::TOO_MANY_REQUESTS => Err(ApiError::RateLimited {
+        StatusCode::TOO_MANY_REQUESTS => Err(ProviderApiError::RateLimited {
             retry_after: retry_after(&headers),
         }),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(auth_failed(status.as_u16())),
-        s if s.is_server_error() => Err(ApiError::Transient(format!("{provider} answered {s}"))),
-        s => Err(ApiError::Rejected {
+        s if s.is_server_error() => Err(ProviderApiError::Transient(format!(
+            "{provider} answered {s}"
+        ))),
+        s => Err(ProviderApiError::Rejected {
             status: s.as_u16(),
             message: snippet(&body),
         }),
@@ -232,7 +239,7 @@ pub(crate) async fn read(
 
 /// A 3xx answer: final, naming only the host it points to (never the rest of the
 /// `Location`, which could carry anything, nor our request's URL or headers).
-fn redirected(response: &Response) -> ApiError {
+fn redirected(response: &Response) -> ProviderApiError {
     let host = (response.headers().get(LOCATION))
         .and_then(|l| l.to_str().ok())
         .and_then(|l| response.url().join(l).ok())
@@ -241,7 +248,7 @@ fn redirected(response: &Response) -> ApiError {
         Some(host) => format!("redirect to {host} not followed"),
         None => "redirect (without a usable Location) not followed".to_owned(),
     };
-    ApiError::Rejected {
+    ProviderApiError::Rejected {
         status: response.status().as_u16(),
         message,
     }
@@ -249,7 +256,7 @@ fn redirected(response: &Response) -> ApiError {
 
 /// A request that got no HTTP answer (timeout, connection failure, broken body): the same
 /// call, with the same key, may be sent again.
-pub(crate) fn transport(err: reqwest::Error) -> ApiError {
+pub(crate) fn transport(err: reqwest::Error) -> ProviderApiError {
     let kind = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {
@@ -257,12 +264,12 @@ pub(crate) fn transport(err: reqwest::Error) -> ApiError {
     } else {
         "request error"
     };
-    ApiError::Transient(format!("{kind}: {}", err.without_url()))
+    ProviderApiError::Transient(format!("{kind}: {}", err.without_url()))
 }
 
 /// A 401/403: the provider's body is not echoed (some echo the credential back).
-pub(crate) fn auth_failed(status: u16) -> ApiError {
-    ApiError::Rejected {
+pub(crate) fn auth_failed(status: u16) -> ProviderApiError {
+    ProviderApiError::Rejected {
         status,
         message: "authentication failed: check api.token".to_owned(),
     }

@@ -30,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod dunning;
 pub mod envelope;
+pub mod http_error;
 pub mod ingress;
 pub mod ledger;
 pub mod money;

@@ -10,13 +10,13 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
-use crate::ingress::ApiError;
+use crate::http_error::HttpError;
 
 /// `axum::extract::Query`, answering 400 with a JSON error.
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if parts
@@ -29,7 +29,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| Query(v))
-            .map_err(|e| ApiError::BadRequest(e.body_text()))
+            .map_err(|e| HttpError::BadRequest(e.body_text()))
     }
 }
 
@@ -37,7 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 pub struct Path<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if parts.uri.path().to_ascii_lowercase().contains("%00") {
@@ -46,7 +46,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
         axum::extract::Path::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| Path(v))
-            .map_err(|e| ApiError::BadRequest(e.body_text()))
+            .map_err(|e| HttpError::BadRequest(e.body_text()))
     }
 }
 
@@ -54,20 +54,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            .map_err(|e| HttpError::BadRequest(e.body_text()))?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?;
         if contains_nul(&value) {
             return Err(nul());
         }
         serde_json::from_value(value)
             .map(Json)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))
+            .map_err(|e| HttpError::BadRequest(format!("invalid request: {e}")))
     }
 }
 
@@ -76,17 +76,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 const EARLIEST_STORED_SECS: i64 = -210_866_803_200;
 
 /// Refuses a time filter the database cannot compare with (it would fail the query: 500).
-pub fn storable_time(name: &str, at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+pub fn storable_time(name: &str, at: Option<DateTime<Utc>>) -> Result<(), HttpError> {
     match at {
-        Some(at) if at.timestamp() < EARLIEST_STORED_SECS => Err(ApiError::BadRequest(format!(
+        Some(at) if at.timestamp() < EARLIEST_STORED_SECS => Err(HttpError::BadRequest(format!(
             "{name}: before -4713-11-24T00:00:00Z, the earliest time the database stores"
         ))),
         _ => Ok(()),
     }
 }
 
-fn nul() -> ApiError {
-    ApiError::BadRequest("text must not contain NUL characters".to_owned())
+fn nul() -> HttpError {
+    HttpError::BadRequest("text must not contain NUL characters".to_owned())
 }
 
 fn contains_nul(value: &serde_json::Value) -> bool {
@@ -113,7 +113,7 @@ mod tests {
         let before = earliest - chrono::Duration::microseconds(1);
         assert!(matches!(
             storable_time("since", Some(before)),
-            Err(ApiError::BadRequest(message)) if message.starts_with("since: ")
+            Err(HttpError::BadRequest(message)) if message.starts_with("since: ")
         ));
     }
 }

@@ -8,10 +8,10 @@ use std::sync::Once;
 use serde::Serialize;
 
 use super::AdminState;
-use crate::ingress::ApiError;
+use crate::http_error::HttpError;
 use crate::ops::dead_letter_index;
 
-/// `/readyz` when not ready, as [`ApiError::NotReady`] answers it (the OpenAPI schema).
+/// `/readyz` when not ready, as [`HttpError::NotReady`] answers it (the OpenAPI schema).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct NotReady {
     /// `service unavailable: <cause>`.
@@ -22,7 +22,7 @@ pub(super) struct NotReady {
 }
 
 /// Why this process is not ready, if it is not.
-pub(super) async fn not_ready(state: &AdminState) -> Option<ApiError> {
+pub(super) async fn not_ready(state: &AdminState) -> Option<HttpError> {
     let down = state.health.down();
     let cause = if state.uses_broker && !state.broker.is_connected() {
         "broker not connected"
@@ -33,7 +33,7 @@ pub(super) async fn not_ready(state: &AdminState) -> Option<ApiError> {
     } else {
         return None;
     };
-    Some(ApiError::NotReady { cause, down })
+    Some(HttpError::NotReady { cause, down })
 }
 
 /// Gauges read at scrape time: queue depths (broker), the oldest dead letter's age (the

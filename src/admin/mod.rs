@@ -26,7 +26,7 @@ use crate::config::NamedToken;
 use crate::db::Db;
 use crate::dunning::schedule::Dunning;
 use crate::dunning::views::{RetriesQuery, RetryView};
-use crate::ingress::ApiError;
+use crate::http_error::HttpError;
 use crate::ledger::{AttemptView, AttemptsQuery, EventRow, EventsQuery, SubscriptionView};
 use crate::ops::{
     Actor, Quiet,
@@ -111,7 +111,7 @@ async fn require_token(
     }
     let Some(name) = matched else {
         metrics::counter!("subsync_admin_auth_failures_total").increment(1);
-        return ApiError::Unauthorized.into_response();
+        return HttpError::Unauthorized.into_response();
     };
     request.extensions_mut().insert(Actor(name));
     next.run(request).await
@@ -175,7 +175,7 @@ struct Events {
 async fn events(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<EventsQuery>,
-) -> Result<axum::Json<Events>, ApiError> {
+) -> Result<axum::Json<Events>, HttpError> {
     storable_time("since", query.since)?;
     storable_time("until", query.until)?;
     let events = state.db.events(&query).await?;
@@ -193,9 +193,9 @@ async fn events(
 async fn subscription(
     State(state): State<Arc<AdminState>>,
     Path((source_id, subscription_id)): Path<(String, String)>,
-) -> Result<axum::Json<SubscriptionView>, ApiError> {
+) -> Result<axum::Json<SubscriptionView>, HttpError> {
     let view = state.db.subscription(&source_id, &subscription_id).await?;
-    view.map(axum::Json).ok_or(ApiError::NotFound)
+    view.map(axum::Json).ok_or(HttpError::NotFound)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -212,7 +212,7 @@ struct BillingAttempts {
 async fn billing_attempts(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<AttemptsQuery>,
-) -> Result<axum::Json<BillingAttempts>, ApiError> {
+) -> Result<axum::Json<BillingAttempts>, HttpError> {
     let billing_attempts = state.db.billing_attempts(&query).await?;
     Ok(axum::Json(BillingAttempts { billing_attempts }))
 }
@@ -231,7 +231,7 @@ struct Retries {
 async fn retries(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<RetriesQuery>,
-) -> Result<axum::Json<Retries>, ApiError> {
+) -> Result<axum::Json<Retries>, HttpError> {
     let retries = crate::dunning::views::list(&state.db, &query).await?;
     Ok(axum::Json(Retries { retries }))
 }
@@ -248,9 +248,9 @@ async fn retry_resume(
     State(state): State<Arc<AdminState>>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-) -> Result<axum::Json<RetryView>, ApiError> {
+) -> Result<axum::Json<RetryView>, HttpError> {
     let resumed = crate::ops::retries::resume(&state.db, &id, &actor).await?;
-    resumed.map(axum::Json).ok_or(ApiError::NotFound)
+    resumed.map(axum::Json).ok_or(HttpError::NotFound)
 }
 
 /// Filters of `GET /admin/dlq` (replay and purge take the same, with `ids`, as JSON).
@@ -283,7 +283,7 @@ struct DeadLetters {
 async fn dlq_list(
     State(state): State<Arc<AdminState>>,
     Query(q): Query<DlqQuery>,
-) -> Result<axum::Json<DeadLetters>, ApiError> {
+) -> Result<axum::Json<DeadLetters>, HttpError> {
     let filter = DlqFilter {
         ids: Vec::new(),
         source: q.source,
@@ -307,9 +307,9 @@ async fn dlq_list(
 async fn dlq_show(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
-) -> Result<axum::Json<DeadLetterDetail>, ApiError> {
+) -> Result<axum::Json<DeadLetterDetail>, HttpError> {
     let letter = dlq::show(&state.broker, &id).await?;
-    letter.map(axum::Json).ok_or(ApiError::NotFound)
+    letter.map(axum::Json).ok_or(HttpError::NotFound)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -331,7 +331,7 @@ async fn dlq_replay(
     State(state): State<Arc<AdminState>>,
     Extension(actor): Extension<Actor>,
     Json(request): Json<DlqReplayRequest>,
-) -> Result<axum::Json<ReplayReport>, ApiError> {
+) -> Result<axum::Json<ReplayReport>, HttpError> {
     let ctx = dlq::Context {
         broker: &state.broker,
         db: &state.db,
@@ -361,7 +361,7 @@ async fn dlq_purge(
     State(state): State<Arc<AdminState>>,
     Extension(actor): Extension<Actor>,
     Json(request): Json<DlqPurgeRequest>,
-) -> Result<axum::Json<PurgeReport>, ApiError> {
+) -> Result<axum::Json<PurgeReport>, HttpError> {
     let report = dlq::purge(
         &state.broker,
         &state.db,
@@ -384,7 +384,7 @@ async fn replay_archived(
     State(state): State<Arc<AdminState>>,
     Extension(actor): Extension<Actor>,
     Json(request): Json<ReplayRequest>,
-) -> Result<axum::Json<ReplayArchiveReport>, ApiError> {
+) -> Result<axum::Json<ReplayArchiveReport>, HttpError> {
     storable_time("since", Some(request.since))?;
     storable_time("until", request.until)?;
     let report = replay::replay_archived(
@@ -420,7 +420,7 @@ struct Audit {
 async fn audit_log(
     State(state): State<Arc<AdminState>>,
     Query(q): Query<AuditQuery>,
-) -> Result<axum::Json<Audit>, ApiError> {
+) -> Result<axum::Json<Audit>, HttpError> {
     let entries = audit::recent(&state.db, q.limit.unwrap_or(100)).await?;
     Ok(axum::Json(Audit { entries }))
 }

@@ -53,7 +53,11 @@ async fn an_answer_over_the_cap_fails_cleanly_and_one_at_the_cap_is_read() {
                 assert_eq!(got, body);
                 assert_eq!(answer.body, body);
             }
-            (_, Err(ApiError::Transient(call)), Err(ApiError::Rejected { status: s, message })) => {
+            (
+                _,
+                Err(ProviderApiError::Transient(call)),
+                Err(ProviderApiError::Rejected { status: s, message }),
+            ) => {
                 // A call's outcome is unknown: the same call (same key) may be sent again.
                 let cap = "answer larger than 1024 bytes (api.max_answer_bytes)";
                 assert!(call.starts_with(cap), "{call}");
@@ -75,7 +79,7 @@ async fn an_answer_over_the_cap_fails_cleanly_and_one_at_the_cap_is_read() {
     let request = api.request(Method::GET, &["list"]).unwrap();
     let page = read(request, "Provider", Cap::page(1024)).await;
     assert!(
-        matches!(page, Err(ApiError::Transient(m)) if m == "Provider answered 503 Service Unavailable")
+        matches!(page, Err(ProviderApiError::Transient(m)) if m == "Provider answered 503 Service Unavailable")
     );
 }
 
@@ -138,7 +142,7 @@ async fn an_endless_body_is_read_only_up_to_the_cap() {
     )
     .await;
     let message = match page {
-        Err(ApiError::Rejected {
+        Err(ProviderApiError::Rejected {
             status: 200,
             message,
         }) => message,
@@ -153,7 +157,9 @@ async fn an_endless_body_is_read_only_up_to_the_cap() {
         api.answer_cap(),
     )
     .await;
-    assert!(matches!(&call, Err(ApiError::Transient(m)) if m.contains("api.max_answer_bytes")));
+    assert!(
+        matches!(&call, Err(ProviderApiError::Transient(m)) if m.contains("api.max_answer_bytes"))
+    );
     assert!(started.elapsed() < Duration::from_secs(10), "stopped early");
 
     // The reads stopped: the provider's writes fail once the connections are dropped,
@@ -195,7 +201,7 @@ async fn a_body_that_stalls_costs_one_call_timeout() {
     )
     .await;
     assert!(
-        matches!(&page, Err(ApiError::Transient(m)) if m.starts_with("timeout")),
+        matches!(&page, Err(ProviderApiError::Transient(m)) if m.starts_with("timeout")),
         "{:?}",
         page.map(|a| a.body)
     );
@@ -205,7 +211,7 @@ async fn a_body_that_stalls_costs_one_call_timeout() {
     )
     .await;
     assert!(
-        matches!(&call, Err(ApiError::Transient(m)) if m.starts_with("timeout")),
+        matches!(&call, Err(ProviderApiError::Transient(m)) if m.starts_with("timeout")),
         "{call:?}"
     );
     assert!(
@@ -251,7 +257,7 @@ async fn redirects_are_not_followed_and_the_credential_never_leaves() {
             );
             for result in [call.await.map(|_| ()), page.await.map(|_| ())] {
                 match result {
-                    Err(ApiError::Rejected { status: s, message }) => {
+                    Err(ProviderApiError::Rejected { status: s, message }) => {
                         assert_eq!(s, status);
                         assert_eq!(message, "redirect to 127.0.0.1 not followed");
                     }

@@ -30,7 +30,7 @@ pub(crate) fn api_settings(base_url: impl Into<String>, token: &str) -> ApiSetti
 /// the server is reset before each.
 pub(crate) async fn assert_errors_map<'c, T: Debug>(
     server: &MockServer,
-    call: impl Fn() -> BoxFuture<'c, Result<T, ApiError>>,
+    call: impl Fn() -> BoxFuture<'c, Result<T, ProviderApiError>>,
     token: &str,
 ) {
     let echo = format!("{{\"message\": \"invalid key {token}\"}}");
@@ -54,15 +54,15 @@ pub(crate) async fn assert_errors_map<'c, T: Debug>(
         let result = call().await;
         server.verify().await;
         match (status, result) {
-            (429, Err(ApiError::RateLimited { retry_after })) => {
+            (429, Err(ProviderApiError::RateLimited { retry_after })) => {
                 assert_eq!(retry_after, Some(Duration::from_secs(3)))
             }
-            (500.., Err(ApiError::Transient(_))) => {}
-            (401 | 403, Err(ApiError::Rejected { status: s, message })) => {
+            (500.., Err(ProviderApiError::Transient(_))) => {}
+            (401 | 403, Err(ProviderApiError::Rejected { status: s, message })) => {
                 assert_eq!(s, status);
                 assert!(!message.contains(token), "the token is echoed: {message}");
             }
-            (_, Err(ApiError::Rejected { status: s, message })) if s == status => {
+            (_, Err(ProviderApiError::Rejected { status: s, message })) if s == status => {
                 assert_eq!(message, problem)
             }
             (status, other) => panic!("{status}: unexpected {other:?}"),
@@ -77,7 +77,7 @@ async fn read_maps_answers_to_api_errors() {
     let settings = api_settings(server.uri(), "tok_secret");
     let bearer = Credential::Authorization("Bearer");
     let api = Endpoint::new(&settings, http_client().unwrap(), bearer);
-    let call = || -> BoxFuture<'_, Result<String, ApiError>> {
+    let call = || -> BoxFuture<'_, Result<String, ProviderApiError>> {
         Box::pin(async {
             let request = api.request(Method::GET, &["list"])?;
             Ok(read(request, "Provider", PAGE).await?.body)
@@ -92,11 +92,11 @@ async fn read_maps_answers_to_api_errors() {
         ),
         (
             ResponseTemplate::new(429),
-            Err(ApiError::RateLimited { retry_after: None }),
+            Err(ProviderApiError::RateLimited { retry_after: None }),
         ),
         (
             ResponseTemplate::new(503),
-            Err(ApiError::Transient(
+            Err(ProviderApiError::Transient(
                 "Provider answered 503 Service Unavailable".to_owned(),
             )),
         ),
@@ -125,7 +125,7 @@ async fn read_maps_answers_to_api_errors() {
         PAGE,
     )
     .await;
-    assert!(matches!(result, Err(ApiError::Transient(m)) if m.starts_with("timeout")));
+    assert!(matches!(result, Err(ProviderApiError::Transient(m)) if m.starts_with("timeout")));
 }
 
 #[tokio::test]
@@ -166,7 +166,9 @@ async fn endpoint_requests_carry_the_token_in_its_header() {
         Credential::Authorization("Bearer"),
     );
     match bad.request(Method::GET, &["v1"]) {
-        Err(ApiError::Rejected { status: 0, message }) => assert!(!message.contains("k\n3")),
+        Err(ProviderApiError::Rejected { status: 0, message }) => {
+            assert!(!message.contains("k\n3"))
+        }
         other => panic!("unexpected {:?}", other.map(|_| ())),
     }
 }
@@ -179,7 +181,7 @@ fn endpoint_trims_and_encodes() {
     assert_eq!(url.as_str(), "http://h/x");
     assert!(matches!(
         endpoint("not a url", &["x"]),
-        Err(ApiError::Rejected { status: 0, .. })
+        Err(ProviderApiError::Rejected { status: 0, .. })
     ));
 }
 

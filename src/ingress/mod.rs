@@ -5,7 +5,6 @@
 //! are bounded by the server (`server`, `conn`), rejection logs by `rejections`.
 
 mod conn;
-mod error;
 mod rejections;
 pub mod server;
 
@@ -26,9 +25,9 @@ use axum::{
 use bytes::Bytes;
 
 pub use conn::Deadlines;
-pub use error::ApiError;
 pub use server::Limits;
 
+use crate::http_error::HttpError;
 use rejections::RejectionLog;
 
 /// How often rejected webhooks are summarized in the log.
@@ -71,7 +70,7 @@ pub fn router(
 async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Unavailable("request timed out").into_response(),
+        Err(_) => HttpError::Unavailable("request timed out").into_response(),
     }
 }
 
@@ -81,24 +80,24 @@ async fn receive(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     request: Request,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<serde_json::Value>), HttpError> {
     let source = state.sources.get(&source_id);
     // The path is the client's: only a configured id becomes a label.
     let label = source.map_or("unknown", |s| s.id()).to_owned();
     let result = async {
-        let source = source.ok_or(ApiError::UnknownSource)?;
+        let source = source.ok_or(HttpError::UnknownSource)?;
         // Read only now, for a known source; an announced length past the limit is
         // refused without reading (a chunked body is still cut at the limit: 413).
         let announced = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if announced.is_some_and(|n| n > state.body_limit as u64) {
-            return Err(ApiError::PayloadTooLarge);
+            return Err(HttpError::PayloadTooLarge);
         }
         let body = Bytes::from_request(request, &()).await.map_err(|rejection| {
             match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                _ => ApiError::BadRequest(rejection.body_text()),
+                StatusCode::PAYLOAD_TOO_LARGE => HttpError::PayloadTooLarge,
+                _ => HttpError::BadRequest(rejection.body_text()),
             }
         })?;
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -112,7 +111,7 @@ async fn receive(
         state.broker.publish(verified.envelope()).await.inspect_err(|error| {
             tracing::warn!(source = %source.id(), event_id = %verified.event_id(), %error, "webhook not queued");
         })?;
-        Ok::<_, ApiError>((
+        Ok::<_, HttpError>((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "status": "queued", "event_id": verified.event_id() })),
         ))
@@ -134,12 +133,12 @@ async fn receive(
 
 /// The summary's reason for a refused webhook; None for failures on our side (503 and
 /// the like), which are not the client's doing and are logged as they happen.
-fn rejection_reason(error: &ApiError) -> Option<&'static str> {
+fn rejection_reason(error: &HttpError) -> Option<&'static str> {
     match error {
-        ApiError::Verify(verify) => Some(verify.kind()),
-        ApiError::UnknownSource => Some("unknown_source"),
-        ApiError::PayloadTooLarge => Some("too_large"),
-        ApiError::BadRequest(_) => Some("bad_request"),
+        HttpError::Verify(verify) => Some(verify.kind()),
+        HttpError::UnknownSource => Some("unknown_source"),
+        HttpError::PayloadTooLarge => Some("too_large"),
+        HttpError::BadRequest(_) => Some("bad_request"),
         _ => None,
     }
 }

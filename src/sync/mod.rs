@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiError;
+use crate::api::ProviderApiError;
 use crate::config::{Settings, SyncSettings};
 use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
@@ -58,7 +58,7 @@ pub enum SyncError {
     #[error(
         "page {page} failed: {error} (the watermark is unchanged; the next run resumes at this page)"
     )]
-    Page { page: u64, error: ApiError },
+    Page { page: u64, error: ProviderApiError },
     #[error(
         "stopped after page {page}: {error} (the watermark is unchanged; the next run resumes after this page)"
     )]
@@ -323,7 +323,7 @@ impl Syncer {
         min_interval: Duration,
         last_request: &mut Option<tokio::time::Instant>,
         source_id: &str,
-    ) -> Result<clients::Page, ApiError> {
+    ) -> Result<clients::Page, ProviderApiError> {
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
@@ -345,13 +345,13 @@ impl Syncer {
             }
             retries += 1;
             let wait = match &error {
-                ApiError::RateLimited { retry_after } => {
+                ProviderApiError::RateLimited { retry_after } => {
                     metrics::counter!("subsync_sync_rate_limited_total", "source" => source_id.to_owned())
                         .increment(1);
                     retry_after.unwrap_or_else(|| backoff.next().unwrap_or_default())
                 }
-                ApiError::Transient(_) => backoff.next().unwrap_or_default(),
-                ApiError::Rejected { .. } => return Err(error),
+                ProviderApiError::Transient(_) => backoff.next().unwrap_or_default(),
+                ProviderApiError::Rejected { .. } => return Err(error),
             };
             tracing::warn!(source = source_id, %error, wait_ms = wait.as_millis() as u64, "sync page retried");
             tokio::time::sleep(wait.min(MAX_RATE_LIMIT_WAIT)).await;

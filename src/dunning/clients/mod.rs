@@ -58,7 +58,7 @@ pub enum CallOutcome {
 }
 
 /// Why a call did not get an answer about the payment.
-pub use crate::api::ApiError as CallError;
+pub use crate::api::ProviderApiError as CallError;
 
 pub trait RetryClient: Send + Sync {
     fn retry<'a>(&'a self, call: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>>;

@@ -19,7 +19,7 @@ use super::{
     CallError, CallOutcome, Credential, Endpoint, RetryCall, RetryClient, auth_failed, exchange,
     required, snippet,
 };
-use crate::api::{ApiError, Cap, bound_secs};
+use crate::api::{Cap, ProviderApiError, bound_secs};
 use crate::config::ApiSettings;
 
 /// Admin API version when `api.api_version` is not set.
@@ -58,7 +58,7 @@ impl AdminApi {
     }
 
     /// `POST {base_url}/admin/api/{api_version}/graphql.json` with `body` as JSON.
-    pub(crate) fn graphql(&self, body: &Value) -> Result<RequestBuilder, ApiError> {
+    pub(crate) fn graphql(&self, body: &Value) -> Result<RequestBuilder, ProviderApiError> {
         let route = ["admin", "api", &self.api_version, "graphql.json"];
         Ok(self.api.request(Method::POST, &route)?.json(body))
     }
@@ -82,7 +82,11 @@ impl GraphQlErrors {
     /// What the errors say, `None` without any: a `THROTTLED` code is `RateLimited` (the
     /// wait being `Retry-After`, else [`throttle_wait`]); anything else is final, `Rejected`
     /// with `status` and the messages.
-    pub(crate) fn error(&self, status: u16, retry_after: Option<Duration>) -> Option<ApiError> {
+    pub(crate) fn error(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+    ) -> Option<ProviderApiError> {
         if self.errors.is_empty() {
             return None;
         }
@@ -95,12 +99,12 @@ impl GraphQlErrors {
         });
         if throttled {
             let retry_after = retry_after.or_else(|| throttle_wait(self.extensions.as_ref()));
-            return Some(ApiError::RateLimited { retry_after });
+            return Some(ProviderApiError::RateLimited { retry_after });
         }
         let messages: Vec<&str> = (self.errors.iter())
             .filter_map(|e| e.message.as_deref())
             .collect();
-        Some(ApiError::Rejected {
+        Some(ProviderApiError::Rejected {
             status,
             message: snippet(&messages.join("; ")),
         })

@@ -68,7 +68,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, Cap, Credential, Endpoint, read, snippet};
+use crate::api::{Cap, Credential, Endpoint, ProviderApiError, read, snippet};
 use crate::config::ApiSettings;
 
 /// Page size cap. Spring's own cap is 2000, but each page makes Appstle call Shopify for
@@ -112,7 +112,7 @@ impl AppstleList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let known = request.known_subscriptions;
         let (index, page) = match request.cursor {
             None => (0, 0),
@@ -155,7 +155,7 @@ impl AppstleList {
         page: u32,
         size: u32,
         cap: Cap,
-    ) -> Result<(Vec<Attempt>, HeaderMap), ApiError> {
+    ) -> Result<(Vec<Attempt>, HeaderMap), ProviderApiError> {
         let past_orders = self.api.request(
             Method::GET,
             &[
@@ -173,7 +173,7 @@ impl AppstleList {
         ];
         let answer = read(past_orders.query(&query), "Appstle", cap).await?;
         let attempts: Vec<Attempt> =
-            serde_json::from_str(&answer.body).map_err(|e| ApiError::Rejected {
+            serde_json::from_str(&answer.body).map_err(|e| ProviderApiError::Rejected {
                 status: 200,
                 message: format!("not an Appstle list of past orders: {e}"),
             })?;
@@ -182,7 +182,10 @@ impl AppstleList {
 }
 
 impl ListClient for AppstleList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -201,8 +204,8 @@ fn cursor(index: usize, entry: &str, page: u32) -> String {
 /// Where a cursor continues: the index of its contract in `known` and the page. The
 /// contract is found by value (at its stored index when the list did not change); one no
 /// longer known continues at the next one in sort order, page 0.
-fn resume(cursor: &str, known: &[String]) -> Result<(usize, u32), ApiError> {
-    let invalid = || ApiError::Rejected {
+fn resume(cursor: &str, known: &[String]) -> Result<(usize, u32), ProviderApiError> {
+    let invalid = || ProviderApiError::Rejected {
         status: 0,
         message: format!("invalid Appstle sync cursor {}", snippet(cursor)),
     };
@@ -664,7 +667,7 @@ mod tests {
             assert!(
                 matches!(
                     client.page(request(Some(bad), &known)).await,
-                    Err(ApiError::Rejected { status: 0, .. })
+                    Err(ProviderApiError::Rejected { status: 0, .. })
                 ),
                 "{bad:?}"
             );

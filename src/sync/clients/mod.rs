@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::api::{ApiError, Cap, ProviderHttp};
+use crate::api::{Cap, ProviderApiError, ProviderHttp};
 use crate::config::{ApiSettings, ProviderKind};
 
 mod appstle;
@@ -69,7 +69,10 @@ pub trait ListClient: Send + Sync {
     /// Fetches one page. 429 is `RateLimited` (with the provider's `Retry-After`), 5xx and
     /// transport failures `Transient`, anything else the API refuses `Rejected`; the caller
     /// decides about waiting and retrying.
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>>;
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>>;
 
     /// The pause between two page requests that keeps within the provider's documented
     /// rate limit (used when the source's `min_interval_ms` is 0).
@@ -123,7 +126,7 @@ pub(crate) mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::{Page, PageRequest, Record};
-    use crate::api::ApiError;
+    use crate::api::ProviderApiError;
     use crate::canonical::CanonicalEvent;
     use crate::config::{ProviderKind, SourceSettings};
     use crate::envelope::Envelope;
@@ -151,7 +154,7 @@ pub(crate) mod tests {
     /// is final: `Rejected { status: 200 }` with a message containing `says`.
     pub(crate) async fn assert_unreadable<'c>(
         server: &MockServer,
-        call: impl Fn() -> BoxFuture<'c, Result<Page, ApiError>>,
+        call: impl Fn() -> BoxFuture<'c, Result<Page, ProviderApiError>>,
         body: &str,
         says: &str,
     ) {
@@ -162,7 +165,7 @@ pub(crate) mod tests {
             .mount(server)
             .await;
         match call().await {
-            Err(ApiError::Rejected {
+            Err(ProviderApiError::Rejected {
                 status: 200,
                 message,
             }) => assert!(message.contains(says), "{message}"),

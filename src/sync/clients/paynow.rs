@@ -50,7 +50,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, Credential, Endpoint, read, required};
+use crate::api::{Credential, Endpoint, ProviderApiError, read, required};
 use crate::config::ApiSettings;
 use crate::providers::sha256_hex;
 
@@ -70,7 +70,7 @@ impl PayNowList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let store = required(self.store_id.as_deref(), "api.store_id")?;
         let subscriptions = self
             .api
@@ -88,7 +88,10 @@ impl PayNowList {
 }
 
 impl ListClient for PayNowList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -112,25 +115,27 @@ fn parse(
     limit: u32,
     cursor: Option<&str>,
     since: Option<DateTime<Utc>>,
-) -> Result<Page, ApiError> {
-    let subscriptions: Vec<Value> = serde_json::from_str(body).map_err(|e| ApiError::Rejected {
-        status: 200,
-        message: format!("not a PayNow list of subscriptions: {e}"),
-    })?;
+) -> Result<Page, ProviderApiError> {
+    let subscriptions: Vec<Value> =
+        serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
+            status: 200,
+            message: format!("not a PayNow list of subscriptions: {e}"),
+        })?;
     let full = subscriptions.len() >= limit as usize;
     let next = match subscriptions.last() {
         Some(last) if full => {
-            let id = last
-                .get("id")
-                .and_then(flake_id)
-                .ok_or_else(|| ApiError::Rejected {
-                    status: 200,
-                    message: "PayNow page is full but its last subscription has no id".to_owned(),
-                })?;
+            let id =
+                last.get("id")
+                    .and_then(flake_id)
+                    .ok_or_else(|| ProviderApiError::Rejected {
+                        status: 200,
+                        message: "PayNow page is full but its last subscription has no id"
+                            .to_owned(),
+                    })?;
             if let Some(cursor) = cursor
                 && !advances(cursor, &id)
             {
-                return Err(ApiError::Rejected {
+                return Err(ProviderApiError::Rejected {
                     status: 200,
                     message: format!(
                         "PayNow pagination does not advance (after {cursor}, last id {id})"
@@ -339,7 +344,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(
                 err,
-                ApiError::Rejected {
+                ProviderApiError::Rejected {
                     status: 0,
                     message: "missing api.store_id".to_owned()
                 }
@@ -362,7 +367,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, ApiError::Rejected { status: 200, message } if message.contains("does not advance")),
+            matches!(&err, ProviderApiError::Rejected { status: 200, message } if message.contains("does not advance")),
             "{err:?}"
         );
     }

@@ -52,7 +52,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, Credential, Endpoint, read, snippet};
+use crate::api::{Credential, Endpoint, ProviderApiError, read, snippet};
 use crate::config::ApiSettings;
 
 /// Polar's maximum `limit`.
@@ -83,14 +83,14 @@ impl PolarList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let page = match request.cursor {
             None => 1,
             Some(cursor) => cursor
                 .parse::<u32>()
                 .ok()
                 .filter(|page| *page >= 1)
-                .ok_or_else(|| ApiError::Rejected {
+                .ok_or_else(|| ProviderApiError::Rejected {
                     status: 0,
                     message: format!("invalid Polar sync cursor {}", snippet(cursor)),
                 })?,
@@ -113,7 +113,10 @@ impl PolarList {
 }
 
 impl ListClient for PolarList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -136,8 +139,8 @@ struct Pagination {
     max_page: u32,
 }
 
-fn parse(body: &str, page: u32, since: Option<DateTime<Utc>>) -> Result<Page, ApiError> {
-    let list: List = serde_json::from_str(body).map_err(|e| ApiError::Rejected {
+fn parse(body: &str, page: u32, since: Option<DateTime<Utc>>) -> Result<Page, ProviderApiError> {
+    let list: List = serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
         status: 200,
         message: format!("not a Polar list of orders: {e}"),
     })?;
@@ -361,7 +364,7 @@ mod tests {
             assert!(
                 matches!(
                     client.page(request(Some(bad))).await,
-                    Err(ApiError::Rejected { status: 0, .. })
+                    Err(ProviderApiError::Rejected { status: 0, .. })
                 ),
                 "{bad:?}"
             );

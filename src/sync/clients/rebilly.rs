@@ -65,7 +65,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, Credential, Endpoint, read};
+use crate::api::{Credential, Endpoint, ProviderApiError, read};
 use crate::config::ApiSettings;
 
 /// Rebilly's maximum `limit`.
@@ -85,13 +85,15 @@ impl RebillyList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let offset = match request.cursor {
             None => 0,
-            Some(cursor) => cursor.parse::<u64>().map_err(|_| ApiError::Rejected {
-                status: 0,
-                message: format!("invalid Rebilly offset cursor {cursor:?}"),
-            })?,
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .map_err(|_| ProviderApiError::Rejected {
+                    status: 0,
+                    message: format!("invalid Rebilly offset cursor {cursor:?}"),
+                })?,
         };
         let subscriptions = self.api.request(Method::GET, &["subscriptions"])?;
         let mut query = vec![
@@ -111,7 +113,10 @@ impl RebillyList {
 }
 
 impl ListClient for RebillyList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -138,9 +143,9 @@ impl Pagination {
     }
 }
 
-fn parse(body: &str, requested: u64, pagination: Pagination) -> Result<Page, ApiError> {
+fn parse(body: &str, requested: u64, pagination: Pagination) -> Result<Page, ProviderApiError> {
     let orders: Vec<Box<RawValue>> =
-        serde_json::from_str(body).map_err(|e| ApiError::Rejected {
+        serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
             status: 200,
             message: format!("not a Rebilly list of orders: {e}"),
         })?;
@@ -156,7 +161,11 @@ fn parse(body: &str, requested: u64, pagination: Pagination) -> Result<Page, Api
 }
 
 /// `Pagination-Offset + len` while below `Pagination-Total`.
-fn next_offset(requested: u64, len: u64, p: Pagination) -> Result<Option<String>, ApiError> {
+fn next_offset(
+    requested: u64,
+    len: u64,
+    p: Pagination,
+) -> Result<Option<String>, ProviderApiError> {
     let (Some(total), Some(offset)) = (p.total, p.offset) else {
         tracing::warn!(
             offset = requested,
@@ -169,7 +178,7 @@ fn next_offset(requested: u64, len: u64, p: Pagination) -> Result<Option<String>
         return Ok(None);
     }
     if next <= requested {
-        return Err(ApiError::Rejected {
+        return Err(ProviderApiError::Rejected {
             status: 200,
             message: format!(
                 "Rebilly pagination does not advance (asked offset {requested}, got offset {offset} with {len} orders)"
@@ -535,12 +544,12 @@ mod tests {
         let client = client(&server, "");
         let err = client.page(request(Some("10"))).await.unwrap_err();
         assert!(
-            matches!(&err, ApiError::Rejected { status: 200, message } if message.contains("does not advance")),
+            matches!(&err, ProviderApiError::Rejected { status: 200, message } if message.contains("does not advance")),
             "{err:?}"
         );
         let err = client.page(request(Some("ten"))).await.unwrap_err();
         assert!(
-            matches!(err, ApiError::Rejected { status: 0, .. }),
+            matches!(err, ProviderApiError::Rejected { status: 0, .. }),
             "{err:?}"
         );
         assert_eq!(

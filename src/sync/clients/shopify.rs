@@ -72,7 +72,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped, json_body};
-use crate::api::{ApiError, Cap, read, retry_after, snippet};
+use crate::api::{Cap, ProviderApiError, read, retry_after, snippet};
 use crate::config::ApiSettings;
 use crate::dunning::clients::shopify::{AdminApi, GraphQlErrors};
 
@@ -130,7 +130,7 @@ fn after(rest: &str) -> Option<&str> {
     (!rest.is_empty()).then_some(rest)
 }
 
-fn phase(cursor: Option<&str>) -> Result<Phase<'_>, ApiError> {
+fn phase(cursor: Option<&str>) -> Result<Phase<'_>, ProviderApiError> {
     match cursor {
         None => Ok(Phase::Contracts(None)),
         Some(c) => {
@@ -139,7 +139,7 @@ fn phase(cursor: Option<&str>) -> Result<Phase<'_>, ApiError> {
             } else if let Some(rest) = c.strip_prefix(ATTEMPTS) {
                 Ok(Phase::Attempts(after(rest)))
             } else {
-                Err(ApiError::Rejected {
+                Err(ProviderApiError::Rejected {
                     status: 0,
                     message: format!("not a Shopify sync cursor: {}", snippet(c)),
                 })
@@ -155,7 +155,7 @@ impl ShopifyList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let since = request
             .since
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
@@ -215,7 +215,7 @@ impl ShopifyList {
         after: Option<&str>,
         filter: Option<String>,
         cap: Cap,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ProviderApiError> {
         let payload = json!({
             "query": query,
             "variables": { "first": first, "after": after, "query": filter },
@@ -232,7 +232,10 @@ impl ShopifyList {
 }
 
 impl ListClient for ShopifyList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -243,8 +246,8 @@ impl ListClient for ShopifyList {
     }
 }
 
-fn rejected(message: String) -> ApiError {
-    ApiError::Rejected {
+fn rejected(message: String) -> ProviderApiError {
+    ProviderApiError::Rejected {
         status: 200,
         message,
     }
@@ -255,7 +258,7 @@ struct Response<T> {
     data: Option<T>,
 }
 
-fn parse_data<T: for<'de> Deserialize<'de>>(body: &str) -> Result<T, ApiError> {
+fn parse_data<T: for<'de> Deserialize<'de>>(body: &str) -> Result<T, ProviderApiError> {
     let response: Response<T> = serde_json::from_str(body)
         .map_err(|e| rejected(format!("unexpected Shopify GraphQL response: {e}")))?;
     response
@@ -339,7 +342,7 @@ fn next_cursor<T>(
     connection: &Connection<T>,
     sent: Option<&str>,
     prefix: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, ProviderApiError> {
     if connection.nodes.is_empty() || !connection.page_info.has_next_page {
         return Ok(None);
     }
@@ -702,7 +705,7 @@ mod tests {
                 .mount(&server)
                 .await;
             match client.page(request(cursor)).await {
-                Err(ApiError::Rejected { status: 200, .. }) => {}
+                Err(ProviderApiError::Rejected { status: 200, .. }) => {}
                 other => panic!("{cursor:?}: {other:?}"),
             }
         }
@@ -722,7 +725,7 @@ mod tests {
             .await;
         assert!(matches!(
             client.page(request(Some("42"))).await,
-            Err(ApiError::Rejected { status: 0, .. })
+            Err(ProviderApiError::Rejected { status: 0, .. })
         ));
     }
 
@@ -768,15 +771,15 @@ mod tests {
             let err = client.page(request(None)).await.unwrap_err();
             match (expected, err) {
                 // (852 − 100) / 50 = 15.04 → 16 s.
-                ("rate 16", ApiError::RateLimited { retry_after }) => {
+                ("rate 16", ProviderApiError::RateLimited { retry_after }) => {
                     assert_eq!(retry_after, Some(Duration::from_secs(16)))
                 }
-                ("rate 2", ApiError::RateLimited { retry_after }) => {
+                ("rate 2", ProviderApiError::RateLimited { retry_after }) => {
                     assert_eq!(retry_after, Some(Duration::from_secs(2)))
                 }
                 (
                     "rejected 200",
-                    ApiError::Rejected {
+                    ProviderApiError::Rejected {
                         status: 200,
                         message,
                     },

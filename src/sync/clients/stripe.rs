@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ListClient, Page, PageRequest, Record, capped};
-use crate::api::{ApiError, Credential, Endpoint, read};
+use crate::api::{Credential, Endpoint, ProviderApiError, read};
 use crate::config::ApiSettings;
 
 /// Stripe's maximum `limit`.
@@ -31,7 +31,7 @@ impl StripeList {
         }
     }
 
-    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ApiError> {
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let invoices = self.api.request(Method::GET, &["v1", "invoices"])?;
         let mut query = vec![
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
@@ -51,7 +51,10 @@ impl StripeList {
 }
 
 impl ListClient for StripeList {
-    fn page<'a>(&'a self, request: PageRequest<'a>) -> BoxFuture<'a, Result<Page, ApiError>> {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
         Box::pin(self.fetch(request))
     }
 
@@ -67,8 +70,8 @@ struct List {
     has_more: bool,
 }
 
-fn parse(body: &str) -> Result<Page, ApiError> {
-    let list: List = serde_json::from_str(body).map_err(|e| ApiError::Rejected {
+fn parse(body: &str) -> Result<Page, ProviderApiError> {
+    let list: List = serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
         status: 200,
         message: format!("not a Stripe list of invoices: {e}"),
     })?;
@@ -78,7 +81,7 @@ fn parse(body: &str) -> Result<Page, ApiError> {
         .and_then(|invoice| invoice.get("id")?.as_str().map(str::to_owned));
     let next = if list.has_more { last_id } else { None };
     if list.has_more && next.is_none() {
-        return Err(ApiError::Rejected {
+        return Err(ProviderApiError::Rejected {
             status: 200,
             message: "Stripe list has_more but its last invoice has no id".to_owned(),
         });

@@ -13,7 +13,7 @@ use crate::providers::VerifyError;
 use crate::queue::PublishError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum HttpError {
     #[error("unknown source")]
     UnknownSource,
     #[error("not found")]
@@ -42,64 +42,66 @@ pub enum ApiError {
     Ops(OpsError),
 }
 
-impl From<OpsError> for ApiError {
+impl From<OpsError> for HttpError {
     fn from(error: OpsError) -> Self {
         match error {
-            OpsError::Db(e) => ApiError::Database(e),
-            other => ApiError::Ops(other),
+            OpsError::Db(e) => HttpError::Database(e),
+            other => HttpError::Ops(other),
         }
     }
 }
 
-impl ApiError {
+impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownSource | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Verify(_) | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Publish(_) | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
+            HttpError::UnknownSource | HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Verify(_) | HttpError::Unauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::Publish(_) | HttpError::Unavailable(_) | HttpError::NotReady { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Database(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Ops(OpsError::UnknownSource(_)) => StatusCode::NOT_FOUND,
-            ApiError::Ops(OpsError::NotConfirmed | OpsError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Ops(OpsError::Queue(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Ops(OpsError::Db(e)) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Ops(OpsError::Db(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Database(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Ops(OpsError::UnknownSource(_)) => StatusCode::NOT_FOUND,
+            HttpError::Ops(OpsError::NotConfirmed | OpsError::Invalid(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            HttpError::Ops(OpsError::Queue(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Ops(OpsError::Db(e)) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Ops(OpsError::Db(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// A short label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::UnknownSource | ApiError::NotFound => "not_found",
-            ApiError::PayloadTooLarge => "too_large",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Verify(_) | ApiError::Unauthorized => "unauthorized",
-            ApiError::Publish(_) | ApiError::Unavailable(_) | ApiError::NotReady { .. } => {
+            HttpError::UnknownSource | HttpError::NotFound => "not_found",
+            HttpError::PayloadTooLarge => "too_large",
+            HttpError::BadRequest(_) => "bad_request",
+            HttpError::Verify(_) | HttpError::Unauthorized => "unauthorized",
+            HttpError::Publish(_) | HttpError::Unavailable(_) | HttpError::NotReady { .. } => {
                 "unavailable"
             }
-            ApiError::Database(_) => "error",
-            ApiError::Ops(_) => "ops_error",
+            HttpError::Database(_) => "error",
+            HttpError::Ops(_) => "ops_error",
         }
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Database(error) = &self {
+        if let HttpError::Database(error) = &self {
             tracing::error!(%error, "database error behind an HTTP request");
         }
         let message = match &self {
             // The database's own message may name tables or values: keep it in the log.
-            ApiError::Database(_) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            HttpError::Database(_) => status.canonical_reason().unwrap_or("error").to_lowercase(),
             other => other.to_string(),
         };
         let body = match &self {
-            ApiError::NotReady { down, .. } => {
+            HttpError::NotReady { down, .. } => {
                 serde_json::json!({ "error": message, "down": down })
             }
             _ => serde_json::json!({ "error": message }),
@@ -111,7 +113,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Unauthorized) {
+        if status == StatusCode::UNAUTHORIZED && matches!(self, HttpError::Unauthorized) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
