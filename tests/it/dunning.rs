@@ -3,12 +3,9 @@
 //! ledger shows the recovery. The fake Stripe counts charges and, like Stripe, answers a
 //! repeated idempotency key with the first response instead of charging again.
 
-mod common;
-#[path = "dunning/panics.rs"]
+use crate::common;
 mod panics;
-#[path = "dunning/parked.rs"]
 mod parked;
-#[path = "dunning/support.rs"]
 mod support;
 
 use std::{

@@ -2,7 +2,7 @@
 //! from the dead-letter index in Postgres (written by the worker when it dead-letters,
 //! updated by replays and purges, rebuilt by the indexer), never from fetching the queue.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! answered without waiting for its (announced, never sent) body. The fault suite
 //! (`s9_`) runs the same at scale against the binary.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,15 +5,8 @@
 //! shared by all providers (resume after a crash, 429, dry run, both orders) are tested
 //! once against Stripe in `tests/sync.rs`.
 
-mod common;
-
-#[path = "sync_providers/appstle.rs"]
 mod appstle;
-#[path = "sync_providers/paynow.rs"]
 mod paynow;
-#[path = "sync_providers/polar.rs"]
 mod polar;
-#[path = "sync_providers/rebilly.rs"]
 mod rebilly;
-#[path = "sync_providers/shopify.rs"]
 mod shopify;

@@ -4,7 +4,7 @@
 //! database's reason, while other traffic keeps flowing. Dropping the trigger is "the
 //! cause fixed"; replays then reconcile them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The ledger against a real Postgres: transition rules, money, ordering, the journal's
 //! invariants, and order independence over generated histories.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};

@@ -1,7 +1,7 @@
 //! The ledger's views for people and tools: `GET /admin/subscriptions/...`,
 //! `GET /admin/billing-attempts`, `subsync ledger subscription` and `subsync ledger verify`.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 

@@ -2,7 +2,7 @@
 //! webhooks delivered shuffled and duplicated: the ledger ends equal to a serial,
 //! in-order reconciliation of the same webhooks, and no entry is posted twice.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

@@ -1,7 +1,7 @@
 //! The foundation path against the real broker and database: a signed webhook travels
 //! ingress → RabbitMQ → worker → Postgres; bad input is refused and queues nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! from under it (the broker up) fails, is restarted with backoff, is named by `/readyz`
 //! while down, and consumes again once the queue is back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

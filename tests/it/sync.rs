@@ -4,7 +4,7 @@
 //! second run changes nothing, a crashed run resumes without duplicates, `--dry-run`
 //! changes nothing, and webhook and sync converge in either order.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{Arc, Mutex},
@@ -116,7 +116,6 @@ fn webhook(event_id: &str, event_type: &str, invoice: &Value) -> Vec<u8> {
     .unwrap()
 }
 
-#[path = "sync/pagination.rs"]
 mod pagination;
 
 async fn stripe_api(fake: FakeInvoices) -> MockServer {

@@ -1,7 +1,7 @@
 //! The database goes away while webhooks keep arriving: nothing is dead-lettered, the
 //! worker holds and retries, and the backlog drains once the database is back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

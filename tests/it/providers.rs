@@ -1,7 +1,7 @@
 //! One signed webhook per provider through the real ingress and queue into the archive,
 //! and one unsigned request per provider refused with nothing queued.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

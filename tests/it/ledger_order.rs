@@ -3,7 +3,7 @@
 //! the same ledger (attempt states, subscription states, balances per account and
 //! currency) as the in-order, once-each history.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};

@@ -2,7 +2,7 @@
 //! event lands in Postgres, SIGTERM stops it cleanly, and at debug level its whole log
 //! output never contains a secret.
 
-mod common;
+use crate::common;
 
 use std::{
     io::Read,

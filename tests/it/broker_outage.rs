@@ -1,7 +1,7 @@
 //! The broker goes away: the ingress answers 503 (never a 2xx without a confirm) and
 //! recovers by itself when the broker is back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

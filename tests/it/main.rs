@@ -1,0 +1,23 @@
+//! The integration tests, in one binary (one link instead of one per file), each module
+//! against the real RabbitMQ and PostgreSQL. The fault suite is its own binary
+//! (`tests/faults.rs`, run by `scripts/faults.sh`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod binary;
+mod broker_outage;
+mod database_outage;
+mod dead_letter_index;
+mod dlq;
+mod dunning;
+mod foundation;
+mod ingress_limits;
+mod ledger;
+mod ledger_concurrency;
+mod ledger_order;
+mod ledger_views;
+mod providers;
+mod supervision;
+mod sync;
+mod sync_providers;
