@@ -320,7 +320,11 @@ impl Hostile {
 }
 
 /// A Stripe invoice list page (`object: list`, `has_more: true`) holding `in_cyc_{n}`: the
-/// next page's `starting_after` is that id, so the cursor cycles through three ids.
+/// next page's `starting_after` is that id, so the cursor cycles through three ids. The
+/// invoice's fields are the ones the sync tests' Stripe fake serves (`tests/it/sync.rs`
+/// `invoice`), each present in Stripe's invoice fixtures and types; like that fake it still
+/// carries a top-level `payment_intent`, which current Stripe API versions replace with
+/// `payments` (to follow Stripe's current shape with the sync client itself).
 fn cycling_page(n: u32) -> String {
     serde_json::json!({
         "object": "list", "url": "/v1/invoices", "has_more": true,
