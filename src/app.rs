@@ -9,7 +9,7 @@
 //! need the broker), let every worker finish its batch and hand back what it had not
 //! started, and only then close the broker connection.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 
@@ -21,13 +21,12 @@ use crate::admin::{self, AdminState};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::dunning::{
-    clients::{self, RetryClient},
     schedule::Dunning,
-    scheduler::Scheduler,
+    scheduler::{Scheduler, retry_clients},
 };
 use crate::ingress;
 use crate::ops::dead_letter_index;
-use crate::providers::Sources;
+use crate::providers::{SourceError, Sources};
 use crate::queue::Broker;
 use crate::supervise::{Restart, TaskExit, TaskHealth, supervise};
 use crate::sync::{self, Syncer};
@@ -65,6 +64,22 @@ impl Role {
     }
 }
 
+/// What every role of a process shares, built once from the settings: the sources (each
+/// with its connector and its provider's API clients) and the dunning plans.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    pub sources: Arc<Sources>,
+    pub dunning: Dunning,
+}
+
+impl Catalogue {
+    pub fn new(settings: &Settings) -> Result<Self, SourceError> {
+        let sources = Arc::new(Sources::from_settings(&settings.sources)?);
+        let dunning = Dunning::new(&sources, &settings.sources);
+        Ok(Self { sources, dunning })
+    }
+}
+
 /// A started service.
 pub struct Running {
     pub ingress_addr: Option<SocketAddr>,
@@ -83,7 +98,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     // Install the recorder before anything counts, or the first counts are lost.
     crate::telemetry::metrics();
-    let sources = Arc::new(Sources::from_settings(&settings.sources).map_err(anyhow::Error::msg)?);
+    let Catalogue { sources, dunning } = Catalogue::new(settings)?;
     let db = Db::connect_lazy(&settings.database)?;
     if role.uses_database() {
         db.migrate().await.context("applying migrations")?;
@@ -121,7 +136,7 @@ pub async fn start(
         broker: broker.clone(),
         tokens: settings.admin.named_tokens(),
         sources: sources.clone(),
-        dunning: Dunning::from_settings(&settings.sources),
+        dunning: dunning.clone(),
         uses_database: role.uses_database(),
         uses_broker: role.uses_broker(),
         health: health.clone(),
@@ -134,17 +149,23 @@ pub async fn start(
         "admin",
     ));
 
-    let dunning = Dunning::from_settings(&settings.sources);
     let mut supervised = Supervised {
         tasks: &mut tasks,
         shutdown: &shutdown,
         health: &health,
     };
     if role.sync() {
-        spawn_syncs(settings, &db, &broker, &mut supervised)?;
+        let syncer = Syncer::new(
+            settings,
+            db.clone(),
+            Some(broker.clone()),
+            sources.clone(),
+            dunning.clone(),
+        );
+        spawn_syncs(settings, syncer, &mut supervised);
     }
     if role.scheduler() {
-        let make = scheduler_task(settings, &db, &dunning, &shutdown)?;
+        let make = scheduler_task(settings, &db, &dunning, &sources, &shutdown);
         supervised.spawn("scheduler".to_owned(), None, make);
     }
     let worker_threads = if role.worker() {
@@ -304,89 +325,48 @@ fn spawn_workers(
 }
 
 /// One supervised loop per source with a sync interval.
-fn spawn_syncs(
-    settings: &Settings,
-    db: &Db,
-    broker: &Broker,
-    supervised: &mut Supervised<'_>,
-) -> anyhow::Result<()> {
-    let periodic = Syncer::periodic(settings);
-    if periodic.is_empty() {
-        return Ok(());
-    }
-    let syncer =
-        Syncer::new(settings, db.clone(), Some(broker.clone())).map_err(anyhow::Error::msg)?;
+fn spawn_syncs(settings: &Settings, syncer: Syncer, supervised: &mut Supervised<'_>) {
     let syncer = Arc::new(syncer);
-    for (source_id, interval) in periodic {
+    for (source_id, interval) in Syncer::periodic(settings) {
         let (syncer, stop) = (syncer.clone(), supervised.shutdown.clone());
         supervised.spawn(format!("sync:{source_id}"), None, move || {
             sync::run_periodic(syncer.clone(), source_id.clone(), interval, stop.clone())
         });
     }
-    Ok(())
 }
 
-/// The scheduler's runs: built now so a bad setting fails the start, rebuilt for each
-/// restart (a run consumes its scheduler).
+/// The scheduler's runs, rebuilt for each restart (a run consumes its scheduler).
 fn scheduler_task(
     settings: &Settings,
     db: &Db,
     dunning: &Dunning,
+    sources: &Sources,
     shutdown: &CancellationToken,
-) -> anyhow::Result<impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static> {
-    let mut first = Some(scheduler(settings, db, dunning)?);
-    let (settings, db, dunning, stop) = (
-        settings.clone(),
-        db.clone(),
-        dunning.clone(),
-        shutdown.clone(),
-    );
-    let interval = Duration::from_millis(settings.dunning.interval_ms);
-    Ok(move || {
-        let scheduler = first
-            .take()
-            .map(Ok)
-            .unwrap_or_else(|| scheduler(&settings, &db, &dunning));
+) -> impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static {
+    let clients = retry_clients(sources);
+    let dunning_settings = settings.dunning.clone();
+    let (db, dunning, stop) = (db.clone(), dunning.clone(), shutdown.clone());
+    let interval = Duration::from_millis(dunning_settings.interval_ms);
+    move || {
+        let scheduler = Scheduler::new(
+            db.clone(),
+            dunning.clone(),
+            clients.clone(),
+            Duration::from_secs(dunning_settings.in_flight_timeout_secs),
+        )
+        .with_accepted_timeout(Duration::from_secs(dunning_settings.accepted_timeout_secs))
+        .with_park_after_failures(dunning_settings.park_after_failures)
+        .with_waits(crate::dunning::outcome::Waits {
+            failure: Duration::from_secs(dunning_settings.failure_wait_secs),
+            max_rate_limit: Duration::from_secs(dunning_settings.max_rate_limit_wait_secs),
+        });
         let stop = stop.clone();
         let run = async move {
-            scheduler?.run(interval, stop).await;
+            scheduler.run(interval, stop).await;
             Ok(())
         };
         Box::pin(run) as BoxFuture<'static, anyhow::Result<()>>
-    })
-}
-
-/// The retry scheduler as the settings describe it.
-fn scheduler(settings: &Settings, db: &Db, dunning: &Dunning) -> anyhow::Result<Scheduler> {
-    let scheduler = Scheduler::new(
-        db.clone(),
-        dunning.clone(),
-        retry_clients(settings)?,
-        Duration::from_secs(settings.dunning.in_flight_timeout_secs),
-    )
-    .with_accepted_timeout(Duration::from_secs(settings.dunning.accepted_timeout_secs))
-    .with_park_after_failures(settings.dunning.park_after_failures)
-    .with_waits(crate::dunning::outcome::Waits {
-        failure: Duration::from_secs(settings.dunning.failure_wait_secs),
-        max_rate_limit: Duration::from_secs(settings.dunning.max_rate_limit_wait_secs),
-    });
-    Ok(scheduler)
-}
-
-/// The retry client of every source whose provider takes retries through its API.
-fn retry_clients(settings: &Settings) -> anyhow::Result<HashMap<String, Box<dyn RetryClient>>> {
-    let http = crate::api::http_client().context("building the HTTP client")?;
-    Ok(settings
-        .sources
-        .iter()
-        .filter_map(|s| {
-            let api = s.api.as_ref()?;
-            Some((
-                s.id.clone(),
-                clients::client_for(s.provider, api, http.clone())?,
-            ))
-        })
-        .collect())
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

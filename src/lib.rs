@@ -22,7 +22,6 @@
 //! | `audit_log`, `dead_letters` | `ops` |
 
 pub mod admin;
-pub mod api;
 pub mod app;
 pub mod canonical;
 pub mod cli;

@@ -198,5 +198,4 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 #[cfg(test)]
-#[path = "supervise_tests.rs"]
 mod tests;

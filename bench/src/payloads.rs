@@ -1,7 +1,7 @@
 //! Signed webhooks of every provider, prepared before a run: one source per provider kind,
-//! each request signed with `Source::sign` over `Source::sample_body` (its ids spread over
-//! 10,000 subscriptions and one invoice/attempt per request, so the worker does not fight
-//! over one hot row, as real traffic would not).
+//! each request signed with `Source::sign` over the connector's own sample (`Source::sample`,
+//! its ids spread over 10,000 subscriptions and one cycle per request, so the worker does
+//! not fight over one hot row, as real traffic would not).
 
 use std::time::SystemTime;
 
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use subsync::{
     config::ProviderKind,
     envelope::Envelope,
-    providers::{Sources, Unverified},
+    providers::{Sources, Unverified, contract::Sample},
 };
 
 /// One secret for every signing provider (a valid `whsec_` base64 key for the Svix family,
@@ -92,7 +92,12 @@ pub fn prepare(
             .get(kind.as_str())
             .ok_or_else(|| anyhow::anyhow!("no source {}", kind.as_str()))?;
         let event_id = format!("evt_{tag}_{i}");
-        let body = spread(kind, source.sample_body(&event_id, now), i);
+        let body = source.sample(&Sample {
+            event_id: &event_id,
+            now,
+            subscription: (i % SUBSCRIPTIONS) as u64,
+            cycle: i as u64,
+        });
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(header::HOST, host.clone());
         headers.insert(header::CONTENT_TYPE, json.clone());
@@ -122,60 +127,4 @@ pub fn prepare(
 /// Mean body size of `requests`, in bytes.
 pub fn mean_body(requests: &[Prepared]) -> usize {
     requests.iter().map(|r| r.body.len()).sum::<usize>() / requests.len().max(1)
-}
-
-/// Replaces the sample's fixed demo ids: the subscription (and customer) by one of
-/// [`SUBSCRIPTIONS`], the invoice/attempt/order by one per request.
-fn spread(kind: ProviderKind, body: Vec<u8>, i: usize) -> Vec<u8> {
-    let sub = i % SUBSCRIPTIONS;
-    let text = String::from_utf8(body).expect("samples are JSON");
-    let replaced = match kind {
-        ProviderKind::Standard | ProviderKind::Svix | ProviderKind::Hmac => {
-            text.replace("sub_demo", &format!("sub_{sub}"))
-        }
-        ProviderKind::Stripe => text
-            .replace("in_demo", &format!("in_{i}"))
-            .replace("sub_demo", &format!("sub_{sub}"))
-            .replace("cus_demo", &format!("cus_{sub}")),
-        ProviderKind::Rebilly => text
-            .replace("inv_demo", &format!("inv_{i}"))
-            .replace("sub_demo", &format!("sub_{sub}"))
-            .replace("cus_demo", &format!("cus_{sub}")),
-        ProviderKind::Paynow => text
-            .replace(
-                "411486491630370818",
-                &(500_000_000_000_000_000 + i).to_string(),
-            )
-            .replace(
-                "411486491630370817",
-                &(400_000_000_000_000_000 + sub).to_string(),
-            )
-            .replace(
-                "411486491630370819",
-                &(600_000_000_000_000_000 + i).to_string(),
-            ),
-        ProviderKind::Polar => text.replace(
-            "e5149aae-e521-42b9-b24c-abb8d71eea2e",
-            &format!("e5149aae-e521-42b9-b24c-{sub:012x}"),
-        ),
-        ProviderKind::Appstle => text
-            .replace("987654321", &(1_000_000_000 + i).to_string())
-            .replace("5550001", &(6_000_000 + sub).to_string()),
-        ProviderKind::Shopify => {
-            let mut value: serde_json::Value =
-                serde_json::from_str(&text).expect("samples are JSON");
-            let attempt = 1_000_000 + i;
-            let contract = 1_000_000 + sub;
-            value["id"] = attempt.into();
-            value["admin_graphql_api_id"] =
-                format!("gid://shopify/SubscriptionBillingAttempt/{attempt}").into();
-            value["order_id"] = attempt.into();
-            value["admin_graphql_api_order_id"] = format!("gid://shopify/Order/{attempt}").into();
-            value["subscription_contract_id"] = contract.into();
-            value["admin_graphql_api_subscription_contract_id"] =
-                format!("gid://shopify/SubscriptionContract/{contract}").into();
-            value.to_string()
-        }
-    };
-    replaced.into_bytes()
 }

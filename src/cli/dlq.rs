@@ -3,11 +3,10 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use super::{Spinner, connect_broker, parse_time};
+use crate::app::Catalogue;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::dunning::schedule::Dunning;
 use crate::ops::{Actor, dlq};
-use crate::providers::Sources;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -153,8 +152,7 @@ async fn execute(
             dry_run,
             json,
         } => {
-            let sources = Sources::from_settings(&settings.sources).map_err(anyhow::Error::msg)?;
-            let dunning = Dunning::from_settings(&settings.sources);
+            let Catalogue { sources, dunning } = Catalogue::new(settings)?;
             let ctx = dlq::Context {
                 broker,
                 db,

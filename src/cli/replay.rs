@@ -3,11 +3,10 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use super::{Spinner, dlq::status, parse_time};
+use crate::app::Catalogue;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::dunning::schedule::Dunning;
 use crate::ops::{Actor, replay};
-use crate::providers::Sources;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,8 +27,7 @@ pub struct Args {
 
 pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
     let db = Db::connect_lazy(&settings.database)?;
-    let sources = Sources::from_settings(&settings.sources).map_err(anyhow::Error::msg)?;
-    let dunning = Dunning::from_settings(&settings.sources);
+    let Catalogue { sources, dunning } = Catalogue::new(settings)?;
     let request = replay::ReplayRequest {
         source_id: args.source,
         since: args.since,

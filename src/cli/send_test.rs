@@ -22,7 +22,7 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
     let source_settings = settings
         .source(&args.source)
         .with_context(|| format!("source {:?} is not configured", args.source))?;
-    let source = Source::new(source_settings).map_err(anyhow::Error::msg)?;
+    let source = Source::new(source_settings, &crate::providers::http::http_client()?)?;
     let now = SystemTime::now();
     let event_id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
     let body = match &args.file {

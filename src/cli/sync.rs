@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 
 use super::{Spinner, connect_broker, parse_time};
+use crate::app::Catalogue;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::sync::{RunOptions, SyncReport, Syncer};
@@ -33,7 +34,8 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
         true => None,
         false => Some(connect_broker(settings, &broker_stop).await?),
     };
-    let syncer = Syncer::new(settings, db, broker).map_err(anyhow::Error::msg)?;
+    let Catalogue { sources, dunning } = Catalogue::new(settings)?;
+    let syncer = Syncer::new(settings, db, broker, sources, dunning);
     let options = RunOptions {
         since: args.since,
         dry_run: args.dry_run,

@@ -175,5 +175,4 @@ fn source_api_and_sync(source: &SourceSettings) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-#[path = "validate_tests.rs"]
 mod tests;

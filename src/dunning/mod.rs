@@ -2,7 +2,6 @@
 //! path; the policy decides when to retry; the scheduler calls the provider's API with a
 //! deterministic idempotency key and records every decision and call.
 
-pub mod clients;
 pub mod decline;
 pub mod outcome;
 pub mod policy;

@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::clients::{CallError, CallOutcome};
 use super::decline::{self, DeclineBucket};
 use super::policy::RetryPolicy;
 use super::schedule::row_for;
 use super::status::RetryStatus;
+use crate::providers::contract::CallOutcome;
+use crate::providers::http::ProviderApiError;
 
 /// How long failures make a retry wait (`dunning.failure_wait_secs`,
 /// `dunning.max_rate_limit_wait_secs`).
@@ -53,7 +54,7 @@ pub enum Called {
     /// The provider answered about the payment.
     Answer(CallOutcome),
     /// No usable answer.
-    Error(CallError),
+    Error(ProviderApiError),
     /// The source has no retry client (its `api` is not configured): nothing was sent.
     NoClient,
     /// The client panicked; the payload's message.
@@ -138,12 +139,12 @@ pub fn update_for(called: &Called, cx: &Context<'_>) -> Update {
         }
         // The provider refused the request itself (not the payment): the policy's
         // provider-error path, the retry number spent, and a failure all the same.
-        Called::Error(e @ CallError::Rejected { .. }) => {
+        Called::Error(e @ ProviderApiError::Rejected { .. }) => {
             let (status, due_at, action) = decide(DeclineBucket::ProviderError);
             failed(cx, (status, due_at, n, action), e.to_string())
         }
         // Not an answer: the same retry number (and key) again later.
-        Called::Error(CallError::RateLimited { retry_after }) => {
+        Called::Error(ProviderApiError::RateLimited { retry_after }) => {
             let (wait, text) = rate_limit_wait(*retry_after, cx.waits.max_rate_limit);
             let due_at = Some(after(cx.now, wait));
             failed(cx, (RetryStatus::Scheduled, due_at, n - 1, None), text)
@@ -234,5 +235,4 @@ fn truncate(text: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "outcome_tests.rs"]
 mod tests;

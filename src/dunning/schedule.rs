@@ -13,21 +13,14 @@ use super::decline::{self, DeclineBucket};
 use super::policy::{Decision, RetryPolicy};
 use super::status::RetryStatus;
 use crate::canonical::AttemptStatus;
-use crate::config::{ProviderKind, SourceSettings};
-
-/// How a source's failed payments are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// subsync calls the provider's retry API.
-    Call,
-    /// The provider retries on its own (PayNow, Rebilly): subsync tracks its schedule.
-    ProviderManaged,
-}
+use crate::config::SourceSettings;
+use crate::providers::{Sources, contract::DunningMode};
 
 #[derive(Debug, Clone)]
 pub struct SourcePlan {
     pub policy: RetryPolicy,
-    pub mode: Mode,
+    /// `CallsApi` or `ProviderManaged` (sources without dunning have no plan).
+    pub mode: DunningMode,
 }
 
 /// The retry plans of every configured source that has one.
@@ -37,31 +30,18 @@ pub struct Dunning {
 }
 
 impl Dunning {
-    /// Sources with a retry API get `Call` (when `api` is configured), PayNow and Rebilly
-    /// get `ProviderManaged`; the generic schemes have no dunning.
-    pub fn from_settings(sources: &[SourceSettings]) -> Self {
-        let plans = sources
+    /// The plan of every source with dunning: its mode comes from its provider (see
+    /// `providers::Source::dunning_mode`), its policy from `[sources.retry]`.
+    pub fn new(sources: &Sources, settings: &[SourceSettings]) -> Self {
+        let plans = settings
             .iter()
             .filter_map(|s| {
-                let mode = match s.provider {
-                    ProviderKind::Stripe
-                    | ProviderKind::Shopify
-                    | ProviderKind::Appstle
-                    | ProviderKind::Polar
-                        if s.api.is_some() =>
-                    {
-                        Mode::Call
-                    }
-                    ProviderKind::Paynow | ProviderKind::Rebilly => Mode::ProviderManaged,
-                    _ => return None,
+                let mode = sources.get(&s.id)?.dunning_mode();
+                let plan = SourcePlan {
+                    policy: RetryPolicy::new(&s.retry),
+                    mode,
                 };
-                Some((
-                    s.id.clone(),
-                    SourcePlan {
-                        policy: RetryPolicy::new(&s.retry),
-                        mode,
-                    },
-                ))
+                (mode != DunningMode::None).then(|| (s.id.clone(), plan))
             })
             .collect();
         Self {
@@ -250,8 +230,12 @@ async fn schedule_failures(
         };
         let bucket = decline::classify(fact.error_code.as_deref(), &fact.provider_status);
         let (status, due_at, final_action) = match plan.mode {
-            Mode::ProviderManaged => (RetryStatus::ProviderManaged, fact.next_attempt_at, None),
-            Mode::Call => row_for(&plan.policy.decide(
+            // Sources without dunning have no plan (see `Dunning::new`).
+            DunningMode::None => continue,
+            DunningMode::ProviderManaged => {
+                (RetryStatus::ProviderManaged, fact.next_attempt_at, None)
+            }
+            DunningMode::CallsApi => row_for(&plan.policy.decide(
                 bucket,
                 u32::try_from(retries_done).unwrap_or(0),
                 first_failed_at,
@@ -330,7 +314,10 @@ pub async fn on_subscription_active(
     source_id: &str,
     subscription_id: &str,
 ) -> Result<(), sqlx::Error> {
-    if dunning.plan(source_id).is_none_or(|p| p.mode != Mode::Call) {
+    if dunning
+        .plan(source_id)
+        .is_none_or(|p| p.mode != DunningMode::CallsApi)
+    {
         return Ok(());
     }
     sqlx::query(

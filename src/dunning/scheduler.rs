@@ -28,11 +28,12 @@ use futures_util::FutureExt;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use super::clients::{RetryCall, RetryClient};
 use super::decline::{self, DeclineBucket};
 use super::schedule::{Dunning, row_for};
 use super::status::RetryStatus;
 use crate::db::{Db, DbError};
+use crate::providers::Sources;
+use crate::providers::contract::{RetryCall, RetryClient};
 
 mod call;
 
@@ -74,7 +75,7 @@ pub struct Pass {
 pub struct Scheduler {
     db: Db,
     dunning: Dunning,
-    clients: Arc<HashMap<String, Box<dyn RetryClient>>>,
+    clients: Arc<HashMap<String, Arc<dyn RetryClient>>>,
     in_flight_timeout: Duration,
     accepted_timeout: Duration,
     park_after: u32,
@@ -109,11 +110,19 @@ pub fn idempotency_key(source_id: &str, cycle_key: &str, n: i32) -> String {
     format!("subsync-retry-{}", hex::encode(&digest[..16]))
 }
 
+/// The retry client of every source whose provider takes retries through its API.
+pub fn retry_clients(sources: &Sources) -> HashMap<String, Arc<dyn RetryClient>> {
+    sources
+        .iter()
+        .filter_map(|s| Some((s.id().to_owned(), s.retry_client()?)))
+        .collect()
+}
+
 impl Scheduler {
     pub fn new(
         db: Db,
         dunning: Dunning,
-        clients: HashMap<String, Box<dyn RetryClient>>,
+        clients: HashMap<String, Arc<dyn RetryClient>>,
         in_flight_timeout: Duration,
     ) -> Self {
         Self {

@@ -1,6 +1,6 @@
 //! Pull sync: heals missed webhooks from the providers' list APIs.
 //!
-//! A run pages through a source's list API ([`clients`]); every record is rendered as the
+//! A run pages through a source's list API (its `providers::contract::ListClient`); every record is rendered as the
 //! webhook the provider would have sent and normalized by the same adapter. Each page is
 //! previewed against the ledger (reconciled in a rolled-back transaction): records that
 //! would change it are drift — missed webhooks — and go through the same queue and
@@ -12,7 +12,6 @@
 //! failed run resumes where it stopped; the watermark moves only when a run reaches the
 //! end of the listing. One instance runs a source at a time (an advisory lock).
 
-pub mod clients;
 mod pages;
 mod state;
 
@@ -25,15 +24,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ProviderApiError;
 use crate::config::{Settings, SyncSettings};
 use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
 use crate::envelope::Envelope;
 use crate::ledger::{Change, NewEvent};
+use crate::providers::contract::{ListClient, Page, PageRequest, Record};
+use crate::providers::http::ProviderApiError;
 use crate::providers::{MAX_EVENT_ID_LEN, Source, Sources};
 use crate::queue::{Broker, PublishError};
-use clients::{ListClient, PageRequest, Record};
 pub use pages::PaginationError;
 
 /// The header that marks an event as coming from pull sync.
@@ -126,7 +125,7 @@ impl Progress for Quiet {
 /// One configured source that can be synced.
 struct Target {
     settings: SyncSettings,
-    client: Box<dyn ListClient>,
+    client: Arc<dyn ListClient>,
 }
 
 /// Why a configured source cannot be synced.
@@ -147,33 +146,38 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(settings: &Settings, db: Db, broker: Option<Broker>) -> Result<Self, String> {
-        let sources = Arc::new(Sources::from_settings(&settings.sources)?);
-        let http =
-            crate::api::http_client().map_err(|e| format!("building the HTTP client: {e}"))?;
+    /// A syncer over the catalogue's sources (`sources` and `dunning` are the process's
+    /// own, built once from `settings`).
+    pub fn new(
+        settings: &Settings,
+        db: Db,
+        broker: Option<Broker>,
+        sources: Arc<Sources>,
+        dunning: Dunning,
+    ) -> Self {
         let targets = settings
             .sources
             .iter()
             .map(|s| {
-                let target = match &s.api {
-                    None => Err(Unsyncable::NoApi),
-                    Some(api) => clients::list_client_for(s.provider, api, http.clone())
-                        .map(|client| Target {
-                            settings: s.sync.clone().unwrap_or_default(),
-                            client,
-                        })
-                        .ok_or(Unsyncable::NoListApi),
+                let client = sources.get(&s.id).and_then(Source::list_client);
+                let target = match (&s.api, client) {
+                    (None, _) => Err(Unsyncable::NoApi),
+                    (Some(_), None) => Err(Unsyncable::NoListApi),
+                    (Some(_), Some(client)) => Ok(Target {
+                        settings: s.sync.clone().unwrap_or_default(),
+                        client,
+                    }),
                 };
                 (s.id.clone(), target)
             })
             .collect();
-        Ok(Self {
+        Self {
             db,
             broker,
             sources,
-            dunning: Dunning::from_settings(&settings.sources),
+            dunning,
             targets,
-        })
+        }
     }
 
     /// Sources with periodic sync configured (`sync.interval_secs` > 0), with the interval.
@@ -323,7 +327,7 @@ impl Syncer {
         min_interval: Duration,
         last_request: &mut Option<tokio::time::Instant>,
         source_id: &str,
-    ) -> Result<clients::Page, ProviderApiError> {
+    ) -> Result<Page, ProviderApiError> {
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))

@@ -14,6 +14,20 @@ use subsync::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// A source built from its settings, as the service builds it (with its own provider
+/// HTTP client).
+pub fn source(
+    settings: &subsync::config::SourceSettings,
+) -> Result<subsync::providers::Source, subsync::providers::SourceError> {
+    let http = subsync::providers::http::http_client()?;
+    subsync::providers::Source::new(settings, &http)
+}
+
+/// The catalogue of `settings`, as `serve` builds it once for every role.
+pub fn catalogue(settings: &Settings) -> app::Catalogue {
+    app::Catalogue::new(settings).expect("catalogue")
+}
+
 pub const DEMO_SECRET: &str = "whsec_c3Vic3luYy1kZW1vLXNpZ25pbmcta2V5LTAwMDE=";
 /// One source of each provider with a webhook scheme other than Stripe and Standard
 /// Webhooks, with the secrets of their published test vectors.
@@ -219,8 +233,7 @@ impl TestApp {
         event_id: &str,
         body: &[u8],
     ) -> reqwest::Response {
-        let source =
-            subsync::providers::Source::new(self.settings.source(source_id).unwrap()).unwrap();
+        let source = source(self.settings.source(source_id).unwrap()).unwrap();
         let headers = source.sign(event_id, body, std::time::SystemTime::now());
         self.post(source_id, &headers, body.to_vec()).await
     }
@@ -333,9 +346,14 @@ pub async fn sync(
     source_id: &str,
     options: subsync::sync::RunOptions,
 ) -> Result<subsync::sync::SyncReport, subsync::sync::SyncError> {
-    let syncer =
-        subsync::sync::Syncer::new(&app.settings, app.db.clone(), Some(app.broker.clone()))
-            .expect("syncer");
+    let app::Catalogue { sources, dunning } = catalogue(&app.settings);
+    let syncer = subsync::sync::Syncer::new(
+        &app.settings,
+        app.db.clone(),
+        Some(app.broker.clone()),
+        sources,
+        dunning,
+    );
     syncer.run(source_id, &options, &subsync::sync::Quiet).await
 }
 

@@ -161,7 +161,7 @@ pub struct Load {
 
 impl Load {
     pub fn new(env: &Env, url: String, source_id: &str, make: Maker, count: usize) -> Self {
-        let source = Source::new(env.settings.source(source_id).unwrap()).unwrap();
+        let source = crate::common::source(env.settings.source(source_id).unwrap()).unwrap();
         Self {
             url: format!("{url}/webhooks/{source_id}"),
             source: Arc::new(source),

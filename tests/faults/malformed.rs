@@ -111,8 +111,8 @@ impl Target {
                 Arc::new(Target {
                     id: s.id.clone(),
                     kind: s.provider,
-                    real: Source::new(s).unwrap(),
-                    impostor: Source::new(&other).unwrap(),
+                    real: crate::common::source(s).unwrap(),
+                    impostor: crate::common::source(&other).unwrap(),
                 })
             })
             .collect()

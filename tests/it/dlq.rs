@@ -368,8 +368,7 @@ async fn an_interrupted_replay_loses_and_duplicates_nothing() {
 
     // Running the replay again finishes the job: the copy already reconciled is removed,
     // the others are replayed; each event is in the ledger once.
-    let sources = Sources::from_settings(&app.settings.sources).unwrap();
-    let dunning = Dunning::from_settings(&app.settings.sources);
+    let subsync::app::Catalogue { sources, dunning } = common::catalogue(&app.settings);
     let report = dlq::replay(
         &context(&app, &sources, &dunning),
         &Default::default(),

@@ -19,12 +19,9 @@ use common::{ADMIN_TOKEN, TestApp, TestConfig, eventually, spawn_app};
 use subsync::{
     app::Role,
     dunning::{
-        clients,
-        schedule::Dunning,
-        scheduler::{Scheduler, idempotency_key},
+        scheduler::{Scheduler, idempotency_key, retry_clients},
         views::{self, RetriesQuery, RetryView},
     },
-    providers::Source,
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
@@ -139,7 +136,7 @@ fn invoice_event(
 }
 
 async fn send(app: &TestApp, id: &str, body: Vec<u8>) {
-    let source = Source::new(app.settings.source("stripe").unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source("stripe").unwrap()).unwrap();
     let headers = source.sign(id, &body, SystemTime::now());
     assert_eq!(app.post("stripe", &headers, body).await.status(), 202);
     let archived = eventually(Duration::from_secs(20), || async {
@@ -150,22 +147,11 @@ async fn send(app: &TestApp, id: &str, body: Vec<u8>) {
 }
 
 fn scheduler(app: &TestApp, in_flight_timeout: Duration) -> Scheduler {
-    let http = subsync::api::http_client().unwrap();
-    let clients = app
-        .settings
-        .sources
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.id.clone(),
-                clients::client_for(s.provider, s.api.as_ref()?, http.clone())?,
-            ))
-        })
-        .collect();
+    let catalogue = common::catalogue(&app.settings);
     Scheduler::new(
         app.db.clone(),
-        Dunning::from_settings(&app.settings.sources),
-        clients,
+        catalogue.dunning,
+        retry_clients(&catalogue.sources),
         in_flight_timeout,
     )
 }
@@ -573,7 +559,7 @@ interval_ms = 3600000
         server.uri()
     );
     let app = spawn_app(&config, Role::All).await;
-    let source = Source::new(app.settings.source("appstle").unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source("appstle").unwrap()).unwrap();
     let now = SystemTime::now();
     let failure = source.sample_body("msg_fail", now);
     assert_eq!(
@@ -658,7 +644,7 @@ async fn paynow_retries_on_its_side_and_is_only_tracked() {
     let mut config = TestConfig::new().await;
     config.extra = "[[sources]]\nid = \"paynow\"\nprovider = \"paynow\"\nsecrets = [\"pn_secret\"]\n\n[dunning]\ninterval_ms = 3600000\n".into();
     let app = spawn_app(&config, Role::All).await;
-    let source = Source::new(app.settings.source("paynow").unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source("paynow").unwrap()).unwrap();
     let now = SystemTime::now();
     let body = source.sample_body("411486491630370900", now);
     assert_eq!(

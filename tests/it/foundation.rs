@@ -137,8 +137,8 @@ async fn bad_signatures_missing_headers_and_stale_or_future_timestamps_are_401_a
     let app = spawn_app(&TestConfig::new().await, Role::Ingress).await;
     let payload = body("invoice.paid", 1);
     let now = std::time::SystemTime::now();
-    let demo = subsync::providers::Source::new(app.settings.source("demo").unwrap()).unwrap();
-    let wrong = subsync::providers::Source::new(&subsync::config::SourceSettings {
+    let demo = crate::common::source(app.settings.source("demo").unwrap()).unwrap();
+    let wrong = crate::common::source(&subsync::config::SourceSettings {
         secrets: vec![
             "whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="
                 .to_owned()

@@ -49,8 +49,7 @@ async fn ingress(max: usize, header_ms: u64, idle_ms: u64) -> Limited {
 impl Limited {
     /// A signed webhook on a new connection: (status, how long it took).
     async fn post_webhook(&self, id: &str) -> (u16, Duration) {
-        let source =
-            subsync::providers::Source::new(self.settings.source("demo").unwrap()).unwrap();
+        let source = crate::common::source(self.settings.source("demo").unwrap()).unwrap();
         let payload = body("invoice.paid", 1);
         let started = Instant::now();
         let client = reqwest::Client::builder()
@@ -271,7 +270,7 @@ async fn shutdown_stops_accepting_closes_idle_connections_and_finishes_requests_
     let mut app = ingress(64, 10_000, 75_000).await;
     let mut idle = idle_keep_alive(app.addr).await;
     // A signed webhook whose body is half sent when shutdown begins.
-    let source = subsync::providers::Source::new(app.settings.source("demo").unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source("demo").unwrap()).unwrap();
     let payload = body("invoice.paid", 2);
     let mut head = format!(
         "POST /webhooks/demo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",

@@ -452,7 +452,10 @@ async fn a_batch_writes_the_retry_rows_its_events_write_one_by_one() {
             serde_json::from_value(serde_json::json!({"id": id, "provider": "paynow"})).unwrap()
         })
         .collect();
-    let dunning = Dunning::from_settings(&sources);
+    let dunning = Dunning::new(
+        &subsync::providers::Sources::from_settings(&sources).unwrap(),
+        &sources,
+    );
     let failed_at =
         |id: &str, sub: &str, secs: i64| match attempt(id, sub, AttemptStatus::Failed, None) {
             CanonicalEvent::BillingAttempt(a) => CanonicalEvent::BillingAttempt(BillingAttempt {

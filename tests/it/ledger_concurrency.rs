@@ -9,10 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use common::{TestConfig, eventually, snapshot, spawn_app};
 use futures_util::StreamExt;
-use subsync::{
-    app::Role, config::DatabaseSettings, db::Db, envelope::Envelope, ledger::NewEvent,
-    providers::Source,
-};
+use subsync::{app::Role, config::DatabaseSettings, db::Db, envelope::Envelope, ledger::NewEvent};
 
 const SUBSCRIPTIONS: usize = 80;
 const STRIPE: &str = r#"
@@ -83,7 +80,7 @@ async fn two_workers_on_one_queue_equal_the_serial_reference() {
         two_consumers,
         "both worker instances consume the work queue"
     );
-    let source = Source::new(ingress.settings.source("stripe").unwrap()).unwrap();
+    let source = crate::common::source(ingress.settings.source("stripe").unwrap()).unwrap();
     let webhooks = history();
     assert!(webhooks.len() > 1000, "{}", webhooks.len());
 

@@ -6,7 +6,7 @@ use crate::common;
 use std::{process::Command, time::Duration};
 
 use common::{ADMIN_TOKEN, TestConfig, eventually, spawn_app};
-use subsync::{app::Role, providers::Source};
+use subsync::app::Role;
 
 const BIN: &str = env!("CARGO_BIN_EXE_subsync");
 
@@ -31,7 +31,7 @@ async fn subscription_and_attempt_views_over_http_and_cli() {
     config.extra =
         "[[sources]]\nid = \"stripe\"\nprovider = \"stripe\"\nsecrets = [\"whsec_views\"]\n".into();
     let app = spawn_app(&config, Role::All).await;
-    let source = Source::new(app.settings.source("stripe").unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source("stripe").unwrap()).unwrap();
     for (id, kind, attempt) in [
         ("evt_1", "invoice.payment_failed", 1),
         ("evt_2", "invoice.paid", 2),

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::{Duration, SystemTime};
 
 use common::{TestConfig, eventually, spawn_app};
-use subsync::{app::Role, config::ProviderKind, providers::Source};
+use subsync::{app::Role, config::ProviderKind};
 
 /// A Stripe source, and one of every other provider (the config has `demo`, standard).
 fn sources() -> String {
@@ -29,7 +29,7 @@ async fn every_provider_signed_sample_is_archived_and_unsigned_is_refused() {
         } else {
             kind.as_str()
         };
-        let source = Source::new(app.settings.source(id).unwrap()).unwrap();
+        let source = crate::common::source(app.settings.source(id).unwrap()).unwrap();
         let event_id = format!("evt_{id}_1");
         let body = source.sample_body(&event_id, now);
 

@@ -9,9 +9,9 @@ use futures_util::FutureExt;
 
 use super::{Claimed, Scheduler};
 use crate::db::DbError;
-use crate::dunning::clients::CallError;
 use crate::dunning::outcome::{self, Called, Update};
 use crate::dunning::status::RetryStatus;
+use crate::providers::http::ProviderApiError;
 
 impl Scheduler {
     /// Calls the provider; transient failures are retried at once a few times with the
@@ -28,7 +28,7 @@ impl Scheduler {
             .with_max_times(3);
         let attempts = (|| client.retry(&retry.call))
             .retry(backoff)
-            .when(|e| matches!(e, CallError::Transient(_)));
+            .when(|e| matches!(e, ProviderApiError::Transient(_)));
         let called = match AssertUnwindSafe(attempts).catch_unwind().await {
             Ok(Ok(outcome)) => Called::Answer(outcome),
             Ok(Err(error)) => Called::Error(error),

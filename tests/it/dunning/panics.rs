@@ -2,7 +2,10 @@
 //! while the scheduler (one pass, or the running loop) goes on with the others; and a call
 //! that kills the whole process every time is parked by the re-arm that follows.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +32,8 @@ async fn a_panicking_client_parks_its_retry_and_the_scheduler_goes_on() {
     let scheduler = with_clients(
         &app,
         vec![
-            ("boom", Box::new(Panicking)),
-            ("ok", Box::new(charges.clone())),
+            ("boom", Arc::new(Panicking)),
+            ("ok", Arc::new(charges.clone())),
         ],
     )
     .with_park_after_failures(2);
@@ -68,8 +71,8 @@ async fn a_panicking_client_parks_its_retry_and_the_scheduler_goes_on() {
     let looping = with_clients(
         &app,
         vec![
-            ("boom", Box::new(Panicking)),
-            ("ok", Box::new(charges.clone())),
+            ("boom", Arc::new(Panicking)),
+            ("ok", Arc::new(charges.clone())),
         ],
     )
     .with_park_after_failures(1);
@@ -97,7 +100,7 @@ async fn a_call_that_keeps_killing_the_process_is_parked_and_stays_parked_on_new
     insert_unanswered(&config, "stripe", "in_crash", 4).await;
     insert_unanswered(&config, "stripe", "in_once", 0).await;
     let charges = Charging::default();
-    let scheduler = with_clients(&app, vec![("stripe", Box::new(charges.clone()))]);
+    let scheduler = with_clients(&app, vec![("stripe", Arc::new(charges.clone()))]);
     let pass = scheduler.run_once(Utc::now()).await.unwrap();
     assert_eq!(
         (pass.resent, pass.parked, pass.called),

@@ -16,11 +16,9 @@ use serde_json::Value;
 use sqlx::Connection;
 use subsync::{
     app::Role,
-    dunning::{
-        clients::{CallError, CallOutcome, RetryCall, RetryClient},
-        schedule::Dunning,
-        scheduler::Scheduler,
-    },
+    dunning::scheduler::Scheduler,
+    providers::contract::{CallOutcome, RetryCall, RetryClient},
+    providers::http::ProviderApiError,
 };
 
 use super::common::{ADMIN_TOKEN, TestApp, TestConfig, spawn_app};
@@ -153,7 +151,10 @@ pub(super) async fn insert_unanswered(
 pub(super) struct Panicking;
 
 impl RetryClient for Panicking {
-    fn retry<'a>(&'a self, call: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>> {
+    fn retry<'a>(
+        &'a self,
+        call: &'a RetryCall,
+    ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { panic!("test client panics on {}", call.attempt_id) })
     }
 }
@@ -163,17 +164,20 @@ impl RetryClient for Panicking {
 pub(super) struct Charging(pub(super) Arc<AtomicUsize>);
 
 impl RetryClient for Charging {
-    fn retry<'a>(&'a self, _: &'a RetryCall) -> BoxFuture<'a, Result<CallOutcome, CallError>> {
+    fn retry<'a>(
+        &'a self,
+        _: &'a RetryCall,
+    ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Box::pin(async { Ok(CallOutcome::Charged) })
     }
 }
 
-pub(super) fn with_clients(app: &TestApp, clients: Vec<(&str, Box<dyn RetryClient>)>) -> Scheduler {
+pub(super) fn with_clients(app: &TestApp, clients: Vec<(&str, Arc<dyn RetryClient>)>) -> Scheduler {
     let clients = clients
         .into_iter()
         .map(|(id, c)| (id.to_owned(), c))
         .collect();
-    let dunning = Dunning::from_settings(&app.settings.sources);
+    let dunning = super::common::catalogue(&app.settings).dunning;
     Scheduler::new(app.db.clone(), dunning, clients, Duration::from_secs(300))
 }

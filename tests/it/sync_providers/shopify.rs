@@ -15,7 +15,7 @@ use std::{
 use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::{app::Role, providers::Source, sync::RunOptions};
+use subsync::{app::Role, sync::RunOptions};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{self, TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
@@ -342,7 +342,7 @@ fn attempt_webhook(
 /// (`post_signed` always names the success topic; the HMAC covers the body only).
 async fn deliver(app: &TestApp, webhook_id: &str, topic: &str, triggered_at: &str, body: &Value) {
     let body = serde_json::to_vec(body).unwrap();
-    let source = Source::new(app.settings.source(SOURCE).unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source(SOURCE).unwrap()).unwrap();
     let mut headers = source.sign(webhook_id, &body, SystemTime::now());
     let mut replaced = 0;
     for (name, value) in &mut headers {

@@ -1,2 +1,0 @@
-#![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| subsync_fuzz::normalize(subsync::config::ProviderKind::Paynow, data));

@@ -1,0 +1,198 @@
+//! What a provider can do, as the rest of subsync sees it:
+//!
+//! - a [`Connector`] verifies and normalizes its webhooks (every provider has one);
+//! - a [`RetryClient`] asks the provider to charge a failed billing cycle again (the
+//!   providers whose API takes retries);
+//! - a [`ListClient`] pages through the provider's list API for pull sync (the providers
+//!   with a list API);
+//! - its [`DunningMode`] says who retries a failed payment.
+//!
+//! `registry.rs` says which provider has which. The provider folders implement these
+//! traits; `dunning` and `sync` use them and never see a provider's own types.
+//!
+//! Retry calls carry the deterministic idempotency key of their retry, so a crash between
+//! the call and its commit never charges twice: the provider answers the repeat with the
+//! first call's result. Exceptions: Appstle's API has no idempotency header (the scheduler
+//! never sends a second retry while one is in flight), and Polar's guard is its 409
+//! `PaymentAlreadyInProgress` (the header is sent but not documented as honoured).
+//!
+//! A list client renders every record as the webhook payload the provider would have sent
+//! for it, so the provider's normalizer (the same code the webhooks go through) turns it
+//! into canonical events. It is stateless between pages: where to continue is the opaque
+//! `cursor` it returned, which the sync run stores after each page (resumable after a
+//! crash).
+
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::envelope::Envelope;
+use crate::providers::http::{Cap, ProviderApiError};
+use crate::providers::support::json_body;
+use crate::providers::{Accepted, NormalizeError, Normalized, Unverified, VerifyError};
+
+/// One provider's webhook scheme and payloads. Keys are decoded once, when the source is
+/// built.
+pub trait Connector: Send + Sync {
+    fn verify(&self, request: &Unverified<'_>, now: SystemTime) -> Result<Accepted, VerifyError>;
+
+    fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError>;
+
+    /// Headers that make `body` pass `verify`, signed with the source's first secret.
+    /// Used by `subsync send-test`, the tests and the benchmarks.
+    fn sign(&self, event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)>;
+
+    /// A realistic payload of this provider naming `sample`'s ids, for `subsync send-test`
+    /// and the benchmarks.
+    fn sample_body(&self, sample: &Sample<'_>) -> Vec<u8>;
+
+    /// Every request header `verify` or `normalize` reads, lowercase (the fuzz targets and
+    /// the verifier tests feed these).
+    fn header_names(&self) -> Vec<String>;
+}
+
+/// What a sample payload names: its event id, its time, and the numbers of the
+/// subscription and the billing cycle it belongs to (each connector writes them in its
+/// provider's id format). `send-test` uses subscription and cycle 0; the benchmarks spread
+/// them so the ledger sees many subscriptions and one cycle per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    pub event_id: &'a str,
+    pub now: SystemTime,
+    pub subscription: u64,
+    pub cycle: u64,
+}
+
+impl<'a> Sample<'a> {
+    /// Subscription 0, cycle 0.
+    pub fn new(event_id: &'a str, now: SystemTime) -> Self {
+        Self {
+            event_id,
+            now,
+            subscription: 0,
+            cycle: 0,
+        }
+    }
+}
+
+/// Who retries a source's failed payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DunningMode {
+    /// subsync calls the provider's retry API (the source needs `[sources.api]`).
+    CallsApi,
+    /// The provider retries on its own schedule (PayNow, Rebilly): subsync tracks it.
+    ProviderManaged,
+    /// No dunning (the generic signature schemes, or a retry API without `[sources.api]`).
+    None,
+}
+
+/// What to retry. Ids are the ledger's: `cycle_id` is the Stripe invoice, the Polar order;
+/// `attempt_id` the Appstle billing attempt; `subscription_id` the Shopify contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryCall {
+    pub attempt_id: String,
+    pub cycle_id: Option<String>,
+    pub subscription_id: Option<String>,
+    /// Deterministic: derived from (source, cycle, retry number).
+    pub idempotency_key: String,
+}
+
+/// What the provider said about the retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Charged now (Stripe invoice paid, Polar `succeeded`).
+    Charged,
+    /// Accepted; the result arrives later by webhook or polling (Appstle, Shopify).
+    Accepted,
+    /// The customer must complete a challenge (3-D Secure).
+    RequiresAction,
+    /// Declined now, with the provider's code and message.
+    Declined {
+        code: Option<String>,
+        message: Option<String>,
+    },
+    /// A payment for this cycle is already in progress (Polar 409, Stripe idempotency
+    /// conflict): do not send another; the outcome arrives by webhook.
+    InProgress,
+    /// Nothing to retry: already paid, voided, or not eligible (Polar 422).
+    NotEligible(String),
+}
+
+pub trait RetryClient: Send + Sync {
+    fn retry<'a>(
+        &'a self,
+        call: &'a RetryCall,
+    ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>>;
+}
+
+/// What to fetch next.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// The `next` of the previous page; `None` for the first page of a run.
+    pub cursor: Option<&'a str>,
+    /// Only records created or updated at or after this time, where the API can filter
+    /// (or sort by time and stop); `None` = everything.
+    pub since: Option<DateTime<Utc>>,
+    /// The subscription ids the ledger knows for this source, sorted: for APIs that list
+    /// per contract (Appstle past orders).
+    pub known_subscriptions: &'a [String],
+    /// Records wanted per page; a client caps it at its API's documented maximum.
+    pub page_size: u32,
+    /// The most bytes of the page's answer read (`sync.max_page_bytes`).
+    pub max_page_bytes: usize,
+}
+
+impl PageRequest<'_> {
+    /// The cap on the page's answer.
+    pub(crate) fn cap(&self) -> Cap {
+        Cap::page(self.max_page_bytes)
+    }
+}
+
+/// One page of records, and where to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// The cursor of the next page, or `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+/// One provider record, rendered as the webhook the provider would have sent for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The record's id at the provider, with its kind where ids could collide
+    /// (`invoice:in_123`, `contract:gid://...`). The sync event id is derived from it and
+    /// from the rendered body, so an unchanged record is the same event on every run.
+    pub key: String,
+    /// The webhook body, in the exact shape the provider's normalizer reads.
+    pub body: Vec<u8>,
+    /// Headers the normalizer reads (e.g. Shopify's `x-shopify-topic`), lowercase names.
+    pub headers: Vec<(String, String)>,
+}
+
+pub trait ListClient: Send + Sync {
+    /// Fetches one page. 429 is `RateLimited` (with the provider's `Retry-After`), 5xx and
+    /// transport failures `Transient`, anything else the API refuses `Rejected`; the caller
+    /// decides about waiting and retrying.
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>>;
+
+    /// The pause between two page requests that keeps within the provider's documented
+    /// rate limit (used when the source's `min_interval_ms` is 0).
+    fn default_min_interval(&self) -> std::time::Duration;
+}
+
+impl Record {
+    /// A record whose body is `body` as JSON, without headers.
+    pub(crate) fn json(key: String, body: &impl Serialize) -> Self {
+        Self {
+            key,
+            body: json_body(body),
+            headers: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! Rebilly: `GET {base_url}/subscriptions` ("Retrieve a list of orders",
+//! `GetSubscriptionCollection` in Rebilly/api-definitions), the merchant API with the
+//! secret API key in `REB-APIKEY` (security scheme `SecretApiKey`). `base_url` is the API
+//! host, with the organization path when the account uses one
+//! (`https://api.rebilly.com/organizations/{organizationId}`); the storefront API
+//! (`/storefront/orders`, customer JWT) is not used.
+//!
+//! Pagination is by offset: `limit` ≤ 1000, `offset`, and the body is a bare JSON array;
+//! where the list stands comes from the `Pagination-Total` and `Pagination-Offset` headers:
+//! the next offset is `Pagination-Offset + len` while that is below `Pagination-Total`
+//! (`Pagination-Limit` is informational). A page without those headers is taken as the last
+//! one (logged), an empty array ends the listing, and an offset that would not move forward
+//! is `Rejected{status: 200}`. The cursor is the next offset as decimal text.
+//!
+//! Incremental runs filter `updatedTime:<since, RFC 3339>..` (Rebilly's collection filter,
+//! `..` = greater than or equal). The sort is `-updatedTime` (newest first): an order
+//! updated during the walk then moves to the front, so later pages shift by one and show an
+//! order twice, never skip one; its new state is picked up by the next run. Ascending order
+//! would move it to the end and shift an unread order onto an already read offset. Orders
+//! with an equal `updatedTime` have no documented tie order.
+//!
+//! `expand=recentInvoice` embeds each order's most recent invoice. Every subscription order
+//! is rendered as the order webhook (`{subscriptionId, eventType, _embedded: {subscription}}`,
+//! the order as listed without its `_embedded`) whose event the normalizer maps; the
+//! normalizer takes the status from the order itself:
+//!
+//! | order `status`                       | webhook `eventType`     | canonical status |
+//! |--------------------------------------|-------------------------|------------------|
+//! | `active`                             | `subscription-renewed`  | active           |
+//! | `suspended`                          | `subscription-renewed`  | past_due         |
+//! | `paused`                             | `subscription-paused`   | paused           |
+//! | `canceled`, `churned`, `abandoned`   | `subscription-canceled` | cancelled        |
+//! | `pending` (not started), other words | not rendered            | -                |
+//!
+//! One-time orders (`orderType: one-time-order`) are no subscriptions and are not rendered.
+//! The recent invoice, when embedded, adds billing attempts:
+//! - `status: paid` → `invoice-paid` (`{invoiceId, eventType, _embedded: {invoice}}`, the
+//!   invoice webhook shape): a succeeded attempt `invoice-paid:{invoiceId}`, the same id the
+//!   real webhook gives, with the invoice's `amount`/`currency` and `paidTime`.
+//! - each `sale`/`capture` transaction in the invoice's `transactions` whose `result` (or,
+//!   without one, `status`) the normalizer knows → `transaction-processed`
+//!   (`{transactionId, eventType, _embedded: {transaction}}`); a `declined` one on a
+//!   `renewal` invoice → `renewal-invoice-payment-declined` with the invoice beside it
+//!   (the `InvoiceAndTransaction` shape), so the failure carries its invoice as cycle.
+//!
+//! Amounts are embedded exactly as Rebilly wrote them (raw JSON, never through f64).
+//! Keys: `order:{id}`, `invoice:{id}`, `transaction:{id}`.
+//!
+//! Knowingly not covered: attempts of older invoices than the recent one, invoices whose
+//! `transactions` the listing does not embed (then only the order status and a paid
+//! invoice are healed), and an invoice paid without the order's `updatedTime` moving (an
+//! incremental run then misses it until the order changes).
+//!
+//! Rebilly publishes no request rate for its API (it answers 429 `TooManyRequests`), so
+//! the default pause is a conservative 250 ms (4 requests per second).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use futures_util::future::BoxFuture;
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::ApiSettings;
+use crate::providers::contract::{ListClient, Page, PageRequest, Record};
+use crate::providers::http::{Credential, Endpoint, ProviderApiError, read};
+use crate::providers::support::capped;
+
+/// Rebilly's maximum `limit`.
+const MAX_LIMIT: u32 = 1000;
+
+/// The secret API key header (`SecretApiKey` security scheme).
+const API_KEY: HeaderName = HeaderName::from_static("reb-apikey");
+
+pub struct RebillyList {
+    api: Endpoint,
+}
+
+impl RebillyList {
+    pub fn new(api: &ApiSettings, http: crate::providers::http::ProviderHttp) -> Self {
+        Self {
+            api: Endpoint::new(api, http, Credential::Header(API_KEY)),
+        }
+    }
+
+    async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
+        let offset = match request.cursor {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<u64>()
+                .map_err(|_| ProviderApiError::Rejected {
+                    status: 0,
+                    message: format!("invalid Rebilly offset cursor {cursor:?}"),
+                })?,
+        };
+        let subscriptions = self.api.request(Method::GET, &["subscriptions"])?;
+        let mut query = vec![
+            ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
+            ("offset", offset.to_string()),
+            ("sort", "-updatedTime".to_owned()),
+            ("expand", "recentInvoice".to_owned()),
+        ];
+        if let Some(since) = request.since {
+            // Whole seconds, rounded down: the filter only widens.
+            let at = since.to_rfc3339_opts(SecondsFormat::Secs, true);
+            query.push(("filter", format!("updatedTime:{at}..")));
+        }
+        let answer = read(subscriptions.query(&query), "Rebilly", request.cap()).await?;
+        parse(&answer.body, offset, Pagination::read(&answer.headers))
+    }
+}
+
+impl ListClient for RebillyList {
+    fn page<'a>(
+        &'a self,
+        request: PageRequest<'a>,
+    ) -> BoxFuture<'a, Result<Page, ProviderApiError>> {
+        Box::pin(self.fetch(request))
+    }
+
+    /// No documented rate: 4 requests per second.
+    fn default_min_interval(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+}
+
+/// The `Pagination-*` response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pagination {
+    total: Option<u64>,
+    offset: Option<u64>,
+}
+
+impl Pagination {
+    fn read(headers: &HeaderMap) -> Self {
+        let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse().ok();
+        Self {
+            total: number("pagination-total"),
+            offset: number("pagination-offset"),
+        }
+    }
+}
+
+fn parse(body: &str, requested: u64, pagination: Pagination) -> Result<Page, ProviderApiError> {
+    let orders: Vec<Box<RawValue>> =
+        serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
+            status: 200,
+            message: format!("not a Rebilly list of orders: {e}"),
+        })?;
+    if orders.is_empty() {
+        return Ok(Page {
+            records: Vec::new(),
+            next: None,
+        });
+    }
+    let next = next_offset(requested, orders.len() as u64, pagination)?;
+    let records = orders.iter().flat_map(|order| render(order)).collect();
+    Ok(Page { records, next })
+}
+
+/// `Pagination-Offset + len` while below `Pagination-Total`.
+fn next_offset(
+    requested: u64,
+    len: u64,
+    p: Pagination,
+) -> Result<Option<String>, ProviderApiError> {
+    let (Some(total), Some(offset)) = (p.total, p.offset) else {
+        tracing::warn!(
+            offset = requested,
+            "Rebilly list without Pagination-Total/Pagination-Offset headers: taken as the last page"
+        );
+        return Ok(None);
+    };
+    let next = offset.saturating_add(len);
+    if next >= total {
+        return Ok(None);
+    }
+    if next <= requested {
+        return Err(ProviderApiError::Rejected {
+            status: 200,
+            message: format!(
+                "Rebilly pagination does not advance (asked offset {requested}, got offset {offset} with {len} orders)"
+            ),
+        });
+    }
+    Ok(Some(next.to_string()))
+}
+
+/// An object's members, values kept exactly as written.
+type Fields = BTreeMap<String, Box<RawValue>>;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderView {
+    id: String,
+    order_type: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvoiceView {
+    id: String,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    transactions: Option<Vec<Box<RawValue>>>,
+}
+
+#[derive(Deserialize)]
+struct TransactionView {
+    id: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    result: Option<String>,
+    status: Option<String>,
+}
+
+/// A Rebilly webhook body: the ids, the event type and the embedded objects.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Hook<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoice_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription_id: Option<&'a str>,
+    event_type: &'a str,
+    #[serde(rename = "_embedded")]
+    embedded: Embedded<'a>,
+}
+
+#[derive(Serialize)]
+struct Embedded<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invoice: Option<&'a Fields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<&'a Fields>,
+}
+
+/// The records of one listed order: its status change, then its recent invoice's attempts.
+fn render(raw: &RawValue) -> Vec<Record> {
+    let Ok(order) = serde_json::from_str::<OrderView>(raw.get()) else {
+        tracing::warn!("Rebilly order without a string id skipped");
+        return Vec::new();
+    };
+    if order.order_type.as_deref() == Some("one-time-order") {
+        return Vec::new();
+    }
+    let Ok(mut fields) = serde_json::from_str::<Fields>(raw.get()) else {
+        return Vec::new();
+    };
+    let embedded = fields.remove("_embedded");
+    let mut records = Vec::new();
+    let status = order.status.as_deref().unwrap_or_default();
+    match subscription_event(status) {
+        Some(event_type) => {
+            let hook = Hook {
+                transaction_id: None,
+                invoice_id: None,
+                subscription_id: Some(&order.id),
+                event_type,
+                embedded: Embedded {
+                    transaction: None,
+                    invoice: None,
+                    subscription: Some(&fields),
+                },
+            };
+            records.push(Record::json(format!("order:{}", order.id), &hook));
+        }
+        None if status == "pending" => {}
+        None => tracing::warn!(order = %order.id, status, "Rebilly order status not rendered"),
+    }
+    if let Some(invoice) = embedded.as_deref().and_then(recent_invoice) {
+        records.extend(render_invoice(&invoice));
+    }
+    records
+}
+
+/// The webhook whose event the normalizer maps for an order in this status.
+fn subscription_event(status: &str) -> Option<&'static str> {
+    match status {
+        "active" | "suspended" => Some("subscription-renewed"),
+        "paused" => Some("subscription-paused"),
+        "canceled" | "churned" | "abandoned" => Some("subscription-canceled"),
+        _ => None,
+    }
+}
+
+/// `_embedded.recentInvoice`, whether `_embedded` is an object or (as Rebilly's own docs
+/// sometimes show it) an array of single-key objects.
+fn recent_invoice(embedded: &RawValue) -> Option<Box<RawValue>> {
+    if let Ok(mut object) = serde_json::from_str::<Fields>(embedded.get()) {
+        return object.remove("recentInvoice");
+    }
+    let list: Vec<Fields> = serde_json::from_str(embedded.get()).ok()?;
+    list.into_iter()
+        .find_map(|mut item| item.remove("recentInvoice"))
+}
+
+fn render_invoice(raw: &RawValue) -> Vec<Record> {
+    let (Ok(invoice), Ok(mut fields)) = (
+        serde_json::from_str::<InvoiceView>(raw.get()),
+        serde_json::from_str::<Fields>(raw.get()),
+    ) else {
+        return Vec::new();
+    };
+    fields.remove("transactions");
+    fields.remove("_embedded");
+    let mut records = Vec::new();
+    if invoice.status.as_deref() == Some("paid") {
+        let hook = Hook {
+            transaction_id: None,
+            invoice_id: Some(&invoice.id),
+            subscription_id: None,
+            event_type: "invoice-paid",
+            embedded: Embedded {
+                transaction: None,
+                invoice: Some(&fields),
+                subscription: None,
+            },
+        };
+        records.push(Record::json(format!("invoice:{}", invoice.id), &hook));
+    }
+    let renewal = invoice.kind.as_deref() == Some("renewal");
+    for raw_tx in invoice.transactions.iter().flatten() {
+        let Ok(tx) = serde_json::from_str::<TransactionView>(raw_tx.get()) else {
+            continue;
+        };
+        if !matches!(tx.kind.as_deref(), Some("sale" | "capture")) || !known_outcome(&tx) {
+            continue;
+        }
+        let declined = tx.result.as_deref() == Some("declined");
+        let hook = if declined && renewal {
+            Hook {
+                transaction_id: Some(&tx.id),
+                invoice_id: Some(&invoice.id),
+                subscription_id: None,
+                event_type: "renewal-invoice-payment-declined",
+                embedded: Embedded {
+                    transaction: Some(raw_tx),
+                    invoice: Some(&fields),
+                    subscription: None,
+                },
+            }
+        } else {
+            Hook {
+                transaction_id: Some(&tx.id),
+                invoice_id: None,
+                subscription_id: None,
+                event_type: "transaction-processed",
+                embedded: Embedded {
+                    transaction: Some(raw_tx),
+                    invoice: None,
+                    subscription: None,
+                },
+            }
+        };
+        records.push(Record::json(format!("transaction:{}", tx.id), &hook));
+    }
+    records
+}
+
+/// Whether the normalizer maps this transaction's `result` (or, without one, `status`).
+fn known_outcome(tx: &TransactionView) -> bool {
+    match (tx.result.as_deref(), tx.status.as_deref()) {
+        (Some(result), _) => matches!(
+            result,
+            "approved" | "declined" | "abandoned" | "canceled" | "unknown"
+        ),
+        (None, Some(status)) => {
+            matches!(
+                status,
+                "completed"
+                    | "pending"
+                    | "offsite"
+                    | "sending-to-gateway"
+                    | "conn-error"
+                    | "timeout"
+                    | "never-sent"
+                    | "voided"
+                    | "declined"
+                    | "refunded"
+            ) || status.starts_with("waiting-")
+        }
+        (None, None) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use serde_json::{Value, json};
+    use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::canonical::{AttemptStatus, CanonicalEvent, SubscriptionStatus};
+    use crate::config::ProviderKind;
+    use crate::money::Money;
+    use crate::providers::testing::{EMPTY_END, assert_unreadable, normalize_with, request};
+    use crate::providers::testing::{api_settings, assert_errors_map};
+
+    const KEY: &str = "sk_live_rebilly_123";
+
+    fn client(server: &MockServer, base_path: &str) -> RebillyList {
+        let api = api_settings(format!("{}{base_path}", server.uri()), KEY);
+        RebillyList::new(&api, crate::providers::http::http_client().unwrap())
+    }
+
+    fn order(id: &str, status: &str) -> Value {
+        json!({
+            "id": id, "orderType": "subscription-order", "billingStatus": "paid",
+            "websiteId": "web_1", "currency": "USD", "customerId": "cus_1",
+            "recentInvoiceId": "inv_1", "status": status, "autopay": true,
+            "renewalTime": "2019-09-24T14:15:22Z", "rebillNumber": 2,
+            "lineItemSubtotal": {"currency": "USD", "amount": 49.95},
+            "createdTime": "2019-07-24T14:15:22Z", "updatedTime": "2019-08-24T14:15:22Z",
+            "_links": [{"rel": "self", "href": format!("https://api.rebilly.com/subscriptions/{id}")}]
+        })
+    }
+
+    /// A list page, with its pagination headers.
+    fn page(body: String, total: u64, offset: u64, limit: u64) -> ResponseTemplate {
+        ResponseTemplate::new(200)
+            .insert_header("content-type", "application/json")
+            .insert_header("pagination-total", total.to_string().as_str())
+            .insert_header("pagination-offset", offset.to_string().as_str())
+            .insert_header("pagination-limit", limit.to_string().as_str())
+            .set_body_string(body)
+    }
+
+    fn list(orders: &[Value]) -> String {
+        serde_json::to_string(orders).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_by_offset_until_pagination_total() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/organizations/org_1/subscriptions"))
+            .and(header("reb-apikey", KEY))
+            .and(query_param("limit", "2"))
+            .and(query_param("offset", "2"))
+            .and(query_param("sort", "-updatedTime"))
+            .and(query_param("expand", "recentInvoice"))
+            .respond_with(page(list(&[order("ord_3", "paused")]), 3, 2, 2))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/organizations/org_1/subscriptions"))
+            .and(header("reb-apikey", KEY))
+            .and(query_param("limit", "2"))
+            .and(query_param("offset", "0"))
+            .and(query_param("sort", "-updatedTime"))
+            .and(query_param("expand", "recentInvoice"))
+            .and(query_param_is_missing("filter"))
+            .respond_with(page(
+                list(&[order("ord_1", "active"), order("ord_2", "canceled")]),
+                3,
+                0,
+                2,
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = client(&server, "/organizations/org_1/");
+
+        let first = client.page(request(None)).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("2"));
+        let keys: Vec<_> = first.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["order:ord_1", "order:ord_2"]);
+
+        let last = client.page(request(Some("2"))).await.unwrap();
+        assert_eq!(
+            last.next, None,
+            "offset 2 + 1 order reaches Pagination-Total 3"
+        );
+        assert_eq!(last.records.len(), 1);
+        assert!(last.records[0].headers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn since_filters_on_updated_time_and_page_size_is_capped() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/subscriptions"))
+            .and(query_param("filter", "updatedTime:2023-11-14T22:13:20Z.."))
+            .and(query_param("limit", "1000"))
+            .respond_with(page("[]".to_owned(), 0, 0, 1000))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let since = Utc.timestamp_opt(1_700_000_000, 750_000_000).single();
+        let page = client(&server, "")
+            .page(PageRequest {
+                since,
+                page_size: 5000,
+                ..request(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(page, EMPTY_END);
+    }
+
+    #[tokio::test]
+    async fn empty_page_and_missing_headers_end_the_listing() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(query_param("offset", "4"))
+            .respond_with(page("[]".to_owned(), 10, 4, 2))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(query_param("offset", "0"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_string(list(&[order("ord_1", "active"), order("ord_2", "active")])),
+            )
+            .mount(&server)
+            .await;
+        let client = client(&server, "");
+        let empty = client.page(request(Some("4"))).await.unwrap();
+        assert_eq!(empty.next, None, "an empty array ends even below the total");
+        let headerless = client.page(request(None)).await.unwrap();
+        assert_eq!(headerless.records.len(), 2);
+        assert_eq!(headerless.next, None, "no pagination headers: last page");
+    }
+
+    #[tokio::test]
+    async fn non_advancing_offsets_and_bad_cursors_are_rejected() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(page(list(&[order("ord_1", "active")]), 50, 0, 2))
+            .mount(&server)
+            .await;
+        let client = client(&server, "");
+        let err = client.page(request(Some("10"))).await.unwrap_err();
+        assert!(
+            matches!(&err, ProviderApiError::Rejected { status: 200, message } if message.contains("does not advance")),
+            "{err:?}"
+        );
+        let err = client.page(request(Some("ten"))).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderApiError::Rejected { status: 0, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            server.received_requests().await.unwrap().len(),
+            1,
+            "a bad cursor sends nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_api_errors() {
+        let server = MockServer::start().await;
+        let client = client(&server, "");
+        let call = || client.page(request(None));
+        assert_errors_map(&server, call, KEY).await;
+        assert_unreadable(&server, call, "{\"not\": \"a list\"}", "not a Rebilly list").await;
+    }
+
+    fn subscription_change(record: &Record) -> crate::canonical::SubscriptionChange {
+        match normalize_with(ProviderKind::Rebilly, record).as_slice() {
+            [CanonicalEvent::Subscription(change)] => change.clone(),
+            other => panic!("{}: expected one change, got {other:?}", record.key),
+        }
+    }
+
+    fn attempt(record: &Record) -> crate::canonical::BillingAttempt {
+        match normalize_with(ProviderKind::Rebilly, record).as_slice() {
+            [CanonicalEvent::BillingAttempt(a)] => a.clone(),
+            other => panic!("{}: expected one attempt, got {other:?}", record.key),
+        }
+    }
+
+    /// The first and only page of a listing of `total` orders.
+    fn only_page(body: &str, total: u64) -> Page {
+        let pagination = Pagination {
+            total: Some(total),
+            offset: Some(0),
+        };
+        parse(body, 0, pagination).unwrap()
+    }
+
+    fn rendered(orders: &[Value]) -> Vec<Record> {
+        only_page(&list(orders), orders.len() as u64).records
+    }
+
+    #[test]
+    fn order_statuses_render_as_subscription_webhooks() {
+        use SubscriptionStatus::*;
+        let table = [
+            ("active", "subscription-renewed", Active),
+            ("suspended", "subscription-renewed", PastDue),
+            ("paused", "subscription-paused", Paused),
+            ("canceled", "subscription-canceled", Cancelled),
+            ("churned", "subscription-canceled", Cancelled),
+            ("abandoned", "subscription-canceled", Cancelled),
+        ];
+        for (status, event, expected) in table {
+            let records = rendered(&[order("ord_1", status)]);
+            let [record] = records.as_slice() else {
+                panic!("{status}: {records:?}")
+            };
+            assert_eq!(record.key, "order:ord_1");
+            let body: Value = serde_json::from_slice(&record.body).unwrap();
+            assert_eq!(body["eventType"], event);
+            assert_eq!(body["subscriptionId"], "ord_1");
+            assert!(body["_embedded"]["subscription"].get("_embedded").is_none());
+            let change = subscription_change(record);
+            assert_eq!(
+                (change.status, change.provider_status.as_str()),
+                (expected, status)
+            );
+            assert_eq!(change.subscription_id, "ord_1");
+            assert_eq!(change.customer_id.as_deref(), Some("cus_1"));
+            assert_eq!(change.currency.as_deref(), Some("USD"));
+            assert_eq!(
+                change.updated_at,
+                Some(Utc.with_ymd_and_hms(2019, 8, 24, 14, 15, 22).unwrap()),
+                "the order's own updatedTime"
+            );
+            assert_eq!(
+                change.current_period_end,
+                Some(Utc.with_ymd_and_hms(2019, 9, 24, 14, 15, 22).unwrap())
+            );
+        }
+        let mut one_time = order("ord_9", "completed");
+        one_time["orderType"] = json!("one-time-order");
+        let skipped = rendered(&[order("ord_8", "pending"), one_time, json!({"no": "id"})]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        // Byte-identical across renders: the sync event id stays the same.
+        assert_eq!(
+            rendered(&[order("ord_1", "active")]),
+            rendered(&[order("ord_1", "active")])
+        );
+    }
+
+    /// An order with its recent invoice embedded, as raw text so amounts stay as written.
+    fn order_with_invoice(invoice: &str) -> String {
+        let order = serde_json::to_string(&order("ord_1", "active")).unwrap();
+        format!(
+            "[{},\"_embedded\":{{\"recentInvoice\":{invoice}}}}}]",
+            &order[..order.len() - 1]
+        )
+    }
+
+    #[test]
+    fn a_paid_recent_invoice_renders_invoice_paid_with_its_exact_amount() {
+        let body = order_with_invoice(
+            r#"{"id":"inv_1","type":"renewal","subscriptionId":"ord_1","customerId":"cus_1",
+               "currency":"USD","amount":49.95,"amountDue":0,"status":"paid",
+               "paidTime":"2019-08-24T14:15:22Z","transactions":[]}"#,
+        );
+        let page = only_page(&body, 1);
+        let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["order:ord_1", "invoice:inv_1"]);
+        let text = String::from_utf8(page.records[1].body.clone()).unwrap();
+        assert!(text.contains("\"amount\":49.95"), "{text}");
+        let a = attempt(&page.records[1]);
+        assert_eq!(
+            (a.attempt_id.as_str(), a.status),
+            ("invoice-paid:inv_1", AttemptStatus::Succeeded)
+        );
+        assert_eq!(
+            (a.cycle_id.as_deref(), a.subscription_id.as_deref()),
+            (Some("inv_1"), Some("ord_1"))
+        );
+        assert_eq!(
+            a.amount,
+            Some(Money {
+                minor: 4995,
+                currency: "USD".into()
+            })
+        );
+        assert_eq!(
+            a.attempted_at,
+            Some(Utc.with_ymd_and_hms(2019, 8, 24, 14, 15, 22).unwrap())
+        );
+    }
+
+    #[test]
+    fn recent_invoice_transactions_render_as_attempts() {
+        let body = order_with_invoice(
+            r#"{"id":"inv_2","type":"renewal","subscriptionId":"ord_1","currency":"USD",
+               "amount":49.95,"status":"past-due","transactions":[
+                 {"id":"txn_1","type":"sale","status":"completed","result":"declined",
+                  "amount":49.95,"currency":"USD","invoiceIds":["inv_2"],
+                  "subscriptionIds":["ord_1"],"processedTime":"2019-08-24T14:15:22Z",
+                  "declineCode":"insufficient-funds",
+                  "gatewayResponse":{"code":"51","message":"Insufficient funds"}},
+                 {"id":"txn_2","type":"sale","status":"completed","result":"approved",
+                  "amount":49.95,"currency":"USD","invoiceIds":["inv_2"],
+                  "processedTime":"2019-08-25T14:15:22Z"},
+                 {"id":"txn_3","type":"refund","result":"approved","amount":49.95,"currency":"USD"},
+                 {"id":"txn_4","type":"sale","result":"who-knows"}]}"#,
+        );
+        let page = only_page(&body, 1);
+        let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["order:ord_1", "transaction:txn_1", "transaction:txn_2"],
+            "not paid: no invoice-paid; refunds and unknown words are not rendered"
+        );
+        let declined: Value = serde_json::from_slice(&page.records[1].body).unwrap();
+        assert_eq!(declined["eventType"], "renewal-invoice-payment-declined");
+        assert_eq!(declined["invoiceId"], "inv_2");
+        assert!(
+            declined["_embedded"]["invoice"]
+                .get("transactions")
+                .is_none()
+        );
+
+        let failed = attempt(&page.records[1]);
+        assert_eq!(
+            (failed.attempt_id.as_str(), failed.status),
+            ("txn_1", AttemptStatus::Failed)
+        );
+        assert_eq!(
+            (
+                failed.cycle_id.as_deref(),
+                failed.subscription_id.as_deref()
+            ),
+            (Some("inv_2"), Some("ord_1"))
+        );
+        assert_eq!(failed.error_code.as_deref(), Some("insufficient-funds"));
+        assert_eq!(failed.error_message.as_deref(), Some("Insufficient funds"));
+        assert_eq!(failed.amount.as_ref().map(|m| m.minor), Some(4995));
+
+        let paid = attempt(&page.records[2]);
+        assert_eq!(
+            (
+                paid.attempt_id.as_str(),
+                paid.status,
+                paid.provider_status.as_str()
+            ),
+            ("txn_2", AttemptStatus::Succeeded, "approved")
+        );
+        assert_eq!(paid.cycle_id.as_deref(), Some("inv_2"));
+        assert_eq!(
+            paid.attempted_at,
+            Some(Utc.with_ymd_and_hms(2019, 8, 25, 14, 15, 22).unwrap())
+        );
+    }
+
+    #[test]
+    fn embedded_as_an_array_is_read_too() {
+        let order = serde_json::to_string(&order("ord_1", "canceled")).unwrap();
+        let body = format!(
+            "[{},\"_embedded\":[{{\"recentInvoice\":{{\"id\":\"inv_3\",\"status\":\"paid\",\"currency\":\"EUR\",\"amount\":10,\"paidTime\":\"2019-08-24T14:15:22Z\"}}}}]}}]",
+            &order[..order.len() - 1]
+        );
+        let page = only_page(&body, 1);
+        let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["order:ord_1", "invoice:inv_3"]);
+        assert_eq!(
+            attempt(&page.records[1]).amount.map(|m| m.minor),
+            Some(1000)
+        );
+    }
+}

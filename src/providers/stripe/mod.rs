@@ -1,0 +1,424 @@
+//! Stripe: `Stripe-Signature: t=<unix s>,v1=<hex>[,v1=<hex>...][,v0=<hex>]`.
+//!
+//! Signed content `{t}.{raw body}`, HMAC-SHA256, key = the raw UTF-8 bytes of the whole
+//! secret string (`whsec_...`, no base64 decoding), lowercase hex. Only `v1` is checked;
+//! several `v1` entries are allowed (Stripe sends two while a secret is rolled) and
+//! undecodable ones are ignored. Tolerance is age-only (`now - t > 300 s` is rejected, a
+//! timestamp in the future is not), as in stripe-go and stripe-node. The event id is the
+//! body's `id` (`evt_...`), read only after the signature passed.
+//!
+//! # Normalization (in `stripe_normalize.rs`)
+//!
+//! | event type | canonical |
+//! |---|---|
+//! | `invoice.paid`, `invoice.payment_succeeded` | attempt `succeeded` |
+//! | `invoice.payment_failed` | attempt `failed` |
+//! | `invoice.payment_action_required` | attempt `requires_action` |
+//! | `customer.subscription.created/updated/deleted/paused/resumed` | subscription change |
+//! | anything else (`invoice.created`, `charge.succeeded`...) | ignored |
+//!
+//! Attempts: `attempt_id` = `{invoice id}:{attempt_count}` (distinct per try, so a retry's
+//! success never overwrites an earlier failure; `invoice.paid` and
+//! `invoice.payment_succeeded` of one try share it), `cycle_id` = invoice id,
+//! `subscription_id` = invoice `subscription` (or `parent.subscription_details.subscription`
+//! on API versions from 2025-03), amount = `amount_paid` on success else `amount_due`
+//! (integer minor units) + `currency`, `attempted_at` = event `created`, `next_attempt_at` =
+//! `next_payment_attempt`, `attempt_count` = `attempt_count`. `provider_status` is the event
+//! type: the invoice's own `status` (`open`) does not tell a failure from a challenge.
+//! Error code/message: the invoice carries no decline; only when `payment_intent` is
+//! expanded do we take `last_payment_error.decline_code` (else `.code`) and `.message` on a
+//! failure, otherwise they are null.
+//!
+//! Subscriptions: status from the object's `status`: `active` → active; `trialing`,
+//! `incomplete` → pending; `past_due`, `unpaid` (retries exhausted, invoice still open) →
+//! past_due; `paused` → paused; `canceled` → cancelled; `incomplete_expired` → expired;
+//! anything else is malformed. `current_period_end` from the object (or the latest of its
+//! items' on API versions from 2025-03), `currency`, `customer`; `updated_at` = event
+//! `created`; no version.
+//!
+//! Malformed (dead-lettered): not JSON, no `type`; for covered types no `created`, no
+//! `data.object`, no invoice `id`/`attempt_count`/`currency`, a non-integer amount, an
+//! unknown currency, no subscription `id`/`status` or an unknown status.
+
+mod list;
+mod retry;
+mod webhook;
+
+pub(super) use list::StripeList;
+pub(super) use retry::StripeClient;
+
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+use crate::envelope::Envelope;
+use crate::providers::contract::{Connector, Sample};
+use crate::providers::support::{
+    body_field, body_hash_id, ct_eq, header, hmac_sha256, unix_secs, utf8_keys,
+};
+use crate::providers::{Accepted, NormalizeError, Normalized, Unverified, VerifyError};
+
+const SIGNATURE: &str = "stripe-signature";
+const DEFAULT_TOLERANCE_SECS: u64 = 300;
+const MAX_SIGNATURE_HEADER: usize = 4096;
+
+pub struct Stripe {
+    keys: Vec<Vec<u8>>,
+    tolerance_secs: i64,
+}
+
+impl Stripe {
+    pub fn new(secrets: &[SecretString], tolerance_secs: Option<u64>) -> Result<Self, String> {
+        Ok(Self {
+            keys: utf8_keys(secrets)?,
+            tolerance_secs: i64::try_from(tolerance_secs.unwrap_or(DEFAULT_TOLERANCE_SECS))
+                .unwrap_or(i64::MAX),
+        })
+    }
+
+    fn mac(key: &[u8], timestamp: &str, body: &[u8]) -> [u8; 32] {
+        hmac_sha256(key, &[timestamp.as_bytes(), b".", body])
+    }
+}
+
+/// `t` and the decodable `v1` signatures of a `Stripe-Signature` header.
+fn parse(value: &str) -> Result<(&str, Vec<Vec<u8>>), VerifyError> {
+    let malformed = VerifyError::MalformedHeader(SIGNATURE);
+    let mut timestamp = None;
+    let mut v1 = Vec::new();
+    for pair in value.split(',') {
+        let Some((key, val)) = pair.split_once('=') else {
+            continue;
+        };
+        match key.trim() {
+            "t" if timestamp.is_some() => return Err(malformed),
+            "t" => timestamp = Some(val.trim()),
+            "v1" => v1.extend(hex::decode(val.trim()).ok()),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(malformed)?;
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(VerifyError::MalformedHeader(SIGNATURE));
+    }
+    Ok((timestamp, v1))
+}
+
+impl Connector for Stripe {
+    fn verify(&self, request: &Unverified<'_>, now: SystemTime) -> Result<Accepted, VerifyError> {
+        let value = header(request.headers, SIGNATURE)?;
+        if value.len() > MAX_SIGNATURE_HEADER {
+            return Err(VerifyError::MalformedHeader(SIGNATURE));
+        }
+        let (timestamp, candidates) = parse(value)?;
+        let t: i64 = timestamp
+            .parse()
+            .map_err(|_| VerifyError::MalformedHeader(SIGNATURE))?;
+        if unix_secs(now).saturating_sub(t) > self.tolerance_secs {
+            return Err(VerifyError::TimestampOutOfWindow);
+        }
+        let matched = self.keys.iter().any(|key| {
+            let mac = Self::mac(key, timestamp, request.body);
+            candidates.iter().any(|c| ct_eq(&mac, c))
+        });
+        if !matched {
+            return Err(VerifyError::SignatureMismatch);
+        }
+        let event_id = body_field(request.body, "id").unwrap_or_else(|| body_hash_id(request.body));
+        Ok(Accepted {
+            event_id,
+            kept_headers: Vec::new(),
+        })
+    }
+
+    fn normalize(&self, envelope: &Envelope) -> Result<Normalized, NormalizeError> {
+        webhook::normalize(&envelope.body)
+    }
+
+    fn sign(&self, _event_id: &str, body: &[u8], now: SystemTime) -> Vec<(String, String)> {
+        // The event id travels in the body (`id`), see `sample_body`.
+        let t = unix_secs(now).to_string();
+        let mac = Self::mac(&self.keys[0], &t, body);
+        vec![(
+            SIGNATURE.to_owned(),
+            format!("t={t},v1={}", hex::encode(mac)),
+        )]
+    }
+
+    fn header_names(&self) -> Vec<String> {
+        vec![SIGNATURE.to_owned()]
+    }
+
+    fn sample_body(&self, sample: &Sample<'_>) -> Vec<u8> {
+        let created = unix_secs(sample.now);
+        let (invoice, subscription, customer) = (
+            format!("in_{}", sample.cycle),
+            format!("sub_{}", sample.subscription),
+            format!("cus_{}", sample.subscription),
+        );
+        serde_json::to_vec(&serde_json::json!({
+            "id": sample.event_id,
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": created,
+            "type": "invoice.payment_failed",
+            "livemode": false,
+            "data": { "object": {
+                "id": invoice, "object": "invoice", "customer": customer,
+                "subscription": subscription, "amount_due": 1999, "currency": "usd",
+                "amount_paid": 0, "attempt_count": 1, "status": "open",
+                "next_payment_attempt": created + 3 * 86_400
+            } }
+        }))
+        .expect("static JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use axum::http::{HeaderMap, HeaderValue};
+    use bytes::Bytes;
+
+    use super::*;
+
+    // ST-1 and ST-2 (arlyon/async-stripe), exact payload bytes (tests/fixtures/README.md).
+    const PAYLOAD_A: &[u8] = include_bytes!("../../../tests/fixtures/stripe/stripe_payload_A.json");
+    const PAYLOAD_B: &[u8] = include_bytes!("../../../tests/fixtures/stripe/stripe_payload_B.json");
+    const SECRET_12: &str = "webhook_secret";
+    const T_12: u64 = 1533204620;
+    const ST1_HEADER: &str = "t=1533204620,v1=f0bdba6d4eacbd8ad8a3bbadd7248e633ec1477f7899c124c51b39405fa36613,v0=63f3a72374a733066c4be69ed7f8e5ac85c22c9f0a6a612ab9a025a9e4ee7eef";
+    const ST1_V1: &str = "f0bdba6d4eacbd8ad8a3bbadd7248e633ec1477f7899c124c51b39405fa36613";
+    const ST2_V1: &str = "82216eca827bcb7b34b8055eb2d2d9e6bc13b9ac39ded14a61e69f70c565f53a";
+    // ST-3 (derived).
+    const SECRET_3: &str = "whsec_test_secret";
+    const T_3: u64 = 1700000000;
+    const BODY_3: &[u8] =
+        br#"{"id":"evt_test_webhook","object":"event","type":"invoice.payment_failed"}"#;
+    const ST3_V1: &str = "330df18f9f35d767af5081e9e1b60050485d95160bde834b899ab7ed54b13d85";
+
+    fn verifier(secrets: &[&str]) -> Stripe {
+        let secrets: Vec<SecretString> = secrets.iter().map(|s| SecretString::from(*s)).collect();
+        Stripe::new(&secrets, None).unwrap()
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn check(v: &Stripe, sig: &str, body: &[u8], now: u64) -> Result<Accepted, VerifyError> {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE, HeaderValue::from_str(sig).unwrap());
+        check_headers(v, &h, body, now)
+    }
+
+    fn check_headers(
+        v: &Stripe,
+        h: &HeaderMap,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Accepted, VerifyError> {
+        let body = Bytes::copy_from_slice(body);
+        let request = Unverified {
+            headers: h,
+            body: &body,
+            peer: None,
+        };
+        v.verify(&request, at(now))
+    }
+
+    #[test]
+    fn payload_files_are_the_exact_bytes() {
+        assert_eq!(PAYLOAD_A.len(), 807);
+        assert_eq!(PAYLOAD_B.len(), 756);
+        assert_eq!(
+            crate::providers::support::sha256_hex(&[PAYLOAD_A]),
+            "00589da53d8c43f7cabd6f30ecd2db5f0e746c5b99507b4776e4493bf21c27cf"
+        );
+    }
+
+    #[test]
+    fn published_vectors_verify_and_sign() {
+        let v = verifier(&[SECRET_12]);
+        let ok = check(&v, ST1_HEADER, PAYLOAD_A, T_12).unwrap();
+        assert_eq!(ok.event_id, "evt_123");
+        assert!(ok.kept_headers.is_empty());
+        let st2 = format!("t={T_12},v1={ST2_V1}");
+        assert_eq!(
+            check(&v, &st2, PAYLOAD_B, T_12).unwrap().event_id,
+            "evt_123"
+        );
+        // ST-1's signature does not fit ST-2's body.
+        assert_eq!(
+            check(&v, ST1_HEADER, PAYLOAD_B, T_12).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        assert_eq!(
+            v.sign("ignored", PAYLOAD_A, at(T_12))[0].1,
+            format!("t={T_12},v1={ST1_V1}")
+        );
+
+        let v = verifier(&[SECRET_3]);
+        let st3 = format!("t={T_3},v1={ST3_V1}");
+        assert_eq!(
+            check(&v, &st3, BODY_3, T_3).unwrap().event_id,
+            "evt_test_webhook"
+        );
+        assert_eq!(
+            v.sign("x", BODY_3, at(T_3)),
+            vec![(SIGNATURE.to_owned(), st3)]
+        );
+    }
+
+    #[test]
+    fn several_v1_entries_rotation_and_ignored_entries() {
+        let v = verifier(&[SECRET_3]);
+        let bogus = "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd";
+        let header = format!("t={T_3}, v1={bogus},v1=zz-not-hex,v1={ST3_V1},v0={ST3_V1},junk");
+        check(&v, &header, BODY_3, T_3).unwrap();
+        // Only v0 carries the right value: not accepted.
+        let only_v0 = format!("t={T_3},v1={bogus},v0={ST3_V1}");
+        assert_eq!(
+            check(&v, &only_v0, BODY_3, T_3).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        let st3 = format!("t={T_3},v1={ST3_V1}");
+        check(&verifier(&[SECRET_12, SECRET_3]), &st3, BODY_3, T_3).unwrap();
+        check(&verifier(&[SECRET_3, SECRET_12]), &st3, BODY_3, T_3).unwrap();
+        assert_eq!(
+            check(&verifier(&[SECRET_12]), &st3, BODY_3, T_3).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        // The key is the whole string: "test_secret" alone is another key.
+        assert!(check(&verifier(&["test_secret"]), &st3, BODY_3, T_3).is_err());
+    }
+
+    #[test]
+    fn tampered_body_and_timestamp_are_rejected() {
+        let v = verifier(&[SECRET_3]);
+        let tampered = String::from_utf8(BODY_3.to_vec())
+            .unwrap()
+            .replace("failed", "succeeded");
+        let st3 = format!("t={T_3},v1={ST3_V1}");
+        assert_eq!(
+            check(&v, &st3, tampered.as_bytes(), T_3).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        let moved = format!("t={},v1={ST3_V1}", T_3 + 1);
+        assert_eq!(
+            check(&v, &moved, BODY_3, T_3).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+    }
+
+    #[test]
+    fn tolerance_is_age_only() {
+        let v = verifier(&[SECRET_3]);
+        let st3 = format!("t={T_3},v1={ST3_V1}");
+        check(&v, &st3, BODY_3, T_3 + 300).unwrap();
+        assert_eq!(
+            check(&v, &st3, BODY_3, T_3 + 301).unwrap_err(),
+            VerifyError::TimestampOutOfWindow
+        );
+        // Stripe's libraries do not reject timestamps ahead of the local clock.
+        check(&v, &st3, BODY_3, T_3 - 3600).unwrap();
+        let strict = Stripe::new(&[SecretString::from(SECRET_3)], Some(10)).unwrap();
+        assert_eq!(
+            check(&strict, &st3, BODY_3, T_3 + 11).unwrap_err(),
+            VerifyError::TimestampOutOfWindow
+        );
+    }
+
+    #[test]
+    fn malformed_headers_and_missing_id_are_rejected() {
+        let v = verifier(&[SECRET_3]);
+        let malformed = VerifyError::MalformedHeader(SIGNATURE);
+        for bad in [
+            format!("v1={ST3_V1}"),
+            format!("t=,v1={ST3_V1}"),
+            format!("t=17x,v1={ST3_V1}"),
+            format!("t=-1,v1={ST3_V1}"),
+            format!("t={T_3},t={T_3},v1={ST3_V1}"),
+            format!("t=99999999999999999999999,v1={ST3_V1}"),
+            format!("t={T_3},v1={}", "a".repeat(5000)),
+        ] {
+            assert_eq!(
+                check(&v, &bad, BODY_3, T_3).unwrap_err(),
+                malformed,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check(&v, &format!("t={T_3}"), BODY_3, T_3).unwrap_err(),
+            VerifyError::SignatureMismatch
+        );
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            check_headers(&v, &h, BODY_3, T_3).unwrap_err(),
+            VerifyError::MissingHeader(SIGNATURE)
+        );
+        h.insert(SIGNATURE, HeaderValue::from_static(""));
+        assert_eq!(
+            check_headers(&v, &h, BODY_3, T_3).unwrap_err(),
+            VerifyError::MissingHeader(SIGNATURE)
+        );
+        let st3 = format!("t={T_3},v1={ST3_V1}");
+        h.insert(SIGNATURE, HeaderValue::from_str(&st3).unwrap());
+        h.append(SIGNATURE, HeaderValue::from_str(&st3).unwrap());
+        assert_eq!(check_headers(&v, &h, BODY_3, T_3).unwrap_err(), malformed);
+        // A correctly signed body without an id.
+        let no_id = br#"{"object":"event","type":"invoice.paid"}"#;
+        let signed = v.sign("x", no_id, at(T_3));
+        let kept = check(&v, &signed[0].1, no_id, T_3).unwrap();
+        assert_eq!(
+            kept.event_id,
+            body_hash_id(no_id),
+            "kept under a body-hash id"
+        );
+    }
+
+    #[test]
+    fn sample_body_round_trips_and_normalizes() {
+        let v = verifier(&[SECRET_3]);
+        let body = v.sample_body(&crate::providers::contract::Sample::new(
+            "evt_sample",
+            at(T_3),
+        ));
+        let signed = v.sign("evt_sample", &body, at(T_3));
+        let ok = check(&v, &signed[0].1, &body, T_3 + 5).unwrap();
+        assert_eq!(ok.event_id, "evt_sample");
+        let envelope = Envelope {
+            source_id: "s".into(),
+            provider: crate::config::ProviderKind::Stripe,
+            event_id: ok.event_id,
+            received_at: chrono::Utc::now(),
+            content_type: None,
+            headers: vec![],
+            body: Bytes::from(body),
+        };
+        assert_eq!(
+            v.normalize(&envelope).unwrap().event_type,
+            "invoice.payment_failed"
+        );
+        let bad = Envelope {
+            body: Bytes::from_static(b"not json"),
+            ..envelope
+        };
+        assert!(v.normalize(&bad).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_headers_and_bodies_never_panic(
+            sig in ".{0,300}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)
+        ) {
+            let v = verifier(&[SECRET_3]);
+            let mut h = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&sig) {
+                h.insert(SIGNATURE, value);
+            }
+            proptest::prop_assert!(check_headers(&v, &h, &body, T_3).is_err());
+        }
+    }
+}
