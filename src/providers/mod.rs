@@ -362,6 +362,79 @@ mod tests {
         }
     }
 
+    /// The verifier checks every kind must pass, through [`Source`] only: a request signed
+    /// with the old secret verifies while both are configured (rotation); a changed body
+    /// is refused; a request an hour old is refused where the scheme signs a timestamp.
+    #[test]
+    fn every_kind_rotates_and_refuses_tampered_or_stale_requests() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let http = http::http_client().unwrap();
+        let (old, new) = (
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        for kind in ProviderKind::ALL {
+            // What the scheme signs: Rebilly sends credentials, not a signature; Shopify
+            // signs no timestamp.
+            let (signs_body, signs_time) = match kind {
+                ProviderKind::Rebilly => (false, false),
+                ProviderKind::Shopify => (true, false),
+                ProviderKind::Standard
+                | ProviderKind::Svix
+                | ProviderKind::Appstle
+                | ProviderKind::Polar
+                | ProviderKind::Stripe
+                | ProviderKind::Paynow
+                | ProviderKind::Hmac => (true, true),
+            };
+            let with = |secrets: &[&str]| {
+                let settings = SourceSettings {
+                    secrets: secrets.iter().map(|s| (*s).to_owned().into()).collect(),
+                    ..settings_for(kind)
+                };
+                Source::new(&settings, &http).unwrap()
+            };
+            let (signer, rotated) = (with(&[old]), with(&[new, old]));
+            let body = Bytes::from(signer.sample_body("evt_rotation", now));
+            let headers = |at: SystemTime| {
+                let mut headers = HeaderMap::new();
+                for (name, value) in signer.sign("evt_rotation", &body, at) {
+                    let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                    headers.insert(name, value.parse().unwrap());
+                }
+                headers
+            };
+            let verify = |source: &Source, headers: &HeaderMap, body: &Bytes, at| {
+                let request = Unverified {
+                    headers,
+                    body,
+                    peer: None,
+                };
+                source.verify(request, None, at)
+            };
+            let signed = headers(now);
+            assert!(
+                verify(&rotated, &signed, &body, now).is_ok(),
+                "{kind:?} rotation"
+            );
+            let mut tampered = body.to_vec();
+            let last = tampered.len() - 2;
+            tampered[last] ^= 0x01;
+            let tampered = Bytes::from(tampered);
+            assert_eq!(
+                verify(&rotated, &signed, &tampered, now).is_err(),
+                signs_body,
+                "{kind:?} tampered body"
+            );
+            let stale = now + std::time::Duration::from_secs(3_600);
+            assert_eq!(
+                verify(&rotated, &signed, &body, stale).is_err(),
+                signs_time,
+                "{kind:?} an hour late"
+            );
+        }
+    }
+
     #[test]
     fn missing_kind_specific_settings_are_errors() {
         let http = http::http_client().unwrap();

@@ -18,7 +18,7 @@ use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
 use crate::ledger::{NewEvent, Reconciled};
 use crate::ops::dead_letter_index;
-use crate::providers::{Normalized, Sources};
+use crate::providers::{NormalizeError, Normalized, Sources};
 use crate::queue::{Broker, Incoming, QueueError, Subscription};
 
 /// How long a cancelled consumer may take to hand over what it had already received.
@@ -152,7 +152,10 @@ impl Worker {
         for incoming in &batch {
             match self.normalize(incoming) {
                 Ok(normalized) => ready.push((incoming, normalized)),
-                Err((kind, reason)) => dead_letter(sub, &self.db, incoming, kind, &reason).await?,
+                Err(poison) => {
+                    let reason = poison.to_string();
+                    dead_letter(sub, &self.db, incoming, poison.kind(), &reason).await?
+                }
             }
         }
         if ready.is_empty() {
@@ -242,21 +245,17 @@ impl Worker {
         sub.requeue(incoming).await
     }
 
-    /// Normalizes one delivery, or says why it can never be processed (kind, reason).
-    fn normalize(&self, incoming: &Incoming) -> Result<Normalized, (&'static str, String)> {
+    /// Normalizes one delivery, or says why it can never be processed.
+    fn normalize(&self, incoming: &Incoming) -> Result<Normalized, Poison> {
         let envelope = incoming
             .envelope
             .as_ref()
-            .map_err(|e| ("envelope", e.to_string()))?;
-        let source = self.sources.get(&envelope.source_id).ok_or_else(|| {
-            (
-                "unknown_source",
-                format!("source {:?} is not configured", envelope.source_id),
-            )
-        })?;
-        source
-            .normalize(envelope)
-            .map_err(|e| ("normalize", e.to_string()))
+            .map_err(|e| Poison::Envelope(e.to_string()))?;
+        let source = self
+            .sources
+            .get(&envelope.source_id)
+            .ok_or_else(|| Poison::UnknownSource(envelope.source_id.clone()))?;
+        Ok(source.normalize(envelope)?)
     }
 
     /// Reconciles the events in one transaction, retrying transient database failures
@@ -296,6 +295,28 @@ impl Worker {
             _ = shutdown.cancelled() => return Err(StepError::Shutdown),
         };
         Ok(result.map(|outcomes| outcomes.into_iter().map(Outcome::Done).collect()))
+    }
+}
+
+/// Why a delivery can never be processed: it is dead-lettered with this reason.
+#[derive(Debug, thiserror::Error)]
+enum Poison {
+    #[error("{0}")]
+    Envelope(String),
+    #[error("source {0:?} is not configured")]
+    UnknownSource(String),
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+}
+
+impl Poison {
+    /// The dead-letter reason's label (`subsync_dead_lettered_total{reason}`).
+    fn kind(&self) -> &'static str {
+        match self {
+            Poison::Envelope(_) => "envelope",
+            Poison::UnknownSource(_) => "unknown_source",
+            Poison::Normalize(_) => "normalize",
+        }
     }
 }
 

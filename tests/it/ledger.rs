@@ -449,7 +449,10 @@ async fn a_batch_writes_the_retry_rows_its_events_write_one_by_one() {
     let sources: Vec<SourceSettings> = ["batch", "single"]
         .iter()
         .map(|id| {
-            serde_json::from_value(serde_json::json!({"id": id, "provider": "paynow"})).unwrap()
+            serde_json::from_value(
+                serde_json::json!({"id": id, "provider": "paynow", "secrets": ["pn"]}),
+            )
+            .unwrap()
         })
         .collect();
     let dunning = Dunning::new(
