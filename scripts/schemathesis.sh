@@ -129,7 +129,7 @@ DEAD_LETTER=""
 for _ in $(seq 1 100); do
   DEAD_LETTER="$(admin_get /admin/dlq | "$VENV/bin/python" -c \
     'import json, sys; print(next((d["id"] for d in json.load(sys.stdin)["dead_letters"]), ""))')"
-  [ -n "$DEAD_LETTER" ] && admin_get /admin/retries | grep -q '"sub_demo"' \
+  [ -n "$DEAD_LETTER" ] && admin_get /admin/retries | grep -q '"sub_0"' \
     && [ "$(admin_get /admin/events | grep -o '"provider_event_id"' | wc -l)" -ge 2 ] && break
   DEAD_LETTER=""
   sleep 0.2
@@ -153,7 +153,7 @@ display = ["missing_auth", "missing_test_data", "base_url_mismatch", "validation
 [dictionaries.sources]
 values = ["demo", "demo-stripe"]
 [dictionaries.subscriptions]
-values = ["sub_demo"]
+values = ["sub_0"]
 [dictionaries.dead_letters]
 values = ["$DEAD_LETTER"]
 # Times at and past the ends of what Postgres and chrono hold (the generator's stay in 1-9999).

@@ -206,57 +206,52 @@ impl Default for LogSettings {
     }
 }
 
-/// Which verification scheme and payload shapes a source speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
+/// Declares [`ProviderKind`], its configuration names and [`ProviderKind::ALL`] from one
+/// list, so no kind can be left out of `ALL` (which the queue decodes kinds with).
+macro_rules! provider_kinds {
+    ($($(#[doc = $doc:literal])* $kind:ident => $name:literal,)+) => {
+        /// Which verification scheme and payload shapes a source speaks.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        pub enum ProviderKind {
+            $($(#[doc = $doc])* #[serde(rename = $name)] $kind,)+
+        }
+
+        impl ProviderKind {
+            /// Every kind, in declaration order.
+            pub const ALL: [ProviderKind; [$($name),+].len()] = [$(ProviderKind::$kind),+];
+
+            /// The kind's name in the configuration (`provider = "..."`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProviderKind::$kind => $name,)+
+                }
+            }
+        }
+    };
+}
+
+provider_kinds! {
     /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
-    Standard,
+    Standard => "standard",
     /// Stripe (`Stripe-Signature: t=..,v1=..`).
-    Stripe,
+    Stripe => "stripe",
     /// Shopify (`X-Shopify-Hmac-Sha256`).
-    Shopify,
+    Shopify => "shopify",
     /// Appstle Subscriptions: Svix signatures.
-    Appstle,
+    Appstle => "appstle",
     /// Polar.sh: Standard Webhooks keyed by the raw secret string.
-    Polar,
+    Polar => "polar",
     /// Svix (`svix-*`, falling back to `webhook-*`).
-    Svix,
+    Svix => "svix",
     /// PayNow (`PayNow-Signature`, `PayNow-Timestamp` in milliseconds).
-    Paynow,
+    Paynow => "paynow",
     /// Rebilly: HTTP Basic credentials and an optional IP allowlist, no signature.
-    Rebilly,
+    Rebilly => "rebilly",
     /// Any HMAC-SHA256 scheme described by the source's `hmac` table.
-    Hmac,
+    Hmac => "hmac",
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 9] = [
-        ProviderKind::Standard,
-        ProviderKind::Stripe,
-        ProviderKind::Shopify,
-        ProviderKind::Appstle,
-        ProviderKind::Polar,
-        ProviderKind::Svix,
-        ProviderKind::Paynow,
-        ProviderKind::Rebilly,
-        ProviderKind::Hmac,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Standard => "standard",
-            ProviderKind::Stripe => "stripe",
-            ProviderKind::Shopify => "shopify",
-            ProviderKind::Appstle => "appstle",
-            ProviderKind::Polar => "polar",
-            ProviderKind::Svix => "svix",
-            ProviderKind::Paynow => "paynow",
-            ProviderKind::Rebilly => "rebilly",
-            ProviderKind::Hmac => "hmac",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }

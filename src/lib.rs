@@ -10,9 +10,11 @@
 //! ```
 //!
 //! Modules (listed alphabetically); each owns one concern. `ingress` never imports
-//! `worker`; only `queue` imports lapin; `providers` know nothing of the queue, the
-//! ledger, dunning or sync. `db` holds the pool and migrations; each table has one
-//! owning module that writes it:
+//! `worker`; only `queue` imports lapin; `providers` (one folder per provider behind
+//! `providers::contract`, registered in `providers/registry.rs`) know nothing of the
+//! queue, the database, the ledger, dunning or sync, which reach a provider only through
+//! a `providers::Source`. `app::Catalogue` builds every source once per process. `db`
+//! holds the pool and migrations; each table has one owning module that writes it:
 //!
 //! | tables | owner |
 //! |---|---|

@@ -21,7 +21,7 @@ const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const SUBSCRIPTIONS: usize = 10_000;
 
 /// Every provider kind, in the order requests cycle through them.
-pub const KINDS: [ProviderKind; 9] = ProviderKind::ALL;
+pub const KINDS: [ProviderKind; ProviderKind::ALL.len()] = ProviderKind::ALL;
 
 /// `[[sources]]` for every provider kind (id = the kind's name), with a signature window of
 /// `tolerance_secs` so requests signed before a run stay valid through it.

@@ -12,10 +12,10 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{TestApp, TestConfig, attempt_states, eventually, snapshot, spawn_app, sync};
-use chrono::{DateTime, Utc};
+use super::harness::{self, at, pairs};
+use crate::common::{TestApp, attempt_states, eventually, snapshot, sync};
 use serde_json::{Value, json};
-use subsync::{app::Role, sync::RunOptions};
+use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const SOURCE: &str = "appstle";
@@ -260,85 +260,43 @@ fn contract_created(contract: u64) -> Vec<u8> {
 }
 
 async fn appstle_api(fake: FakePastOrders) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(matchers::method("GET"))
+    let route = Mock::given(matchers::method("GET"))
         .and(matchers::path(PATH))
         .and(matchers::header("x-api-key", TOKEN))
-        .and(matchers::query_param_is_missing("api_key"))
-        .respond_with(fake)
-        .mount(&server)
-        .await;
-    server
+        .and(matchers::query_param_is_missing("api_key"));
+    harness::serve(route, fake).await
 }
 
 async fn app_with(server: &MockServer) -> TestApp {
-    let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
-[[sources]]
-id = "{SOURCE}"
+    let source = format!(
+        r#"id = "{SOURCE}"
 provider = "appstle"
 secrets = ["{SECRET}"]
-api = {{ base_url = "{}", token = "{TOKEN}" }}
-sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = 60, interval_secs = 0 }}
-retry = {{ jitter = false }}
-[dunning]
-interval_ms = 3600000
-"#,
+api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
         server.uri()
     );
-    spawn_app(&config, Role::All).await
+    harness::app_with(&source, 60).await.1
 }
 
 async fn deliver(app: &TestApp, event_id: &str, body: &[u8]) {
-    let response = app.post_signed(SOURCE, event_id, body).await;
-    assert_eq!(response.status(), 202, "{event_id}");
+    harness::deliver(app, SOURCE, event_id, body).await
 }
 
 /// Waits until `n` events of the source are archived.
 async fn archived(app: &TestApp, n: i64) {
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            app.db.count_events(Some(SOURCE)).await.unwrap() == n
-        })
-        .await,
-        "expected {n} archived events, got {}",
-        app.db.count_events(Some(SOURCE)).await.unwrap()
-    );
+    harness::archived(app, SOURCE, n).await
 }
 
 /// Posts an event the normalizer ignores (archived, no ledger change) and waits until it
 /// is archived: everything queued before it has been reconciled by then.
 async fn barrier(app: &TestApp, event_id: &str) -> i64 {
-    let before = app.db.count_events(Some(SOURCE)).await.unwrap();
-    let body = serde_json::to_vec(&json!({
+    let ignored = serde_json::to_vec(&json!({
         "type": "subscription.next-order-date-changed",
         "data": {"id": 1, "subscriptionContractId": 5550001,
             "nextBillingDate": "2024-06-01T09:00:00Z"},
     }))
     .unwrap();
-    deliver(app, event_id, &body).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.db.count_events(Some(SOURCE)).await.unwrap() > before
-        })
-        .await,
-        "barrier {event_id} archived"
-    );
-    app.db.count_events(Some(SOURCE)).await.unwrap()
-}
-
-/// Attempt states, or requested `(contractId, page)`s, as owned pairs.
-fn pairs(rows: &[(&str, &str)]) -> Vec<(String, String)> {
-    rows.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
-}
-
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .with_timezone(&Utc)
+    harness::barrier(app, SOURCE, event_id, &ignored).await
 }
 
 fn contracts() -> Vec<String> {

@@ -10,12 +10,13 @@ use std::{
     time::Duration,
 };
 
+use super::harness::{self, state};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::{app::Role, sync::RunOptions};
+use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::common::{TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
+use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
 
 const SOURCE: &str = "paynow";
 const API_KEY: &str = "pnapi_v1_sync_secret";
@@ -89,36 +90,24 @@ impl Respond for FakeSubscriptions {
 }
 
 async fn paynow_api(fake: FakeSubscriptions) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(matchers::method("GET"))
+    let route = Mock::given(matchers::method("GET"))
         .and(matchers::path(format!("/v1/stores/{STORE}/subscriptions")))
         .and(matchers::header(
             "authorization",
             format!("APIKey {API_KEY}").as_str(),
-        ))
-        .respond_with(fake)
-        .mount(&server)
-        .await;
-    server
+        ));
+    harness::serve(route, fake).await
 }
 
 async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
-[[sources]]
-id = "{SOURCE}"
+    let source = format!(
+        r#"id = "{SOURCE}"
 provider = "paynow"
 secrets = ["test_secret"]
-api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}
-sync = {{ page_size = 2, min_interval_ms = 1, interval_secs = 0, max_page_retries = 3, lookback_secs = 3600 }}
-[dunning]
-interval_ms = 3600000
-"#,
+api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}"#,
         server.uri()
     );
-    let app = spawn_app(&config, Role::All).await;
-    (config, app)
+    harness::app_with(&source, 3600).await
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {
@@ -162,16 +151,8 @@ fn id(n: u64) -> String {
 
 /// Each subscription's (status, provider status), `None` when the ledger does not know it.
 async fn states(app: &TestApp, ids: &[String]) -> Vec<Option<(String, String)>> {
-    let mut states = Vec::new();
-    for id in ids {
-        let view = app.db.subscription(SOURCE, id).await.unwrap();
-        states.push(view.and_then(|v| Some((v.status?, v.provider_status?))));
-    }
-    states
-}
-
-fn state(status: &str, provider: &str) -> Option<(String, String)> {
-    Some((status.to_owned(), provider.to_owned()))
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    harness::subscription_states(app, SOURCE, &ids).await
 }
 
 #[tokio::test]

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{TestApp, TestConfig, attempt_states, eventually, snapshot, spawn_app, sync};
-use chrono::{DateTime, Utc};
+use super::harness::{self, at};
+use crate::common::{TestApp, attempt_states, eventually, snapshot, sync};
 use serde_json::{Value, json};
-use subsync::{app::Role, sync::RunOptions};
+use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const SOURCE: &str = "polar";
@@ -208,63 +208,41 @@ fn webhook(event_type: &str, data: &Value) -> Vec<u8> {
 }
 
 async fn polar_api(fake: FakeOrders) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(matchers::method("GET"))
+    let route = Mock::given(matchers::method("GET"))
         .and(matchers::path(PATH))
         .and(matchers::header(
             "authorization",
             format!("Bearer {TOKEN}").as_str(),
         ))
         .and(matchers::query_param("product_billing_type", "recurring"))
-        .and(matchers::query_param("sorting", "-created_at"))
-        .respond_with(fake)
-        .mount(&server)
-        .await;
-    server
+        .and(matchers::query_param("sorting", "-created_at"));
+    harness::serve(route, fake).await
 }
 
 async fn app_with(server: &MockServer) -> TestApp {
-    let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
-[[sources]]
-id = "{SOURCE}"
+    let source = format!(
+        r#"id = "{SOURCE}"
 provider = "polar"
 secrets = ["{SECRET}"]
-api = {{ base_url = "{}", token = "{TOKEN}", payment_method_id = "pm_sync" }}
-sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = 60, interval_secs = 0 }}
-retry = {{ jitter = false }}
-[dunning]
-interval_ms = 3600000
-"#,
+api = {{ base_url = "{}", token = "{TOKEN}", payment_method_id = "pm_sync" }}"#,
         server.uri()
     );
-    spawn_app(&config, Role::All).await
+    harness::app_with(&source, 60).await.1
 }
 
 async fn deliver(app: &TestApp, event_id: &str, body: &[u8]) {
-    let response = app.post_signed(SOURCE, event_id, body).await;
-    assert_eq!(response.status(), 202, "{event_id}");
+    harness::deliver(app, SOURCE, event_id, body).await
 }
 
 /// Posts an event the normalizer ignores (archived, no ledger change) and waits until it
 /// is archived: everything queued before it has been reconciled by then.
 async fn barrier(app: &TestApp, event_id: &str) -> i64 {
-    let before = app.db.count_events(Some(SOURCE)).await.unwrap();
-    let body = serde_json::to_vec(&json!({
+    let ignored = serde_json::to_vec(&json!({
         "type": "checkout.created", "timestamp": "2024-06-20T08:00:00Z",
         "data": {"id": event_id, "status": "open"},
     }))
     .unwrap();
-    deliver(app, event_id, &body).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.db.count_events(Some(SOURCE)).await.unwrap() > before
-        })
-        .await,
-        "barrier {event_id} archived"
-    );
-    app.db.count_events(Some(SOURCE)).await.unwrap()
+    harness::barrier(app, SOURCE, event_id, &ignored).await
 }
 
 fn expected_states() -> Vec<(String, String)> {
@@ -277,12 +255,6 @@ fn expected_states() -> Vec<(String, String)> {
     ]
     .map(|(a, s)| (a.to_owned(), s.to_owned()))
     .to_vec()
-}
-
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .with_timezone(&Utc)
 }
 
 #[tokio::test]

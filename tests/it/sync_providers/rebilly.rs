@@ -11,12 +11,13 @@ use std::{
     time::Duration,
 };
 
+use super::harness::{self, pairs, state};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::{app::Role, sync::RunOptions};
+use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::common::{TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
+use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
 
 const SOURCE: &str = "rebilly";
 const API_KEY: &str = "sk_sandbox_rebilly_sync";
@@ -142,34 +143,21 @@ impl Respond for FakeOrders {
 }
 
 async fn rebilly_api(fake: FakeOrders) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(matchers::method("GET"))
+    let route = Mock::given(matchers::method("GET"))
         .and(matchers::path(LIST_PATH))
-        .and(matchers::header("reb-apikey", API_KEY))
-        .respond_with(fake)
-        .mount(&server)
-        .await;
-    server
+        .and(matchers::header("reb-apikey", API_KEY));
+    harness::serve(route, fake).await
 }
 
 async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
-[[sources]]
-id = "{SOURCE}"
+    let source = format!(
+        r#"id = "{SOURCE}"
 provider = "rebilly"
 basic_auth = {{ username = "rebilly", password = "s3cret-basic-pass" }}
-api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}
-sync = {{ page_size = 2, min_interval_ms = 1, interval_secs = 0, max_page_retries = 3, lookback_secs = 3600 }}
-retry = {{ jitter = false }}
-[dunning]
-interval_ms = 3600000
-"#,
+api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}"#,
         server.uri()
     );
-    let app = spawn_app(&config, Role::All).await;
-    (config, app)
+    harness::app_with(&source, 3600).await
 }
 
 /// A subscription order as Rebilly lists it, with its recent invoice embedded when given.
@@ -295,25 +283,10 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
     Dataset { orders, webhooks }
 }
 
-fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    items
-        .iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect()
-}
-
 /// Each order's (status, provider status), `None` when the ledger does not know it.
 async fn order_states(app: &TestApp) -> Vec<Option<(String, String)>> {
-    let mut states = Vec::new();
-    for id in ["ord_1", "ord_2", "ord_3", "ord_4", "ord_5", "ord_6"] {
-        let view = app.db.subscription(SOURCE, id).await.unwrap();
-        states.push(view.and_then(|v| Some((v.status?, v.provider_status?))));
-    }
-    states
-}
-
-fn state(status: &str, provider: &str) -> Option<(String, String)> {
-    Some((status.to_owned(), provider.to_owned()))
+    let ids = ["ord_1", "ord_2", "ord_3", "ord_4", "ord_5", "ord_6"];
+    harness::subscription_states(app, SOURCE, &ids).await
 }
 
 fn healed_attempts() -> Vec<(String, String)> {

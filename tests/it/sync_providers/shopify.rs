@@ -12,13 +12,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::harness;
 use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::{app::Role, sync::RunOptions};
+use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::common::{self, TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
+use crate::common::{self, TestApp, TestConfig, attempt_states, eventually, sync};
 
 const SOURCE: &str = "shopify";
 const TOKEN: &str = "shpat_sync_0123456789";
@@ -274,37 +275,24 @@ impl Respond for FakeShopify {
 }
 
 async fn shopify_api(fake: FakeShopify) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(matchers::method("POST"))
+    let route = Mock::given(matchers::method("POST"))
         .and(matchers::path(format!(
             "/admin/api/{API_VERSION}/graphql.json"
         )))
         .and(matchers::header("x-shopify-access-token", TOKEN))
-        .and(matchers::header("content-type", "application/json"))
-        .respond_with(fake)
-        .mount(&server)
-        .await;
-    server
+        .and(matchers::header("content-type", "application/json"));
+    harness::serve(route, fake).await
 }
 
 async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
-[[sources]]
-id = "{SOURCE}"
+    let source = format!(
+        r#"id = "{SOURCE}"
 provider = "shopify"
 secrets = ["shpss_sync_client_secret"]
-api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}
-sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = 60, interval_secs = 0 }}
-retry = {{ jitter = false }}
-[dunning]
-interval_ms = 3600000
-"#,
+api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}"#,
         server.uri()
     );
-    let app = spawn_app(&config, Role::All).await;
-    (config, app)
+    harness::app_with(&source, 60).await
 }
 
 /// A `subscription_contracts/*` webhook body (the fields Shopify sends).
