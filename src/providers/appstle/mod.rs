@@ -1,4 +1,4 @@
-//! Appstle Subscriptions: Svix signatures (the verifier of `svix.rs`, delegated to), and
+//! Appstle Subscriptions: Svix signatures (the verifier of `schemes/svix.rs`, delegated to), and
 //! normalization of Appstle's `{"type": "...", "data": {...}}` envelope.
 //!
 //! Billing attempts (`subscription.billing-success|billing-failure|billing-skipped`,

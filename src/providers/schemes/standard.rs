@@ -4,7 +4,7 @@
 //! base64-decoded secret after an optional `whsec_` prefix, signature `v1,<base64>`,
 //! several space-separated signatures (rotation), ±300 s window both ways.
 //!
-//! The same verifier serves Svix/Appstle (other header names, see `svix.rs`) and Polar
+//! The same verifier serves Svix/Appstle (other header names, see `schemes/svix.rs`) and Polar
 //! (another key decoding, see `polar.rs`): they build it with [`StandardWebhooks::with`].
 
 use std::time::SystemTime;

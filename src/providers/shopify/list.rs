@@ -33,7 +33,7 @@
 //! `extensions.cost`; any other GraphQL error → `Rejected { status: 200 }`; 5xx →
 //! `Transient`; 401/403 → authentication failure (body not echoed); other 4xx → `Rejected`.
 //!
-//! # Records (the REST webhook bodies `shopify_normalize.rs` reads)
+//! # Records (the REST webhook bodies `webhook.rs` reads)
 //!
 //! | GraphQL state | topic (`x-shopify-topic`) | canonical |
 //! |---|---|---|

@@ -4,7 +4,7 @@
 //! prefixed name wins when both are present. Event id = `X-Shopify-Webhook-Id`. Shopify
 //! sends one signature: rotation is done by configuring the old and the new secret.
 //!
-//! # Normalization (in `shopify_normalize.rs`; the topic is the kept `x-shopify-topic`)
+//! # Normalization (in `webhook.rs`; the topic is the kept `x-shopify-topic`)
 //!
 //! | topic | canonical |
 //! |---|---|

@@ -7,7 +7,7 @@
 //! timestamp in the future is not), as in stripe-go and stripe-node. The event id is the
 //! body's `id` (`evt_...`), read only after the signature passed.
 //!
-//! # Normalization (in `stripe_normalize.rs`)
+//! # Normalization (in `webhook.rs`)
 //!
 //! | event type | canonical |
 //! |---|---|

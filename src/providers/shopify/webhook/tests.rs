@@ -1,4 +1,4 @@
-//! Unit tests of `shopify_normalize.rs`.
+//! Unit tests of Shopify's normalization (`webhook.rs`).
 
 use bytes::Bytes;
 use serde_json::{Value, json};

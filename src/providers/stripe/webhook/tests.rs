@@ -1,4 +1,4 @@
-//! Unit tests of `stripe_normalize.rs`.
+//! Unit tests of Stripe's normalization (`webhook.rs`).
 
 use serde_json::{Value, json};
 
