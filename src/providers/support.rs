@@ -330,6 +330,20 @@ pub(crate) fn stripe_subscription_status(
     })
 }
 
+/// Counts a provider word outside the vocabulary its definitions document (a new status,
+/// result or type): `subsync_unknown_provider_values_total{provider, field}`. The payload is
+/// still handled, in the way that cannot move state wrongly (the caller decides which);
+/// the word itself is logged at debug level, never used as a label.
+pub(crate) fn unknown_provider_value(provider: &'static str, field: &'static str, word: &str) {
+    metrics::counter!(
+        "subsync_unknown_provider_values_total",
+        "provider" => provider,
+        "field" => field
+    )
+    .increment(1);
+    tracing::debug!(provider, field, word, "unknown provider value tolerated");
+}
+
 /// A page size capped to the API's documented maximum (and at least 1).
 pub(crate) fn capped(page_size: u32, max: u32) -> u32 {
     page_size.clamp(1, max)
