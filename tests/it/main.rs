@@ -4,6 +4,9 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// Rebilly's webhook definitions as a test tool, the one the unit tests use.
+#[path = "../../src/providers/rebilly/webhook/definitions.rs"]
+mod rebilly_definitions;
 
 mod binary;
 mod broker_outage;

@@ -20,28 +20,32 @@
 //! with an equal `updatedTime` have no documented tie order.
 //!
 //! `expand=recentInvoice` embeds each order's most recent invoice. Every subscription order
-//! is rendered as the order webhook (`{subscriptionId, eventType, _embedded: {subscription}}`,
-//! the order as listed without its `_embedded`) whose event the normalizer maps; the
-//! normalizer takes the status from the order itself:
+//! is rendered as the order webhook (`SubscriptionWebhook`: `{subscriptionId, eventType,
+//! _embedded: {subscription}}`, the order as listed without its `_embedded`) of an event
+//! the normalizer maps; the normalizer takes the status from the order itself (an `active`
+//! order whose `billingStatus` is `past-due` is past_due):
 //!
-//! | order `status`                       | webhook `eventType`     | canonical status |
-//! |--------------------------------------|-------------------------|------------------|
-//! | `active`                             | `subscription-renewed`  | active           |
-//! | `suspended`                          | `subscription-renewed`  | past_due         |
-//! | `paused`                             | `subscription-paused`   | paused           |
-//! | `canceled`, `churned`, `abandoned`   | `subscription-canceled` | cancelled        |
-//! | `pending` (not started), other words | not rendered            | -                |
+//! | order `status`                                 | webhook `eventType`        | canonical status   |
+//! |------------------------------------------------|----------------------------|--------------------|
+//! | `active`                                       | `subscription-renewed`     | active / past_due  |
+//! | `paused`                                       | `subscription-paused`      | paused             |
+//! | `canceled`, `churned`, `abandoned`, `voided`   | `subscription-canceled`    | cancelled          |
+//! | `completed`                                    | `order-completed`          | expired            |
+//! | `trial-ended`                                  | `subscription-trial-ended` | expired            |
+//! | `pending` (not started), other words           | not rendered               | -                  |
 //!
 //! One-time orders (`orderType: one-time-order`) are no subscriptions and are not rendered.
 //! The recent invoice, when embedded, adds billing attempts:
 //! - `status: paid` → `invoice-paid` (`{invoiceId, eventType, _embedded: {invoice}}`, the
-//!   invoice webhook shape): a succeeded attempt `invoice-paid:{invoiceId}`, the same id the
-//!   real webhook gives, with the invoice's `amount`/`currency` and `paidTime`.
+//!   invoice webhook shape, the invoice with its `transactions`): a succeeded attempt with
+//!   the id the real webhook gives, the last approved sale or capture's transaction id
+//!   when the listing embeds the transactions, else `invoice-paid:{invoiceId}`.
 //! - each `sale`/`capture` transaction in the invoice's `transactions` whose `result` (or,
-//!   without one, `status`) the normalizer knows → `transaction-processed`
+//!   without one, `status`) is a word of the definitions → `transaction-processed`
 //!   (`{transactionId, eventType, _embedded: {transaction}}`); a `declined` one on a
-//!   `renewal` invoice → `renewal-invoice-payment-declined` with the invoice beside it
-//!   (the `InvoiceAndTransaction` shape), so the failure carries its invoice as cycle.
+//!   `renewal` invoice → `renewal-invoice-payment-declined` with the invoice (without its
+//!   `transactions`) beside it (the `InvoiceAndTransaction` shape), so the failure carries
+//!   its invoice as cycle.
 //!
 //! Amounts are embedded exactly as Rebilly wrote them (raw JSON, never through f64).
 //! Keys: `order:{id}`, `invoice:{id}`, `transaction:{id}`.
@@ -68,6 +72,8 @@ use crate::config::ApiSettings;
 use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::{Credential, Endpoint, ProviderApiError, read};
 use crate::providers::support::capped;
+
+use super::webhook::{TRANSACTION_RESULTS, TRANSACTION_STATUSES};
 
 /// Rebilly's maximum `limit`.
 const MAX_LIMIT: u32 = 1000;
@@ -287,9 +293,11 @@ fn render(raw: &RawValue) -> Vec<Record> {
 /// The webhook whose event the normalizer maps for an order in this status.
 fn subscription_event(status: &str) -> Option<&'static str> {
     match status {
-        "active" | "suspended" => Some("subscription-renewed"),
+        "active" => Some("subscription-renewed"),
         "paused" => Some("subscription-paused"),
-        "canceled" | "churned" | "abandoned" => Some("subscription-canceled"),
+        "canceled" | "churned" | "abandoned" | "voided" => Some("subscription-canceled"),
+        "completed" => Some("order-completed"),
+        "trial-ended" => Some("subscription-trial-ended"),
         _ => None,
     }
 }
@@ -312,7 +320,6 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
     ) else {
         return Vec::new();
     };
-    fields.remove("transactions");
     fields.remove("_embedded");
     let mut records = Vec::new();
     if invoice.status.as_deref() == Some("paid") {
@@ -329,6 +336,7 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
         };
         records.push(Record::json(format!("invoice:{}", invoice.id), &hook));
     }
+    fields.remove("transactions");
     let renewal = invoice.kind.as_deref() == Some("renewal");
     for raw_tx in invoice.transactions.iter().flatten() {
         let Ok(tx) = serde_json::from_str::<TransactionView>(raw_tx.get()) else {
@@ -368,28 +376,13 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
     records
 }
 
-/// Whether the normalizer maps this transaction's `result` (or, without one, `status`).
+/// Whether this transaction's `result` (or, without one, `status`) is a word of the
+/// definitions (the normalizer would take another as pending).
 fn known_outcome(tx: &TransactionView) -> bool {
+    let known = |table: &[(&str, _)], word: &str| table.iter().any(|(w, _)| *w == word);
     match (tx.result.as_deref(), tx.status.as_deref()) {
-        (Some(result), _) => matches!(
-            result,
-            "approved" | "declined" | "abandoned" | "canceled" | "unknown"
-        ),
-        (None, Some(status)) => {
-            matches!(
-                status,
-                "completed"
-                    | "pending"
-                    | "offsite"
-                    | "sending-to-gateway"
-                    | "conn-error"
-                    | "timeout"
-                    | "never-sent"
-                    | "voided"
-                    | "declined"
-                    | "refunded"
-            ) || status.starts_with("waiting-")
-        }
+        (Some(result), _) => known(&TRANSACTION_RESULTS, result),
+        (None, Some(status)) => known(&TRANSACTION_STATUSES, status),
         (None, None) => false,
     }
 }
@@ -408,6 +401,8 @@ mod tests {
     use crate::providers::testing::{EMPTY_END, assert_unreadable, normalize_with, request};
     use crate::providers::testing::{api_settings, assert_errors_map};
 
+    use super::super::webhook::definitions::definitions;
+
     const KEY: &str = "sk_live_rebilly_123";
 
     fn client(server: &MockServer, base_path: &str) -> RebillyList {
@@ -415,16 +410,28 @@ mod tests {
         RebillyList::new(&api, crate::providers::http::http_client().unwrap())
     }
 
+    /// A subscription order as listed (`#/components/schemas/Subscription`).
     fn order(id: &str, status: &str) -> Value {
         json!({
             "id": id, "orderType": "subscription-order", "billingStatus": "paid",
             "websiteId": "web_1", "currency": "USD", "customerId": "cus_1",
+            "items": [{"plan": {"id": "plan_1"}, "quantity": 1}],
             "recentInvoiceId": "inv_1", "status": status, "autopay": true,
-            "renewalTime": "2019-09-24T14:15:22Z", "rebillNumber": 2,
+            "renewalTime": "2019-09-24T14:15:22Z", "rebillNumber": 2, "revision": 4,
             "lineItemSubtotal": {"currency": "USD", "amount": 49.95},
             "createdTime": "2019-07-24T14:15:22Z", "updatedTime": "2019-08-24T14:15:22Z",
             "_links": [{"rel": "self", "href": format!("https://api.rebilly.com/subscriptions/{id}")}]
         })
+    }
+
+    /// A rendered record's body, checked against Rebilly's definition of its webhook.
+    fn checked_body(record: &Record) -> Value {
+        let body: Value = serde_json::from_slice(&record.body).unwrap();
+        let event_type = body["eventType"].as_str().unwrap();
+        if let Err(errors) = definitions().check(event_type, &body) {
+            panic!("{}: {event_type} is not as defined: {errors:?}", record.key);
+        }
+        body
     }
 
     /// A list page, with its pagination headers.
@@ -599,32 +606,85 @@ mod tests {
     #[test]
     fn order_statuses_render_as_subscription_webhooks() {
         use SubscriptionStatus::*;
+        let past_due = |mut order: Value| {
+            order["billingStatus"] = json!("past-due");
+            order
+        };
         let table = [
-            ("active", "subscription-renewed", Active),
-            ("suspended", "subscription-renewed", PastDue),
-            ("paused", "subscription-paused", Paused),
-            ("canceled", "subscription-canceled", Cancelled),
-            ("churned", "subscription-canceled", Cancelled),
-            ("abandoned", "subscription-canceled", Cancelled),
+            (
+                order("ord_1", "active"),
+                "subscription-renewed",
+                Active,
+                "active",
+            ),
+            (
+                past_due(order("ord_1", "active")),
+                "subscription-renewed",
+                PastDue,
+                "past-due",
+            ),
+            (
+                order("ord_1", "paused"),
+                "subscription-paused",
+                Paused,
+                "paused",
+            ),
+            (
+                order("ord_1", "canceled"),
+                "subscription-canceled",
+                Cancelled,
+                "canceled",
+            ),
+            (
+                order("ord_1", "churned"),
+                "subscription-canceled",
+                Cancelled,
+                "churned",
+            ),
+            (
+                order("ord_1", "abandoned"),
+                "subscription-canceled",
+                Cancelled,
+                "abandoned",
+            ),
+            (
+                order("ord_1", "voided"),
+                "subscription-canceled",
+                Cancelled,
+                "voided",
+            ),
+            (
+                order("ord_1", "completed"),
+                "order-completed",
+                Expired,
+                "completed",
+            ),
+            (
+                order("ord_1", "trial-ended"),
+                "subscription-trial-ended",
+                Expired,
+                "trial-ended",
+            ),
         ];
-        for (status, event, expected) in table {
-            let records = rendered(&[order("ord_1", status)]);
+        for (listed, event, expected, word) in table {
+            let records = rendered(&[listed]);
             let [record] = records.as_slice() else {
-                panic!("{status}: {records:?}")
+                panic!("{word}: {records:?}")
             };
             assert_eq!(record.key, "order:ord_1");
-            let body: Value = serde_json::from_slice(&record.body).unwrap();
+            let body = checked_body(record);
             assert_eq!(body["eventType"], event);
             assert_eq!(body["subscriptionId"], "ord_1");
             assert!(body["_embedded"]["subscription"].get("_embedded").is_none());
             let change = subscription_change(record);
             assert_eq!(
                 (change.status, change.provider_status.as_str()),
-                (expected, status)
+                (expected, word)
             );
             assert_eq!(change.subscription_id, "ord_1");
             assert_eq!(change.customer_id.as_deref(), Some("cus_1"));
             assert_eq!(change.currency.as_deref(), Some("USD"));
+            assert_eq!(change.version, Some(4), "the order's revision");
             assert_eq!(
                 change.updated_at,
                 Some(Utc.with_ymd_and_hms(2019, 8, 24, 14, 15, 22).unwrap()),
@@ -632,12 +692,18 @@ mod tests {
             );
             assert_eq!(
                 change.current_period_end,
-                Some(Utc.with_ymd_and_hms(2019, 9, 24, 14, 15, 22).unwrap())
+                Some(Utc.with_ymd_and_hms(2019, 9, 24, 14, 15, 22).unwrap()),
+                "renewalTime, as the listed order has no currentPeriodEnd"
             );
         }
         let mut one_time = order("ord_9", "completed");
         one_time["orderType"] = json!("one-time-order");
-        let skipped = rendered(&[order("ord_8", "pending"), one_time, json!({"no": "id"})]);
+        let skipped = rendered(&[
+            order("ord_8", "pending"),
+            order("ord_7", "suspended"),
+            one_time,
+            json!({"no": "id"}),
+        ]);
         assert!(skipped.is_empty(), "{skipped:?}");
         // Byte-identical across renders: the sync event id stays the same.
         assert_eq!(
@@ -659,12 +725,15 @@ mod tests {
     fn a_paid_recent_invoice_renders_invoice_paid_with_its_exact_amount() {
         let body = order_with_invoice(
             r#"{"id":"inv_1","type":"renewal","subscriptionId":"ord_1","customerId":"cus_1",
-               "currency":"USD","amount":49.95,"amountDue":0,"status":"paid",
-               "paidTime":"2019-08-24T14:15:22Z","transactions":[]}"#,
+               "websiteId":"web_1","currency":"USD","amount":49.95,"amountDue":0,
+               "status":"paid","paidTime":"2019-08-24T14:15:22Z","transactions":[]}"#,
         );
         let page = only_page(&body, 1);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "invoice:inv_1"]);
+        for record in &page.records {
+            checked_body(record);
+        }
         let text = String::from_utf8(page.records[1].body.clone()).unwrap();
         assert!(text.contains("\"amount\":49.95"), "{text}");
         let a = attempt(&page.records[1]);
@@ -692,13 +761,13 @@ mod tests {
     #[test]
     fn recent_invoice_transactions_render_as_attempts() {
         let body = order_with_invoice(
-            r#"{"id":"inv_2","type":"renewal","subscriptionId":"ord_1","currency":"USD",
-               "amount":49.95,"status":"past-due","transactions":[
+            r#"{"id":"inv_2","type":"renewal","subscriptionId":"ord_1","customerId":"cus_1",
+               "websiteId":"web_1","currency":"USD","amount":49.95,"status":"past-due",
+               "transactions":[
                  {"id":"txn_1","type":"sale","status":"completed","result":"declined",
                   "amount":49.95,"currency":"USD","invoiceIds":["inv_2"],
                   "subscriptionIds":["ord_1"],"processedTime":"2019-08-24T14:15:22Z",
-                  "declineCode":"insufficient-funds",
-                  "gatewayResponse":{"code":"51","message":"Insufficient funds"}},
+                  "gateway":{"response":{"code":"51","message":"Insufficient funds"}}},
                  {"id":"txn_2","type":"sale","status":"completed","result":"approved",
                   "amount":49.95,"currency":"USD","invoiceIds":["inv_2"],
                   "processedTime":"2019-08-25T14:15:22Z"},
@@ -712,6 +781,9 @@ mod tests {
             ["order:ord_1", "transaction:txn_1", "transaction:txn_2"],
             "not paid: no invoice-paid; refunds and unknown words are not rendered"
         );
+        for record in &page.records {
+            checked_body(record);
+        }
         let declined: Value = serde_json::from_slice(&page.records[1].body).unwrap();
         assert_eq!(declined["eventType"], "renewal-invoice-payment-declined");
         assert_eq!(declined["invoiceId"], "inv_2");
@@ -733,7 +805,7 @@ mod tests {
             ),
             (Some("inv_2"), Some("ord_1"))
         );
-        assert_eq!(failed.error_code.as_deref(), Some("insufficient-funds"));
+        assert_eq!(failed.error_code.as_deref(), Some("51"));
         assert_eq!(failed.error_message.as_deref(), Some("Insufficient funds"));
         assert_eq!(failed.amount.as_ref().map(|m| m.minor), Some(4995));
 
@@ -757,15 +829,69 @@ mod tests {
     fn embedded_as_an_array_is_read_too() {
         let order = serde_json::to_string(&order("ord_1", "canceled")).unwrap();
         let body = format!(
-            "[{},\"_embedded\":[{{\"recentInvoice\":{{\"id\":\"inv_3\",\"status\":\"paid\",\"currency\":\"EUR\",\"amount\":10,\"paidTime\":\"2019-08-24T14:15:22Z\"}}}}]}}]",
+            "[{},\"_embedded\":[{{\"recentInvoice\":{{\"id\":\"inv_3\",\"customerId\":\"cus_1\",\"websiteId\":\"web_1\",\"status\":\"paid\",\"currency\":\"EUR\",\"amount\":10,\"paidTime\":\"2019-08-24T14:15:22Z\"}}}}]}}]",
             &order[..order.len() - 1]
         );
         let page = only_page(&body, 1);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "invoice:inv_3"]);
+        for record in &page.records {
+            checked_body(record);
+        }
         assert_eq!(
             attempt(&page.records[1]).amount.map(|m| m.minor),
             Some(1000)
         );
+    }
+
+    /// A paid invoice whose transactions are listed: `invoice-paid` names the approved sale,
+    /// so it and that sale's `transaction-processed` are one attempt, not two.
+    #[test]
+    fn a_paid_invoice_and_its_approved_sale_are_one_attempt() {
+        let body = order_with_invoice(
+            r#"{"id":"inv_5","type":"renewal","subscriptionId":"ord_1","customerId":"cus_1",
+               "websiteId":"web_1","currency":"USD","amount":49.95,"status":"paid",
+               "paidTime":"2019-08-26T14:15:22Z","transactions":[
+                 {"id":"txn_5","type":"sale","status":"completed","result":"declined",
+                  "amount":49.95,"currency":"USD","invoiceIds":["inv_5"],
+                  "processedTime":"2019-08-25T14:15:22Z"},
+                 {"id":"txn_6","type":"sale","status":"completed","result":"approved",
+                  "amount":49.95,"currency":"USD","invoiceIds":["inv_5"],
+                  "subscriptionIds":["ord_1"],"processedTime":"2019-08-26T14:15:22Z"}]}"#,
+        );
+        let page = only_page(&body, 1);
+        let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "order:ord_1",
+                "invoice:inv_5",
+                "transaction:txn_5",
+                "transaction:txn_6"
+            ]
+        );
+        for record in &page.records {
+            checked_body(record);
+        }
+        let (paid, sale) = (attempt(&page.records[1]), attempt(&page.records[3]));
+        assert_eq!(
+            (paid.attempt_id.as_str(), paid.status),
+            ("txn_6", AttemptStatus::Succeeded)
+        );
+        assert_eq!(
+            (
+                paid.attempt_id.as_str(),
+                paid.status,
+                paid.amount.as_ref(),
+                paid.cycle_id.as_deref()
+            ),
+            (
+                sale.attempt_id.as_str(),
+                sale.status,
+                sale.amount.as_ref(),
+                sale.cycle_id.as_deref()
+            )
+        );
+        assert_eq!(attempt(&page.records[2]).status, AttemptStatus::Failed);
     }
 }

@@ -1,48 +1,183 @@
-//! Rebilly normalization: `{eventType, transactionId?, invoiceId?, subscriptionId?,
-//! _embedded: {transaction?, invoice?, subscription?}}`.
-//!
-//! Amounts are decimals in major units (`49.95`) read exactly ([`DecimalText`]) with the
-//! object's `currency`; more decimals than the currency has, an unknown currency, or an
-//! amount without a currency is an error.
-//!
-//! Billing attempts (`attempt_id` = the transaction id, top-level `transactionId` or
-//! `_embedded.transaction.id`: each retry is a new transaction; `cycle_id` = `invoiceId`,
-//! else the embedded invoice's `id`, else the transaction's first `invoiceIds`;
-//! `subscription_id` = the invoice's `subscriptionId`, else top-level `subscriptionId`,
-//! else the transaction's first `subscriptionIds`; `amount` = the transaction's
-//! `amount`/`currency`, else the invoice's; `attempted_at` = the transaction's
-//! `processedTime`/`createdTime`, else the invoice's `paidTime`. Rebilly sends no retry
-//! schedule or count in these payloads, so `next_attempt_at`/`attempt_count` stay `None`):
-//! - `transaction-processed` → status from the transaction: `status` `refunded` → refunded;
-//!   else `result` approved → succeeded, declined/abandoned/canceled → failed, unknown →
-//!   pending; with no `result`, `status` completed → succeeded, pending/waiting-*/offsite/
-//!   sending-to-gateway → pending, conn-error/timeout/never-sent/voided/declined → failed.
-//!   Another word is an error. `provider_status` = `result`, else `status`.
-//! - `transaction-declined`, `renewal-invoice-payment-declined` → failed.
-//! - `invoice-paid` → succeeded; without any transaction the attempt id is
-//!   `invoice-paid:{invoiceId}` (an invoice is paid once, so the id is stable).
-//! - For failed attempts, `error_code` = the transaction's `declineCode`, else
-//!   `gatewayResponse.code`; `error_message` = `gatewayResponse.message` (or
-//!   `gatewayResponse` itself when it is a string), else `message`.
-//!
-//! Subscription changes (`subscription-renewed|canceled|paused|resumed`): `subscription_id`
-//! = `_embedded.subscription.id`, else `subscriptionId`; status from the subscription's
-//! `status` (pending → pending, active → active, paused → paused, canceled/churned/abandoned
-//! → cancelled, suspended → past_due, completed/trial-ended → expired; another word is an
-//! error), else from the event (renewed/resumed → active, canceled → cancelled, paused →
-//! paused); `currency`, `customerId`, `renewalTime` as `current_period_end`, `updatedTime`.
-//!
-//! Every other type is ignored.
+//! Rebilly webhook bodies (the seven request bodies of Rebilly's `#/webhooks`) → canonical
+//! events. The mapping is the specification header of `mod.rs`; [`DECISIONS`] is its event
+//! table in code, checked against Rebilly's definitions by the tests.
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
 };
 use crate::money::{DecimalText, Money};
-use crate::providers::support::parse_payload;
-use crate::providers::support::{Id, currency_code, first_id, missing, opt_time, text};
+use crate::providers::support::{
+    Id, currency_code, first_id, missing, opt_time, parse_payload, parse_time, text,
+    unknown_provider_value,
+};
 use crate::providers::{NormalizeError, Normalized};
+
+/// The `provider` label of the unknown-value counter.
+const PROVIDER: &str = "rebilly";
+
+/// What an event type becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// A billing attempt of the embedded `transaction` when it is a `sale` or `capture`
+    /// (any other transaction type is no charge, and the event is ignored).
+    Attempt(Outcome),
+    /// `invoice-paid`: the payment that paid the invoice.
+    InvoicePaid,
+    /// A subscription change from the embedded order (a one-time order is ignored).
+    Subscription,
+    /// Archived only, for this reason.
+    Ignored(&'static str),
+}
+
+/// The attempt status an attempt event gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// From the transaction's `result` and `status`.
+    FromTransaction,
+    /// Failed: the event is the decline.
+    Declined,
+    /// The (parent) transaction was refunded in full.
+    Refunded,
+    /// Part of the (parent) transaction was refunded: the charge stands.
+    PartiallyRefunded,
+    /// The (parent) transaction was voided before it settled.
+    Voided,
+}
+
+use Decision::{Attempt, Ignored, InvoicePaid, Subscription};
+
+const NO_PAYMENT_OUTCOME: &str = "reports on a transaction without changing its outcome";
+const INVOICE_DOCUMENT: &str = "the invoice document changed; no payment was made or failed";
+const REFUND_PER_TRANSACTION: &str =
+    "a refund is taken from the refunded transaction (transaction-refunded)";
+const DUNNING_END: &str =
+    "the invoice is given up; the order's own change arrives as a subscription event";
+const SCHEDULED_PAUSE: &str =
+    "a pause being scheduled; the order's transition arrives as subscription-paused/-resumed";
+const REMINDER: &str = "a reminder to the customer; nothing changed";
+
+/// Every event type in Rebilly's definitions (the `#/webhooks` keys and the `eventType`
+/// enums of the webhook bodies) and what it becomes. A type not listed is ignored too.
+pub(super) const DECISIONS: &[(&str, Decision)] = &[
+    // TransactionWebhook
+    ("transaction-processed", Attempt(Outcome::FromTransaction)),
+    ("transaction-declined", Attempt(Outcome::Declined)),
+    (
+        "transaction-timeout-resolved",
+        Attempt(Outcome::FromTransaction),
+    ),
+    (
+        "offsite-payment-completed",
+        Attempt(Outcome::FromTransaction),
+    ),
+    (
+        "waiting-gateway-transaction-completed",
+        Attempt(Outcome::FromTransaction),
+    ),
+    (
+        "transaction-process-requested",
+        Ignored("a request before processing; transaction-processed follows with the outcome"),
+    ),
+    ("transaction-reconciled", Ignored(NO_PAYMENT_OUTCOME)),
+    ("transaction-discrepancy-found", Ignored(NO_PAYMENT_OUTCOME)),
+    (
+        "transaction-amount-discrepancy-found",
+        Ignored(NO_PAYMENT_OUTCOME),
+    ),
+    ("risk-score-changed", Ignored(NO_PAYMENT_OUTCOME)),
+    (
+        "gateway-account-requested",
+        Ignored("about a gateway account, not a payment"),
+    ),
+    (
+        "autodeposit-lookup-performed",
+        Ignored("a deposit lookup, not a payment outcome"),
+    ),
+    // TransactionWithChildWebhook
+    ("transaction-refunded", Attempt(Outcome::Refunded)),
+    (
+        "transaction-partially-refunded",
+        Attempt(Outcome::PartiallyRefunded),
+    ),
+    ("transaction-voided", Attempt(Outcome::Voided)),
+    // InvoiceWebhook
+    ("invoice-paid", InvoicePaid),
+    (
+        "invoice-partially-paid",
+        Ignored("the payment arrives as its transaction's webhook; the invoice stays open"),
+    ),
+    (
+        "invoice-past-due",
+        Ignored(
+            "the failed payment arrives as its transaction's webhook, the order's past-due as its billingStatus",
+        ),
+    ),
+    ("invoice-created", Ignored(INVOICE_DOCUMENT)),
+    ("invoice-issued", Ignored(INVOICE_DOCUMENT)),
+    ("invoice-modified", Ignored(INVOICE_DOCUMENT)),
+    ("invoice-reissued", Ignored(INVOICE_DOCUMENT)),
+    ("invoice-tax-calculation-failed", Ignored(INVOICE_DOCUMENT)),
+    ("invoice-past-due-reminder", Ignored(REMINDER)),
+    ("invoice-voided", Ignored(DUNNING_END)),
+    ("invoice-abandoned", Ignored(DUNNING_END)),
+    ("invoice-refunded", Ignored(REFUND_PER_TRANSACTION)),
+    (
+        "invoice-partially-refunded",
+        Ignored(REFUND_PER_TRANSACTION),
+    ),
+    // RenewalInvoiceIssued
+    (
+        "renewal-invoice-issued",
+        Ignored("the renewal invoice is issued; no payment was tried yet"),
+    ),
+    // InvoiceAndTransaction
+    (
+        "renewal-invoice-payment-declined",
+        Attempt(Outcome::Declined),
+    ),
+    (
+        "renewal-invoice-payment-canceled",
+        Attempt(Outcome::FromTransaction),
+    ),
+    // SubscriptionWebhook (plus subscription-created, which uses that body without being
+    // in its enum, and the experimental orders variant of subscription-renewed)
+    ("subscription-created", Subscription),
+    ("subscription-activated", Subscription),
+    ("subscription-reactivated", Subscription),
+    ("subscription-renewed", Subscription),
+    ("orders-experimental-subscription-renewed", Subscription),
+    ("subscription-canceled", Subscription),
+    ("subscription-churned", Subscription),
+    ("subscription-modified", Subscription),
+    ("subscription-items-changed", Subscription),
+    ("subscription-upgraded", Subscription),
+    ("subscription-downgraded", Subscription),
+    ("subscription-trial-converted", Subscription),
+    ("subscription-trial-ended", Subscription),
+    ("subscription-trial-end-changed", Subscription),
+    ("order-completed", Subscription),
+    ("order-abandoned", Subscription),
+    ("order-delinquency-reached", Subscription),
+    ("subscription-renewal-reminder", Ignored(REMINDER)),
+    ("subscription-trial-end-reminder", Ignored(REMINDER)),
+    // SubscriptionAndSubscriptionPause
+    ("subscription-paused", Subscription),
+    ("subscription-resumed", Subscription),
+    ("subscription-pause-created", Ignored(SCHEDULED_PAUSE)),
+    ("subscription-pause-modified", Ignored(SCHEDULED_PAUSE)),
+    ("subscription-pause-revoked", Ignored(SCHEDULED_PAUSE)),
+];
+
+/// The decision for `event_type`, `None` for a type Rebilly's definitions do not list.
+pub(super) fn decision(event_type: &str) -> Option<Decision> {
+    DECISIONS
+        .iter()
+        .find(|(t, _)| *t == event_type)
+        .map(|(_, d)| *d)
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -56,16 +191,20 @@ struct Payload {
 }
 
 impl Payload {
+    fn embedded(&self) -> Option<&Embedded> {
+        self.embedded.as_ref()
+    }
+
     fn transaction(&self) -> Option<&Transaction> {
-        self.embedded.as_ref()?.transaction.as_ref()
+        self.embedded()?.transaction.as_ref()
     }
 
     fn invoice(&self) -> Option<&Invoice> {
-        self.embedded.as_ref()?.invoice.as_ref()
+        self.embedded()?.invoice.as_ref()
     }
 
-    fn subscription(&self) -> Option<&Subscription> {
-        self.embedded.as_ref()?.subscription.as_ref()
+    fn subscription(&self) -> Option<&Order> {
+        self.embedded()?.subscription.as_ref()
     }
 }
 
@@ -73,28 +212,48 @@ impl Payload {
 struct Embedded {
     transaction: Option<Transaction>,
     invoice: Option<Invoice>,
-    subscription: Option<Subscription>,
+    subscription: Option<Order>,
+    pause: Option<Pause>,
 }
 
+/// `#/components/schemas/Transaction`, the fields read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Transaction {
     id: Option<Id>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
     result: Option<String>,
     status: Option<String>,
     amount: Option<DecimalText>,
     currency: Option<String>,
     #[serde(default)]
-    invoice_ids: Vec<Id>,
+    invoice_ids: Option<Vec<Id>>,
     #[serde(default)]
-    subscription_ids: Vec<Id>,
+    subscription_ids: Option<Vec<Id>>,
     processed_time: Option<String>,
     created_time: Option<String>,
-    decline_code: Option<String>,
-    gateway_response: Option<serde_json::Value>,
-    message: Option<String>,
+    /// `{response: {code, message, originalCode, originalMessage}, ...}`, read leniently.
+    gateway: Option<serde_json::Value>,
 }
 
+impl Transaction {
+    fn first_invoice(&self) -> Option<&Id> {
+        self.invoice_ids.as_ref()?.first()
+    }
+
+    fn first_subscription(&self) -> Option<&Id> {
+        self.subscription_ids.as_ref()?.first()
+    }
+
+    fn attempted(&self) -> Option<&str> {
+        self.processed_time
+            .as_deref()
+            .or(self.created_time.as_deref())
+    }
+}
+
+/// `#/components/schemas/Invoice`, the fields read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Invoice {
@@ -103,131 +262,286 @@ struct Invoice {
     amount: Option<DecimalText>,
     currency: Option<String>,
     paid_time: Option<String>,
+    #[serde(default)]
+    transactions: Option<Vec<Transaction>>,
 }
 
+/// `#/components/schemas/SubscriptionOrOneTimeSale` (an order), the fields read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Subscription {
+struct Order {
     id: Option<Id>,
+    order_type: Option<String>,
     status: Option<String>,
+    billing_status: Option<String>,
     currency: Option<String>,
     customer_id: Option<Id>,
+    current_period_end: Option<String>,
     renewal_time: Option<String>,
     updated_time: Option<String>,
+    revision: Option<i64>,
+}
+
+/// `#/components/schemas/SubscriptionPause`, the fields read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pause {
+    subscription_id: Option<Id>,
 }
 
 pub fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let p: Payload = parse_payload(body, "Rebilly")?;
-    let t = p.event_type.as_str();
-    let event = match t {
-        "transaction-processed" => attempt(t, &p, None)?,
-        "transaction-declined" | "renewal-invoice-payment-declined" => {
-            attempt(t, &p, Some(AttemptStatus::Failed))?
-        }
-        "invoice-paid" => attempt(t, &p, Some(AttemptStatus::Succeeded))?,
-        "subscription-renewed"
-        | "subscription-canceled"
-        | "subscription-paused"
-        | "subscription-resumed" => CanonicalEvent::Subscription(subscription(t, &p)?),
-        _ => return Ok(Normalized::ignored(p.event_type)),
+    let event = match decision(&p.event_type) {
+        Some(Attempt(outcome)) => attempt(&p, outcome)?,
+        Some(InvoicePaid) => Some(invoice_paid(&p)?),
+        Some(Subscription) => subscription(&p)?,
+        Some(Ignored(_)) | None => None,
     };
     Ok(Normalized {
         event_type: p.event_type,
-        events: vec![event],
+        events: event.into_iter().collect(),
     })
 }
 
-/// Canonical status of a transaction, from its `result`, or its `status` when it has none.
-fn transaction_status(tx: &Transaction) -> Result<(AttemptStatus, String), NormalizeError> {
-    use AttemptStatus::*;
-    let status = text(tx.status.as_ref()).map(|s| s.to_ascii_lowercase());
-    if status.as_deref() == Some("refunded") {
-        return Ok((Refunded, "refunded".to_owned()));
+/// `Transaction.type` (`#/components/schemas/Transaction/properties/type`).
+pub(super) const TRANSACTION_TYPES: [&str; 8] = [
+    "3ds-authentication",
+    "authorize",
+    "capture",
+    "credit",
+    "refund",
+    "sale",
+    "setup",
+    "void",
+];
+
+/// Whether the transaction takes money from the customer (`sale`, `capture`); an unknown
+/// type is counted and taken as no charge.
+fn is_charge(tx: &Transaction, t: &str) -> Result<bool, NormalizeError> {
+    let kind = text(tx.kind.as_ref())
+        .ok_or_else(|| missing(t, "_embedded.transaction.type"))?
+        .to_ascii_lowercase();
+    if !TRANSACTION_TYPES.contains(&kind.as_str()) {
+        unknown_provider_value(PROVIDER, "transaction.type", &kind);
     }
-    let unknown =
-        |w: &str| NormalizeError::Malformed(format!("unknown Rebilly transaction word {w:?}"));
-    if let Some(result) = text(tx.result.as_ref()) {
-        let mapped = match result.to_ascii_lowercase().as_str() {
-            "approved" => Succeeded,
-            "declined" | "abandoned" | "canceled" => Failed,
-            "unknown" => Pending,
-            _ => return Err(unknown(&result)),
-        };
-        return Ok((mapped, result));
-    }
-    let status =
-        status.ok_or_else(|| missing("transaction-processed", "transaction result or status"))?;
-    let mapped = match status.as_str() {
-        "completed" => Succeeded,
-        "pending" | "offsite" | "sending-to-gateway" => Pending,
-        s if s.starts_with("waiting-") => Pending,
-        "conn-error" | "timeout" | "never-sent" | "voided" | "declined" => Failed,
-        _ => return Err(unknown(&status)),
-    };
-    Ok((mapped, status))
+    Ok(matches!(kind.as_str(), "sale" | "capture"))
 }
 
-fn attempt(
+/// `Transaction.status`: every word of its enum and its status.
+pub(super) const TRANSACTION_STATUSES: [(&str, AttemptStatus); 15] = {
+    use AttemptStatus::*;
+    [
+        ("completed", Succeeded),
+        ("partially-refunded", Succeeded),
+        ("waiting-refund", Succeeded),
+        ("disputed", Succeeded),
+        ("pending", Pending),
+        ("offsite", Pending),
+        ("sending", Pending),
+        ("waiting-approval", Pending),
+        ("waiting-capture", Pending),
+        ("waiting-gateway", Pending),
+        ("conn-error", Failed),
+        ("timeout", Failed),
+        ("never-sent", Failed),
+        ("voided", Failed),
+        ("refunded", Refunded),
+    ]
+};
+
+/// `Transaction.result`: every word of its enum and its status.
+pub(super) const TRANSACTION_RESULTS: [(&str, AttemptStatus); 5] = {
+    use AttemptStatus::*;
+    [
+        ("approved", Succeeded),
+        ("declined", Failed),
+        ("abandoned", Failed),
+        ("canceled", Failed),
+        ("unknown", Pending),
+    ]
+};
+
+fn lookup<T: Copy, const N: usize>(table: &[(&str, T); N], word: &str) -> Option<T> {
+    let word = word.to_ascii_lowercase();
+    table.iter().find(|(w, _)| *w == word).map(|(_, v)| *v)
+}
+
+/// Canonical status of a transaction and the provider word kept beside it.
+fn transaction_status(
+    tx: &Transaction,
     t: &str,
-    p: &Payload,
-    fixed: Option<AttemptStatus>,
-) -> Result<CanonicalEvent, NormalizeError> {
-    let tx = p.transaction();
-    let invoice = p.invoice();
-    let invoice_id = first_id([
-        p.invoice_id.as_ref(),
-        invoice.and_then(|i| i.id.as_ref()),
-        tx.and_then(|tx| tx.invoice_ids.first()),
-    ]);
-    let tx_id = first_id([p.transaction_id.as_ref(), tx.and_then(|tx| tx.id.as_ref())]);
-    let attempt_id = match (tx_id, t, &invoice_id) {
-        (Some(id), _, _) => id,
-        (None, "invoice-paid", Some(invoice)) => format!("invoice-paid:{invoice}"),
-        _ => return Err(missing(t, "transactionId")),
-    };
-    let (status, provider_status) = match (fixed, tx) {
-        (None, Some(tx)) => transaction_status(tx)?,
-        (None, None) => return Err(missing(t, "_embedded.transaction")),
-        (Some(status), Some(tx)) => {
-            let word = text(tx.result.as_ref()).or(text(tx.status.as_ref()));
-            (status, word.unwrap_or_else(|| t.to_owned()))
+) -> Result<(AttemptStatus, String), NormalizeError> {
+    use AttemptStatus::*;
+    let status = text(tx.status.as_ref()).map(|w| {
+        let known = lookup(&TRANSACTION_STATUSES, &w);
+        if known.is_none() {
+            unknown_provider_value(PROVIDER, "transaction.status", &w);
         }
-        (Some(status), None) => (status, t.to_owned()),
+        (w, known)
+    });
+    let result = text(tx.result.as_ref()).map(|w| {
+        let known = lookup(&TRANSACTION_RESULTS, &w);
+        if known.is_none() {
+            unknown_provider_value(PROVIDER, "transaction.result", &w);
+        }
+        (w, known)
+    });
+    Ok(match (status, result) {
+        // The status says what happened after the result: refunded or voided.
+        (Some((word, Some(s @ (Refunded | Failed)))), _) if s == Refunded || is_void(&word) => {
+            (s, word)
+        }
+        // Approved, and money was taken even if part of it went back or is disputed.
+        (Some((word, Some(Succeeded))), Some((_, Some(Succeeded))))
+            if !word.eq_ignore_ascii_case("completed") =>
+        {
+            (Succeeded, word)
+        }
+        (_, Some((word, Some(status)))) => (status, word),
+        // An unknown result word: nothing is known yet.
+        (_, Some((word, None))) => (Pending, word),
+        (Some((word, Some(status))), None) => (status, word),
+        (Some((word, None)), None) => (Pending, word),
+        (None, None) => return Err(missing(t, "transaction result or status")),
+    })
+}
+
+fn is_void(word: &str) -> bool {
+    word.eq_ignore_ascii_case("voided")
+}
+
+/// An attempt event: the embedded transaction, when it is a charge.
+fn attempt(p: &Payload, outcome: Outcome) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    let t = p.event_type.as_str();
+    let tx = p
+        .transaction()
+        .ok_or_else(|| missing(t, "_embedded.transaction"))?;
+    if !is_charge(tx, t)? {
+        return Ok(None);
+    }
+    let attempt_id = first_id([tx.id.as_ref(), p.transaction_id.as_ref()])
+        .ok_or_else(|| missing(t, "transactionId"))?;
+    let (status, provider_status) = match outcome {
+        Outcome::FromTransaction => transaction_status(tx, t)?,
+        Outcome::Declined => {
+            let word = text(tx.result.as_ref()).or(text(tx.status.as_ref()));
+            (AttemptStatus::Failed, word.unwrap_or_else(|| t.to_owned()))
+        }
+        Outcome::Refunded => (AttemptStatus::Refunded, "refunded".to_owned()),
+        Outcome::PartiallyRefunded => (AttemptStatus::Succeeded, "partially-refunded".to_owned()),
+        Outcome::Voided => (AttemptStatus::Failed, "voided".to_owned()),
     };
-    let amount = match (
-        tx.and_then(|tx| tx.amount.as_ref()),
-        invoice.and_then(|i| i.amount.as_ref()),
-    ) {
-        (Some(amount), _) => Some(money(amount, tx.and_then(|tx| tx.currency.as_ref()), t)?),
+    let invoice = p.invoice();
+    let amount = match (&tx.amount, invoice.and_then(|i| i.amount.as_ref())) {
+        (Some(amount), _) => Some(money(amount, tx.currency.as_ref(), t)?),
         (None, Some(amount)) => Some(money(amount, invoice.and_then(|i| i.currency.as_ref()), t)?),
         (None, None) => None,
     };
-    let failed = status == AttemptStatus::Failed;
-    let (error_code, error_message) = match tx {
-        Some(tx) if failed => decline(tx),
-        _ => (None, None),
+    // The gateway's answer explains a decline; a voided charge's answer is its approval.
+    let declined = status == AttemptStatus::Failed && !is_void(&provider_status);
+    let (error_code, error_message) = if declined {
+        gateway_answer(tx)
+    } else {
+        (None, None)
     };
-    let attempted = match tx {
-        Some(tx) => tx.processed_time.as_deref().or(tx.created_time.as_deref()),
-        None => invoice.and_then(|i| i.paid_time.as_deref()),
-    };
-    Ok(CanonicalEvent::BillingAttempt(BillingAttempt {
+    Ok(Some(CanonicalEvent::BillingAttempt(BillingAttempt {
         attempt_id,
         subscription_id: first_id([
             invoice.and_then(|i| i.subscription_id.as_ref()),
             p.subscription_id.as_ref(),
-            tx.and_then(|tx| tx.subscription_ids.first()),
+            tx.first_subscription(),
         ]),
-        cycle_id: invoice_id,
+        cycle_id: first_id([
+            p.invoice_id.as_ref(),
+            invoice.and_then(|i| i.id.as_ref()),
+            tx.first_invoice(),
+        ]),
         status,
         provider_status,
         amount,
         error_code,
         error_message,
-        attempted_at: opt_time(attempted, "transaction processedTime")?,
+        attempted_at: opt_time(tx.attempted(), "transaction processedTime")?,
+        next_attempt_at: None,
+        attempt_count: None,
+    })))
+}
+
+/// `invoice-paid`: the last approved sale or capture in the invoice's `transactions` (the
+/// same attempt its transaction webhook reports), else the invoice itself.
+fn invoice_paid(p: &Payload) -> Result<CanonicalEvent, NormalizeError> {
+    let t = p.event_type.as_str();
+    let invoice = p.invoice();
+    let invoice_id = first_id([p.invoice_id.as_ref(), invoice.and_then(|i| i.id.as_ref())])
+        .ok_or_else(|| missing(t, "invoiceId"))?;
+    let paid_by = invoice.and_then(|i| last_approved_charge(i.transactions.as_deref()?));
+    let invoice_amount = |invoice: Option<&Invoice>| match invoice {
+        Some(Invoice {
+            amount: Some(amount),
+            currency,
+            ..
+        }) => money(amount, currency.as_ref(), t).map(Some),
+        _ => Ok(None),
+    };
+    let subscription_id = first_id([
+        invoice.and_then(|i| i.subscription_id.as_ref()),
+        p.subscription_id.as_ref(),
+        paid_by.as_ref().and_then(|(_, tx)| tx.first_subscription()),
+    ]);
+    let (attempt_id, provider_status, amount, attempted) = match paid_by {
+        Some((id, tx)) => {
+            let amount = match &tx.amount {
+                Some(amount) => Some(money(amount, tx.currency.as_ref(), t)?),
+                None => invoice_amount(invoice)?,
+            };
+            let word = text(tx.result.as_ref()).unwrap_or_else(|| t.to_owned());
+            let attempted = tx
+                .attempted()
+                .or(invoice.and_then(|i| i.paid_time.as_deref()));
+            (id, word, amount, attempted)
+        }
+        None => (
+            format!("invoice-paid:{invoice_id}"),
+            t.to_owned(),
+            invoice_amount(invoice)?,
+            invoice.and_then(|i| i.paid_time.as_deref()),
+        ),
+    };
+    Ok(CanonicalEvent::BillingAttempt(BillingAttempt {
+        attempt_id,
+        subscription_id,
+        cycle_id: Some(invoice_id),
+        status: AttemptStatus::Succeeded,
+        provider_status,
+        amount,
+        error_code: None,
+        error_message: None,
+        attempted_at: opt_time(attempted, "invoice paidTime")?,
         next_attempt_at: None,
         attempt_count: None,
     }))
+}
+
+/// The approved `sale`/`capture` with the latest `processedTime` (the later in the list on
+/// a tie or without times), with its id.
+fn last_approved_charge(transactions: &[Transaction]) -> Option<(String, &Transaction)> {
+    transactions
+        .iter()
+        .enumerate()
+        .filter(|(_, tx)| {
+            let word = |w: &Option<String>| text(w.as_ref()).map(|w| w.to_ascii_lowercase());
+            matches!(word(&tx.kind).as_deref(), Some("sale" | "capture"))
+                && word(&tx.result).as_deref() == Some("approved")
+        })
+        .filter_map(|(i, tx)| Some((first_id([tx.id.as_ref()])?, i, tx)))
+        .max_by_key(|(_, i, tx)| {
+            let at: Option<DateTime<Utc>> = tx
+                .processed_time
+                .as_deref()
+                .and_then(|s| parse_time(s, "processedTime").ok());
+            (at, *i)
+        })
+        .map(|(id, _, tx)| (id, tx))
 }
 
 fn money(
@@ -239,66 +553,141 @@ fn money(
     Ok(amount.to_money(&currency)?)
 }
 
-fn decline(tx: &Transaction) -> (Option<String>, Option<String>) {
-    let gateway = tx.gateway_response.as_ref();
-    let field = |name: &str| match gateway.and_then(|g| g.get(name)) {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+/// `gateway.response.code` / `.message`, each falling back to `originalCode` /
+/// `originalMessage`.
+fn gateway_answer(tx: &Transaction) -> (Option<String>, Option<String>) {
+    let field = |name: &str| match tx
+        .gateway
+        .as_ref()
+        .and_then(|g| g.pointer(&format!("/response/{name}")))
+    {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let code = text(tx.decline_code.as_ref()).or_else(|| field("code"));
-    let gateway_text = match gateway {
-        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        _ => field("message"),
-    };
-    (code, gateway_text.or(text(tx.message.as_ref())))
+    (
+        field("code").or_else(|| field("originalCode")),
+        field("message").or_else(|| field("originalMessage")),
+    )
 }
 
-fn subscription(t: &str, p: &Payload) -> Result<SubscriptionChange, NormalizeError> {
+/// `Subscription.status` (`#/components/schemas/Subscription/properties/status`): every
+/// word of its enum and its status.
+pub(super) const ORDER_STATUSES: [(&str, SubscriptionStatus); 9] = {
     use SubscriptionStatus::*;
-    let sub = p.subscription();
-    let subscription_id = first_id([sub.and_then(|s| s.id.as_ref()), p.subscription_id.as_ref()])
-        .ok_or_else(|| missing(t, "subscriptionId"))?;
-    let (status, provider_status) = match sub.and_then(|s| text(s.status.as_ref())) {
-        Some(word) => {
-            let status = match word.to_ascii_lowercase().as_str() {
-                "pending" => Pending,
-                "active" => Active,
-                "paused" => Paused,
-                "canceled" | "cancelled" | "churned" | "abandoned" => Cancelled,
-                "suspended" => PastDue,
-                "completed" | "trial-ended" => Expired,
-                _ => {
-                    let reason = format!("{t}: unknown Rebilly subscription status {word:?}");
-                    return Err(NormalizeError::Malformed(reason));
-                }
-            };
-            (status, word)
+    [
+        ("pending", Pending),
+        ("active", Active),
+        ("paused", Paused),
+        ("canceled", Cancelled),
+        ("churned", Cancelled),
+        ("abandoned", Cancelled),
+        ("voided", Cancelled),
+        ("completed", Expired),
+        ("trial-ended", Expired),
+    ]
+};
+
+/// `Subscription.billingStatus`: every word of its enum.
+pub(super) const BILLING_STATUSES: [&str; 10] = [
+    "draft",
+    "unpaid",
+    "past-due",
+    "abandoned",
+    "paid",
+    "voided",
+    "refunded",
+    "disputed",
+    "partially-refunded",
+    "partially-paid",
+];
+
+/// The status an order event names, for a body without the order's `status`.
+fn implied_status(t: &str) -> Option<SubscriptionStatus> {
+    use SubscriptionStatus::*;
+    Some(match t {
+        "subscription-canceled" | "subscription-churned" | "order-abandoned" => Cancelled,
+        "subscription-paused" => Paused,
+        "subscription-renewed"
+        | "orders-experimental-subscription-renewed"
+        | "subscription-resumed"
+        | "subscription-activated"
+        | "subscription-reactivated"
+        | "subscription-trial-converted" => Active,
+        "order-completed" | "subscription-trial-ended" => Expired,
+        _ => return None,
+    })
+}
+
+/// An order event: the embedded order's state, when it is a subscription order.
+fn subscription(p: &Payload) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    use SubscriptionStatus::*;
+    let t = p.event_type.as_str();
+    let order = p.subscription();
+    match order.and_then(|o| text(o.order_type.as_ref())).as_deref() {
+        None | Some("subscription-order") => {}
+        Some("one-time-order") => return Ok(None),
+        Some(other) => {
+            unknown_provider_value(PROVIDER, "subscription.orderType", other);
+            return Ok(None);
         }
-        None => {
-            let implied = match t {
-                "subscription-canceled" => Cancelled,
-                "subscription-paused" => Paused,
-                _ => Active,
-            };
-            (implied, t.to_owned())
-        }
+    }
+    let pause = p.embedded().and_then(|e| e.pause.as_ref());
+    let subscription_id = first_id([
+        order.and_then(|o| o.id.as_ref()),
+        p.subscription_id.as_ref(),
+        pause.and_then(|p| p.subscription_id.as_ref()),
+    ])
+    .ok_or_else(|| missing(t, "subscriptionId"))?;
+    let billing = order.and_then(|o| text(o.billing_status.as_ref()));
+    if let Some(word) = &billing
+        && !BILLING_STATUSES.contains(&word.to_ascii_lowercase().as_str())
+    {
+        unknown_provider_value(PROVIDER, "subscription.billingStatus", word);
+    }
+    let (status, provider_status) = match order.and_then(|o| text(o.status.as_ref())) {
+        Some(word) => match lookup(&ORDER_STATUSES, &word) {
+            Some(Active)
+                if billing
+                    .as_deref()
+                    .is_some_and(|b| b.eq_ignore_ascii_case("past-due")) =>
+            {
+                (PastDue, "past-due".to_owned())
+            }
+            Some(status) => (status, word),
+            None => {
+                // Not knowing the state, change nothing.
+                unknown_provider_value(PROVIDER, "subscription.status", &word);
+                return Ok(None);
+            }
+        },
+        None => match implied_status(t) {
+            Some(status) => (status, t.to_owned()),
+            None => return Err(missing(t, "_embedded.subscription.status")),
+        },
     };
-    let currency = sub
-        .and_then(|s| text(s.currency.as_ref()))
+    let currency = order
+        .and_then(|o| text(o.currency.as_ref()))
         .map(|c| currency_code(&c, "subscription.currency"))
         .transpose()?;
-    Ok(SubscriptionChange {
+    let period_end = order.and_then(|o| {
+        o.current_period_end
+            .as_deref()
+            .or(o.renewal_time.as_deref())
+    });
+    Ok(Some(CanonicalEvent::Subscription(SubscriptionChange {
         subscription_id,
         status,
         provider_status,
         currency,
-        customer_id: first_id([sub.and_then(|s| s.customer_id.as_ref())]),
-        current_period_end: opt_time(sub.and_then(|s| s.renewal_time.as_deref()), "renewalTime")?,
-        updated_at: opt_time(sub.and_then(|s| s.updated_time.as_deref()), "updatedTime")?,
-        version: None,
-    })
+        customer_id: first_id([order.and_then(|o| o.customer_id.as_ref())]),
+        current_period_end: opt_time(period_end, "currentPeriodEnd")?,
+        updated_at: opt_time(order.and_then(|o| o.updated_time.as_deref()), "updatedTime")?,
+        version: order.and_then(|o| o.revision),
+    })))
 }
 
+#[cfg(test)]
+pub(super) mod definitions;
 #[cfg(test)]
 mod tests;

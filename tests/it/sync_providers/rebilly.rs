@@ -18,6 +18,7 @@ use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
+use crate::rebilly_definitions::definitions;
 
 const SOURCE: &str = "rebilly";
 const API_KEY: &str = "sk_sandbox_rebilly_sync";
@@ -171,6 +172,7 @@ fn order(
     let mut order = json!({
         "id": id, "orderType": "subscription-order", "billingStatus": "unpaid",
         "websiteId": "web_1", "customerId": "cus_1", "currency": currency, "status": status,
+        "items": [{"plan": {"id": "plan_1"}, "quantity": 1}],
         "autopay": true, "renewalTime": "2026-12-21T10:00:00Z", "rebillNumber": 2,
         "lineItemSubtotal": {"currency": currency, "amount": 49.95},
         "createdTime": "2026-09-21T10:00:00Z", "updatedTime": rfc3339(updated),
@@ -187,35 +189,43 @@ fn order(
 fn paid_invoice(id: &str, order: &str, currency: &str, amount: f64, paid: &str) -> Value {
     json!({
         "id": id, "type": "renewal", "subscriptionId": order, "customerId": "cus_1",
-        "currency": currency, "amount": amount, "amountDue": 0, "status": "paid",
+        "websiteId": "web_1", "currency": currency, "amount": amount, "amountDue": 0,
+        "status": "paid",
         "paidTime": paid, "issuedTime": paid,
     })
+}
+
+/// A webhook body, checked against Rebilly's definitions.
+fn checked(body: Value) -> Vec<u8> {
+    let event_type = body["eventType"].as_str().unwrap();
+    if let Err(errors) = definitions().check(event_type, &body) {
+        panic!("{event_type}: {errors:?}");
+    }
+    serde_json::to_vec(&body).unwrap()
 }
 
 /// The order webhook Rebilly sends (`subscription-*`), the order without `_embedded`.
 fn order_webhook(event_type: &str, order: &Value) -> Vec<u8> {
     let mut subscription = order.clone();
     subscription.as_object_mut().unwrap().remove("_embedded");
-    serde_json::to_vec(&json!({
+    checked(json!({
         "subscriptionId": order["id"], "eventType": event_type,
         "_embedded": { "subscription": subscription },
     }))
-    .unwrap()
 }
 
 /// The `invoice-paid` webhook for a paid invoice.
 fn invoice_paid_webhook(invoice: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+    checked(json!({
         "invoiceId": invoice["id"], "eventType": "invoice-paid",
         "_embedded": { "invoice": invoice },
     }))
-    .unwrap()
 }
 
 /// Six orders, listed newest update first (page size 2: three pages):
 /// - `ord_6` one-time order and `ord_5` pending (not started): render nothing;
-/// - `ord_4` suspended, its renewal invoice declined (`txn_4`) and a refund beside it:
-///   missed entirely;
+/// - `ord_4` active but past due (`billingStatus`), its renewal invoice declined (`txn_4`)
+///   and a refund beside it: missed entirely;
 /// - `ord_3` canceled with a paid invoice: the webhooks only told it was active;
 /// - `ord_2` active with a paid invoice: both webhooks delivered;
 /// - `ord_1` paused two days ago with a paid EUR invoice: the order webhook delivered, the
@@ -226,6 +236,11 @@ struct Dataset {
     webhooks: Vec<(&'static str, Vec<u8>)>,
 }
 
+fn past_due(mut order: Value) -> Value {
+    order["billingStatus"] = json!("past-due");
+    order
+}
+
 fn dataset(now: DateTime<Utc>) -> Dataset {
     let minutes = |m: i64| now - chrono::Duration::minutes(m);
     let at = |m: i64| rfc3339(minutes(m));
@@ -233,14 +248,15 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
     one_time["orderType"] = json!("one-time-order");
     let declined = json!({
         "id": "inv_4", "type": "renewal", "subscriptionId": "ord_4", "customerId": "cus_1",
-        "currency": "USD", "amount": 49.95, "amountDue": 49.95, "status": "past-due",
+        "websiteId": "web_1", "currency": "USD", "amount": 49.95, "amountDue": 49.95,
+        "status": "past-due",
         "issuedTime": at(4),
         "transactions": [
             {"id": "txn_4", "type": "sale", "status": "completed", "result": "declined",
              "amount": 49.95, "currency": "USD", "customerId": "cus_1",
              "invoiceIds": ["inv_4"], "subscriptionIds": ["ord_4"], "processedTime": at(4),
-             "declineCode": "insufficient-funds",
-             "gatewayResponse": {"code": "51", "message": "Insufficient funds"}},
+             "gateway": {"response": {"code": "insufficient-funds",
+                 "message": "Insufficient funds", "originalCode": "51"}}},
             {"id": "txn_4r", "type": "refund", "status": "completed", "result": "approved",
              "amount": 1.00, "currency": "USD", "invoiceIds": ["inv_4"]},
         ],
@@ -274,7 +290,7 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
     // Listed in no particular order: the fake sorts as asked.
     let orders = vec![
         ord_1,
-        order("ord_4", "suspended", "USD", minutes(3), Some(declined)),
+        past_due(order("ord_4", "active", "USD", minutes(3), Some(declined))),
         one_time,
         ord_3,
         order("ord_5", "pending", "USD", minutes(2), None),
@@ -303,7 +319,7 @@ fn healed_orders() -> Vec<Option<(String, String)>> {
         state("paused", "paused"),
         state("active", "active"),
         state("cancelled", "canceled"),
-        state("past_due", "suspended"),
+        state("past_due", "past-due"),
         None,
         None,
     ]
