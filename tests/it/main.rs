@@ -21,6 +21,7 @@ mod ledger_concurrency;
 mod ledger_order;
 mod ledger_views;
 mod providers;
+mod rebilly_truth;
 mod supervision;
 mod sync;
 mod sync_providers;
