@@ -4,6 +4,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// Payloads generated from, and checked against, a provider's own definitions (the file
+/// the unit tests use, see `tests/fixtures/README.md`).
+#[path = "../../src/providers/testing/schema.rs"]
+mod schema;
 
 mod binary;
 mod broker_outage;
