@@ -31,7 +31,7 @@
 //! | 200 another word | `Transient` (the same call later), counted |
 //! | 409 `PaymentAlreadyInProgress` | `InProgress` |
 //! | 422 `OrderNotEligibleForRetry` | `NotEligible(detail)`, or `Declined` (below) |
-//! | 422 with a list `detail` (request validation) | `Rejected` |
+//! | 422 with another `error` or a list `detail` (request validation) | `Rejected` |
 //! | 429 `ManualRetryLimitExceeded` | `NotEligible(detail)`: a cap on manual retries of the order, waiting does not help |
 //! | 429 otherwise (the API's rate limit) | `RateLimited` with `Retry-After` |
 //! | 401, 403 | `Rejected`, the body not echoed |
@@ -45,7 +45,8 @@
 //! of a failure or a decline ("fail", "declin") without saying "not eligible" is a payment
 //! confirmation that failed, `Declined` with the detail as message (its bucket then comes
 //! from the policy: no code, `declined`); any other detail is `NotEligible`, as the error's
-//! name says.
+//! name says. A 422 with another `error` than the declared one (or a validation list) is
+//! about our request, not the order: `Rejected`.
 //!
 //! Polar's guard against a double charge is its 409 `PaymentAlreadyInProgress`; an
 //! `Idempotency-Key` header is sent as well but the operation declares no such parameter.
@@ -299,11 +300,16 @@ fn classify(
     let name = error.error.as_deref();
     match (code, detail) {
         (409, _) => Ok(CallOutcome::InProgress),
-        (422, Some(detail)) if confirmation_failed(&detail) => Ok(CallOutcome::Declined {
-            code: None,
-            message: Some(detail),
-        }),
-        (422, Some(detail)) => Ok(CallOutcome::NotEligible(detail)),
+        (422, Some(detail)) if name == Some("OrderNotEligibleForRetry") => {
+            if confirmation_failed(&detail) {
+                Ok(CallOutcome::Declined {
+                    code: None,
+                    message: Some(detail),
+                })
+            } else {
+                Ok(CallOutcome::NotEligible(detail))
+            }
+        }
         (429, detail) if name == Some("ManualRetryLimitExceeded") => Ok(CallOutcome::NotEligible(
             detail.unwrap_or_else(|| "ManualRetryLimitExceeded".to_owned()),
         )),

@@ -360,7 +360,17 @@ async fn the_422_tells_not_eligible_from_a_failed_confirmation_by_its_detail() {
             "{detail}"
         );
     }
-    // Polar's request validation error: our request's fault, not the order's state.
+    // Not the declared error: our request's fault (here, a method of another customer),
+    // not the order's state.
+    let foreign = ResponseTemplate::new(422).set_body_json(json!({
+        "error": "PaymentRetryValidationError",
+        "detail": "Payment method does not belong to customer"
+    }));
+    assert!(matches!(
+        once(foreign).await,
+        Err(ProviderApiError::Rejected { status: 422, message }) if message.contains("does not belong")
+    ));
+    // Polar's request validation error.
     let invalid = ResponseTemplate::new(422).set_body_json(
         json!({"detail": [{"loc": ["body", "payment_method_id"], "msg": "bad", "type": "uuid_parsing"}]}),
     );
