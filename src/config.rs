@@ -430,8 +430,9 @@ impl Default for RetryPolicySettings {
 }
 
 /// A provider API: where it is and how to authenticate. The token is the provider's: Stripe
-/// secret key, Shopify Admin access token, Appstle `X-API-Key`, Polar customer-session
-/// token. `env:NAME` is allowed for it.
+/// secret key, Shopify Admin access token, Appstle `X-API-Key`, Polar organization access
+/// token (it mints the customer sessions confirm-payment takes). `env:NAME` is allowed for
+/// it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub base_url: String,
@@ -439,7 +440,8 @@ pub struct ApiSettings {
     /// Shopify Admin API version (e.g. `2025-01`).
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Polar: the saved payment method to retry with.
+    /// Polar: the saved payment method to retry with; without it, each order's customer's
+    /// default payment method.
     #[serde(default)]
     pub payment_method_id: Option<String>,
     /// PayNow: the store whose subscriptions are synced (`/v1/stores/{store_id}/...`).

@@ -19,6 +19,8 @@ use crate::providers::Source;
 use crate::providers::contract::{Page, PageRequest, Record};
 use crate::providers::http::ProviderApiError;
 
+pub(crate) mod schema;
+
 /// Settings of a `kind` source that every connector accepts: a Standard Webhooks secret,
 /// Basic credentials (Rebilly) and an `[hmac]` table (the generic HMAC), no API.
 pub(crate) fn settings_for(kind: ProviderKind) -> SourceSettings {

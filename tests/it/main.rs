@@ -7,6 +7,10 @@ mod common;
 /// Rebilly's webhook definitions as a test tool, the one the unit tests use.
 #[path = "../../src/providers/rebilly/webhook/definitions.rs"]
 mod rebilly_definitions;
+/// Payloads generated from, and checked against, a provider's own definitions (the file
+/// the unit tests use, see `tests/fixtures/README.md`).
+#[path = "../../src/providers/testing/schema.rs"]
+mod schema;
 
 mod binary;
 mod broker_outage;

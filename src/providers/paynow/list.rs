@@ -19,25 +19,32 @@
 //! not rendered (it is unchanged since the last run); one without any readable time is.
 //!
 //! Each subscription renders as the webhook PayNow sends for its state, envelope
-//! `{"event_type", "event_id", "body"}` with the subscription DTO as `body` (read by the
-//! normalizer: `id`, `status`, `currency`, `customer.id`, `current_period_end`,
-//! `updated_at`). `event_id` is `sync:{id}:{16 hex of SHA-256 of the DTO}`: the same for an
-//! unchanged subscription, new for any change. Key: `subscription:{id}`.
+//! `{"event_type", "event_id", "body"}` with the `SubscriptionDto` as `body` (read by the
+//! normalizer: `id`, `status`, `past_due`, `currency`, `customer.id`,
+//! `current_period_end`, `updated_at`). `event_id` is `sync:{id}:{16 hex of SHA-256 of the
+//! DTO}`: the same for an unchanged subscription, new for any change. Key:
+//! `subscription:{id}`.
 //!
-//! | DTO `status` | webhook `event_type`                                             | canonical |
-//! |--------------|------------------------------------------------------------------|-----------|
-//! | `active`     | `ON_SUBSCRIPTION_ACTIVATED` (`billing_cycle_sequence` ≤ 1 or none) | active    |
-//! | `active`     | `ON_SUBSCRIPTION_RENEWED` (later cycles)                           | active    |
-//! | `canceled`   | `ON_SUBSCRIPTION_CANCELED`                                         | cancelled |
-//! | `created`    | not rendered (never activated, no webhook the normalizer maps)     | -         |
+//! | DTO `status` (`SubscriptionStatusDto`) | webhook `event_type` | canonical |
+//! |---|---|---|
+//! | `active` | `ON_SUBSCRIPTION_ACTIVATED` (`billing_cycle_sequence` ≤ 1 or none) | active; past_due with `past_due: true` |
+//! | `active` | `ON_SUBSCRIPTION_RENEWED` (later cycles) | active; past_due with `past_due: true` |
+//! | `canceled` | `ON_SUBSCRIPTION_CANCELED` | cancelled |
+//! | `created` | not rendered (never activated, no webhook the normalizer maps) | - |
+//! | `invalid` | not rendered (undescribed in the definitions; PayNow sends no webhook for it) | - |
+//! | any other word | not rendered, counted (`subsync_provider_unknown_values_total{provider="paynow",field="subscription.status"}`) | - |
+//!
+//! `past_due` ("Whether the subscription is past due, and is in a dunning (retrying)
+//! state") is a flag beside `status`, not a status: an active subscription with it is
+//! past due. The webhooks' subscription body has no such flag.
 //!
 //! Knowingly not covered: billing attempts. The DTO carries `attempt_count` and
 //! `next_attempt_at` of the current cycle but no payment id, amount charged or decline
 //! reason, and PayNow's own `ON_PAYMENT_COMPLETED`/`ON_PAYMENT_FAILED` carry the payment
 //! id as the attempt id; an attempt made up from the subscription would be a second attempt
-//! beside the real one (as the normalizer notes, no attempt is invented). A failed renewal
-//! is therefore not healed by this listing; the management payments listing would be the
-//! source for that.
+//! beside the real one. A failed renewal is therefore not healed by this listing (the
+//! subscription's past-due state is); the management payments listing would be the source
+//! for that.
 //!
 //! PayNow publishes no rate limit for the Management API; the default pause is a
 //! conservative 250 ms (4 requests per second), and a 429 is honoured with `Retry-After`.
@@ -185,7 +192,7 @@ fn changed_since(sub: &Value, since: Option<DateTime<Utc>>) -> bool {
 }
 
 /// The webhook PayNow sends for a subscription in this state, or `None` (never activated,
-/// unknown status, no id).
+/// invalid, an unknown status, no id).
 fn render(sub: Value) -> Option<Record> {
     let id = sub.get("id").and_then(flake_id)?;
     let status = sub.get("status")?.as_str()?.to_ascii_lowercase();
@@ -198,10 +205,10 @@ fn render(sub: Value) -> Option<Record> {
                 "ON_SUBSCRIPTION_RENEWED"
             }
         }
-        "canceled" | "cancelled" => "ON_SUBSCRIPTION_CANCELED",
-        "created" => return None,
+        "canceled" => "ON_SUBSCRIPTION_CANCELED",
+        "created" | "invalid" => return None,
         other => {
-            tracing::warn!(subscription = %id, status = other, "PayNow subscription status not rendered");
+            super::webhook::unknown("subscription.status", other);
             return None;
         }
     };
@@ -223,6 +230,8 @@ mod tests {
     use super::*;
     use crate::canonical::{CanonicalEvent, SubscriptionChange, SubscriptionStatus};
     use crate::config::ProviderKind;
+    use crate::providers::paynow::definitions;
+    use crate::providers::testing::schema::set;
     use crate::providers::testing::{EMPTY_END, assert_unreadable, normalize_with, request};
     use crate::providers::testing::{api_settings, assert_errors_map};
 
@@ -237,24 +246,46 @@ mod tests {
         PayNowList::new(&api, crate::providers::http::http_client().unwrap())
     }
 
+    /// A `SubscriptionDto` as the management API lists it, generated from its schema and
+    /// checked valid (when `status` is one of `SubscriptionStatusDto`).
     fn subscription(id: &str, status: &str, cycle: Option<u64>) -> Value {
-        json!({
-            "id": id, "pretty_id": "SUB-1", "store_id": STORE,
-            "customer": {"id": "411486491630370555", "store_id": STORE, "metadata": {},
-                "created_at": "2024-01-01T00:00:00Z"},
-            "status": status, "gift": false, "product_id": "411486491630370100",
-            "product_version_id": "411486491630370101", "product_name": "VIP",
-            "interval_value": 1, "interval_scale": "month", "currency": "eur",
-            "tax_inclusive": true, "price": 999, "price_str": "9.99", "discount_amount": 0,
-            "subtotal_amount": 999, "tax_amount": 0, "total_amount": 999, "total_amount_str": "9.99",
-            "current_period_start": "2024-11-12T10:30:00Z",
-            "current_period_end": "2024-12-12T10:30:00Z",
-            "billing_cycle_sequence": cycle, "next_attempt_at": null, "attempt_count": 0,
-            "created_at": "2024-10-12T10:30:00Z", "updated_at": "2024-11-12T10:30:00Z",
-            "active_at": "2024-10-12T10:31:00Z",
-            "canceled_at": if status == "canceled" { json!("2024-11-12T10:30:00Z") } else { Value::Null },
-            "cancel_reason": null
-        })
+        let spec = &definitions().1;
+        let mut sub = spec.generate(spec.schema("SubscriptionDto"));
+        let canceled = status == "canceled";
+        for (pointer, value) in [
+            ("/id", json!(id)),
+            ("/store_id", json!(STORE)),
+            ("/customer/id", json!("411486491630370555")),
+            ("/customer/store_id", json!(STORE)),
+            ("/status", json!(status)),
+            ("/past_due", json!(false)),
+            ("/currency", json!("eur")),
+            ("/total_amount", json!(999)),
+            ("/current_period_start", json!("2024-11-12T10:30:00Z")),
+            ("/current_period_end", json!("2024-12-12T10:30:00Z")),
+            ("/billing_cycle_sequence", json!(cycle)),
+            ("/next_attempt_at", Value::Null),
+            ("/attempt_count", json!(0)),
+            ("/created_at", json!("2024-10-12T10:30:00Z")),
+            ("/updated_at", json!("2024-11-12T10:30:00Z")),
+            ("/active_at", json!("2024-10-12T10:31:00Z")),
+            (
+                "/canceled_at",
+                json!(canceled.then_some("2024-11-12T10:30:00Z")),
+            ),
+            ("/cancel_reason", Value::Null),
+        ] {
+            set(&mut sub, pointer, value);
+        }
+        let known = spec.schema("SubscriptionStatusDto")["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(status));
+        if known {
+            let errors = spec.validate(&sub, spec.schema("SubscriptionDto"));
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
+        sub
     }
 
     fn ok(items: Vec<Value>) -> ResponseTemplate {
@@ -421,7 +452,12 @@ mod tests {
             );
         }
         assert_eq!(render(subscription("1", "created", None)), None);
-        assert_eq!(render(subscription("1", "zombie", None)), None);
+        assert_eq!(render(subscription("1", "invalid", None)), None);
+        assert_eq!(
+            render(subscription("1", "zombie", None)),
+            None,
+            "counted, not rendered"
+        );
         assert_eq!(render(json!({"status": "active"})), None, "no id");
         // Numeric flake ids stay exact.
         let mut numeric = subscription("1", "active", Some(1));
@@ -430,6 +466,75 @@ mod tests {
             render(numeric).unwrap().key,
             "subscription:411486491630370817"
         );
+    }
+
+    #[test]
+    fn an_active_subscription_past_due_is_past_due() {
+        for (cycle, event) in [
+            (Some(1), "ON_SUBSCRIPTION_ACTIVATED"),
+            (Some(3), "ON_SUBSCRIPTION_RENEWED"),
+        ] {
+            let mut sub = subscription("411486491630370817", "active", cycle);
+            sub["past_due"] = json!(true);
+            sub["attempt_count"] = json!(2);
+            sub["next_attempt_at"] = json!("2024-11-15T10:30:00Z");
+            let record = render(sub).unwrap();
+            let body: Value = serde_json::from_slice(&record.body).unwrap();
+            assert_eq!(body["event_type"], event);
+            assert_eq!(body["body"]["past_due"], true);
+            let c = change(&record);
+            assert_eq!(
+                (c.status, c.provider_status.as_str()),
+                (SubscriptionStatus::PastDue, "active")
+            );
+        }
+        // A canceled one stays cancelled whatever the flag says.
+        let mut sub = subscription("411486491630370817", "canceled", Some(3));
+        sub["past_due"] = json!(true);
+        assert_eq!(
+            change(&render(sub).unwrap()).status,
+            SubscriptionStatus::Cancelled
+        );
+    }
+
+    #[test]
+    fn the_listing_is_what_the_definitions_declare() {
+        let spec = &definitions().1;
+        let operation = spec.operation("/v1/stores/{storeId}/subscriptions", "get");
+        assert_eq!(operation["security"], json!([{"APIKey": []}]));
+        assert_eq!(
+            spec.at("/components/securitySchemes/APIKey/x-gitbook-prefix"),
+            "APIKey"
+        );
+        assert_eq!(
+            spec.at("/components/securitySchemes/APIKey/name"),
+            "Authorization"
+        );
+        let parameters = operation["parameters"].as_array().unwrap();
+        let param = |name: &str| {
+            parameters
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("no parameter {name}"))
+        };
+        assert_eq!(param("limit")["schema"]["maximum"], MAX_LIMIT);
+        assert!(
+            spec.validate(&json!(true), &param("asc")["schema"])
+                .is_empty()
+        );
+        assert!(
+            spec.validate(&json!("411486491630370817"), &param("after")["schema"])
+                .is_empty()
+        );
+        let page = json!([
+            subscription("411486491630370816", "active", Some(1)),
+            subscription("411486491630370817", "canceled", Some(2)),
+        ]);
+        let errors = spec.validate(
+            &page,
+            spec.response("/v1/stores/{storeId}/subscriptions", "get", "200"),
+        );
+        assert!(errors.is_empty(), "{errors:#?}");
     }
 
     #[test]

@@ -3,7 +3,66 @@
 //! Tolerance is age-only, 300 000 ms by default (`tolerance_secs` × 1000), as in PayNow's
 //! official example. Event id = body `event_id`, read only after the signature passed.
 //!
-//! Normalization (event → canonical mapping) is documented in `paynow_normalize.rs`.
+//! The mapping below follows PayNow's own definitions (paynow-gg/openapi, v1): the webhook
+//! definitions (envelope `{"event_type", "event_id", "body"}`, all three required; no
+//! timestamp) and the management API's `SubscriptionDto`. The parts the tests use are
+//! copied in `tests/fixtures/paynow/` (provenance in `tests/fixtures/README.md`).
+//!
+//! # Event types
+//!
+//! Every value of `WebhookEventType` (30; 19 with a payload) is in the decision table
+//! `webhook::EVENTS`, normalized or ignored with its reason: `ON_PAYMENT_COMPLETED`,
+//! `ON_PAYMENT_FAILED` and `ON_REFUND` → a billing attempt; `ON_SUBSCRIPTION_ACTIVATED|
+//! RENEWED|CANCELED` → a subscription change; orders, chargebacks, deliveries, trials,
+//! Discord links, connected users and follow-up e-mails → ignored. A type not in the table
+//! is ignored and counted (`subsync_provider_unknown_values_total{provider="paynow",
+//! field="event_type"}`). Ids are flake ids, kept as strings (JSON numbers are accepted
+//! too). Amounts are integer minor units ("represented in cents") with the ISO 4217
+//! `currency` beside them; an amount without a currency is an error.
+//!
+//! # Payments → billing attempts
+//!
+//! `ON_PAYMENT_COMPLETED` → succeeded, `ON_PAYMENT_FAILED` → failed; `body` = the Payment:
+//! `attempt_id` = `id`, `cycle_id` = `order_id`, `provider_status` = `status` (a plain
+//! string; else the event type), `amount` = `amount` in `currency`, `error_code` =
+//! `failure_code` ("The reason the payment was declined"; failed only), no message,
+//! `attempted_at` = `failed_at` / `completed_at`, else `created_at`.
+//! The Payment carries no subscription id, attempt count or next-attempt time (only the
+//! management API's `SubscriptionDto` has `attempt_count`/`next_attempt_at`, and its
+//! `OrderDto` the `subscription_id`): `subscription_id`, `attempt_count` and
+//! `next_attempt_at` are `None`. Linking a payment to its subscription would take a call to
+//! `GET /v1/stores/{store}/orders/{order_id}`, which normalization (no I/O) does not make;
+//! so PayNow's failed payments are tracked per order, and the retry row has no due time.
+//!
+//! # Refunds
+//!
+//! `ON_REFUND` ("Triggered when a refund is completed") names the refunded payment
+//! (`payment_id`, our attempt id), the payment's `amount` ("The initial payment amount")
+//! and `store_refund_amount` ("The amount refunded to the store"). Equal amounts → the
+//! attempt `payment_id` refunded (`provider_status` `refunded`, PayNow's payment status
+//! for it), amount = the payment's; different amounts, a partial refund → succeeded with
+//! `provider_status` `partially_refunded` (subsync's word: PayNow has none): the ledger
+//! books a refund of the whole amount and has no partial amount, so booking the refunded
+//! part needs a refunded amount on the attempt in the ledger, not done here. The refund's
+//! `status` (`RefundStatus`): `canceled` and `failed` say no refund was made → no event;
+//! the event is sent "when a refund is completed" (its schema's example status is
+//! `created`), so the other words (and none) read as made; an unknown word is counted and
+//! read as made too. `cycle_id` = `order_id`, `attempted_at` = `completed_at`, else
+//! `created_at`.
+//!
+//! # Subscriptions
+//!
+//! `ON_SUBSCRIPTION_ACTIVATED|RENEWED|CANCELED` (and the list's rendering of a
+//! `SubscriptionDto`, see `list.rs`): `subscription_id` = `id`; status from `status`
+//! (`SubscriptionStatusDto`: `invalid`, `created`, `active`, `canceled`; the webhook
+//! documents "created, active, canceled") and the DTO's `past_due` flag ("past due, and is
+//! in a dunning (retrying) state"): `created` → pending; `active` → active, or past_due
+//! with `past_due: true`; `canceled` → cancelled. Any other word (`invalid` included: it
+//! is undescribed) is kept as `provider_status` and counted, and the status is the one the
+//! event implies (`CANCELED` → cancelled, else active, or past_due with the flag); without
+//! a `status` the same, with the event type as `provider_status`. `customer_id` =
+//! `customer_id`, else `customer.id`; `current_period_end`; `updated_at` = the DTO's
+//! `updated_at` (the webhook body has none: the receipt time orders it).
 
 mod list;
 mod webhook;
@@ -101,30 +160,52 @@ impl Connector for PayNow {
     }
 
     fn sample_body(&self, sample: &Sample<'_>) -> Vec<u8> {
-        // Flake ids: the payment and order of the cycle, the subscription.
+        // A declined payment (ON_PAYMENT_FAILED, every field its definition requires):
+        // flake ids of the payment and of the order of the cycle; the store.
         let (payment, order) = (
             411_486_491_630_370_818 + 2 * sample.cycle,
             411_486_491_630_370_819 + 2 * sample.cycle,
         );
-        let subscription = 411_486_491_630_370_817 + sample.subscription;
-        let now = chrono::DateTime::<chrono::Utc>::from(sample.now);
-        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let retry =
-            (now + chrono::Duration::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let at = chrono::DateTime::<chrono::Utc>::from(sample.now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         serde_json::to_vec(&serde_json::json!({
             "event_type": "ON_PAYMENT_FAILED",
             "event_id": sample.event_id,
-            "timestamp": at,
             "body": {
-                "id": payment.to_string(), "status": "failed", "currency": "USD",
-                "total_amount": 1999, "subscription_id": subscription.to_string(),
-                "order_id": order.to_string(), "failure_code": "card_declined",
-                "failure_reason": "The card was declined.", "failed_at": at,
-                "attempt_count": 1, "next_attempt_at": retry,
+                "id": payment.to_string(), "store_id": "411486491630370000",
+                "order_id": order.to_string(), "customer": null, "gateway": "stripe",
+                "currency": "USD", "tax_inclusive": false, "amount": 1999,
+                "gateway_fee_amount": 88, "tax_amount": 0, "platform_fee_amount": 100,
+                "store_net_amount": 1811, "status": "failed",
+                "failure_code": "insufficient_funds", "created_at": at, "pending_at": null,
+                "failed_at": at,
             }
         }))
         .expect("static JSON")
     }
+}
+
+/// PayNow's definitions as copied for the tests (`tests/fixtures/paynow/`): the webhooks,
+/// and the management API's subscription listing.
+#[cfg(test)]
+fn definitions() -> &'static (
+    crate::providers::testing::schema::Spec,
+    crate::providers::testing::schema::Spec,
+) {
+    use crate::providers::testing::schema::Spec;
+    static SPECS: std::sync::OnceLock<(Spec, Spec)> = std::sync::OnceLock::new();
+    SPECS.get_or_init(|| {
+        (
+            Spec::parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/paynow/webhook-definitions.json"
+            ))),
+            Spec::parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/paynow/management-api.subset.json"
+            ))),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -292,6 +373,29 @@ mod tests {
         let body = String::from_utf8(body).unwrap();
         let ok = check(&v, &headers(&signed[0].1, &signed[1].1), &body, TS_MS + 1).unwrap();
         assert_eq!(ok.event_id, "flake-1");
+    }
+
+    #[test]
+    fn sample_body_is_valid_under_the_definitions_and_a_failed_attempt() {
+        let v = verifier(&[SECRET]);
+        let spec = &definitions().0;
+        let body = v.sample_body(&crate::providers::contract::Sample::new(
+            "411486491630370900",
+            at_ms(TS_MS),
+        ));
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let errors = spec.validate(&value, spec.webhook_body("ON_PAYMENT_FAILED"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        let normalized = webhook::normalize(&body).unwrap();
+        let [crate::canonical::CanonicalEvent::BillingAttempt(a)] = normalized.events.as_slice()
+        else {
+            panic!("{normalized:?}");
+        };
+        assert_eq!(a.status, crate::canonical::AttemptStatus::Failed);
+        assert_eq!(
+            (a.error_code.as_deref(), a.next_attempt_at),
+            (Some("insufficient_funds"), None)
+        );
     }
 
     proptest::proptest! {

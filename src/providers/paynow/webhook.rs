@@ -1,26 +1,6 @@
-//! PayNow normalization: `{"event_type", "event_id", "timestamp"?, "body": {...}}`.
-//!
-//! Ids are flake ids, kept as strings (JSON numbers are accepted too). Amounts are integer
-//! minor units with the ISO `currency` beside them; an amount without a currency is an error.
-//!
-//! - `ON_PAYMENT_COMPLETED` → attempt `succeeded`, `ON_PAYMENT_FAILED` → attempt `failed`.
-//!   `body` = the payment: `attempt_id` = `id` (required), `subscription_id` =
-//!   `subscription_id` (or `subscription.id`), `cycle_id` = `order_id`, `provider_status` =
-//!   body `status` or else the event type, `amount` = `total_amount` (else `amount`) in
-//!   `currency`, `error_code` = `failure_code`/`decline_code`/`error_code`,
-//!   `error_message` = `failure_reason`/`failure_message`/`error_message` (failed only),
-//!   `attempted_at` = `failed_at`/`completed_at`/`created_at`/envelope `timestamp`, and
-//!   `next_attempt_at`/`attempt_count` from the body or its `subscription` (PayNow retries
-//!   on its side and says when).
-//! - `ON_SUBSCRIPTION_ACTIVATED|RENEWED|CANCELED` → subscription change. `body` = the store
-//!   subscription DTO: `subscription_id` = `id` (required); `status` = body `status`
-//!   (`created` → pending, `active` → active, `canceled`/`cancelled` → cancelled; another
-//!   word is an error), else implied by the event (active, active, cancelled);
-//!   `customer_id` = `customer_id` or `customer.id`; `current_period_end`; `updated_at`.
-//!   `RENEWED` also yields a succeeded attempt when the body embeds the renewal `payment`
-//!   object (mapped as above). The subscription DTO itself has no payment id, and the
-//!   renewal charge arrives as its own `ON_PAYMENT_COMPLETED`, so no attempt is invented.
-//! - Every other type is ignored.
+//! PayNow webhook `{"event_type", "event_id", "body"}` → canonical events: the decision
+//! table of every event type, the wire types and the normalization. The mapping is
+//! documented in `paynow/mod.rs`.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -30,39 +10,159 @@ use crate::canonical::{
 };
 use crate::money::Money;
 use crate::providers::support::parse_payload;
-use crate::providers::support::{
-    Id, currency_code, first_id, missing, opt_time, parse_opt_raw, parse_raw, text,
-};
+use crate::providers::support::{Id, currency_code, first_id, missing, opt_time, parse_raw, text};
 use crate::providers::{NormalizeError, Normalized};
+
+/// What subsync does with a PayNow event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handling {
+    /// `body` is a Payment: one billing attempt with this status.
+    Payment(AttemptStatus),
+    /// `body` is a Refund: the refund of its payment's attempt.
+    Refund,
+    /// `body` is a Subscription: one subscription change.
+    Subscription,
+    /// Archived as `ignored`, for this reason.
+    Ignored(&'static str),
+}
+
+use Handling::{Ignored, Payment as PaymentAttempt, Refund as RefundOf, Subscription as State};
+
+const DELIVERY: &str = "the delivery of a purchased item to the customer (game commands, \
+    roles): no payment and no subscription state";
+const TRIAL: &str = "a free trial: nothing is charged; the paid subscription reports itself \
+    with the ON_SUBSCRIPTION_* events and its charges with ON_PAYMENT_*";
+const CHARGEBACK: &str = "a dispute of a payment (chargeback_status pending/won/lost): the \
+    ledger has no chargeback state, and a lost dispute's reversal would need a compensating \
+    entry it cannot book yet";
+const CONNECTED_USER: &str = "the store's own marketplace account (registration, payouts, \
+    trust): not a customer's billing; PayNow defines no payload for it";
+const FOLLOW_UP: &str = "a marketing e-mail about a purchase or an abandoned checkout: no \
+    billing; PayNow defines no payload for it";
+
+/// Every value of PayNow's `WebhookEventType` (19 of them with a payload in the
+/// definitions). A type not listed is ignored and counted.
+pub(super) const EVENTS: &[(&str, Handling)] = &[
+    (
+        "ON_PAYMENT_COMPLETED",
+        PaymentAttempt(AttemptStatus::Succeeded),
+    ),
+    ("ON_PAYMENT_FAILED", PaymentAttempt(AttemptStatus::Failed)),
+    ("ON_REFUND", RefundOf),
+    ("ON_SUBSCRIPTION_ACTIVATED", State),
+    ("ON_SUBSCRIPTION_RENEWED", State),
+    ("ON_SUBSCRIPTION_CANCELED", State),
+    (
+        "ON_ORDER_COMPLETED",
+        Ignored(
+            "an order, not a try to charge: its charge arrives as ON_PAYMENT_COMPLETED, \
+             whose payment id is the attempt id",
+        ),
+    ),
+    ("ON_CHARGEBACK", Ignored(CHARGEBACK)),
+    ("ON_CHARGEBACK_CLOSED", Ignored(CHARGEBACK)),
+    ("ON_DELIVERY_ITEM_ADDED", Ignored(DELIVERY)),
+    ("ON_DELIVERY_ITEM_ACTIVATED", Ignored(DELIVERY)),
+    ("ON_DELIVERY_ITEM_USED", Ignored(DELIVERY)),
+    ("ON_DELIVERY_ITEM_REVOKED", Ignored(DELIVERY)),
+    ("ON_DELIVERY_ITEM_EXPIRED", Ignored(DELIVERY)),
+    ("ON_DELIVERY_ITEM_RENEWED", Ignored(DELIVERY)),
+    (
+        "ON_DISCORD_ACCOUNT_LINKED_TO_CHECKOUT",
+        Ignored("a Discord account linked to a checkout: no billing"),
+    ),
+    ("ON_TRIAL_ACTIVATED", Ignored(TRIAL)),
+    ("ON_TRIAL_COMPLETED", Ignored(TRIAL)),
+    ("ON_TRIAL_CANCELED", Ignored(TRIAL)),
+    ("ON_CONNECTED_USER_REGISTERED", Ignored(CONNECTED_USER)),
+    ("ON_CONNECTED_USER_BECAME_PAYABLE", Ignored(CONNECTED_USER)),
+    (
+        "ON_CONNECTED_USER_BECAME_UNPAYABLE",
+        Ignored(CONNECTED_USER),
+    ),
+    ("ON_CONNECTED_USER_PAYOUT_CREATED", Ignored(CONNECTED_USER)),
+    (
+        "ON_CONNECTED_USER_PAYOUT_COMPLETED",
+        Ignored(CONNECTED_USER),
+    ),
+    (
+        "ON_CONNECTED_USER_TRANSACTION_INSERTED",
+        Ignored(CONNECTED_USER),
+    ),
+    (
+        "ON_CONNECTED_USER_TRUST_STATUS_CHANGED",
+        Ignored(CONNECTED_USER),
+    ),
+    (
+        "ON_PURCHASE_FOLLOW_UP_ATTEMPT_EMAIL_SENT",
+        Ignored(FOLLOW_UP),
+    ),
+    (
+        "ON_PURCHASE_FOLLOW_UP_ATTEMPT_SUCCEEDED",
+        Ignored(FOLLOW_UP),
+    ),
+    (
+        "ON_ABANDONED_CHECKOUT_RECOVERY_ATTEMPT_EMAIL_SENT",
+        Ignored(FOLLOW_UP),
+    ),
+    (
+        "ON_ABANDONED_CHECKOUT_RECOVERY_ATTEMPT_SUCCEEDED",
+        Ignored(FOLLOW_UP),
+    ),
+];
+
+/// The handling of `event_type`, `None` for a type not in [`EVENTS`].
+pub(super) fn handling(event_type: &str) -> Option<Handling> {
+    EVENTS
+        .iter()
+        .find(|(name, _)| *name == event_type)
+        .map(|(_, handling)| *handling)
+}
+
+/// A word outside PayNow's definitions: tolerated and counted, never guessed at.
+pub(super) fn unknown(field: &'static str, word: &str) {
+    metrics::counter!("subsync_provider_unknown_values_total", "provider" => "paynow", "field" => field)
+        .increment(1);
+    tracing::warn!(
+        field,
+        value = %word.chars().take(64).collect::<String>(),
+        "PayNow value outside its definitions"
+    );
+}
 
 #[derive(Deserialize)]
 struct Payload {
     event_type: String,
-    timestamp: Option<String>,
     body: Option<Box<RawValue>>,
 }
 
+/// The fields of the ON_PAYMENT_* body (a Payment) the normalization reads.
 #[derive(Deserialize)]
 struct Payment {
     id: Option<Id>,
-    status: Option<String>,
-    subscription_id: Option<Id>,
-    subscription: Option<Subscription>,
     order_id: Option<Id>,
-    total_amount: Option<i64>,
+    status: Option<String>,
     amount: Option<i64>,
     currency: Option<String>,
     failure_code: Option<String>,
-    decline_code: Option<String>,
-    error_code: Option<String>,
-    failure_reason: Option<String>,
-    failure_message: Option<String>,
-    error_message: Option<String>,
     failed_at: Option<String>,
     completed_at: Option<String>,
     created_at: Option<String>,
-    next_attempt_at: Option<String>,
-    attempt_count: Option<i64>,
+}
+
+/// The fields of the ON_REFUND body (a Refund) the normalization reads.
+#[derive(Deserialize)]
+struct Refund {
+    payment_id: Option<Id>,
+    order_id: Option<Id>,
+    status: Option<String>,
+    /// "The initial payment amount".
+    amount: Option<i64>,
+    /// "The amount refunded to the store".
+    store_refund_amount: Option<i64>,
+    currency: Option<String>,
+    completed_at: Option<String>,
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -70,133 +170,167 @@ struct Customer {
     id: Option<Id>,
 }
 
+/// The fields of a subscription the normalization reads: the ON_SUBSCRIPTION_* body, or
+/// the management API's `SubscriptionDto` the list renders (which adds `updated_at` and
+/// `past_due`).
 #[derive(Deserialize)]
 struct Subscription {
     id: Option<Id>,
     status: Option<String>,
+    past_due: Option<bool>,
     currency: Option<String>,
     customer_id: Option<Id>,
     customer: Option<Customer>,
     current_period_end: Option<String>,
     updated_at: Option<String>,
-    next_attempt_at: Option<String>,
-    attempt_count: Option<i64>,
-    payment: Option<Box<RawValue>>,
 }
 
 pub fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let payload: Payload = parse_payload(body, "PayNow")?;
     let t = payload.event_type.as_str();
     let inner = payload.body.as_deref();
-    let at = payload.timestamp.as_deref();
-    let events = match t {
-        "ON_PAYMENT_COMPLETED" => vec![attempt(
-            t,
-            parse_raw(inner, t)?,
-            AttemptStatus::Succeeded,
-            at,
-            None,
-        )?],
-        "ON_PAYMENT_FAILED" => vec![attempt(
-            t,
-            parse_raw(inner, t)?,
-            AttemptStatus::Failed,
-            at,
-            None,
-        )?],
-        "ON_SUBSCRIPTION_ACTIVATED" | "ON_SUBSCRIPTION_RENEWED" | "ON_SUBSCRIPTION_CANCELED" => {
-            let sub: Subscription = parse_raw(inner, t)?;
-            let change = subscription(t, &sub)?;
-            let mut events = Vec::new();
-            if t == "ON_SUBSCRIPTION_RENEWED" {
-                let what = "ON_SUBSCRIPTION_RENEWED body.payment";
-                if let Some(payment) = parse_opt_raw::<Payment>(sub.payment.as_deref(), what)? {
-                    let sub_id = Some(change.subscription_id.clone());
-                    events.push(attempt(
-                        what,
-                        payment,
-                        AttemptStatus::Succeeded,
-                        at,
-                        sub_id,
-                    )?);
-                }
-            }
-            events.insert(0, CanonicalEvent::Subscription(change));
-            events
+    let event = match handling(t) {
+        Some(Ignored(_)) => None,
+        None => {
+            unknown("event_type", t);
+            None
         }
-        _ => return Ok(Normalized::ignored(payload.event_type)),
+        Some(PaymentAttempt(status)) => Some(attempt(t, parse_raw(inner, t)?, status)?),
+        Some(RefundOf) => refund(t, parse_raw(inner, t)?)?,
+        Some(State) => Some(CanonicalEvent::Subscription(subscription(
+            t,
+            &parse_raw(inner, t)?,
+        )?)),
     };
     Ok(Normalized {
+        events: event.into_iter().collect(),
         event_type: payload.event_type,
-        events,
     })
+}
+
+fn money(
+    what: &str,
+    amount: Option<i64>,
+    currency: Option<&String>,
+) -> Result<Option<Money>, NormalizeError> {
+    match (amount, text(currency)) {
+        (Some(minor), Some(currency)) => Ok(Some(Money::from_minor(minor, &currency)?)),
+        (Some(_), None) => Err(missing(what, "body.currency beside the amount")),
+        (None, Some(currency)) => currency_code(&currency, "body.currency").map(|_| None),
+        (None, None) => Ok(None),
+    }
 }
 
 fn attempt(
     what: &str,
     p: Payment,
     status: AttemptStatus,
-    envelope_time: Option<&str>,
-    subscription_id: Option<String>,
 ) -> Result<CanonicalEvent, NormalizeError> {
     let attempt_id = first_id([p.id.as_ref()]).ok_or_else(|| missing(what, "body.id"))?;
-    let sub = p.subscription.as_ref();
-    let amount = match (p.total_amount.or(p.amount), text(p.currency.as_ref())) {
-        (Some(minor), Some(currency)) => Some(Money::from_minor(minor, &currency)?),
-        (Some(_), None) => return Err(missing(what, "body.currency beside the amount")),
-        (None, _) => None,
-    };
     let failed = status == AttemptStatus::Failed;
-    let error_code = [&p.failure_code, &p.decline_code, &p.error_code]
-        .into_iter()
-        .find_map(|c| text(c.as_ref()))
-        .filter(|_| failed);
-    let error_message = [&p.failure_reason, &p.failure_message, &p.error_message]
-        .into_iter()
-        .find_map(|c| text(c.as_ref()))
-        .filter(|_| failed);
-    let attempted = [&p.failed_at, &p.completed_at, &p.created_at]
-        .into_iter()
-        .find_map(|c| text(c.as_ref()))
-        .or(envelope_time.map(str::to_owned));
-    let next = p
-        .next_attempt_at
-        .as_deref()
-        .or(sub.and_then(|s| s.next_attempt_at.as_deref()));
-    let count = p.attempt_count.or(sub.and_then(|s| s.attempt_count));
+    let attempted = if failed {
+        &p.failed_at
+    } else {
+        &p.completed_at
+    };
+    let attempted = text(attempted.as_ref()).or_else(|| text(p.created_at.as_ref()));
     Ok(CanonicalEvent::BillingAttempt(BillingAttempt {
         attempt_id,
-        subscription_id: first_id([p.subscription_id.as_ref(), sub.and_then(|s| s.id.as_ref())])
-            .or(subscription_id),
+        // The Payment names no subscription (only its order).
+        subscription_id: None,
         cycle_id: first_id([p.order_id.as_ref()]),
         status,
         provider_status: text(p.status.as_ref()).unwrap_or_else(|| what.to_owned()),
-        amount,
-        error_code,
-        error_message,
+        amount: money(what, p.amount, p.currency.as_ref())?,
+        error_code: text(p.failure_code.as_ref()).filter(|_| failed),
+        error_message: None,
         attempted_at: opt_time(attempted.as_deref(), "body attempt time")?,
-        next_attempt_at: opt_time(next, "body.next_attempt_at")?,
-        attempt_count: crate::providers::support::count(count, "body.attempt_count")?,
+        next_attempt_at: None,
+        attempt_count: None,
     }))
+}
+
+/// PayNow's `RefundStatus` words ("created, approved, processing, completed, canceled,
+/// failed"). The event itself is "Triggered when a refund is completed" (and its schema's
+/// example status is `created`), so every word but the two that say no refund was made
+/// reads as made.
+const REFUND_STATUSES: &[&str] = &[
+    "created",
+    "approved",
+    "processing",
+    "completed",
+    "canceled",
+    "failed",
+];
+
+fn refund(what: &str, r: Refund) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    let payment =
+        first_id([r.payment_id.as_ref()]).ok_or_else(|| missing(what, "body.payment_id"))?;
+    let amount =
+        money(what, r.amount, r.currency.as_ref())?.ok_or_else(|| missing(what, "body.amount"))?;
+    if let Some(word) = text(r.status.as_ref()) {
+        match word.to_ascii_lowercase().as_str() {
+            "canceled" | "failed" => return Ok(None),
+            known if REFUND_STATUSES.contains(&known) => {}
+            _ => unknown("refund.status", &word),
+        }
+    }
+    let refunded = r
+        .store_refund_amount
+        .ok_or_else(|| missing(what, "body.store_refund_amount"))?;
+    // A partial refund is not a refund of the whole attempt, and the ledger has no
+    // partial amount: the payment stays collected (see mod.rs).
+    let (status, provider_status) = if refunded == amount.minor {
+        (AttemptStatus::Refunded, "refunded")
+    } else {
+        (AttemptStatus::Succeeded, "partially_refunded")
+    };
+    let at = text(r.completed_at.as_ref()).or_else(|| text(r.created_at.as_ref()));
+    Ok(Some(CanonicalEvent::BillingAttempt(BillingAttempt {
+        attempt_id: payment,
+        subscription_id: None,
+        cycle_id: first_id([r.order_id.as_ref()]),
+        status,
+        provider_status: provider_status.to_owned(),
+        amount: Some(amount),
+        error_code: None,
+        error_message: None,
+        attempted_at: opt_time(at.as_deref(), "body.completed_at")?,
+        next_attempt_at: None,
+        attempt_count: None,
+    })))
+}
+
+/// The canonical status of subscription status `word` (`SubscriptionStatusDto`), with its
+/// `past_due` flag; `None` for a word that says nothing canonical (`invalid`, unknown).
+pub(super) fn subscription_status(word: &str, past_due: bool) -> Option<SubscriptionStatus> {
+    Some(match word.to_ascii_lowercase().as_str() {
+        "created" => SubscriptionStatus::Pending,
+        "active" if past_due => SubscriptionStatus::PastDue,
+        "active" => SubscriptionStatus::Active,
+        "canceled" => SubscriptionStatus::Cancelled,
+        _ => return None,
+    })
 }
 
 fn subscription(t: &str, s: &Subscription) -> Result<SubscriptionChange, NormalizeError> {
     let subscription_id = first_id([s.id.as_ref()]).ok_or_else(|| missing(t, "body.id"))?;
+    let past_due = s.past_due == Some(true);
+    // What the event itself says, where the body's status does not.
+    let implied = match t {
+        "ON_SUBSCRIPTION_CANCELED" => SubscriptionStatus::Cancelled,
+        _ if past_due => SubscriptionStatus::PastDue,
+        _ => SubscriptionStatus::Active,
+    };
     let (status, provider_status) = match text(s.status.as_ref()) {
-        Some(word) => {
-            let status = match word.to_ascii_lowercase().as_str() {
-                "created" => SubscriptionStatus::Pending,
-                "active" => SubscriptionStatus::Active,
-                "canceled" | "cancelled" => SubscriptionStatus::Cancelled,
-                _ => {
-                    let reason = format!("{t}: unknown PayNow subscription status {word:?}");
-                    return Err(NormalizeError::Malformed(reason));
-                }
-            };
-            (status, word)
-        }
-        None if t == "ON_SUBSCRIPTION_CANCELED" => (SubscriptionStatus::Cancelled, t.to_owned()),
-        None => (SubscriptionStatus::Active, t.to_owned()),
+        Some(word) => match subscription_status(&word, past_due) {
+            Some(status) => (status, word),
+            None => {
+                unknown("subscription.status", &word);
+                (implied, word)
+            }
+        },
+        None => (implied, t.to_owned()),
     };
     let currency = text(s.currency.as_ref())
         .map(|c| currency_code(&c, "body.currency"))

@@ -4,37 +4,85 @@
 //! included. Polar secrets are not base64: a stock Standard Webhooks key decoding would
 //! produce the wrong key. Verification and signing are delegated to [`StandardWebhooks`].
 //!
-//! # Normalization (in `polar_normalize.rs`; envelope `{"type","timestamp","data"}`)
+//! The mapping below follows Polar's own definitions: its OpenAPI document, API version
+//! 2026-10 (identical to 2026-04 but for its version and code samples). The parts the tests
+//! use are copied in `tests/fixtures/polar/` (provenance in `tests/fixtures/README.md`).
 //!
-//! | event type | canonical |
-//! |---|---|
-//! | `order.created/updated/paid/refunded` | billing attempt, status from the order |
-//! | `subscription.created/updated/active/canceled/uncanceled/revoked/past_due/cycled/paused/resumed` | subscription change |
-//! | anything else (`checkout.*`, `customer.*`, `refund.*`...) | ignored |
+//! # Webhooks (envelope `{"type", "timestamp", "data"}`, all three required)
 //!
-//! Orders: one order is one cycle and, as far as webhooks tell, one attempt: `attempt_id` =
-//! `cycle_id` = order id (Polar's order webhook has no per-try id or count, so dunning
-//! retries update the same attempt; the failure itself is signalled by
-//! `subscription.past_due`). `subscription_id` = `subscription_id` (null for one-time
-//! orders). Status from the order's `status`: `draft`, `pending` → pending; `paid` →
-//! succeeded; `refunded`, `partially_refunded` → refunded; `void` → skipped (Polar closed
-//! the order without collecting: nothing more will be charged for it). The customer-portal
-//! payment words (`processing`, `no_payment` → pending, `succeeded`, `requires_action`,
-//! `failed`, `canceled` → skipped) are accepted too. Amount = `total_amount` (else the
-//! deprecated `amount`), integer minor units + `currency`; `attempted_at` = `modified_at`,
-//! else `created_at`, else the envelope `timestamp`; `next_attempt_at` =
-//! `next_payment_attempt_at` (set while the order is in dunning); no error code, no count.
+//! Every type is in the decision table `webhook::WEBHOOKS`, normalized or ignored with its
+//! reason: `order.created|updated|paid|refunded` (data: `Order`) → one billing attempt;
+//! `subscription.created|updated|active|canceled|uncanceled|cycled|revoked|past_due|
+//! paused|resumed` (data: `Subscription`) → one subscription change; `refund.*` and the
+//! types Polar sends beyond its definitions (`checkout.*`, `customer.*`, `benefit_grant.*`,
+//! ...) → ignored. A type not in the table is ignored and counted
+//! (`subsync_provider_unknown_values_total{provider="polar",field="type"}`).
 //!
-//! Subscriptions: status from `data.status`: `active` → active (also on
-//! `subscription.canceled` with `cancel_at_period_end`, which stays active until
+//! # Orders → billing attempts
+//!
+//! One order is one billing cycle and, as far as webhooks tell, one attempt: `attempt_id`
+//! = `cycle_id` = order `id` (an order has no per-try id or count: Polar's own retries and
+//! ours update the same attempt). `subscription_id` = `subscription_id` (null for one-time
+//! orders). Status from the order's `status` (`OrderStatus`) and `next_payment_attempt_at`
+//! ("When the next automatic payment retry is scheduled. `null` if the order is not in
+//! dunning or all retries have been exhausted"):
+//!
+//! | `status` | `next_payment_attempt_at` | attempt |
+//! |---|---|---|
+//! | `pending` | set | **failed**, `next_attempt_at` = that time |
+//! | `pending` | null or absent | pending |
+//! | `draft` | - | pending |
+//! | `paid` | - | succeeded |
+//! | `partially_refunded` | - | succeeded (see below) |
+//! | `refunded` | - | refunded |
+//! | `void` | - | skipped (closed without collecting) |
+//! | any other word | - | event ignored, counted (`field="order.status"`) |
+//!
+//! `provider_status` is always the order's own word (`pending` for a failed renewal).
+//!
+//! Assumption: Polar's definitions have no failed order state and no payment-failed
+//! webhook. A renewal whose charge failed stays `pending` and Polar schedules its next
+//! automatic retry in `next_payment_attempt_at`, so `pending` with that time set is read as
+//! a failed attempt that dunning can act on (Polar's confirm-payment accepts exactly such
+//! orders). `subscription.past_due` ("a subscription payment fails") names no order and
+//! stays a subscription change; the failed attempt comes from the `order.updated` (or
+//! `order.created`) of the renewal. When Polar's retries are exhausted the field is null
+//! again: that `pending` reads as pending, and the exhaustion itself is the
+//! `subscription.revoked` / `unpaid` status change.
+//!
+//! Partial refunds: a `partially_refunded` order is not a full refund, and the ledger books
+//! a refund of the whole amount for a refunded attempt and has no partial amount. So it is
+//! read as succeeded (the money was collected) with `provider_status` `partially_refunded`;
+//! booking the partial amount (`refunded_amount` + `refunded_tax_amount`) needs a refunded
+//! amount on the attempt in the ledger, not done here. `refunded` is a full refund.
+//!
+//! Amount = `total_amount` ("Amount in cents, after discounts and taxes"), integer minor
+//! units, with `currency` (lowercase in Polar, e.g. `usd`); `attempted_at` = `modified_at`,
+//! else `created_at`, else the envelope `timestamp`; no error code or message (an order
+//! carries none), no count.
+//!
+//! # Subscriptions → subscription changes
+//!
+//! Status from `data.status` (`SubscriptionStatus`, Stripe's words): `active` → active
+//! (also on `subscription.canceled` with `cancel_at_period_end`, which stays active until
 //! `subscription.revoked`); `incomplete`, `trialing` → pending; `past_due`, `unpaid` →
-//! past_due; `paused` → paused; `canceled` → cancelled; `incomplete_expired` → expired.
-//! `current_period_end`, `currency`, `customer_id`; `updated_at` = `modified_at`, else the
-//! envelope `timestamp`; no version.
+//! past_due; `paused` → paused; `canceled` → cancelled; `incomplete_expired` → expired; any
+//! other word → event ignored, counted (`field="subscription.status"`). `current_period_end`,
+//! `currency`, `customer_id`; `updated_at` = `modified_at`, else the envelope `timestamp`;
+//! no version. `subscription.cycled` fires before the renewal order exists and whatever
+//! its payment does: it is a period change, never a payment.
 //!
 //! Malformed (dead-lettered): not JSON, no `type`, an unparsable `timestamp`; for covered
-//! types no `data`, no id/status, an unknown status, no order currency, an unknown
-//! currency, a non-integer amount, an unparsable time.
+//! types no `data`, no id or status, no order currency, an unknown currency, a non-integer
+//! amount, an unparsable time.
+//!
+//! # API (`[sources.api]`)
+//!
+//! `api.token` is an **organization access token** (security scheme `oat`), used for
+//! `GET /v1/orders/` (sync, `list.rs`), `GET /v1/orders/{id}` and `POST
+//! /v1/customer-sessions/` (retries, `retry.rs`); confirm-payment takes a customer-session
+//! token, which the retry client mints with it. `api.payment_method_id` is optional: without
+//! it each order's customer's default payment method is used.
 
 mod list;
 mod retry;
@@ -86,27 +134,66 @@ impl Connector for Polar {
     }
 
     fn sample_body(&self, sample: &Sample<'_>) -> Vec<u8> {
-        // A renewal order paid after one failed try (order `status` `paid`).
-        let at = chrono::DateTime::<chrono::Utc>::from(sample.now).to_rfc3339();
+        // A renewal order paid (`order.paid`, every field its schema requires); the order
+        // id is a uuid made of the cycle and a hash of the event id.
+        let at = chrono::DateTime::<chrono::Utc>::from(sample.now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let subscription = format!("e5149aae-e521-42b9-b24c-{:012x}", sample.subscription);
+        let event = crate::providers::support::sha256_hex(&[sample.event_id.as_bytes()]);
+        let order = format!(
+            "{:08x}-{}-4{}-8{}-{}",
+            sample.cycle & 0xffff_ffff,
+            &event[0..4],
+            &event[4..7],
+            &event[7..10],
+            &event[10..22]
+        );
+        let customer = "992fae2a-2a17-4b7a-8d9e-e287cf90131b";
+        let customer_object = serde_json::json!({
+            "id": customer, "created_at": at, "modified_at": null, "metadata": {},
+            "email_verified": true, "type": "individual", "name": null,
+            "billing_name": null, "billing_address": null, "tax_id": null,
+            "organization_id": "1dbfc517-0bbf-4301-9ba8-555ca42b9737",
+            "default_payment_method_id": null, "deleted_at": null,
+            "first_user_event_at": null, "avatar_url": null
+        });
         serde_json::to_vec(&serde_json::json!({
             "type": "order.paid",
             "timestamp": at,
             "data": {
-                "id": format!("ord_{}_{}", sample.cycle, sample.event_id),
-                "created_at": at, "modified_at": at,
+                "id": order, "created_at": at, "modified_at": at,
                 "status": "paid", "paid": true,
                 "subtotal_amount": 1999, "discount_amount": 0, "net_amount": 1999,
-                "tax_amount": 0, "total_amount": 1999, "refunded_amount": 0, "currency": "usd",
-                "billing_reason": "subscription_cycle",
-                "customer_id": "992fae2a-2a17-4b7a-8d9e-e287cf90131b",
-                "product_id": "3b6a4e5c-0e43-4a5e-9a59-5d3c0b1f9b0a",
-                "subscription_id": subscription,
-                "next_payment_attempt_at": null
+                "tax_amount": 0, "total_amount": 1999, "applied_balance_amount": 0,
+                "due_amount": 0, "refunded_amount": 0, "refunded_tax_amount": 0,
+                "refundable_amount": 1999, "refundable_tax_amount": 0,
+                "platform_fee_amount": 0, "platform_fee_currency": null,
+                "currency": "usd", "billing_reason": "subscription_cycle",
+                "billing_name": null, "billing_address": null, "invoice_number": null,
+                "is_invoice_generated": false, "receipt_number": null,
+                "customer_id": customer, "product_id": null, "discount_id": null,
+                "subscription_id": subscription, "checkout_id": null,
+                "next_payment_attempt_at": null, "metadata": {},
+                "customer": customer_object,
+                "product": null, "discount": null, "subscription": null, "items": [],
+                "description": "Pro"
             }
         }))
         .expect("static JSON")
     }
+}
+
+/// Polar's definitions as copied for the tests (`tests/fixtures/polar/`).
+#[cfg(test)]
+pub(super) fn definitions() -> &'static crate::providers::testing::schema::Spec {
+    static SPEC: std::sync::OnceLock<crate::providers::testing::schema::Spec> =
+        std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        crate::providers::testing::schema::Spec::parse(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/polar/polar-openapi-2026-10.subset.json"
+        )))
+    })
 }
 
 #[cfg(test)]
@@ -266,6 +353,21 @@ mod tests {
         let normalized = v.normalize(&envelope).unwrap();
         assert_eq!(normalized.event_type, "order.paid");
         assert_eq!(normalized.events.len(), 1);
+    }
+
+    #[test]
+    fn sample_body_is_valid_under_the_definitions() {
+        let v = verifier(&[SECRET_B]);
+        let spec = definitions();
+        for (event_id, cycle) in [("evt_1", 0), ("msg_2Kx", 7), ("", u64::MAX)] {
+            let sample = crate::providers::contract::Sample {
+                cycle,
+                ..crate::providers::contract::Sample::new(event_id, at(TS))
+            };
+            let body: serde_json::Value = serde_json::from_slice(&v.sample_body(&sample)).unwrap();
+            let errors = spec.validate(&body, spec.webhook_body("order.paid"));
+            assert!(errors.is_empty(), "{errors:#?}");
+        }
     }
 
     proptest::proptest! {

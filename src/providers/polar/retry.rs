@@ -1,45 +1,166 @@
-//! Polar: `POST /v1/customer-portal/orders/{order}/confirm-payment` ("Confirm Retry
-//! Payment") with the saved payment method. Polar's guard against a double charge is its
-//! 409 `PaymentAlreadyInProgress`; the `Idempotency-Key` header is sent as well but Polar
-//! is not documented to honour it. The token is a Polar customer-session token.
+//! Polar: retries a failed renewal with "Confirm Retry Payment", `POST
+//! /v1/customer-portal/orders/{id}/confirm-payment`, whose security is a customer session
+//! (`customer_session` / `member_session`, scope `customer_portal:write`), never an
+//! organization token. So one retry is up to three calls:
+//!
+//! 1. `GET /v1/orders/{id}` with the organization token (`api.token`, scope
+//!    `orders:read`): the order's `status`, `customer_id` and
+//!    `customer.default_payment_method_id`. An order that is no longer `pending` has
+//!    nothing to retry (`NotEligible`, no further call).
+//! 2. `POST /v1/customer-sessions/` `{"customer_id": ...}` with the organization token
+//!    (scope `customer_sessions:write`): 201 `CustomerSession` with `token` and
+//!    `expires_at`. Sessions are cached per customer until a minute before `expires_at`
+//!    (the definitions give no lifetime but that field), so retries of one customer's
+//!    orders mint one session; a session refused with 401/403 is dropped from the cache.
+//! 3. confirm-payment with `Authorization: Bearer <session token>` and the body
+//!    `{"payment_method_id", "payment_processor": "stripe"}` (`CustomerOrderConfirmPayment`:
+//!    a saved method, never also a `confirmation_token_id`). The method is
+//!    `api.payment_method_id` when configured, else the customer's default; with neither
+//!    nothing is sent (`Rejected`, status 0: the customer has to add a payment method,
+//!    and the next retry looks again).
+//!
+//! Answers of confirm-payment (`CustomerOrderPaymentConfirmation.status` is an untyped
+//! string; its values are Polar's server's):
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 200 `succeeded` | `Charged` |
+//! | 200 `requires_action` | `RequiresAction` |
+//! | 200 `failed` | `Declined` with the answer's `error` as message |
+//! | 200 `processing` / `pending` | `InProgress` (the outcome arrives by webhook) |
+//! | 200 another word | `Transient` (the same call later), counted |
+//! | 409 `PaymentAlreadyInProgress` | `InProgress` |
+//! | 422 `OrderNotEligibleForRetry` | `NotEligible(detail)`, or `Declined` (below) |
+//! | 422 with another `error` or a list `detail` (request validation) | `Rejected` |
+//! | 429 `ManualRetryLimitExceeded` | `NotEligible(detail)`: a cap on manual retries of the order, waiting does not help |
+//! | 429 otherwise (the API's rate limit) | `RateLimited` with `Retry-After` |
+//! | 401, 403 | `Rejected`, the body not echoed |
+//! | 404 `ResourceNotFound`, other 4xx | `Rejected` |
+//! | 5xx, no answer | `Transient` |
+//!
+//! The 422 is documented as "Order not eligible for retry or payment confirmation failed"
+//! with one schema (`error` = `OrderNotEligibleForRetry`, `detail` free text), so only the
+//! `detail` tells the two apart. Decided: a `detail` that says "not eligible" (Polar's own
+//! text is "Order … is not eligible for payment retry.") is `NotEligible`; one that speaks
+//! of a failure or a decline ("fail", "declin") without saying "not eligible" is a payment
+//! confirmation that failed, `Declined` with the detail as message (its bucket then comes
+//! from the policy: no code, `declined`); any other detail is `NotEligible`, as the error's
+//! name says. A 422 with another `error` than the declared one (or a validation list) is
+//! about our request, not the order: `Rejected`.
+//!
+//! Polar's guard against a double charge is its 409 `PaymentAlreadyInProgress`; an
+//! `Idempotency-Key` header is sent as well but the operation declares no such parameter.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::ApiSettings;
 use crate::providers::contract::{CallOutcome, RetryCall, RetryClient};
 use crate::providers::http::{
-    Credential, Endpoint, ProviderApiError, auth_failed, exchange, missing, required, snippet,
+    Credential, Endpoint, ProviderApiError, ProviderHttp, auth_failed, exchange, read, required,
+    snippet,
 };
+
+/// A cached session is used until this long before its `expires_at`.
+const SESSION_MARGIN: TimeDelta = TimeDelta::seconds(60);
 
 /// Retries a failed Polar order (`RetryCall::cycle_id` = the order id).
 pub struct PolarClient {
+    /// The organization token's endpoint.
     api: Endpoint,
+    /// The settings again, to build a customer session's endpoint (same base URL, timeout
+    /// and answer cap, the session's token).
+    settings: ApiSettings,
+    http: ProviderHttp,
     payment_method_id: Option<String>,
+    /// Customer id → its session.
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    token: SecretString,
+    expires_at: DateTime<Utc>,
+}
+
+/// The fields of `Order` a retry reads.
+#[derive(Deserialize)]
+struct OrderState {
+    status: String,
+    customer_id: String,
+    customer: Option<OrderCustomer>,
+}
+
+/// `OrderCustomer`.
+#[derive(Deserialize)]
+struct OrderCustomer {
+    default_payment_method_id: Option<String>,
+}
+
+/// `CustomerSession` (the fields used).
+#[derive(Deserialize)]
+struct CustomerSession {
+    token: String,
+    expires_at: DateTime<Utc>,
 }
 
 impl PolarClient {
-    pub fn new(api: &ApiSettings, http: crate::providers::http::ProviderHttp) -> Self {
+    pub fn new(api: &ApiSettings, http: ProviderHttp) -> Self {
         Self {
-            payment_method_id: api.payment_method_id.clone(),
-            api: Endpoint::new(api, http, Credential::Authorization("Bearer")),
+            payment_method_id: api.payment_method_id.clone().filter(|id| !id.is_empty()),
+            api: Endpoint::new(api, http.clone(), Credential::Authorization("Bearer")),
+            settings: api.clone(),
+            http,
+            sessions: Mutex::default(),
         }
     }
 
     async fn confirm(&self, call: &RetryCall) -> Result<CallOutcome, ProviderApiError> {
-        let order = required(call.cycle_id.as_deref(), "cycle_id (Polar order id)")?;
+        let order_id = required(call.cycle_id.as_deref(), "cycle_id (Polar order id)")?;
+        let order = self.order(order_id).await?;
+        if order.status != "pending" {
+            return Ok(CallOutcome::NotEligible(format!(
+                "the order is {}: nothing to retry",
+                snippet(&order.status)
+            )));
+        }
         let method = self
             .payment_method_id
-            .as_deref()
+            .clone()
+            .or_else(|| order.customer.and_then(|c| c.default_payment_method_id))
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| missing("api.payment_method_id"))?;
-        let request = self.api.request(
+            .ok_or_else(|| ProviderApiError::Rejected {
+                status: 0,
+                message: "no payment method: api.payment_method_id is not set and the \
+                          order's customer has no default payment method"
+                    .to_owned(),
+            })?;
+        let session = self.session(&order.customer_id).await?;
+        let portal = Endpoint::new(
+            &ApiSettings {
+                token: session.token,
+                ..self.settings.clone()
+            },
+            self.http.clone(),
+            Credential::Authorization("Bearer"),
+        );
+        let request = portal.request(
             Method::POST,
-            &["v1", "customer-portal", "orders", order, "confirm-payment"],
+            &[
+                "v1",
+                "customer-portal",
+                "orders",
+                order_id,
+                "confirm-payment",
+            ],
         )?;
         // Exactly one of `payment_method_id` / `confirmation_token_id`: never both.
         let body = json!({ "payment_method_id": method, "payment_processor": "stripe" });
@@ -47,10 +168,64 @@ impl PolarClient {
             request
                 .header("Idempotency-Key", call.idempotency_key.as_str())
                 .json(&body),
-            self.api.answer_cap(),
+            portal.answer_cap(),
         )
         .await?;
+        if matches!(status.as_u16(), 401 | 403) {
+            self.forget(&order.customer_id);
+        }
         classify(status, wait, &body)
+    }
+
+    /// `GET /v1/orders/{id}`.
+    async fn order(&self, id: &str) -> Result<OrderState, ProviderApiError> {
+        let request = self.api.request(Method::GET, &["v1", "orders", id])?;
+        let answer = read(request, "Polar", self.api.answer_cap()).await?;
+        serde_json::from_str(&answer.body).map_err(|e| ProviderApiError::Rejected {
+            status: 200,
+            message: format!("not a Polar order: {e}"),
+        })
+    }
+
+    /// The customer's cached session, else a new one (`POST /v1/customer-sessions/`).
+    async fn session(&self, customer_id: &str) -> Result<Session, ProviderApiError> {
+        let now = Utc::now();
+        if let Some(session) = self.cached(customer_id, now) {
+            return Ok(session);
+        }
+        // The trailing empty segment gives the route's own `/customer-sessions/`.
+        let request = self
+            .api
+            .request(Method::POST, &["v1", "customer-sessions", ""])?
+            .json(&json!({ "customer_id": customer_id }));
+        let answer = read(request, "Polar", self.api.answer_cap()).await?;
+        let minted: CustomerSession =
+            serde_json::from_str(&answer.body).map_err(|e| ProviderApiError::Rejected {
+                status: 201,
+                message: format!("not a Polar customer session: {e}"),
+            })?;
+        let session = Session {
+            token: SecretString::from(minted.token),
+            expires_at: minted.expires_at,
+        };
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.expires_at - SESSION_MARGIN > now);
+        sessions.insert(customer_id.to_owned(), session.clone());
+        Ok(session)
+    }
+
+    fn cached(&self, customer_id: &str, now: DateTime<Utc>) -> Option<Session> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(customer_id)
+            .filter(|s| s.expires_at - SESSION_MARGIN > now)
+            .filter(|s| !s.token.expose_secret().is_empty())
+            .cloned()
+    }
+
+    fn forget(&self, customer_id: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.remove(customer_id);
     }
 }
 
@@ -70,12 +245,19 @@ struct Confirmation {
     error: Option<String>,
 }
 
-/// Polar's error body: `{"error": "<ErrorName>", "detail": "..."}` (validation errors carry
-/// a list in `detail`).
+/// Polar's error body: `{"error": "<ErrorName>", "detail": "..."}` (request validation
+/// errors carry a list in `detail`).
 #[derive(Deserialize, Default)]
 struct ErrorBody {
     error: Option<String>,
     detail: Option<Value>,
+}
+
+/// Whether a 422 `detail` reports a payment confirmation that failed rather than an order
+/// that is not eligible (see the module doc).
+fn confirmation_failed(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    !detail.contains("not eligible") && (detail.contains("fail") || detail.contains("declin"))
 }
 
 fn classify(
@@ -97,10 +279,14 @@ fn classify(
             }),
             // Not returned by Polar's server today; the outcome would arrive by webhook.
             "processing" | "pending" => Ok(CallOutcome::InProgress),
-            other => Err(ProviderApiError::Transient(format!(
-                "unexpected confirmation status {}",
-                snippet(other)
-            ))),
+            other => {
+                metrics::counter!("subsync_provider_unknown_values_total", "provider" => "polar", "field" => "confirmation.status")
+                    .increment(1);
+                Err(ProviderApiError::Transient(format!(
+                    "unexpected confirmation status {}",
+                    snippet(other)
+                )))
+            }
         };
     }
     if status.is_server_error() {
@@ -108,205 +294,37 @@ fn classify(
     }
     let error: ErrorBody = serde_json::from_str(body).unwrap_or_default();
     let detail = match &error.detail {
-        Some(Value::String(detail)) => Some(detail.clone()),
+        Some(Value::String(detail)) => Some(snippet(detail)),
         _ => None,
     };
-    let message = || {
-        let name = error.error.as_deref().unwrap_or("error");
-        match &detail {
-            Some(detail) => format!("{name}: {detail}"),
-            None => format!("{name}: {}", snippet(body)),
+    let name = error.error.as_deref();
+    match (code, detail) {
+        (409, _) => Ok(CallOutcome::InProgress),
+        (422, Some(detail)) if name == Some("OrderNotEligibleForRetry") => {
+            if confirmation_failed(&detail) {
+                Ok(CallOutcome::Declined {
+                    code: None,
+                    message: Some(detail),
+                })
+            } else {
+                Ok(CallOutcome::NotEligible(detail))
+            }
         }
-    };
-    match code {
-        409 => Ok(CallOutcome::InProgress),
-        // A validation error (list `detail`) is our request's fault, not the order's state.
-        422 if error.error.as_deref() != Some("RequestValidationError") && detail.is_some() => {
-            Ok(CallOutcome::NotEligible(detail.unwrap_or_default()))
-        }
-        429 => Err(ProviderApiError::RateLimited { retry_after: wait }),
-        401 | 403 => Err(auth_failed(code)),
-        _ => Err(ProviderApiError::Rejected {
+        (429, detail) if name == Some("ManualRetryLimitExceeded") => Ok(CallOutcome::NotEligible(
+            detail.unwrap_or_else(|| "ManualRetryLimitExceeded".to_owned()),
+        )),
+        (429, _) => Err(ProviderApiError::RateLimited { retry_after: wait }),
+        (401 | 403, _) => Err(auth_failed(code)),
+        (_, detail) => Err(ProviderApiError::Rejected {
             status: code,
-            message: message(),
+            message: format!(
+                "{}: {}",
+                name.unwrap_or("error"),
+                detail.unwrap_or_else(|| snippet(body))
+            ),
         }),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-    use wiremock::matchers::{body_json, header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-
-    use super::*;
-    use crate::providers::testing::api_settings;
-
-    const TOKEN: &str = "polar_cst_secret123";
-    const ORDER: &str = "8a4c1f0e-0000-4000-8000-000000000001";
-    const METHOD: &str = "5b9d2e1f-0000-4000-8000-000000000002";
-
-    fn client(server: &MockServer, method: Option<&str>, timeout_ms: u64) -> PolarClient {
-        let api = ApiSettings {
-            payment_method_id: method.map(str::to_owned),
-            timeout_ms,
-            ..api_settings(format!("{}/", server.uri()), TOKEN)
-        };
-        PolarClient::new(&api, crate::providers::http::http_client().unwrap())
-    }
-
-    fn call() -> RetryCall {
-        RetryCall {
-            attempt_id: "att_1".into(),
-            cycle_id: Some(ORDER.into()),
-            subscription_id: None,
-            idempotency_key: "subsync-polar-r1".into(),
-        }
-    }
-
-    async fn answer(response: ResponseTemplate) -> Result<CallOutcome, ProviderApiError> {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path(format!(
-                "/v1/customer-portal/orders/{ORDER}/confirm-payment"
-            )))
-            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
-            .and(header("idempotency-key", "subsync-polar-r1"))
-            // Exact body: the method id only, never a confirmation token as well.
-            .and(body_json(
-                json!({"payment_method_id": METHOD, "payment_processor": "stripe"}),
-            ))
-            .respond_with(response)
-            .expect(1)
-            .mount(&server)
-            .await;
-        client(&server, Some(METHOD), 2_000).retry(&call()).await
-    }
-
-    fn ok(body: serde_json::Value) -> ResponseTemplate {
-        ResponseTemplate::new(200).set_body_json(body)
-    }
-
-    fn error(status: u16, name: &str, detail: &str) -> ResponseTemplate {
-        ResponseTemplate::new(status).set_body_json(json!({"error": name, "detail": detail}))
-    }
-
-    #[tokio::test]
-    async fn confirmation_statuses_map() {
-        let succeeded = ok(json!({"status": "succeeded", "client_secret": null, "error": null}));
-        assert_eq!(answer(succeeded).await, Ok(CallOutcome::Charged));
-        let action = ok(
-            json!({"status": "requires_action", "client_secret": "pi_1_secret_x", "error": null}),
-        );
-        assert_eq!(answer(action).await, Ok(CallOutcome::RequiresAction));
-        let failed = ok(
-            json!({"status": "failed", "client_secret": null, "error": "Your card was declined."}),
-        );
-        assert_eq!(
-            answer(failed).await,
-            Ok(CallOutcome::Declined {
-                code: None,
-                message: Some("Your card was declined.".into())
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn not_found_is_rejected() {
-        assert_eq!(
-            answer(error(404, "ResourceNotFound", "Not found")).await,
-            Err(ProviderApiError::Rejected {
-                status: 404,
-                message: "ResourceNotFound: Not found".into()
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn payment_in_progress_is_in_progress() {
-        let busy = error(
-            409,
-            "PaymentAlreadyInProgress",
-            "Payment already in progress",
-        );
-        assert_eq!(answer(busy).await, Ok(CallOutcome::InProgress));
-    }
-
-    #[tokio::test]
-    async fn not_eligible_carries_the_detail() {
-        let detail = "Order is not eligible for retry";
-        assert_eq!(
-            answer(error(422, "OrderNotEligibleForRetry", detail)).await,
-            Ok(CallOutcome::NotEligible(detail.into()))
-        );
-        let invalid = ResponseTemplate::new(422).set_body_json(
-            json!({"error": "RequestValidationError", "detail": [{"loc": ["body"], "msg": "bad"}]}),
-        );
-        assert!(matches!(
-            answer(invalid).await,
-            Err(ProviderApiError::Rejected { status: 422, .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn retry_limit_is_rate_limited() {
-        let limited = error(
-            429,
-            "ManualRetryLimitExceeded",
-            "Maximum retry attempts exceeded",
-        )
-        .insert_header("Retry-After", "120");
-        assert_eq!(
-            answer(limited).await,
-            Err(ProviderApiError::RateLimited {
-                retry_after: Some(Duration::from_secs(120))
-            })
-        );
-        let bare = error(
-            429,
-            "ManualRetryLimitExceeded",
-            "Maximum retry attempts exceeded",
-        );
-        assert_eq!(
-            answer(bare).await,
-            Err(ProviderApiError::RateLimited { retry_after: None })
-        );
-    }
-
-    #[tokio::test]
-    async fn server_errors_are_transient_and_auth_errors_hide_the_token() {
-        assert!(matches!(
-            answer(ResponseTemplate::new(502)).await,
-            Err(ProviderApiError::Transient(_))
-        ));
-        let echo = error(401, "Unauthorized", &format!("bad token {TOKEN}"));
-        match answer(echo).await {
-            Err(ProviderApiError::Rejected {
-                status: 401,
-                message,
-            }) => assert!(!message.contains(TOKEN)),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn missing_payment_method_or_order_is_rejected_before_calling() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200))
-            .expect(0)
-            .mount(&server)
-            .await;
-        let result = client(&server, None, 1_000).retry(&call()).await;
-        assert!(
-            matches!(result, Err(ProviderApiError::Rejected { status: 0, message }) if message.contains("payment_method_id"))
-        );
-        let mut without = call();
-        without.cycle_id = None;
-        let result = client(&server, Some(METHOD), 1_000).retry(&without).await;
-        assert!(matches!(
-            result,
-            Err(ProviderApiError::Rejected { status: 0, .. })
-        ));
-    }
-}
+mod tests;

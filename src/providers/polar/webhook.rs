@@ -1,5 +1,6 @@
-//! Polar webhook `{"type","timestamp","data"}` → canonical events. The mapping is documented
-//! in `polar.rs`.
+//! Polar webhook `{"type","timestamp","data"}` → canonical events: the decision table of
+//! every webhook type, the wire types and the normalization. The mapping is documented in
+//! `polar/mod.rs`.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -11,6 +12,103 @@ use crate::providers::support::{malformed, stripe_subscription_status};
 use crate::providers::support::{parse_payload, parse_time};
 use crate::providers::{NormalizeError, Normalized};
 
+/// What subsync does with a Polar webhook type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handling {
+    /// `data` is an `Order`: one billing attempt.
+    Order,
+    /// `data` is a `Subscription`: one subscription change.
+    Subscription,
+    /// Archived as `ignored`, for this reason.
+    Ignored(&'static str),
+}
+
+use Handling::{Ignored, Order as OrderAttempt, Subscription as SubscriptionState};
+
+const BOOKED_FROM_THE_ORDER: &str = "a Refund record, sent whatever its status (pending, \
+    failed, canceled); the refund is booked from its order instead (order.refunded / \
+    order.updated: status refunded or partially_refunded), which is state-based and \
+    idempotent";
+
+/// Every webhook type of Polar's definitions (`webhooks` of the OpenAPI document: the
+/// order, subscription and refund ones), and the other types Polar's server sends, whose
+/// payloads the definitions do not describe. A type not listed is ignored and counted.
+pub(super) const WEBHOOKS: &[(&str, Handling)] = &[
+    ("order.created", OrderAttempt),
+    ("order.updated", OrderAttempt),
+    ("order.paid", OrderAttempt),
+    ("order.refunded", OrderAttempt),
+    ("subscription.created", SubscriptionState),
+    ("subscription.updated", SubscriptionState),
+    ("subscription.active", SubscriptionState),
+    ("subscription.canceled", SubscriptionState),
+    ("subscription.uncanceled", SubscriptionState),
+    ("subscription.cycled", SubscriptionState),
+    ("subscription.revoked", SubscriptionState),
+    ("subscription.past_due", SubscriptionState),
+    ("subscription.paused", SubscriptionState),
+    ("subscription.resumed", SubscriptionState),
+    ("refund.created", Ignored(BOOKED_FROM_THE_ORDER)),
+    ("refund.updated", Ignored(BOOKED_FROM_THE_ORDER)),
+    ("checkout.created", Ignored(CHECKOUT)),
+    ("checkout.updated", Ignored(CHECKOUT)),
+    ("checkout.expired", Ignored(CHECKOUT)),
+    ("customer.created", Ignored(CUSTOMER)),
+    ("customer.updated", Ignored(CUSTOMER)),
+    ("customer.deleted", Ignored(CUSTOMER)),
+    ("customer.state_changed", Ignored(CUSTOMER)),
+    ("customer_seat.assigned", Ignored(NO_BILLING)),
+    ("customer_seat.claimed", Ignored(NO_BILLING)),
+    ("customer_seat.revoked", Ignored(NO_BILLING)),
+    ("member.created", Ignored(NO_BILLING)),
+    ("member.updated", Ignored(NO_BILLING)),
+    ("member.deleted", Ignored(NO_BILLING)),
+    ("product.created", Ignored(CATALOGUE)),
+    ("product.updated", Ignored(CATALOGUE)),
+    ("discount.created", Ignored(CATALOGUE)),
+    ("discount.updated", Ignored(CATALOGUE)),
+    ("discount.deleted", Ignored(CATALOGUE)),
+    ("benefit.created", Ignored(CATALOGUE)),
+    ("benefit.updated", Ignored(CATALOGUE)),
+    ("benefit_grant.created", Ignored(GRANT)),
+    ("benefit_grant.cycled", Ignored(GRANT)),
+    ("benefit_grant.updated", Ignored(GRANT)),
+    ("benefit_grant.revoked", Ignored(GRANT)),
+    (
+        "organization.updated",
+        Ignored("the merchant's own settings"),
+    ),
+];
+
+const CHECKOUT: &str =
+    "a checkout session; what it leads to arrives as order.* and subscription.* webhooks";
+const CUSTOMER: &str = "the customer's profile and entitlements; payments and subscription \
+    states arrive as order.* and subscription.* webhooks";
+const NO_BILLING: &str = "seats and members of a customer: no payment, no subscription state";
+const CATALOGUE: &str = "the catalogue (products, discounts, benefits): no payment";
+const GRANT: &str = "a benefit granted or revoked because of a subscription or order, whose \
+    own webhooks carry the billing state";
+
+/// The handling of `event_type`, `None` for a type not in [`WEBHOOKS`].
+pub(super) fn handling(event_type: &str) -> Option<Handling> {
+    WEBHOOKS
+        .iter()
+        .find(|(name, _)| *name == event_type)
+        .map(|(_, handling)| *handling)
+}
+
+/// A word outside Polar's definitions: tolerated (the event is archived as ignored) and
+/// counted, never guessed at.
+fn unknown(field: &'static str, word: &str) {
+    metrics::counter!("subsync_provider_unknown_values_total", "provider" => "polar", "field" => field)
+        .increment(1);
+    tracing::warn!(
+        field,
+        value = %word.chars().take(64).collect::<String>(),
+        "Polar value outside its definitions: event archived as ignored"
+    );
+}
+
 #[derive(Deserialize)]
 struct Event {
     #[serde(rename = "type")]
@@ -19,20 +117,20 @@ struct Event {
     data: Option<Box<RawValue>>,
 }
 
+/// The fields of Polar's `Order` the normalization reads.
 #[derive(Deserialize)]
 struct Order {
     id: Option<String>,
     status: Option<String>,
     subscription_id: Option<String>,
     total_amount: Option<DecimalText>,
-    /// Deprecated alias of the amount on older payloads.
-    amount: Option<DecimalText>,
     currency: Option<String>,
     created_at: Option<String>,
     modified_at: Option<String>,
     next_payment_attempt_at: Option<String>,
 }
 
+/// The fields of Polar's `Subscription` the normalization reads.
 #[derive(Deserialize)]
 struct Subscription {
     id: Option<String>,
@@ -55,32 +153,20 @@ fn required(value: Option<String>, what: &str) -> Result<String, NormalizeError>
 
 pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let event: Event = parse_payload(body, "Polar webhook")?;
-    let is_order = matches!(
-        event.event_type.as_str(),
-        "order.created" | "order.updated" | "order.paid" | "order.refunded"
-    );
-    let is_subscription = matches!(
-        event.event_type.as_str(),
-        "subscription.created"
-            | "subscription.updated"
-            | "subscription.active"
-            | "subscription.canceled"
-            | "subscription.uncanceled"
-            | "subscription.revoked"
-            | "subscription.past_due"
-            | "subscription.cycled"
-            | "subscription.paused"
-            | "subscription.resumed"
-    );
-    if !is_order && !is_subscription {
-        return Ok(Normalized::ignored(event.event_type));
-    }
+    let handling = match handling(&event.event_type) {
+        Some(Ignored(_)) => return Ok(Normalized::ignored(event.event_type)),
+        None => {
+            unknown("type", &event.event_type);
+            return Ok(Normalized::ignored(event.event_type));
+        }
+        Some(handling) => handling,
+    };
     let what = &event.event_type;
     let timestamp = time(event.timestamp, "timestamp")?;
     let data = event
         .data
         .ok_or_else(|| malformed(format!("{what}: no data")))?;
-    let canonical = if is_order {
+    let canonical = if handling == OrderAttempt {
         let order: Order = parse_payload(data.get().as_bytes(), "Polar order")?;
         order_attempt(order, timestamp).map_err(|e| prefix(what, e))?
     } else {
@@ -89,7 +175,7 @@ pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     };
     Ok(Normalized {
         event_type: event.event_type,
-        events: vec![canonical],
+        events: canonical.into_iter().collect(),
     })
 }
 
@@ -98,23 +184,33 @@ fn prefix(what: &str, error: NormalizeError) -> NormalizeError {
     malformed(format!("{what}: {reason}"))
 }
 
+/// The attempt status of an order in `OrderStatus` word `status`; `in_dunning` = a
+/// non-null `next_payment_attempt_at`. `None` for a word outside `OrderStatus`.
+pub(super) fn attempt_status(status: &str, in_dunning: bool) -> Option<AttemptStatus> {
+    Some(match status {
+        "pending" if in_dunning => AttemptStatus::Failed,
+        "draft" | "pending" => AttemptStatus::Pending,
+        // Money was collected; the partial refund itself is not booked (see mod.rs).
+        "paid" | "partially_refunded" => AttemptStatus::Succeeded,
+        "refunded" => AttemptStatus::Refunded,
+        "void" => AttemptStatus::Skipped,
+        _ => return None,
+    })
+}
+
 fn order_attempt(
     order: Order,
     timestamp: Option<DateTime<Utc>>,
-) -> Result<CanonicalEvent, NormalizeError> {
+) -> Result<Option<CanonicalEvent>, NormalizeError> {
     let id = required(order.id, "order id")?;
     let provider_status = required(order.status, "order status")?;
-    let status = match provider_status.as_str() {
-        "draft" | "pending" | "processing" | "no_payment" => AttemptStatus::Pending,
-        "paid" | "succeeded" => AttemptStatus::Succeeded,
-        "requires_action" => AttemptStatus::RequiresAction,
-        "failed" => AttemptStatus::Failed,
-        "refunded" | "partially_refunded" => AttemptStatus::Refunded,
-        "void" | "canceled" => AttemptStatus::Skipped,
-        other => return Err(malformed(format!("order {id}: unknown status {other:?}"))),
+    let next_attempt_at = time(order.next_payment_attempt_at, "next_payment_attempt_at")?;
+    let Some(status) = attempt_status(&provider_status, next_attempt_at.is_some()) else {
+        unknown("order.status", &provider_status);
+        return Ok(None);
     };
     let currency = required(order.currency, "order currency")?;
-    let amount = match order.total_amount.as_ref().or(order.amount.as_ref()) {
+    let amount = match order.total_amount.as_ref() {
         Some(text) => {
             let minor = text.0.parse().map_err(|_| {
                 malformed(format!(
@@ -131,7 +227,7 @@ fn order_attempt(
     };
     let modified = time(order.modified_at, "modified_at")?;
     let created = time(order.created_at, "created_at")?;
-    Ok(CanonicalEvent::BillingAttempt(BillingAttempt {
+    Ok(Some(CanonicalEvent::BillingAttempt(BillingAttempt {
         attempt_id: id.clone(),
         subscription_id: order.subscription_id.filter(|s| !s.is_empty()),
         cycle_id: Some(id),
@@ -141,28 +237,27 @@ fn order_attempt(
         error_code: None,
         error_message: None,
         attempted_at: modified.or(created).or(timestamp),
-        next_attempt_at: time(order.next_payment_attempt_at, "next_payment_attempt_at")?,
+        next_attempt_at,
         attempt_count: None,
-    }))
+    })))
 }
 
 fn subscription_change(
     sub: Subscription,
     timestamp: Option<DateTime<Utc>>,
-) -> Result<CanonicalEvent, NormalizeError> {
+) -> Result<Option<CanonicalEvent>, NormalizeError> {
     let id = required(sub.id, "subscription id")?;
     let provider_status = required(sub.status, "subscription status")?;
-    let status = stripe_subscription_status(&provider_status).ok_or_else(|| {
-        malformed(format!(
-            "subscription {id}: unknown status {provider_status:?}"
-        ))
-    })?;
+    let Some(status) = stripe_subscription_status(&provider_status) else {
+        unknown("subscription.status", &provider_status);
+        return Ok(None);
+    };
     let currency = sub
         .currency
         .map(|c| exponent(&c).map(|(code, _)| code))
         .transpose()
         .map_err(|e| malformed(format!("currency: {e}")))?;
-    Ok(CanonicalEvent::Subscription(SubscriptionChange {
+    Ok(Some(CanonicalEvent::Subscription(SubscriptionChange {
         subscription_id: id,
         status,
         provider_status,
@@ -171,7 +266,7 @@ fn subscription_change(
         current_period_end: time(sub.current_period_end, "current_period_end")?,
         updated_at: time(sub.modified_at, "modified_at")?.or(timestamp),
         version: None,
-    }))
+    })))
 }
 
 #[cfg(test)]

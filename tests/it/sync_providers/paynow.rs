@@ -3,10 +3,12 @@
 //! orders by flake id (`asc=true` oldest first), continues strictly `after` the given id
 //! and answers at most `limit` items as a bare JSON array (fewer than `limit`, or none, on
 //! the last page). Webhooks (`PayNow-Signature`) deliver part of the subscriptions; one
-//! sync heals the statuses the ledger missed, and a second run changes nothing.
+//! sync heals the statuses the ledger missed (a past-due flag included), and a second run
+//! changes nothing. Subscriptions are generated from PayNow's `SubscriptionDto` schema and
+//! webhooks from its webhook definitions, each checked valid.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -17,6 +19,25 @@ use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
+
+use crate::schema;
+
+/// PayNow's definitions (the copies in tests/fixtures): webhooks, management API.
+fn definitions() -> &'static (schema::Spec, schema::Spec) {
+    static SPECS: OnceLock<(schema::Spec, schema::Spec)> = OnceLock::new();
+    SPECS.get_or_init(|| {
+        (
+            schema::Spec::parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/paynow/webhook-definitions.json"
+            ))),
+            schema::Spec::parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/paynow/management-api.subset.json"
+            ))),
+        )
+    })
+}
 
 const SOURCE: &str = "paynow";
 const API_KEY: &str = "pnapi_v1_sync_secret";
@@ -114,35 +135,95 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// A store subscription DTO as the management API lists it; every own time of it at
-/// `at` (so whether an incremental run renders it depends on `at`).
+/// A store `SubscriptionDto` as the management API lists it (generated from its schema,
+/// checked valid); every own time of it at `at` (so whether an incremental run renders it
+/// depends on `at`).
 fn subscription(id: &str, status: &str, cycle: Option<u64>, at: DateTime<Utc>) -> Value {
     let at = rfc3339(at);
-    json!({
-        "id": id, "pretty_id": format!("SUB-{}", &id[id.len() - 4..]), "store_id": STORE,
-        "customer": {"id": "411486491630370555", "store_id": STORE, "metadata": {},
-            "created_at": "2024-01-01T00:00:00Z"},
-        "status": status, "gift": false, "product_id": "411486491630370100",
-        "product_version_id": "411486491630370101", "product_name": "VIP",
-        "interval_value": 1, "interval_scale": "month", "currency": "eur",
-        "tax_inclusive": true, "price": 999, "price_str": "9.99", "discount_amount": 0,
-        "subtotal_amount": 999, "tax_amount": 0, "total_amount": 999, "total_amount_str": "9.99",
-        "current_period_start": at, "current_period_end": "2027-01-01T00:00:00Z",
-        "billing_cycle_sequence": cycle, "next_attempt_at": null, "attempt_count": 0,
-        "created_at": at, "updated_at": at,
-        "active_at": if status == "created" { Value::Null } else { json!(at) },
-        "canceled_at": if status == "canceled" { json!(at) } else { Value::Null },
-        "cancel_reason": if status == "canceled" { json!("customer_request") } else { Value::Null },
-    })
+    let spec = &definitions().1;
+    let schema = spec.schema("SubscriptionDto");
+    let mut sub = spec.generate(schema);
+    let canceled = status == "canceled";
+    for (pointer, value) in [
+        ("/id", json!(id)),
+        ("/pretty_id", json!(format!("SUB-{}", &id[id.len() - 4..]))),
+        ("/store_id", json!(STORE)),
+        ("/customer/id", json!("411486491630370555")),
+        ("/customer/store_id", json!(STORE)),
+        ("/status", json!(status)),
+        ("/past_due", json!(false)),
+        ("/currency", json!("eur")),
+        ("/total_amount", json!(999)),
+        ("/current_period_start", json!(at)),
+        ("/current_period_end", json!("2027-01-01T00:00:00Z")),
+        ("/billing_cycle_sequence", json!(cycle)),
+        ("/next_attempt_at", Value::Null),
+        ("/attempt_count", json!(0)),
+        ("/created_at", json!(at)),
+        ("/updated_at", json!(at)),
+        (
+            "/active_at",
+            if status == "created" {
+                Value::Null
+            } else {
+                json!(at)
+            },
+        ),
+        (
+            "/canceled_at",
+            if canceled { json!(at) } else { Value::Null },
+        ),
+        (
+            "/cancel_reason",
+            if canceled {
+                json!("customer_request")
+            } else {
+                Value::Null
+            },
+        ),
+    ] {
+        schema::set(&mut sub, pointer, value);
+    }
+    let errors = spec.validate(&sub, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    sub
 }
 
-/// The webhook PayNow sends for a subscription event.
-fn webhook(event_type: &str, event_id: &str, subscription: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "event_type": event_type, "event_id": event_id,
-        "timestamp": subscription["updated_at"], "body": subscription,
-    }))
-    .unwrap()
+/// The webhook PayNow sends for a subscription event (generated from its definition, the
+/// subscription's fields copied from `sub`, checked valid). It has no time of its own.
+fn webhook(event_type: &str, event_id: &str, sub: &Value) -> Vec<u8> {
+    let spec = &definitions().0;
+    let schema = spec.webhook_body(event_type);
+    let mut body = spec.generate(schema);
+    schema::set(&mut body, "/event_type", json!(event_type));
+    schema::set(&mut body, "/event_id", json!(event_id));
+    schema::set(
+        &mut body,
+        "/body/customer_id",
+        sub["customer"]["id"].clone(),
+    );
+    let declared = &spec.resolve(schema)["properties"]["body"]["properties"];
+    for field in [
+        "id",
+        "store_id",
+        "status",
+        "currency",
+        "total_amount",
+        "billing_cycle_sequence",
+        "current_period_start",
+        "current_period_end",
+        "created_at",
+        "active_at",
+        "canceled_at",
+        "cancel_reason",
+    ] {
+        if !sub[field].is_null() && declared.get(field).is_some() {
+            schema::set(&mut body, &format!("/body/{field}"), sub[field].clone());
+        }
+    }
+    let errors = spec.validate(&body, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    serde_json::to_vec(&body).unwrap()
 }
 
 fn id(n: u64) -> String {
@@ -157,8 +238,7 @@ async fn states(app: &TestApp, ids: &[String]) -> Vec<Option<(String, String)>> 
 
 #[tokio::test]
 async fn missed_subscription_statuses_are_healed_and_a_second_run_changes_nothing() {
-    let now = Utc::now();
-    let recent = now - chrono::Duration::minutes(10);
+    let before = Utc::now() - chrono::Duration::minutes(10);
     let old = DateTime::parse_from_rfc3339("2024-11-12T10:30:00Z")
         .unwrap()
         .with_timezone(&Utc);
@@ -166,21 +246,24 @@ async fn missed_subscription_statuses_are_healed_and_a_second_run_changes_nothin
     // (never activated: renders nothing), #3 canceled (the webhook only said renewed), #4
     // renewed and #5 canceled long ago (both missed). #1 and #3 changed in the last hour.
     let ids: Vec<String> = (1..=5).map(id).collect();
-    let listed = vec![
-        subscription(&ids[4], "canceled", Some(1), old),
-        subscription(&ids[2], "canceled", Some(3), recent),
-        subscription(&ids[0], "active", Some(1), recent),
-        subscription(&ids[3], "active", Some(2), old),
-        subscription(&ids[1], "created", None, recent),
-    ];
-    let fake = FakeSubscriptions::new(listed.clone());
+    let fake = FakeSubscriptions::new(Vec::new());
     let server = paynow_api(fake.clone()).await;
     let (_config, app) = app_with(&server).await;
 
-    let renewed_before = subscription(&ids[2], "active", Some(2), now - chrono::Duration::days(1));
+    let activated = subscription(&ids[0], "active", Some(1), before);
+    let renewed = subscription(
+        &ids[2],
+        "active",
+        Some(2),
+        before - chrono::Duration::days(1),
+    );
     let webhooks = [
-        ("evt_1", "ON_SUBSCRIPTION_ACTIVATED", &listed[2]),
-        ("evt_3", "ON_SUBSCRIPTION_RENEWED", &renewed_before),
+        (
+            "411486491630370901",
+            "ON_SUBSCRIPTION_ACTIVATED",
+            &activated,
+        ),
+        ("411486491630370903", "ON_SUBSCRIPTION_RENEWED", &renewed),
     ];
     for (event_id, event_type, sub) in webhooks {
         let body = webhook(event_type, event_id, sub);
@@ -202,6 +285,16 @@ async fn missed_subscription_statuses_are_healed_and_a_second_run_changes_nothin
         states(&app, &ids).await
     );
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 2);
+    // PayNow's webhooks carry no time of their own, so the ledger orders them by their
+    // receipt: #3 was canceled after its renewal webhook came in.
+    let canceled = Utc::now() + chrono::Duration::seconds(1);
+    *fake.subscriptions.lock().unwrap() = vec![
+        subscription(&ids[4], "canceled", Some(1), old),
+        subscription(&ids[2], "canceled", Some(3), canceled),
+        activated.clone(),
+        subscription(&ids[3], "active", Some(2), old),
+        subscription(&ids[1], "created", None, before),
+    ];
 
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(
@@ -344,6 +437,80 @@ async fn a_full_last_page_ends_on_an_empty_one_and_a_new_subscription_is_picked_
     let third = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!((third.pages, third.records, third.changed), (3, 5, 0));
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 5);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_active_subscription_past_due_ends_past_due_and_recovers() {
+    let id = id(21);
+    let fake = FakeSubscriptions::new(Vec::new());
+    let server = paynow_api(fake.clone()).await;
+    let (_config, app) = app_with(&server).await;
+    let start = Utc::now() - chrono::Duration::minutes(10);
+    let renewed = subscription(&id, "active", Some(2), start);
+    let body = webhook("ON_SUBSCRIPTION_RENEWED", "411486491630370921", &renewed);
+    assert_eq!(
+        app.post_signed(SOURCE, "411486491630370921", &body)
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            states(&app, std::slice::from_ref(&id)).await == [state("active", "active")]
+        })
+        .await
+    );
+
+    // The next renewal fails: PayNow keeps the subscription `active` and flags it past due
+    // while it retries (no webhook says so).
+    let mut past_due = subscription(
+        &id,
+        "active",
+        Some(3),
+        Utc::now() + chrono::Duration::seconds(1),
+    );
+    past_due["past_due"] = json!(true);
+    past_due["attempt_count"] = json!(1);
+    past_due["next_attempt_at"] = json!(rfc3339(Utc::now() + chrono::Duration::days(2)));
+    let errors = definitions()
+        .1
+        .validate(&past_due, definitions().1.schema("SubscriptionDto"));
+    assert!(errors.is_empty(), "{errors:#?}");
+    *fake.subscriptions.lock().unwrap() = vec![past_due];
+    let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
+    assert_eq!(
+        (report.records, report.changed, report.malformed),
+        (1, 1, 0)
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            states(&app, std::slice::from_ref(&id)).await == [state("past_due", "active")]
+        })
+        .await,
+        "{:?}",
+        states(&app, std::slice::from_ref(&id)).await
+    );
+
+    // A retry succeeds: the flag is cleared.
+    let recovered = subscription(
+        &id,
+        "active",
+        Some(3),
+        Utc::now() + chrono::Duration::seconds(2),
+    );
+    *fake.subscriptions.lock().unwrap() = vec![recovered];
+    let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
+    assert_eq!((report.records, report.changed), (1, 1));
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            states(&app, std::slice::from_ref(&id)).await == [state("active", "active")]
+        })
+        .await,
+        "{:?}",
+        states(&app, std::slice::from_ref(&id)).await
+    );
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }

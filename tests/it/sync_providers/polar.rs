@@ -1,12 +1,13 @@
-//! Polar pull sync end to end: a fake of the customer portal's `GET
-//! /v1/customer-portal/orders/` (Bearer customer-session token, `product_billing_type`
-//! filter, `sorting=-created_at`, 1-based `page` and `limit`, `pagination.max_page`), the
-//! real broker and the real database. Orders whose webhooks were lost (a renewal, a
-//! refund, an order in dunning) are healed by one run; a draft and a one-time order are
-//! not synced; incremental and full re-runs change nothing.
+//! Polar pull sync end to end: a fake of the organization's `GET /v1/orders/` (Bearer
+//! organization token, `product_billing_type` filter, `sorting=-created_at`,
+//! `created_after`, 1-based `page` and `limit`, `pagination.max_page`), answering orders
+//! generated from Polar's `Order` schema, the real broker and the real database. Orders
+//! whose webhooks were lost (a renewal, a refund, an order in dunning) are healed by one
+//! run; a draft and a one-time order are not synced; incremental and full re-runs change
+//! nothing.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -16,15 +17,28 @@ use serde_json::{Value, json};
 use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
+use crate::schema;
+
 const SOURCE: &str = "polar";
-const TOKEN: &str = "polar_cst_sync_token";
+const TOKEN: &str = "polar_oat_sync_token";
 const SECRET: &str = "whsec_ExampleExampleExampleExampleExampl0AbCdE";
-const PATH: &str = "/v1/customer-portal/orders/";
+const PATH: &str = "/v1/orders/";
 const SUB: &str = "e5149aae-e521-42b9-b24c-abb8d71eea2e";
 const CUSTOMER: &str = "992fae2a-2a17-4b7a-8d9e-e287cf90131b";
 
-/// The portal's order list of one customer: filtered by the product's billing type,
-/// sorted by `sorting`, cut into `limit`-sized pages numbered from 1, with
+/// Polar's definitions (the copy in tests/fixtures).
+fn definitions() -> &'static schema::Spec {
+    static SPEC: OnceLock<schema::Spec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        schema::Spec::parse(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/polar/polar-openapi-2026-10.subset.json"
+        )))
+    })
+}
+
+/// The organization's order list: filtered by the product's billing type and
+/// `created_after`, sorted by `sorting`, cut into `limit`-sized pages numbered from 1, with
 /// `pagination.max_page = ceil(total_count / limit)` as Polar computes it.
 #[derive(Clone)]
 struct FakeOrders {
@@ -83,10 +97,25 @@ impl Respond for FakeOrders {
                 );
             }
         };
+        let created_after = match query("created_after") {
+            None => None,
+            Some(text) => match chrono::DateTime::parse_from_rfc3339(&text) {
+                Ok(at) => Some(at),
+                Err(_) => {
+                    return unprocessable("created_after", "Input should be a valid datetime");
+                }
+            },
+        };
         let mut orders: Vec<&Value> = self
             .orders
             .iter()
             .filter(|o| recurring.is_none_or(|r| o["product"]["is_recurring"] == r))
+            .filter(|o| {
+                created_after.is_none_or(|after| {
+                    chrono::DateTime::parse_from_rfc3339(o["created_at"].as_str().unwrap()).unwrap()
+                        > after
+                })
+            })
             .collect();
         match query("sorting").as_deref() {
             None | Some("-created_at") => {
@@ -103,108 +132,103 @@ impl Respond for FakeOrders {
             .skip((page - 1) * limit)
             .take(limit)
             .collect();
-        ResponseTemplate::new(200).set_body_json(json!({
+        let body = json!({
             "items": items,
             "pagination": { "total_count": total, "max_page": total.div_ceil(limit) },
-        }))
+        });
+        let spec = definitions();
+        let errors = spec.validate(&body, spec.response(PATH, "get", "200"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        ResponseTemplate::new(200).set_body_json(body)
     }
 }
 
-/// A `CustomerOrder` as the portal lists it, with the product and subscription it embeds.
-fn order(id: &str, status: &str, created: &str, modified: &str) -> Value {
-    json!({
-        "id": id, "created_at": created, "modified_at": modified, "status": status,
-        "paid": matches!(status, "paid" | "refunded"), "subtotal_amount": 1999,
-        "discount_amount": 0, "net_amount": 1999, "tax_amount": 0, "total_amount": 1999,
-        "refunded_amount": if status == "refunded" { 1999 } else { 0 },
-        "refunded_tax_amount": 0, "currency": "usd", "billing_reason": "subscription_cycle",
-        "customer_id": CUSTOMER, "product_id": "3b6a4e5c-0e43-4a5e-9a59-5d3c0b1f9b0a",
-        "subscription_id": SUB, "next_payment_attempt_at": null,
-        "product": {"id": "3b6a4e5c-0e43-4a5e-9a59-5d3c0b1f9b0a", "name": "Pro",
-            "is_recurring": true},
-        "subscription": {"id": SUB, "status": "active",
-            "current_period_end": "2024-07-10T08:00:00Z"},
-        "items": [{"label": "Pro", "amount": 1999, "tax_amount": 0, "proration": false}]
-    })
+fn id(n: u32) -> String {
+    format!("8a4c1f0e-0000-4000-8000-{n:012}")
+}
+
+/// An `Order` as Polar lists it (generated from its schema, with the product and the
+/// subscription it embeds), checked valid.
+fn order(n: u32, status: &str, created: &str, modified: &str) -> Value {
+    let spec = definitions();
+    let schema = spec.schema("Order");
+    let mut order = spec.generate(schema);
+    for (pointer, value) in [
+        ("/id", json!(id(n))),
+        ("/created_at", json!(created)),
+        ("/modified_at", json!(modified)),
+        ("/status", json!(status)),
+        ("/paid", json!(matches!(status, "paid" | "refunded"))),
+        ("/subtotal_amount", json!(1999)),
+        ("/discount_amount", json!(0)),
+        ("/net_amount", json!(1999)),
+        ("/tax_amount", json!(0)),
+        ("/total_amount", json!(1999)),
+        (
+            "/refunded_amount",
+            json!(if status == "refunded" { 1999 } else { 0 }),
+        ),
+        ("/currency", json!("usd")),
+        ("/billing_reason", json!("subscription_cycle")),
+        ("/customer_id", json!(CUSTOMER)),
+        ("/customer/id", json!(CUSTOMER)),
+        ("/subscription_id", json!(SUB)),
+        ("/subscription/id", json!(SUB)),
+        ("/next_payment_attempt_at", Value::Null),
+        ("/product/is_recurring", json!(true)),
+        ("/discount", Value::Null),
+        ("/discount_id", Value::Null),
+    ] {
+        schema::set(&mut order, pointer, value);
+    }
+    let errors = spec.validate(&order, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    order
 }
 
 /// Seven orders of one customer: a one-time purchase (not recurring: filtered out by the
 /// API), a draft (no payment asked yet: not synced), a renewal in dunning, three paid
 /// renewals and a refunded one. Six recurring orders: three pages of two.
 fn orders() -> Vec<Value> {
-    let mut one_time = order(
-        "ord_7",
-        "paid",
-        "2024-06-20T08:00:00Z",
-        "2024-06-20T08:00:04Z",
-    );
+    let mut one_time = order(7, "paid", "2024-06-20T08:00:00Z", "2024-06-20T08:00:04Z");
     one_time["product"]["is_recurring"] = json!(false);
     one_time["billing_reason"] = json!("purchase");
     one_time["subscription_id"] = Value::Null;
     one_time["subscription"] = Value::Null;
-    let mut dunning = order(
-        "ord_5",
-        "pending",
-        "2024-05-10T08:00:00Z",
-        "2024-05-10T08:00:05Z",
-    );
+    let mut dunning = order(5, "pending", "2024-05-10T08:00:00Z", "2024-05-10T08:00:05Z");
     dunning["next_payment_attempt_at"] = json!("2024-05-12T08:00:05Z");
     vec![
-        order(
-            "ord_1",
-            "paid",
-            "2024-01-10T08:00:00Z",
-            "2024-01-10T08:00:04Z",
-        ),
-        order(
-            "ord_2",
-            "paid",
-            "2024-02-10T08:00:00Z",
-            "2024-02-10T08:00:04Z",
-        ),
+        order(1, "paid", "2024-01-10T08:00:00Z", "2024-01-10T08:00:04Z"),
+        order(2, "paid", "2024-02-10T08:00:00Z", "2024-02-10T08:00:04Z"),
         ord_3_refunded(),
-        order(
-            "ord_4",
-            "paid",
-            "2024-04-10T08:00:00Z",
-            "2024-04-10T08:00:04Z",
-        ),
+        order(4, "paid", "2024-04-10T08:00:00Z", "2024-04-10T08:00:04Z"),
         dunning,
-        order(
-            "ord_6",
-            "draft",
-            "2024-06-10T08:00:00Z",
-            "2024-06-10T08:00:00Z",
-        ),
+        order(6, "draft", "2024-06-10T08:00:00Z", "2024-06-10T08:00:00Z"),
         one_time,
     ]
 }
 
 /// ord_3 was paid, then refunded ten days later.
 fn ord_3_paid() -> Value {
-    order(
-        "ord_3",
-        "paid",
-        "2024-03-10T08:00:00Z",
-        "2024-03-10T08:00:04Z",
-    )
+    order(3, "paid", "2024-03-10T08:00:00Z", "2024-03-10T08:00:04Z")
 }
 
 fn ord_3_refunded() -> Value {
     order(
-        "ord_3",
+        3,
         "refunded",
         "2024-03-10T08:00:00Z",
         "2024-03-20T12:00:00Z",
     )
 }
 
-/// Polar's webhook for `order`: `{"type", "timestamp", "data"}`.
+/// Polar's webhook for `order`: `{"type", "timestamp", "data"}`, valid under its schema.
 fn webhook(event_type: &str, data: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "type": event_type, "timestamp": data["modified_at"], "data": data,
-    }))
-    .unwrap()
+    let body = json!({ "type": event_type, "timestamp": data["modified_at"], "data": data });
+    let spec = definitions();
+    let errors = spec.validate(&body, spec.webhook_body(event_type));
+    assert!(errors.is_empty(), "{errors:#?}");
+    serde_json::to_vec(&body).unwrap()
 }
 
 async fn polar_api(fake: FakeOrders) -> MockServer {
@@ -224,7 +248,7 @@ async fn app_with(server: &MockServer) -> TestApp {
         r#"id = "{SOURCE}"
 provider = "polar"
 secrets = ["{SECRET}"]
-api = {{ base_url = "{}", token = "{TOKEN}", payment_method_id = "pm_sync" }}"#,
+api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
         server.uri()
     );
     harness::app_with(&source, 60).await.1
@@ -247,13 +271,14 @@ async fn barrier(app: &TestApp, event_id: &str) -> i64 {
 
 fn expected_states() -> Vec<(String, String)> {
     [
-        ("ord_1", "succeeded"),
-        ("ord_2", "succeeded"),
-        ("ord_3", "refunded"),
-        ("ord_4", "succeeded"),
-        ("ord_5", "pending"),
+        (1, "succeeded"),
+        (2, "succeeded"),
+        (3, "refunded"),
+        (4, "succeeded"),
+        // The renewal in dunning: pending with its next retry is a failed attempt.
+        (5, "failed"),
     ]
-    .map(|(a, s)| (a.to_owned(), s.to_owned()))
+    .map(|(n, s)| (id(n), s.to_owned()))
     .to_vec()
 }
 
@@ -272,8 +297,8 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
         &webhook("order.paid", &ord_3_paid()),
     )
     .await;
-    let delivered = [("ord_1", "succeeded"), ("ord_3", "succeeded")]
-        .map(|(a, s)| (a.to_owned(), s.to_owned()))
+    let delivered = [(1, "succeeded"), (3, "succeeded")]
+        .map(|(n, s)| (id(n), s.to_owned()))
         .to_vec();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -300,10 +325,8 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     assert_eq!(fake.pages(), ["1", "2", "3"]);
     let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
     changed.sort();
-    assert_eq!(
-        changed,
-        ["order:ord_2", "order:ord_3", "order:ord_4", "order:ord_5"]
-    );
+    let keys: Vec<String> = [2, 3, 4, 5].map(|n| format!("order:{}", id(n))).to_vec();
+    assert_eq!(changed, keys);
     let watermark = report.watermark.expect("a complete run sets the watermark");
 
     assert!(
@@ -315,22 +338,28 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
         attempt_states(&app.db, SOURCE).await
     );
     let view = app.db.subscription(SOURCE, SUB).await.unwrap().unwrap();
-    let attempt = |id: &str| view.attempts.iter().find(|a| a.attempt_id == id).unwrap();
+    let attempt = |n: u32| {
+        view.attempts
+            .iter()
+            .find(|a| a.attempt_id == id(n))
+            .unwrap()
+    };
     assert_eq!(
-        attempt("ord_5").next_attempt_at,
+        (
+            attempt(5).status.as_str(),
+            attempt(5).provider_status.as_str()
+        ),
+        ("failed", "pending")
+    );
+    assert_eq!(
+        attempt(5).next_attempt_at,
         Some(at("2024-05-12T08:00:05Z")),
         "the renewal in dunning keeps its next try"
     );
-    assert_eq!(attempt("ord_3").provider_status, "refunded");
+    assert_eq!(attempt(3).provider_status, "refunded");
+    assert_eq!(attempt(3).attempted_at, Some(at("2024-03-20T12:00:00Z")));
     assert_eq!(
-        attempt("ord_3").attempted_at,
-        Some(at("2024-03-20T12:00:00Z"))
-    );
-    assert_eq!(
-        (
-            attempt("ord_2").amount_minor,
-            attempt("ord_2").currency.as_deref()
-        ),
+        (attempt(2).amount_minor, attempt(2).currency.as_deref()),
         (Some(1999), Some("USD"))
     );
     assert_eq!(
@@ -348,14 +377,13 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     );
     let ledger = snapshot(&app.db, SOURCE, &[SUB.to_owned()]).await;
 
-    // Incremental: since the watermark minus the look-back. The list has no time filter
-    // and sorts by creation, so the walk stops after the first page, whose orders were all
-    // created before the 30-day late window.
+    // Incremental: since the watermark minus the look-back; Polar is asked for the orders
+    // created from 30 days before that (`created_after`): none of these.
     let again = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(again.since, Some(watermark - chrono::Duration::seconds(60)));
     assert_eq!(
         (again.pages, again.records, again.changed, again.malformed),
-        (1, 1, 0, 0)
+        (1, 0, 0, 0)
     );
     assert!(again.watermark > Some(watermark));
     assert_eq!(fake.pages(), ["1", "2", "3", "1"]);

@@ -1,0 +1,384 @@
+//! Polar dunning end to end, against a fake of Polar's API that holds every request to
+//! what Polar's own definitions require of it (the operation exists for that method and
+//! path, the bearer token is of a security scheme the operation accepts, the JSON body is
+//! valid under its request schema) and answers with bodies generated from the response
+//! schemas. A renewal that fails (`subscription.past_due`, then `order.updated` with the
+//! order `pending` and its `next_payment_attempt_at`) is a failed attempt; the scheduler
+//! reads the order, mints a customer session for the order's customer and confirms the
+//! payment of that order with it.
+
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use subsync::{
+    app::Role,
+    dunning::views::{self, RetriesQuery},
+};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+use super::{scheduler, t0};
+use crate::common::{TestConfig, eventually, spawn_app};
+
+use crate::schema;
+
+const ORG_TOKEN: &str = "polar_oat_dunning";
+const SESSION_TOKEN: &str = "polar_cst_minted_for_the_customer";
+const SECRET: &str = "whsec_ExampleExampleExampleExampleExampl0AbCdE";
+const ORDER: &str = "8a4c1f0e-0000-4000-8000-0000000000a1";
+const SUB: &str = "e5149aae-e521-42b9-b24c-abb8d71eea2e";
+const CUSTOMER: &str = "992fae2a-2a17-4b7a-8d9e-e287cf90131b";
+const METHOD: &str = "5b9d2e1f-0000-4000-8000-0000000000b2";
+
+fn definitions() -> &'static schema::Spec {
+    static SPEC: OnceLock<schema::Spec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        schema::Spec::parse(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/polar/polar-openapi-2026-10.subset.json"
+        )))
+    })
+}
+
+/// `value` generated from `schema`, `patch`ed, and checked valid under it.
+fn generated(schema: &Value, patch: &[(&str, Value)]) -> Value {
+    let spec = definitions();
+    let mut value = spec.generate(schema);
+    for (pointer, v) in patch {
+        schema::set(&mut value, pointer, v.clone());
+    }
+    let errors = spec.validate(&value, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    value
+}
+
+/// The renewal order in Polar's dunning: `pending`, its next automatic retry scheduled.
+fn renewal(modified: DateTime<Utc>) -> Value {
+    let at = modified.to_rfc3339();
+    generated(
+        definitions().schema("Order"),
+        &[
+            ("/id", json!(ORDER)),
+            ("/status", json!("pending")),
+            ("/paid", json!(false)),
+            ("/billing_reason", json!("subscription_cycle")),
+            ("/created_at", json!(at)),
+            ("/modified_at", json!(at)),
+            ("/total_amount", json!(1999)),
+            ("/currency", json!("usd")),
+            ("/customer_id", json!(CUSTOMER)),
+            ("/customer/id", json!(CUSTOMER)),
+            ("/customer/default_payment_method_id", json!(METHOD)),
+            ("/subscription_id", json!(SUB)),
+            ("/subscription/id", json!(SUB)),
+            ("/subscription/status", json!("past_due")),
+            (
+                "/next_payment_attempt_at",
+                json!((modified + chrono::Duration::days(2)).to_rfc3339()),
+            ),
+        ],
+    )
+}
+
+/// One request the fake received, as the checks read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    method: String,
+    /// The operation's path template in the definitions.
+    operation: &'static str,
+    /// The path as sent.
+    path: String,
+    /// Which token: `organization` or `session`.
+    token: &'static str,
+    body: Value,
+}
+
+/// Polar's API for one order: `GET /v1/orders/{id}`, `POST /v1/customer-sessions/`,
+/// `POST /v1/customer-portal/orders/{id}/confirm-payment`. A request the definitions do
+/// not allow is answered 400 and recorded as a violation.
+#[derive(Clone)]
+struct FakePolar {
+    order: Value,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/orders/{id}"),
+    ("POST", "/v1/customer-sessions/"),
+    ("POST", "/v1/customer-portal/orders/{id}/confirm-payment"),
+];
+
+/// Whether `path` is an instance of `template` (`{id}` a uuid).
+fn instance_of(path: &str, template: &str) -> bool {
+    let (path, template): (Vec<&str>, Vec<&str>) =
+        (path.split('/').collect(), template.split('/').collect());
+    path.len() == template.len()
+        && path
+            .iter()
+            .zip(&template)
+            .all(|(p, t)| p == t || (*t == "{id}" && uuid::Uuid::parse_str(p).is_ok()))
+}
+
+impl FakePolar {
+    fn check(&self, request: &Request) -> Result<(Seen, ResponseTemplate), String> {
+        let spec = definitions();
+        let method = request.method.as_str().to_owned();
+        let path = request.url.path().to_owned();
+        let (_, template) = ROUTES
+            .iter()
+            .find(|(m, t)| *m == method && instance_of(&path, t))
+            .ok_or_else(|| format!("{method} {path}: no such operation here"))?;
+        let operation = spec.operation(template, &method.to_ascii_lowercase());
+        // The security schemes the operation accepts, and the token that was sent.
+        let accepted: Vec<&str> = operation["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.as_object().unwrap().keys().map(String::as_str))
+            .collect();
+        let auth = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = match auth.strip_prefix("Bearer ") {
+            Some(ORG_TOKEN) if accepted.contains(&"oat") => "organization",
+            Some(SESSION_TOKEN) if accepted.contains(&"customer_session") => "session",
+            _ => {
+                return Err(format!(
+                    "{method} {path}: {auth:?} is not one of {accepted:?}"
+                ));
+            }
+        };
+        for scheme in &accepted {
+            let bearer = spec.at(&format!("/components/securitySchemes/{scheme}"));
+            if bearer["type"] == "http" && bearer["scheme"] != "bearer" {
+                return Err(format!("{scheme} is not a bearer scheme"));
+            }
+        }
+        let body = if operation["requestBody"].is_object() {
+            let body: Value = serde_json::from_slice(&request.body)
+                .map_err(|e| format!("{method} {path}: body is not JSON: {e}"))?;
+            let errors = spec.validate(
+                &body,
+                spec.request_body(template, &method.to_ascii_lowercase()),
+            );
+            if !errors.is_empty() {
+                return Err(format!("{method} {path}: {errors:?}"));
+            }
+            body
+        } else {
+            Value::Null
+        };
+        let answer = match *template {
+            "/v1/orders/{id}" if path.ends_with(ORDER) => {
+                ResponseTemplate::new(200).set_body_json(&self.order)
+            }
+            "/v1/customer-sessions/" if body["customer_id"] == CUSTOMER => {
+                let expires = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+                let session = generated(
+                    spec.response(template, "post", "201"),
+                    &[
+                        ("/token", json!(SESSION_TOKEN)),
+                        ("/expires_at", json!(expires)),
+                        ("/customer_id", json!(CUSTOMER)),
+                    ],
+                );
+                ResponseTemplate::new(201).set_body_json(session)
+            }
+            "/v1/customer-portal/orders/{id}/confirm-payment" if path.contains(ORDER) => {
+                let confirmation = generated(
+                    spec.response(template, "post", "200"),
+                    &[
+                        ("/status", json!("succeeded")),
+                        ("/client_secret", Value::Null),
+                        ("/error", Value::Null),
+                    ],
+                );
+                ResponseTemplate::new(200).set_body_json(confirmation)
+            }
+            _ => {
+                let missing = json!({"error": "ResourceNotFound", "detail": "Not found"});
+                ResponseTemplate::new(404).set_body_json(missing)
+            }
+        };
+        let seen = Seen {
+            method,
+            operation: template,
+            path,
+            token,
+            body,
+        };
+        Ok((seen, answer))
+    }
+}
+
+impl Respond for FakePolar {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        match self.check(request) {
+            Ok((seen, answer)) => {
+                self.seen.lock().unwrap().push(seen);
+                answer
+            }
+            Err(violation) => {
+                self.violations.lock().unwrap().push(violation);
+                ResponseTemplate::new(400)
+            }
+        }
+    }
+}
+
+/// A Polar webhook `{type, timestamp, data}` valid under the definitions.
+fn webhook(event_type: &str, data: &Value, at: DateTime<Utc>) -> Vec<u8> {
+    let body = json!({ "type": event_type, "timestamp": at.to_rfc3339(), "data": data });
+    let spec = definitions();
+    let errors = spec.validate(&body, spec.webhook_body(event_type));
+    assert!(errors.is_empty(), "{event_type}: {errors:#?}");
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_renewal_is_confirmed_with_a_session_of_the_orders_customer() {
+    let t0 = t0();
+    let order = renewal(t0);
+    let fake = FakePolar {
+        order: order.clone(),
+        seen: Arc::default(),
+        violations: Arc::default(),
+    };
+    let server = MockServer::start().await;
+    Mock::given(matchers::any())
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        r#"
+[[sources]]
+id = "polar"
+provider = "polar"
+secrets = ["{SECRET}"]
+api = {{ base_url = "{}", token = "{ORG_TOKEN}" }}
+retry = {{ jitter = false }}
+
+# The service's own scheduler stays out of the way: this test drives the clock.
+[dunning]
+interval_ms = 3600000
+"#,
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+
+    // Polar's renewal fails: the subscription goes past due, the order stays pending with
+    // its next automatic retry.
+    let subscription = generated(
+        definitions().schema("Subscription"),
+        &[
+            ("/id", json!(SUB)),
+            ("/status", json!("past_due")),
+            ("/customer_id", json!(CUSTOMER)),
+            ("/currency", json!("usd")),
+            ("/modified_at", json!(t0.to_rfc3339())),
+        ],
+    );
+    let events = [
+        (
+            "msg_past_due",
+            webhook("subscription.past_due", &subscription, t0),
+        ),
+        ("msg_order_updated", webhook("order.updated", &order, t0)),
+    ];
+    for (id, body) in &events {
+        assert_eq!(
+            app.post_signed("polar", id, body).await.status(),
+            202,
+            "{id}"
+        );
+    }
+    let reconciled = eventually(Duration::from_secs(20), || async {
+        let mut all = true;
+        for (id, _) in &events {
+            all &= app.db.archived_count("polar", id).await.unwrap() == 1;
+        }
+        all
+    })
+    .await;
+    assert!(reconciled, "both webhooks reconciled");
+    let view = app.db.subscription("polar", SUB).await.unwrap().unwrap();
+    assert_eq!(view.status.as_deref(), Some("past_due"));
+    let attempt = view
+        .attempts
+        .iter()
+        .find(|a| a.attempt_id == ORDER)
+        .unwrap();
+    assert_eq!(
+        (attempt.status.as_str(), attempt.provider_status.as_str()),
+        ("failed", "pending")
+    );
+
+    let retries = views::list(&app.db, &RetriesQuery::default())
+        .await
+        .unwrap();
+    let [retry] = retries.as_slice() else {
+        panic!("one retry row: {retries:?}");
+    };
+    assert_eq!(
+        (
+            retry.cycle_key.as_str(),
+            retry.status.as_str(),
+            retry.subscription_id.as_deref()
+        ),
+        (ORDER, "scheduled", Some(SUB))
+    );
+    let due = retry.due_at.expect("a due time");
+    assert!(
+        fake.seen.lock().unwrap().is_empty(),
+        "nothing called before it is due"
+    );
+
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    assert_eq!(scheduler.run_once(due).await.unwrap().called, 1);
+    let violations = fake.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let seen = fake.seen.lock().unwrap().clone();
+    let confirm = format!("/v1/customer-portal/orders/{ORDER}/confirm-payment");
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.method.as_str(), s.path.as_str(), s.token))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "GET",
+                format!("/v1/orders/{ORDER}").as_str(),
+                "organization"
+            ),
+            ("POST", "/v1/customer-sessions/", "organization"),
+            ("POST", confirm.as_str(), "session"),
+        ],
+        "read the order, mint a session for its customer, confirm with it"
+    );
+    assert_eq!(seen[1].body, json!({ "customer_id": CUSTOMER }));
+    assert_eq!(
+        seen[2].body,
+        json!({ "payment_method_id": METHOD, "payment_processor": "stripe" }),
+        "the customer's default payment method"
+    );
+    let retries = views::list(&app.db, &RetriesQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(retries[0].status, "recovered");
+    assert_eq!(retries[0].retries_done, 1);
+
+    // Nothing more is due: the confirmed order is not retried again.
+    let later = scheduler
+        .run_once(due + chrono::Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(later.called, 0);
+    assert_eq!(fake.seen.lock().unwrap().len(), 3);
+    app.stop().await;
+}
