@@ -161,6 +161,7 @@ mod tests {
             cycle_id: Some(ORDER.into()),
             subscription_id: None,
             idempotency_key: "subsync-polar-r1".into(),
+            previous_send_at: None,
         }
     }
 
