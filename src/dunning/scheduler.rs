@@ -411,25 +411,28 @@ impl Scheduler {
             .bind(n)
             .execute(&mut *tx)
             .await?;
-            // Recorded before the call; a re-send after a crash counts itself here.
-            sqlx::query(
+            // Recorded before the call; a re-send (after a failed call, or a crash) counts
+            // itself here and learns when the first send started.
+            let (sends, first_sent_at): (i32, DateTime<Utc>) = sqlx::query_as(
                 "INSERT INTO retry_calls (source_id, cycle_key, retry_number, idempotency_key, request)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (source_id, cycle_key, retry_number)
-                 DO UPDATE SET sends = retry_calls.sends + 1",
+                 DO UPDATE SET sends = retry_calls.sends + 1
+                 RETURNING sends, started_at",
             )
             .bind(&source_id)
             .bind(&cycle_key)
             .bind(n)
             .bind(&key)
             .bind(format!("retry #{n} of cycle {cycle_key} (attempt {attempt_id})"))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
             let call = RetryCall {
                 attempt_id,
                 cycle_id,
                 subscription_id,
                 idempotency_key: key,
+                previous_send_at: (sends > 1).then_some(first_sent_at),
             };
             claimed.push(Claimed {
                 source_id,

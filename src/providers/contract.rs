@@ -97,6 +97,10 @@ pub struct RetryCall {
     pub subscription_id: Option<String>,
     /// Deterministic: derived from (source, cycle, retry number).
     pub idempotency_key: String,
+    /// When this same retry was first sent, if this is a re-send (after a timeout, a 5xx
+    /// or a crash): the provider may have acted on the earlier send. A client whose API
+    /// has no idempotency key reads what happened since before sending again.
+    pub previous_send_at: Option<DateTime<Utc>>,
 }
 
 /// What the provider said about the retry.
@@ -125,6 +129,14 @@ pub trait RetryClient: Send + Sync {
         &'a self,
         call: &'a RetryCall,
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>>;
+
+    /// Whether a call that failed in transit may be sent again at once: true where the
+    /// provider honours the idempotency key (a repeat is answered with the first result).
+    /// A client that returns false is never re-sent within one pass; its next send is a
+    /// later pass, with [`RetryCall::previous_send_at`] set.
+    fn resends_safely(&self) -> bool {
+        true
+    }
 }
 
 /// What to fetch next.

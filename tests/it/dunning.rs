@@ -532,9 +532,145 @@ async fn needs_customer_action_waits_and_an_active_subscription_re_arms_it() {
     app.stop().await;
 }
 
+const APPSTLE_PAST_ORDERS: &str = "/api/external/v2/subscription-billing-attempts/past-orders";
+const APPSTLE_RETRY: &str = "/api/external/v2/subscription-billing-attempts/attempt-billing/123456";
+
+/// The billing attempt of Appstle's sample failure (attempt 123456 of contract 5550001) as
+/// `getPastOrdersV2` lists it, in `status`, last tried at `tried` (the fact sheet's fields).
+fn appstle_attempt(status: &str, tried: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "id": 123456, "shop": "demo.myshopify.com", "contractId": 5550001,
+        "billingAttemptId": "gid://shopify/SubscriptionBillingAttempt/987654321",
+        "status": status, "billingDate": tried.to_rfc3339(), "attemptTime": tried.to_rfc3339(),
+        "attemptCount": 1, "orderAmount": 49.95, "retryingNeeded": true,
+    })
+}
+
+/// Appstle as it behaves: `attempt-billing` takes the attempt in (it is tried at once and
+/// fails again) but answers only after `answer_after`; the past orders list the attempt
+/// as it stands. Counts the sends.
+#[derive(Clone)]
+struct FakeAppstle {
+    tried: Arc<Mutex<Option<DateTime<Utc>>>>,
+    sends: Arc<Mutex<u32>>,
+    answer_after: Duration,
+}
+
+impl Respond for FakeAppstle {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        assert_eq!(
+            request
+                .headers
+                .get("x-api-key")
+                .map(|v| v.to_str().unwrap()),
+            Some("apst_dunning_key"),
+            "Appstle's API key header"
+        );
+        match (request.method.as_str(), request.url.path()) {
+            ("PUT", APPSTLE_RETRY) => {
+                *self.sends.lock().unwrap() += 1;
+                *self.tried.lock().unwrap() = Some(Utc::now());
+                ResponseTemplate::new(200).set_delay(self.answer_after)
+            }
+            ("GET", APPSTLE_PAST_ORDERS) => {
+                let contract = request.url.query_pairs().find(|(k, _)| k == "contractId");
+                assert_eq!(
+                    contract.map(|(_, v)| v.into_owned()).as_deref(),
+                    Some("5550001")
+                );
+                let tried = self
+                    .tried
+                    .lock()
+                    .unwrap()
+                    .unwrap_or(Utc::now() - chrono::Duration::days(1));
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!([appstle_attempt("FAILURE", tried)]))
+            }
+            (method, path) => panic!("unexpected {method} {path}"),
+        }
+    }
+}
+
+/// Appstle's `attempt-billing` has no idempotency key: a send that timed out may have
+/// reached it. After a timeout the retry is not re-sent in that pass, and after a restart
+/// the re-send reads the past orders first: the attempt was tried since the first send, so
+/// the retry follows it. One send in all, for one billing date.
+#[tokio::test]
+async fn appstle_never_sends_a_second_attempt_after_a_timeout_and_a_restart() {
+    let server = MockServer::start().await;
+    let fake = FakeAppstle {
+        tried: Arc::default(),
+        sends: Arc::default(),
+        answer_after: Duration::from_secs(2),
+    };
+    Mock::given(matchers::any())
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        r#"
+[[sources]]
+id = "appstle"
+provider = "appstle"
+secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+api = {{ base_url = "{}", token = "apst_dunning_key", timeout_ms = 300 }}
+retry = {{ jitter = false }}
+
+[dunning]
+interval_ms = 3600000
+"#,
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    let source = crate::common::source(app.settings.source("appstle").unwrap()).unwrap();
+    let now = SystemTime::now();
+    let failure = source.sample_body("msg_fail", now);
+    let headers = source.sign("msg_fail", &failure, now);
+    assert_eq!(app.post("appstle", &headers, failure).await.status(), 202);
+    let due = first_retry(&app).await.due_at.unwrap();
+
+    // The send times out: no usable answer, and no second send in this pass.
+    let pass = scheduler(&app, Duration::from_secs(300))
+        .run_once(due)
+        .await
+        .unwrap();
+    assert_eq!(pass.called, 1);
+    assert_eq!(*fake.sends.lock().unwrap(), 1, "sent once");
+    let after_timeout = first_retry(&app).await;
+    assert_eq!(after_timeout.status, "scheduled", "the same retry, later");
+
+    // The process dies and a new one takes over; the retry is due again.
+    let restarted = scheduler(&app, Duration::from_secs(300));
+    let later = after_timeout.due_at.unwrap();
+    let pass = restarted.run_once(later).await.unwrap();
+    assert_eq!(pass.called, 1, "the re-send is decided");
+    assert_eq!(
+        *fake.sends.lock().unwrap(),
+        1,
+        "never a second attempt-billing for the same billing date"
+    );
+    let followed = first_retry(&app).await;
+    assert_eq!(
+        followed.status, "in_flight",
+        "the attempt tried since the first send is followed; its outcome comes by webhook"
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn appstle_retries_asynchronously_and_never_twice_while_in_flight() {
     let server = MockServer::start().await;
+    // The attempt as the contract's past orders list it before the retry: failed.
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path(APPSTLE_PAST_ORDERS))
+        .and(matchers::header("x-api-key", "apst_dunning_key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            appstle_attempt("FAILURE", Utc::now() - chrono::Duration::days(1))
+        ])))
+        .mount(&server)
+        .await;
     Mock::given(matchers::method("PUT"))
         .and(matchers::path(
             "/api/external/v2/subscription-billing-attempts/attempt-billing/123456",

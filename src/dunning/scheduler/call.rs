@@ -15,8 +15,9 @@ use crate::providers::http::ProviderApiError;
 
 impl Scheduler {
     /// Calls the provider; transient failures are retried at once a few times with the
-    /// same idempotency key before the pass gives up on this retry. A panic in the client
-    /// is caught here and becomes this retry's failure.
+    /// same idempotency key before the pass gives up on this retry, unless the client
+    /// cannot be re-sent safely (no idempotency key: Appstle), which is sent once per pass.
+    /// A panic in the client is caught here and becomes this retry's failure.
     pub(super) async fn call(&self, retry: &Claimed) -> (Called, Duration) {
         let started = std::time::Instant::now();
         let Some(client) = self.clients.get(&retry.source_id) else {
@@ -25,7 +26,7 @@ impl Scheduler {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(2))
-            .with_max_times(3);
+            .with_max_times(if client.resends_safely() { 3 } else { 0 });
         let attempts = (|| client.retry(&retry.call))
             .retry(backoff)
             .when(|e| matches!(e, ProviderApiError::Transient(_)));

@@ -105,7 +105,7 @@ pub struct AppstleList {
 }
 
 /// One attempt as listed: its fields in raw JSON, so amounts are never re-formatted.
-type Attempt = BTreeMap<String, Box<RawValue>>;
+pub(super) type Attempt = BTreeMap<String, Box<RawValue>>;
 
 impl AppstleList {
     pub fn new(api: &ApiSettings, http: crate::providers::http::ProviderHttp) -> Self {
@@ -136,9 +136,8 @@ impl AppstleList {
             });
         };
         let size = capped(request.page_size, MAX_SIZE);
-        let (attempts, headers) = self
-            .past_orders(contract, page, size, request.cap())
-            .await?;
+        let (attempts, headers) =
+            past_orders(&self.api, contract, page, size, request.cap()).await?;
         let more = !attempts.is_empty()
             && more_pages(&headers, page, size, attempts.len())
             && !all_billed_before(&attempts, request.since);
@@ -150,38 +149,39 @@ impl AppstleList {
         };
         Ok(Page { records, next })
     }
+}
 
-    /// One page of a contract's past orders, with the pagination headers.
-    async fn past_orders(
-        &self,
-        contract: &str,
-        page: u32,
-        size: u32,
-        cap: Cap,
-    ) -> Result<(Vec<Attempt>, HeaderMap), ProviderApiError> {
-        let past_orders = self.api.request(
-            Method::GET,
-            &[
-                "api",
-                "external",
-                "v2",
-                "subscription-billing-attempts",
-                "past-orders",
-            ],
-        )?;
-        let query = [
-            ("contractId", contract.to_owned()),
-            ("page", page.to_string()),
-            ("size", size.to_string()),
-        ];
-        let answer = read(past_orders.query(&query), "Appstle", cap).await?;
-        let attempts: Vec<Attempt> =
-            serde_json::from_str(&answer.body).map_err(|e| ProviderApiError::Rejected {
-                status: 200,
-                message: format!("not an Appstle list of past orders: {e}"),
-            })?;
-        Ok((attempts, answer.headers))
-    }
+/// One page of a contract's past orders (`getPastOrdersV2`, newest billing date first),
+/// with the pagination headers. The retry client reads them too, before each send.
+pub(super) async fn past_orders(
+    api: &Endpoint,
+    contract: &str,
+    page: u32,
+    size: u32,
+    cap: Cap,
+) -> Result<(Vec<Attempt>, HeaderMap), ProviderApiError> {
+    let past_orders = api.request(
+        Method::GET,
+        &[
+            "api",
+            "external",
+            "v2",
+            "subscription-billing-attempts",
+            "past-orders",
+        ],
+    )?;
+    let query = [
+        ("contractId", contract.to_owned()),
+        ("page", page.to_string()),
+        ("size", size.to_string()),
+    ];
+    let answer = read(past_orders.query(&query), "Appstle", cap).await?;
+    let attempts: Vec<Attempt> =
+        serde_json::from_str(&answer.body).map_err(|e| ProviderApiError::Rejected {
+            status: 200,
+            message: format!("not an Appstle list of past orders: {e}"),
+        })?;
+    Ok((attempts, answer.headers))
 }
 
 impl ListClient for AppstleList {
@@ -234,7 +234,7 @@ fn resume(cursor: &str, known: &[String]) -> Result<(usize, u32), ProviderApiErr
 
 /// Appstle's numeric contract id: a Shopify GID is reduced to its number; anything not
 /// numeric is not an Appstle contract.
-fn contract_number(entry: &str) -> Option<&str> {
+pub(super) fn contract_number(entry: &str) -> Option<&str> {
     let id = match entry.rsplit_once('/') {
         Some((prefix, tail)) if prefix.starts_with("gid://") => tail,
         _ => entry,

@@ -2,22 +2,49 @@
 //! ("Retry billing for failed attempt"). Asynchronous: 200 means queued, not paid; the
 //! result arrives by the `subscription.billing-success|failure` webhook.
 //!
-//! Appstle's API has no idempotency header, so `RetryCall::idempotency_key` is not sent.
-//! A repeat is avoided by the scheduler instead: it never sends a second retry while one
-//! is in flight. Appstle allows at most 5 attempts per contract per hour (then 429).
+//! Appstle's API has no idempotency key (its documents name none), so a send is never
+//! blind: a repeat would charge twice.
+//! - The scheduler never re-sends within a pass after a timeout or a 5xx
+//!   ([`RetryClient::resends_safely`] is false), and never sends a second retry while one
+//!   is in flight.
+//! - Before every send the contract's past orders (`getPastOrdersV2`, newest billing date
+//!   first, the route pull sync reads) are read. If the attempt being retried is already
+//!   under way (a pending word: QUEUED, REQUESTING, PROGRESS, ...) the retry follows it
+//!   (`InProgress`); if it succeeded, the retry is `Charged`; if this is a re-send and the
+//!   attempt was tried at or after the first send (`attemptTime`), the earlier send reached
+//!   Appstle and its outcome comes by webhook (`InProgress`). Only otherwise is
+//!   `attempt-billing` sent.
+//! - Appstle allows at most 5 billing attempts per contract per hour. The attempts read
+//!   with an `attemptTime` in the last hour count against it: at 5, the retry waits
+//!   (`RateLimited`) until the oldest of them is an hour old. A 429 is a rate limit too.
+//!
+//! Assumed where the documents are silent: the retry of an attempt updates that attempt
+//! in place (same `id`, new `status`, `attemptTime`), as the past-orders listing shows
+//! retried attempts; at most [`MAX_PAGES`] pages of [`PAGE_SIZE`] are read, so attempts
+//! further back are not counted; without a contract id the send is not checked.
 
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
 use reqwest::header::HeaderName;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
+use super::list::{Attempt, contract_number, past_orders};
+use super::webhook::attempt_status;
+use crate::canonical::AttemptStatus;
 use crate::config::ApiSettings;
 use crate::providers::contract::{CallOutcome, RetryCall, RetryClient};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, auth_failed, exchange, missing, snippet,
 };
+
+/// Past-order pages read before a send, and their size.
+const MAX_PAGES: u32 = 4;
+const PAGE_SIZE: u32 = 50;
+/// Billing attempts Appstle allows per contract per hour.
+const HOURLY_LIMIT: usize = 5;
 
 /// Triggers billing of an Appstle billing attempt (`RetryCall::attempt_id`).
 pub struct AppstleClient {
@@ -36,6 +63,9 @@ impl AppstleClient {
         if call.attempt_id.is_empty() {
             return Err(missing("attempt_id (Appstle billing attempt id)"));
         }
+        if let Some(outcome) = self.under_way(call, Utc::now()).await? {
+            return Ok(outcome);
+        }
         let request = self.api.request(
             Method::PUT,
             &[
@@ -52,12 +82,106 @@ impl AppstleClient {
     }
 }
 
+impl AppstleClient {
+    /// What the contract's past orders say before a send (see the module doc): `Some`
+    /// when the retry must follow what is already there instead of sending.
+    async fn under_way(
+        &self,
+        call: &RetryCall,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CallOutcome>, ProviderApiError> {
+        let contract = [call.subscription_id.as_deref(), call.cycle_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|id| contract_number(id.split('@').next().unwrap_or(id)));
+        let Some(contract) = contract else {
+            return Ok(None);
+        };
+        let hour_ago = now - TimeDelta::hours(1);
+        let (mut ours, mut last_hour) = (None, Vec::new());
+        for page in 0..MAX_PAGES {
+            let (attempts, _) =
+                past_orders(&self.api, contract, page, PAGE_SIZE, self.api.answer_cap()).await?;
+            for attempt in attempts.iter().map(Seen::read) {
+                if let Some(at) = attempt.attempt_time.filter(|at| *at > hour_ago) {
+                    last_hour.push(at);
+                }
+                if attempt.id.as_deref() == Some(call.attempt_id.as_str()) {
+                    ours = Some(attempt);
+                }
+            }
+            if attempts.len() < PAGE_SIZE as usize {
+                break;
+            }
+        }
+        if let Some(ours) = ours {
+            match ours.status.as_deref().and_then(attempt_status) {
+                Some(AttemptStatus::Pending) => return Ok(Some(CallOutcome::InProgress)),
+                Some(AttemptStatus::Succeeded | AttemptStatus::Refunded) => {
+                    return Ok(Some(CallOutcome::Charged));
+                }
+                _ => {}
+            }
+            let tried_since_sent = call
+                .previous_send_at
+                .zip(ours.attempt_time)
+                .is_some_and(|(sent, tried)| tried >= sent);
+            if tried_since_sent {
+                return Ok(Some(CallOutcome::InProgress));
+            }
+        }
+        last_hour.sort_unstable();
+        if last_hour.len() >= HOURLY_LIMIT {
+            let oldest = last_hour[last_hour.len() - HOURLY_LIMIT];
+            let wait = (oldest + TimeDelta::hours(1) - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            return Err(ProviderApiError::RateLimited {
+                retry_after: Some(wait),
+            });
+        }
+        Ok(None)
+    }
+}
+
+/// The fields of a listed attempt the check reads.
+struct Seen {
+    id: Option<String>,
+    status: Option<String>,
+    attempt_time: Option<DateTime<Utc>>,
+}
+
+impl Seen {
+    fn read(attempt: &Attempt) -> Self {
+        let text = |field: &str| -> Option<String> {
+            let raw = attempt.get(field)?.get();
+            match serde_json::from_str::<serde_json::Value>(raw).ok()? {
+                serde_json::Value::String(s) => Some(s),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        Self {
+            id: text("id"),
+            status: text("status"),
+            attempt_time: text("attemptTime")
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+}
+
 impl RetryClient for AppstleClient {
     fn retry<'a>(
         &'a self,
         call: &'a RetryCall,
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.attempt(call).await })
+    }
+
+    /// No idempotency key: a send that failed in transit may have reached Appstle.
+    fn resends_safely(&self) -> bool {
+        false
     }
 }
 
@@ -102,8 +226,8 @@ fn classify(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-    use wiremock::matchers::{header, header_exists, method, path};
+    use serde_json::{Value, json};
+    use wiremock::matchers::{header, header_exists, method, path, query_param};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
@@ -111,6 +235,45 @@ mod tests {
 
     const TOKEN: &str = "apst_secret123";
     const ROUTE: &str = "/api/external/v2/subscription-billing-attempts/attempt-billing/98765";
+    const PAST_ORDERS: &str = "/api/external/v2/subscription-billing-attempts/past-orders";
+
+    /// The contract's past orders (of contract 1, the test call's): `attempts` on the first
+    /// page, as `getPastOrdersV2` answers (a JSON array of billing attempts).
+    async fn past_orders(server: &MockServer, attempts: Value) {
+        Mock::given(method("GET"))
+            .and(path(PAST_ORDERS))
+            .and(header("x-api-key", TOKEN))
+            .and(query_param("contractId", "1"))
+            .and(query_param("page", "0"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(attempts))
+            .mount(server)
+            .await;
+    }
+
+    /// A billing attempt as Appstle lists it (the fact sheet's fields).
+    fn listed(id: u64, status: &str, tried: DateTime<Utc>) -> Value {
+        json!({
+            "id": id, "shop": "demo.myshopify.com", "contractId": 1, "status": status,
+            "billingDate": "2026-12-01T09:00:00Z", "attemptCount": 1,
+            "attemptTime": tried.to_rfc3339(), "orderAmount": 49.95, "retryingNeeded": true,
+        })
+    }
+
+    /// A server whose past orders are `attempts` and whose `attempt-billing` must be
+    /// called `sends` times (answering 200).
+    async fn appstle(attempts: Value, sends: u64) -> MockServer {
+        let server = MockServer::start().await;
+        past_orders(&server, attempts).await;
+        Mock::given(method("PUT"))
+            .and(path(ROUTE))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"id": 98765, "status": "QUEUED"})),
+            )
+            .expect(sends)
+            .mount(&server)
+            .await;
+        server
+    }
 
     fn client(server: &MockServer, timeout_ms: u64) -> AppstleClient {
         let api = ApiSettings {
@@ -126,11 +289,13 @@ mod tests {
             cycle_id: None,
             subscription_id: Some("gid://shopify/SubscriptionContract/1".into()),
             idempotency_key: "subsync-appstle-98765-r1".into(),
+            previous_send_at: None,
         }
     }
 
     async fn answer(response: ResponseTemplate) -> Result<CallOutcome, ProviderApiError> {
         let server = MockServer::start().await;
+        past_orders(&server, json!([])).await;
         Mock::given(method("PUT"))
             .and(path(ROUTE))
             .and(header("x-api-key", TOKEN))
@@ -198,6 +363,7 @@ mod tests {
             Err(ProviderApiError::Transient(_))
         ));
         let server = MockServer::start().await;
+        past_orders(&server, json!([])).await;
         Mock::given(method("PUT"))
             .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(500)))
             .mount(&server)
@@ -216,5 +382,116 @@ mod tests {
             }) => assert!(!message.contains(TOKEN)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_under_way_or_paid_is_followed_not_sent_again() {
+        let now = Utc::now();
+        for (status, expected) in [
+            ("QUEUED", CallOutcome::InProgress),
+            ("PROGRESS", CallOutcome::InProgress),
+            ("SUCCESS", CallOutcome::Charged),
+        ] {
+            let server = appstle(json!([listed(98765, status, now)]), 0).await;
+            let outcome = client(&server, 2_000).retry(&call()).await;
+            assert_eq!(outcome, Ok(expected), "{status}");
+            server.verify().await;
+        }
+    }
+
+    /// A re-send (the first send timed out, or the process died during it) reads what
+    /// happened since the first send: an attempt tried at or after it is the first send's.
+    #[tokio::test]
+    async fn a_resend_follows_an_attempt_tried_since_the_first_send() {
+        let sent = Utc::now() - TimeDelta::minutes(5);
+        let resend = RetryCall {
+            previous_send_at: Some(sent),
+            ..call()
+        };
+        let after = appstle(
+            json!([listed(98765, "FAILURE", sent + TimeDelta::seconds(20))]),
+            0,
+        )
+        .await;
+        assert_eq!(
+            client(&after, 2_000).retry(&resend).await,
+            Ok(CallOutcome::InProgress)
+        );
+        after.verify().await;
+        let before = appstle(
+            json!([listed(98765, "FAILURE", sent - TimeDelta::days(1))]),
+            1,
+        )
+        .await;
+        assert_eq!(
+            client(&before, 2_000).retry(&resend).await,
+            Ok(CallOutcome::Accepted),
+            "the first send never reached Appstle: send"
+        );
+        before.verify().await;
+    }
+
+    #[tokio::test]
+    async fn five_attempts_in_the_last_hour_wait_for_the_oldest_to_age() {
+        let now = Utc::now();
+        let tried = |minutes_ago: i64| now - TimeDelta::minutes(minutes_ago);
+        let five: Vec<Value> = (1..=5)
+            .map(|i| listed(500 + i as u64, "FAILURE", tried(10 * i)))
+            .chain([listed(98765, "FAILURE", tried(600))])
+            .collect();
+        let server = appstle(Value::Array(five), 0).await;
+        match client(&server, 2_000).retry(&call()).await {
+            Err(ProviderApiError::RateLimited {
+                retry_after: Some(wait),
+            }) => {
+                // The oldest of the five was tried 50 minutes ago: 10 minutes to wait.
+                let expected = Duration::from_secs(600);
+                assert!(
+                    wait <= expected && wait + Duration::from_secs(30) > expected,
+                    "{wait:?}"
+                );
+            }
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        server.verify().await;
+        let four: Vec<Value> = (1..=4)
+            .map(|i| listed(500 + i as u64, "FAILURE", tried(10 * i)))
+            .chain([listed(98765, "FAILURE", tried(600))])
+            .collect();
+        let server = appstle(Value::Array(four), 1).await;
+        assert_eq!(
+            client(&server, 2_000).retry(&call()).await,
+            Ok(CallOutcome::Accepted)
+        );
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn past_orders_that_cannot_be_read_send_nothing() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(PAST_ORDERS))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        Mock::given(method("PUT"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&server)
+            .await;
+        assert!(matches!(
+            client(&server, 2_000).retry(&call()).await,
+            Err(ProviderApiError::Transient(_))
+        ));
+        server.verify().await;
+    }
+
+    #[test]
+    fn appstle_is_never_resent_within_a_pass() {
+        let server_less = AppstleClient::new(
+            &api_settings("http://127.0.0.1:9/", TOKEN),
+            crate::providers::http::http_client().unwrap(),
+        );
+        assert!(!server_less.resends_safely());
     }
 }

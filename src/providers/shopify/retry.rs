@@ -187,6 +187,7 @@ mod tests {
             cycle_id: None,
             subscription_id: Some(contract.into()),
             idempotency_key: "subsync-shopify-4242-r3".into(),
+            previous_send_at: None,
         }
     }
 

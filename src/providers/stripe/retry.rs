@@ -153,6 +153,7 @@ mod tests {
             cycle_id: Some("in_123".into()),
             subscription_id: Some("sub_1".into()),
             idempotency_key: "subsync-stripe-in_123-r2".into(),
+            previous_send_at: None,
         }
     }
 

@@ -164,6 +164,7 @@ fn call() -> RetryCall {
         cycle_id: Some(ORDER.into()),
         subscription_id: None,
         idempotency_key: "subsync-polar-r1".into(),
+        previous_send_at: None,
     }
 }
 
