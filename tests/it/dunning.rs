@@ -6,6 +6,7 @@
 use crate::common;
 mod panics;
 mod parked;
+mod shopify;
 mod support;
 
 use std::{

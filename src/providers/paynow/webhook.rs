@@ -177,6 +177,7 @@ fn attempt(
         attempted_at: opt_time(attempted.as_deref(), "body attempt time")?,
         next_attempt_at: opt_time(next, "body.next_attempt_at")?,
         attempt_count: crate::providers::support::count(count, "body.attempt_count")?,
+        idempotency_key: None,
     }))
 }
 

@@ -143,6 +143,7 @@ fn order_attempt(
         attempted_at: modified.or(created).or(timestamp),
         next_attempt_at: time(order.next_payment_attempt_at, "next_payment_attempt_at")?,
         attempt_count: None,
+        idempotency_key: None,
     }))
 }
 

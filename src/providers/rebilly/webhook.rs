@@ -227,6 +227,7 @@ fn attempt(
         attempted_at: opt_time(attempted, "transaction processedTime")?,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     }))
 }
 
