@@ -51,6 +51,11 @@ pub struct BillingAttempt {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The provider's count of tries for this cycle, where it gives one.
     pub attempt_count: Option<u32>,
+    /// The key the attempt was created with, where the provider echoes it (Shopify's
+    /// `idempotency_key`). Reconciliation links an attempt without a cycle id whose key is
+    /// one of subsync's own retry calls to that retry's cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// State of a subscription or contract after a change.

@@ -437,7 +437,7 @@ impl Default for RetryPolicySettings {
 pub struct ApiSettings {
     pub base_url: String,
     pub token: SecretString,
-    /// Shopify Admin API version (e.g. `2025-01`).
+    /// Shopify Admin API version (e.g. `2026-04`, the default).
     #[serde(default)]
     pub api_version: Option<String>,
     /// Polar: the saved payment method to retry with; without it, each order's customer's

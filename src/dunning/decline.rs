@@ -3,6 +3,20 @@
 //! Stripe's `insufficient_funds`, Shopify's `INSUFFICIENT_FUNDS` and a gateway's
 //! `insufficient-funds` land in one place. An unknown code falls to `retry_soon` and is
 //! counted, so new codes show up on a dashboard instead of being guessed at.
+//!
+//! Shopify: every value of `SubscriptionBillingAttemptErrorCode` up to API 2026-04 (54, the
+//! 2026-04 split payment/general/inventory enums use the same names) has a bucket, from
+//! its description in the schema. Where the description leaves the right path open, the
+//! choice made: `retry_declined` ("The payment retry was declined") and
+//! `transaction_limit_exceeded` are soft (`retry_soon`, the policy's limit still holds);
+//! `amount_too_large` ("exceeds the limit for this payment method"), `cancelled_payment`
+//! ("The payment was cancelled") and `call_issuer` wait for the customer;
+//! `merchant_rule` (a merchant-defined rule declined it) is never retried, like a blocklist;
+//! `invoice_already_paid` is a provider error, not a stop: a stop would apply the final
+//! action to a cycle that is paid, while the next retry first re-checks the ledger (and
+//! completes without a call once the payment is recorded); the merchant's configuration
+//! (`test_mode`, `amount_too_small`, `free_gift_card_not_allowed`, `merchant_account_error`,
+//! `non_test_order_limit_reached`, gateway incompatibility) is a provider error too.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +97,12 @@ fn known(code: &str) -> Option<DeclineBucket> {
         | "declined"
         | "failed"
         | "failure"
-        | "payment_failed" => RetrySoon,
+        | "payment_failed"
+        | "transient_error"
+        | "generic_error"
+        | "retry_declined"
+        | "transaction_limit_exceeded"
+        | "paypal_error_general" => RetrySoon,
         "expired_card"
         | "authentication_required"
         | "authentication_error"
@@ -101,7 +120,24 @@ fn known(code: &str) -> Option<DeclineBucket> {
         | "customer_not_found"
         | "requires_action"
         | "approve_with_id"
-        | "incorrect_zip" => NeedsCustomerAction,
+        | "incorrect_zip"
+        | "authentication_failed"
+        | "off_session_rejected"
+        | "expired_buyer_action"
+        | "confirmation_rejected"
+        | "call_issuer"
+        | "invalid_expiry_date"
+        | "card_number_incorrect"
+        | "incorrect_address"
+        | "invalid_billing_address"
+        | "payment_method_not_specified"
+        | "payment_method_unsupported"
+        | "invalid_currency"
+        | "customer_invalid"
+        | "invalid_customer_billing_agreement"
+        | "buyer_canceled_payment_method"
+        | "cancelled_payment"
+        | "amount_too_large" => NeedsCustomerAction,
         "stolen_card"
         | "lost_card"
         | "fraudulent"
@@ -115,7 +151,9 @@ fn known(code: &str) -> Option<DeclineBucket> {
         | "account_closed"
         | "closed_account"
         | "invalid_account"
-        | "transaction_not_allowed" => NeverRetry,
+        | "transaction_not_allowed"
+        | "fraud_suspected"
+        | "merchant_rule" => NeverRetry,
         "unexpected_error"
         | "payment_provider_is_not_enabled"
         | "shopify_exception"
@@ -125,7 +163,16 @@ fn known(code: &str) -> Option<DeclineBucket> {
         | "gateway_error"
         | "timeout"
         | "conn_error"
-        | "never_sent" => ProviderError,
+        | "never_sent"
+        | "test_mode"
+        | "payment_method_incompatible_with_gateway_config"
+        | "merchant_account_error"
+        | "non_test_order_limit_reached"
+        | "free_gift_card_not_allowed"
+        | "amount_too_small"
+        | "invalid_purchase_type"
+        | "payment_provider_error"
+        | "invoice_already_paid" => ProviderError,
         "insufficient_inventory"
         | "inventory_allocations_not_found"
         | "out_of_stock"
@@ -169,6 +216,76 @@ mod tests {
         ];
         for (code, status, bucket) in table {
             assert_eq!(classify(code, status), bucket, "{code:?} / {status}");
+        }
+    }
+
+    /// The values of an enum of the copied Shopify schema (`tests/fixtures/shopify/`).
+    fn shopify_enum(schema: &str, name: &str) -> Vec<String> {
+        let start = schema
+            .find(&format!("enum {name} {{"))
+            .unwrap_or_else(|| panic!("enum {name}"));
+        let body = &schema[start..];
+        let body = &body[body.find('{').unwrap() + 1..body.find("\n}").unwrap()];
+        // Values are the lines outside the `"""` descriptions.
+        let mut in_description = false;
+        let mut values = Vec::new();
+        for line in body.lines().map(str::trim) {
+            let quotes = line.matches("\"\"\"").count();
+            if quotes == 0 && !in_description && !line.is_empty() {
+                values.push(line.to_owned());
+            }
+            if quotes == 1 {
+                in_description = !in_description;
+            }
+        }
+        values
+    }
+
+    /// Every error code of Shopify's schema, 2025-01 and 2026-04 (the flat enum and the
+    /// three split enums), has a bucket: none falls to the unknown default.
+    #[test]
+    fn every_shopify_error_code_has_a_bucket() {
+        let old = include_str!(
+            "../../tests/fixtures/shopify/admin-2025-01.subscription-billing.subset.graphql"
+        );
+        let new = include_str!(
+            "../../tests/fixtures/shopify/admin-2026-04.subscription-billing.subset.graphql"
+        );
+        let mut codes = shopify_enum(old, "SubscriptionBillingAttemptErrorCode");
+        assert_eq!(codes.len(), 24);
+        let flat = shopify_enum(new, "SubscriptionBillingAttemptErrorCode");
+        assert_eq!(flat.len(), 54);
+        codes.extend(flat);
+        for split in ["Payment", "General", "Inventory"] {
+            let split = shopify_enum(new, &format!("SubscriptionBillingAttempt{split}ErrorCode"));
+            assert!(!split.is_empty());
+            codes.extend(split);
+        }
+        for code in &codes {
+            assert!(
+                code.bytes().all(|b| b == b'_' || b.is_ascii_uppercase()),
+                "{code}"
+            );
+            assert!(known(&normalize(code)).is_some(), "{code} has no bucket");
+        }
+    }
+
+    /// Webhooks write Shopify's codes in lower case, the API in upper case: one bucket.
+    #[test]
+    fn lower_and_upper_case_codes_classify_the_same() {
+        let table = [
+            ("insufficient_funds", RetrySoon),
+            ("expired_payment_method", NeedsCustomerAction),
+            ("off_session_rejected", NeedsCustomerAction),
+            ("fraud_suspected", NeverRetry),
+            ("unexpected_error", ProviderError),
+            ("invoice_already_paid", ProviderError),
+            ("insufficient_inventory", Inventory),
+        ];
+        for (code, bucket) in table {
+            let upper = code.to_ascii_uppercase();
+            assert_eq!(classify(Some(code), "failure"), bucket, "{code}");
+            assert_eq!(classify(Some(&upper), "failure"), bucket, "{upper}");
         }
     }
 

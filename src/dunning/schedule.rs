@@ -76,6 +76,44 @@ impl AttemptFact {
     }
 }
 
+/// The cycles subsync's own retry calls were made for, by the idempotency key each call
+/// sent: `(source, key)` → the `retry_calls` row's `cycle_key`, for the pairs that are
+/// subsync's. One statement for the whole batch, in the caller's transaction.
+///
+/// A provider that echoes the key but names no cycle (Shopify) reports the attempt a
+/// retry created as a new attempt; with this, reconciliation gives it the cycle of the
+/// retry that created it, so its outcome lands on that cycle's retry row (counts add up,
+/// exhaustion at `max_attempts`) instead of opening a row of its own. The call row is
+/// committed before the call is made (see `scheduler::Scheduler::claim`), so an attempt
+/// created by the call always finds it, whatever order its events come in.
+pub async fn cycles_of_retry_keys(
+    tx: &mut sqlx::PgConnection,
+    keys: &[(&str, &str)],
+) -> Result<HashMap<(String, String), String>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sources: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let idempotency_keys: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    // Keys are derived from (source, cycle, retry number), so a key names one cycle; the
+    // re-sends of a call share its row.
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (c.source_id, c.idempotency_key) c.source_id, c.idempotency_key, c.cycle_key
+         FROM retry_calls c JOIN UNNEST($1::text[], $2::text[]) AS k(source_id, idempotency_key)
+              USING (source_id, idempotency_key)
+         ORDER BY c.source_id, c.idempotency_key, c.retry_number",
+    )
+    .persistent(false)
+    .bind(&sources)
+    .bind(&idempotency_keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(source, key, cycle)| ((source, key), cycle))
+        .collect())
+}
+
 /// The row a decision leads to.
 pub(crate) fn row_for(
     decision: &Decision,

@@ -17,6 +17,11 @@
 //!   cycle, kind) — a cycle is collected once even when a provider reports that payment as
 //!   two succeeded attempts —, so no order or duplicate posts twice. Failed and skipped
 //!   attempts post nothing.
+//! - An attempt without a cycle id whose idempotency key is one of subsync's retry calls
+//!   (a Shopify attempt a retry created) takes that retry's cycle
+//!   (`dunning::schedule::cycles_of_retry_keys`, one lookup per batch). The call row is
+//!   committed before the call is made, so every event of such an attempt finds it,
+//!   whatever their order.
 //!
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
@@ -107,6 +112,7 @@ impl AttemptRow {
         w.cycle_id = w.cycle_id.take().or(l.cycle_id);
         w.amount = w.amount.take().or(l.amount);
         w.attempted_at = w.attempted_at.take().or(l.attempted_at);
+        w.idempotency_key = w.idempotency_key.take().or(l.idempotency_key);
         winner
     }
 }
@@ -238,6 +244,7 @@ pub(super) async fn reconcile_in(
         }
     }
 
+    link_retry_attempts(&mut *tx, &mut attempts).await?;
     let final_attempts = upsert_attempts(&mut *tx, &attempts).await?;
     post_journal(&mut *tx, &final_attempts).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
@@ -292,6 +299,38 @@ pub(super) async fn reconcile_in(
             .await?;
     }
     Ok(outcomes)
+}
+
+/// An attempt without a cycle id that was created by one of subsync's retry calls (its
+/// idempotency key is that call's) belongs to the cycle of that retry: it takes the
+/// retry's cycle key as its cycle id, so dunning counts it on that cycle's retry row and
+/// the journal's per-cycle uniqueness covers it. One lookup for the batch.
+async fn link_retry_attempts(
+    tx: &mut sqlx::PgConnection,
+    attempts: &mut BTreeMap<(String, String), AttemptRow>,
+) -> Result<(), DbError> {
+    let keys: Vec<(&str, &str)> = attempts
+        .iter()
+        .filter(|(_, row)| row.attempt.cycle_id.is_none())
+        .filter_map(|((source, _), row)| {
+            let key = row.attempt.idempotency_key.as_deref()?;
+            Some((source.as_str(), key))
+        })
+        .collect();
+    let cycles = schedule::cycles_of_retry_keys(&mut *tx, &keys).await?;
+    if cycles.is_empty() {
+        return Ok(());
+    }
+    for ((source, _), row) in attempts.iter_mut() {
+        let a = &mut row.attempt;
+        if a.cycle_id.is_some() {
+            continue;
+        }
+        if let Some(key) = &a.idempotency_key {
+            a.cycle_id = cycles.get(&(source.clone(), key.clone())).cloned();
+        }
+    }
+    Ok(())
 }
 
 fn status_of_rank(rank: i32) -> AttemptStatus {

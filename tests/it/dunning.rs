@@ -7,6 +7,7 @@ use crate::common;
 mod panics;
 mod parked;
 mod polar;
+mod shopify;
 mod support;
 
 use std::{

@@ -55,6 +55,7 @@ fn attempt(
         attempted_at: Some(at(0)),
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     })
 }
 

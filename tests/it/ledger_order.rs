@@ -80,6 +80,7 @@ fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
                     attempted_at: Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
                     next_attempt_at: None,
                     attempt_count: None,
+                    idempotency_key: None,
                 });
                 out.push((format!("evt{}", out.len()), event));
             }

@@ -154,6 +154,7 @@ fn billing_attempt(
         attempted_at: opt_time(a.attempt_time.as_deref(), "data.attemptTime")?,
         next_attempt_at: None,
         attempt_count: crate::providers::support::count(a.attempt_count, "data.attemptCount")?,
+        idempotency_key: None,
     })
 }
 

@@ -247,6 +247,7 @@ fn attempt(
         attempted_at: opt_time(attempted.as_deref(), "body attempt time")?,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     }))
 }
 

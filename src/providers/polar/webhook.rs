@@ -239,6 +239,7 @@ fn order_attempt(
         attempted_at: modified.or(created).or(timestamp),
         next_attempt_at,
         attempt_count: None,
+        idempotency_key: None,
     })))
 }
 

@@ -519,6 +519,7 @@ fn invoice_paid(p: &Payload) -> Result<CanonicalEvent, NormalizeError> {
         attempted_at: opt_time(attempted, "invoice paidTime")?,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     }))
 }
 

@@ -1,6 +1,8 @@
 //! Shopify: Admin GraphQL, `POST {base_url}/admin/api/{api_version}/graphql.json` with the
-//! `X-Shopify-Access-Token` header (`api.api_version`, default `2025-01`, the same
-//! conventions as the dunning client). Cursor pagination (`first`/`after`,
+//! `X-Shopify-Access-Token` header (`api.api_version`, default `2026-04`, the same
+//! conventions as the dunning client). Attempts are selected in the version's shape: the
+//! `state` union from 2026-04, the flat `ready`/`order`/`nextActionUrl`/`processingError`
+//! before (see `mod.rs`). Cursor pagination (`first`/`after`,
 //! `pageInfo { hasNextPage endCursor }`) in two phases:
 //!
 //! 1. `subscriptionContracts(first: ≤25, after, query)`, each contract with its 10 most
@@ -22,7 +24,9 @@
 //! most 1000. Requested cost: a connection is 2 + `first` × (1 + each nested object), so
 //! a contract page costs 2 + n × (1 + customer 1 + 2 + 10 × (1 + order 1 +
 //! processingError 1)) = 2 + 34n → at most 25 contracts (852); an attempt page 2 + 4n →
-//! at most 200 attempts (802). [`ShopifyList::default_min_interval`] is 10 s: a
+//! at most 200 attempts (802). The 2026-04 `state` costs the same per attempt: `state` 1
+//! plus the dearest of its members (`action`, `error` or `order`, 1 each), a union costing
+//! its most expensive member. [`ShopifyList::default_min_interval`] is 10 s: a
 //! worst-case page (≈850 points) is restored in under 10 s at 100/s, and at 50/s the 150
 //! points the bucket keeps above a page's requested cost cover pages whose actual cost is
 //! up to ≈650 points; a heavier run gets a `THROTTLED` answer, which carries the exact wait.
@@ -35,34 +39,33 @@
 //!
 //! # Records (the REST webhook bodies `webhook.rs` reads)
 //!
-//! | GraphQL state | topic (`x-shopify-topic`) | canonical |
+//! | GraphQL state (outcome, see `mod.rs`) | topic (`x-shopify-topic`) | canonical |
 //! |---|---|---|
 //! | contract, any status | `subscription_contracts/update` | subscription, status lowercased |
-//! | attempt `ready`, with an `order` | `subscription_billing_attempts/success` | `succeeded` |
-//! | attempt `ready`, no order, a `nextActionUrl` (3-D Secure) | `.../challenged` | `requires_action` |
-//! | attempt `ready`, no order, a `processingError` | `.../failure` | `failed` |
-//! | attempt not `ready` (still processing) | skipped | — |
-//! | attempt `ready` with neither order, challenge nor error | skipped | — |
+//! | attempt succeeded (order, or `SuccessState` whose order was deleted) | `subscription_billing_attempts/success` | `succeeded` |
+//! | attempt challenged (`nextActionUrl`, `ActionRequiredState`) | `.../challenged` | `requires_action` |
+//! | attempt failed (`processingError`, `FailedState`) | `.../failure` | `failed` |
+//! | attempt processing (not `ready`, `PendingState`) | skipped | — |
+//! | attempt whose outcome cannot be told | skipped | — |
 //!
 //! Ids are rendered as the webhooks carry them: `admin_graphql_api_*` gids (the GraphQL
 //! `id`s) beside the numeric ids (the gid's last segment), so the canonical ids are the same
 //! gids a webhook for the same contract or attempt gives. Contract bodies carry
 //! `status` (lowercase, as webhooks write it), `currency_code`, the customer and
-//! `revision_id` (a number, as in webhooks); attempt bodies carry `idempotency_key`, the
-//! order, `ready` and `error_code`/`error_message` from `processingError` (the code
-//! lowercased as in the real bodies relayed by Appstle, `unexpected_error`; Shopify's
-//! reference app fixtures show both cases, and decline buckets ignore case). The record's
-//! own time is the `x-shopify-triggered-at` header, which the normalizer reads: the
-//! contract's `updatedAt`, the attempt's `completedAt` (else `createdAt`). Keys:
-//! `contract:<gid>`, `attempt:<gid>`.
+//! `revision_id` (a number, as in webhooks); attempt bodies carry `idempotency_key` (so an
+//! attempt subsync's retry created is linked to its cycle as the webhook's is), the order,
+//! `ready` and `error_code`/`error_message` (the code lowercased as the webhooks write it;
+//! the normalizer gives both paths the enum's upper case). The record's own time is the
+//! `x-shopify-triggered-at` header, which the normalizer reads: the contract's
+//! `updatedAt`, the attempt's `completedAt` (else `createdAt`). Keys: `contract:<gid>`,
+//! `attempt:<gid>`.
 //!
 //! Not covered: attempts beyond the 10 most recent per contract in a full run (no `since`;
 //! an incremental run reads every attempt created since, phase 2); skipped billing cycles
 //! (`subscription_billing_cycles/skip`, a different listing); the webhook fields the
-//! normalizer ignores (`billing_policy`, `delivery_policy`, origin order). Attempt errors
-//! are read from `processingError` (API 2025-01 and later; `errorCode`/`errorMessage` are
-//! deprecated there). A challenge that later failed still shows its `nextActionUrl` and is
-//! rendered `challenged`.
+//! normalizer ignores (`billing_policy`, `delivery_policy`, origin order). In the flat
+//! shape a challenge that later failed still shows its `nextActionUrl` and is rendered
+//! `challenged`; the `state` shape has no such ambiguity.
 
 use std::time::Duration;
 
@@ -72,6 +75,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::{AdminApi, GraphQlErrors};
+use super::attempt::{AttemptState, Outcome, Shape};
 use crate::config::ApiSettings;
 use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::{Cap, ProviderApiError, read, retry_after, snippet};
@@ -88,30 +92,37 @@ const ATTEMPTS: &str = "attempts:";
 const TOPIC: &str = "x-shopify-topic";
 const TRIGGERED_AT: &str = "x-shopify-triggered-at";
 
-const ATTEMPT_FIELDS: &str = "fragment SubsyncAttempt on SubscriptionBillingAttempt { \
-id createdAt completedAt idempotencyKey ready nextActionUrl order { id } \
-processingError { code message } }";
+/// The attempt fields both phases read, the outcome in `shape`.
+fn attempt_fragment(shape: Shape) -> String {
+    format!(
+        "fragment SubsyncAttempt on SubscriptionBillingAttempt {{ \
+id createdAt completedAt idempotencyKey {} }}",
+        shape.selection()
+    )
+}
 
 /// Phase 1: contracts with their latest attempts.
-fn contracts_query() -> String {
+fn contracts_query(shape: Shape) -> String {
     format!(
         "query SubsyncContracts($first: Int!, $after: String, $query: String) {{ \
 subscriptionContracts(first: $first, after: $after, query: $query) {{ \
 pageInfo {{ hasNextPage endCursor }} \
 nodes {{ id status updatedAt currencyCode revisionId customer {{ id }} \
 billingAttempts(first: 10, reverse: true) {{ nodes {{ ...SubsyncAttempt }} }} }} }} }} \
-{ATTEMPT_FIELDS}"
+{}",
+        attempt_fragment(shape)
     )
 }
 
 /// Phase 2: attempts store-wide.
-fn attempts_query() -> String {
+fn attempts_query(shape: Shape) -> String {
     format!(
         "query SubsyncAttempts($first: Int!, $after: String, $query: String) {{ \
 subscriptionBillingAttempts(first: $first, after: $after, query: $query) {{ \
 pageInfo {{ hasNextPage endCursor }} \
 nodes {{ ...SubsyncAttempt subscriptionContract {{ id }} }} }} }} \
-{ATTEMPT_FIELDS}"
+{}",
+        attempt_fragment(shape)
     )
 }
 
@@ -165,7 +176,13 @@ impl ShopifyList {
                 let filter = since.as_ref().map(|t| format!("updated_at:>='{t}'"));
                 let first = capped(request.page_size, MAX_CONTRACTS);
                 let body = self
-                    .post(&contracts_query(), first, after, filter, request.cap())
+                    .post(
+                        &contracts_query(self.admin.shape()),
+                        first,
+                        after,
+                        filter,
+                        request.cap(),
+                    )
                     .await?;
                 let data: ContractsData = parse_data(&body)?;
                 let connection = data.subscription_contracts.ok_or_else(|| {
@@ -189,7 +206,13 @@ impl ShopifyList {
                 let filter = since.as_ref().map(|t| format!("created_at:>='{t}'"));
                 let first = capped(request.page_size, MAX_ATTEMPTS);
                 let body = self
-                    .post(&attempts_query(), first, after, filter, request.cap())
+                    .post(
+                        &attempts_query(self.admin.shape()),
+                        first,
+                        after,
+                        filter,
+                        request.cap(),
+                    )
                     .await?;
                 let data: AttemptsData = parse_data(&body)?;
                 let connection = data.subscription_billing_attempts.ok_or_else(|| {
@@ -323,18 +346,11 @@ struct AttemptNode {
     created_at: String,
     completed_at: Option<String>,
     idempotency_key: Option<String>,
-    ready: bool,
-    next_action_url: Option<String>,
-    order: Option<Node>,
-    processing_error: Option<ProcessingError>,
+    /// `ready`, `order`, … or `state`, as the version selects them.
+    #[serde(flatten)]
+    state: AttemptState,
     /// Only in phase 2 (in phase 1 the attempt is nested in its contract).
     subscription_contract: Option<Node>,
-}
-
-#[derive(Deserialize)]
-struct ProcessingError {
-    code: Option<String>,
-    message: Option<String>,
 }
 
 /// The cursor of the next page of this phase, or `None` when it is done. An empty page
@@ -398,29 +414,17 @@ fn render_contract(contract: &ContractNode) -> Record {
 }
 
 /// The `subscription_billing_attempts/*` webhook for a finished attempt, or `None` while it
-/// is processing (or when its state cannot be told).
+/// is processing (or when its outcome cannot be told).
 fn render_attempt(attempt: &AttemptNode, contract: &str) -> Option<Record> {
-    if !attempt.ready {
-        return None;
-    }
-    let error = attempt.processing_error.as_ref();
-    let action = if attempt.order.is_some() {
-        "success"
-    } else if attempt
-        .next_action_url
-        .as_deref()
-        .is_some_and(|u| !u.is_empty())
-    {
-        "challenged"
-    } else if error.is_some() {
-        "failure"
-    } else {
-        return None;
-    };
-    let order = attempt.order.as_ref().map(|o| o.id.as_str());
     // A success carries no error: the normalizer refuses one that does (the topic is not
     // signed, so the body must agree with it).
-    let error = error.filter(|_| action != "success");
+    let (action, order, error) = match attempt.state.outcome() {
+        Outcome::Processing | Outcome::Unknown => return None,
+        Outcome::Succeeded { order } => ("success", order, None),
+        Outcome::Challenged => ("challenged", None, None),
+        Outcome::Failed { code, message } => ("failure", None, Some((code, message))),
+    };
+    let (code, message) = error.unwrap_or_default();
     let body = json!({
         "id": legacy_id(&attempt.id),
         "admin_graphql_api_id": attempt.id,
@@ -430,8 +434,8 @@ fn render_attempt(attempt: &AttemptNode, contract: &str) -> Option<Record> {
         "subscription_contract_id": legacy_id(contract),
         "admin_graphql_api_subscription_contract_id": contract,
         "ready": true,
-        "error_code": error.and_then(|e| e.code.as_deref()).map(str::to_ascii_lowercase),
-        "error_message": error.and_then(|e| e.message.as_deref()),
+        "error_code": code.map(|c| c.to_ascii_lowercase()),
+        "error_message": message,
     });
     let at = attempt.completed_at.as_ref().unwrap_or(&attempt.created_at);
     Some(Record {
@@ -460,7 +464,8 @@ mod tests {
     use crate::providers::testing::{api_settings, assert_errors_map};
 
     const TOKEN: &str = "shpat_secret123";
-    const ROUTE: &str = "/admin/api/2025-01/graphql.json";
+    /// The default version's route.
+    const ROUTE: &str = "/admin/api/2026-04/graphql.json";
     const CONTRACT: &str = "gid://shopify/SubscriptionContract/7";
 
     fn client(server: &MockServer, version: Option<&str>) -> ShopifyList {
@@ -482,6 +487,8 @@ mod tests {
         Some(DateTime::parse_from_rfc3339(text).unwrap().to_utc())
     }
 
+    /// An attempt node in the flat shape (before 2026-04); `ready` with nothing else says
+    /// nothing about its outcome.
     fn attempt(id: u64, ready: bool) -> Value {
         json!({
             "id": format!("gid://shopify/SubscriptionBillingAttempt/{id}"),
@@ -507,6 +514,26 @@ mod tests {
         let mut a = attempt(id, true);
         a["nextActionUrl"] = json!("https://shop.example/3ds/challenge");
         a
+    }
+
+    /// An attempt node in the 2026-04 shape, in the `state` member `typename` with `fields`.
+    fn in_state(id: u64, typename: &str, fields: Value) -> Value {
+        let mut state = json!({ "__typename": format!("SubscriptionBillingAttempt{typename}") });
+        for (k, v) in fields.as_object().unwrap() {
+            state[k] = v.clone();
+        }
+        let done = typename != "PendingState";
+        json!({
+            "id": format!("gid://shopify/SubscriptionBillingAttempt/{id}"),
+            "createdAt": "2025-03-01T12:00:00Z", "completedAt": if done { json!("2025-03-01T12:00:05Z") } else { Value::Null },
+            "idempotencyKey": format!("key-{id}"), "state": state
+        })
+    }
+
+    fn payment_error(id: u64, code: &str) -> Value {
+        let error =
+            json!({ "__typename": "SubscriptionBillingAttemptPaymentError", "paymentCode": code });
+        in_state(id, "FailedState", json!({ "error": error }))
     }
 
     fn contract(id: u64, status: &str, attempts: Vec<Value>) -> Value {
@@ -574,7 +601,14 @@ mod tests {
                 vec![contract(
                     7,
                     "ACTIVE",
-                    vec![succeeded(12, 99), attempt(11, false)],
+                    vec![
+                        in_state(
+                            12,
+                            "SuccessState",
+                            json!({ "order": { "id": "gid://shopify/Order/99" } }),
+                        ),
+                        in_state(11, "PendingState", json!({ "processing": true })),
+                    ],
                 )],
                 Some("c1"),
             ))
@@ -607,7 +641,11 @@ mod tests {
             query.contains("subscriptionContracts(first: $first, after: $after, query: $query)")
         );
         assert!(query.contains("billingAttempts(first: 10, reverse: true)"));
-        assert!(query.contains("processingError { code message }"));
+        assert!(
+            query.contains("idempotencyKey state { __typename"),
+            "{query}"
+        );
+        assert!(!query.contains("processingError"), "deprecated in 2026-04");
     }
 
     #[tokio::test]
@@ -824,15 +862,50 @@ mod tests {
         assert_eq!((&body["id"], &body["revision_id"]), (&json!(7), &json!(42)));
     }
 
+    /// Both shapes render the same webhooks: codes as the webhooks write them (lower case)
+    /// in the body and in the enum's upper case once normalized; the 2026-04 error members
+    /// other than `UnexpectedError` have no message.
     #[test]
     fn attempts_render_as_success_failure_or_challenged() {
+        let unexpected = json!({ "error": { "__typename": "SubscriptionBillingAttemptUnexpectedError",
+            "message": "The payment couldn't be processed" } });
         let cases = [
             (succeeded(11, 99), "success", AttemptStatus::Succeeded, None),
+            (
+                in_state(
+                    11,
+                    "SuccessState",
+                    json!({ "order": { "id": "gid://shopify/Order/99" } }),
+                ),
+                "success",
+                AttemptStatus::Succeeded,
+                None,
+            ),
             (
                 failed(11, "INSUFFICIENT_FUNDS", "Insufficient funds"),
                 "failure",
                 AttemptStatus::Failed,
-                Some(("insufficient_funds", "Insufficient funds")),
+                Some((
+                    "insufficient_funds",
+                    "INSUFFICIENT_FUNDS",
+                    Some("Insufficient funds"),
+                )),
+            ),
+            (
+                payment_error(11, "INSUFFICIENT_FUNDS"),
+                "failure",
+                AttemptStatus::Failed,
+                Some(("insufficient_funds", "INSUFFICIENT_FUNDS", None)),
+            ),
+            (
+                in_state(11, "FailedState", unexpected),
+                "failure",
+                AttemptStatus::Failed,
+                Some((
+                    "unexpected_error",
+                    "UNEXPECTED_ERROR",
+                    Some("The payment couldn't be processed"),
+                )),
             ),
             (
                 challenged(11),
@@ -840,8 +913,20 @@ mod tests {
                 AttemptStatus::RequiresAction,
                 None,
             ),
+            (
+                in_state(
+                    11,
+                    "ActionRequiredState",
+                    json!({ "action": {
+                    "__typename": "SubscriptionBillingAttemptPaymentChallenge" } }),
+                ),
+                "challenged",
+                AttemptStatus::RequiresAction,
+                None,
+            ),
         ];
         for (node, action, status, error) in cases {
+            let label = node.to_string();
             let node: AttemptNode = serde_json::from_value(node).unwrap();
             let record = render_attempt(&node, CONTRACT).expect(action);
             assert_eq!(
@@ -852,39 +937,82 @@ mod tests {
                 record.key,
                 "attempt:gid://shopify/SubscriptionBillingAttempt/11"
             );
+            let body: Value = serde_json::from_slice(&record.body).unwrap();
+            assert_eq!(body["error_code"].as_str(), error.map(|e| e.0), "{label}");
+            assert_eq!(body["idempotency_key"], json!("key-11"));
             let CanonicalEvent::BillingAttempt(a) = one(&record) else {
                 panic!("{action}: not an attempt");
             };
             assert_eq!((a.status, a.provider_status.as_str()), (status, action));
             assert_eq!(a.attempt_id, "gid://shopify/SubscriptionBillingAttempt/11");
             assert_eq!(a.subscription_id.as_deref(), Some(CONTRACT));
-            assert_eq!(a.error_code.as_deref(), error.map(|e| e.0));
-            assert_eq!(a.error_message.as_deref(), error.map(|e| e.1));
+            assert_eq!(a.error_code.as_deref(), error.map(|e| e.1), "{label}");
+            assert_eq!(
+                a.error_message.as_deref(),
+                error.and_then(|e| e.2),
+                "{label}"
+            );
+            assert_eq!(a.idempotency_key.as_deref(), Some("key-11"));
             assert_eq!(a.attempted_at, at("2025-03-01T12:00:05Z"), "completedAt");
         }
-        let body: Value = serde_json::from_slice(
-            &render_attempt(
-                &serde_json::from_value(succeeded(11, 99)).unwrap(),
-                CONTRACT,
-            )
-            .unwrap()
-            .body,
-        )
-        .unwrap();
-        assert_eq!(body["order_id"], json!(99));
-        assert_eq!(
-            body["admin_graphql_api_order_id"],
-            json!("gid://shopify/Order/99")
-        );
-        assert_eq!(body["idempotency_key"], json!("key-11"));
-        // Still processing, or finished with nothing to tell its outcome: no record.
-        for node in [attempt(11, false), attempt(11, true)] {
+        for node in [
+            succeeded(11, 99),
+            in_state(
+                11,
+                "SuccessState",
+                json!({ "order": { "id": "gid://shopify/Order/99" } }),
+            ),
+        ] {
+            let node: AttemptNode = serde_json::from_value(node).unwrap();
+            let body: Value =
+                serde_json::from_slice(&render_attempt(&node, CONTRACT).unwrap().body).unwrap();
+            assert_eq!(body["order_id"], json!(99));
+            assert_eq!(
+                body["admin_graphql_api_order_id"],
+                json!("gid://shopify/Order/99")
+            );
+        }
+        // A success whose order was deleted is still a success.
+        let deleted: AttemptNode =
+            serde_json::from_value(in_state(11, "SuccessState", json!({ "order": null }))).unwrap();
+        let record = render_attempt(&deleted, CONTRACT).unwrap();
+        assert_eq!(topic(&record), "subscription_billing_attempts/success");
+        // Still processing, or finished with nothing to tell its outcome (in either shape):
+        // no record.
+        for node in [
+            attempt(11, false),
+            attempt(11, true),
+            in_state(11, "PendingState", json!({ "processing": true })),
+            in_state(11, "LaterState", json!({})),
+        ] {
             let node: AttemptNode = serde_json::from_value(node).unwrap();
             assert_eq!(render_attempt(&node, CONTRACT), None);
         }
     }
 
-    /// The webhook bodies of `shopify_normalize_tests.rs` and the records rendered from the
+    /// The list client's queries use only what the copied schema of their version has:
+    /// the flat shape against 2025-01, the `state` shape against 2026-04.
+    #[test]
+    fn the_queries_conform_to_the_schema_of_their_version() {
+        for (shape, version) in [(Shape::Flat, "2025-01"), (Shape::State, "2026-04")] {
+            let schema = crate::providers::shopify::schema::copied(version);
+            for query in [contracts_query(shape), attempts_query(shape)] {
+                assert_eq!(
+                    schema.check_document(&query),
+                    Vec::<String>::new(),
+                    "{query}"
+                );
+            }
+        }
+        // And the 2026-04 query is not valid before 2026-04 (the check can fail).
+        let old = crate::providers::shopify::schema::copied("2025-01");
+        assert!(
+            !old.check_document(&contracts_query(Shape::State))
+                .is_empty()
+        );
+    }
+
+    /// The webhook bodies of `webhook/tests.rs` and the records rendered from the
     /// GraphQL objects of the same contract and attempt give the same canonical ids, so the
     /// ledger converges whichever arrives first.
     #[test]

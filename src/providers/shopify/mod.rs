@@ -21,11 +21,23 @@
 //!
 //! Billing attempts: `attempt_id` = the attempt's gid, `subscription_id` = the contract gid
 //! (required), `provider_status` = the topic's action (`success`, `failure`, `challenged`),
-//! `error_code`/`error_message` verbatim, `attempted_at` = the `X-Shopify-Triggered-At`
-//! header when kept. `cycle_id` is null: the payload has no cycle index, and the
-//! `idempotency_key` cannot stand in for one, since Shopify returns the existing attempt for
-//! a reused key, so every retry carries its own key (grouping by it would make each retry a
-//! cycle of its own). The payload has no amount, next attempt or count: all null.
+//! `error_code` in the spelling of the GraphQL enum `SubscriptionBillingAttemptErrorCode`
+//! (upper case: the webhooks write the same values in lower case, `insufficient_funds`,
+//! the API `INSUFFICIENT_FUNDS`; one vocabulary whichever path reported the attempt),
+//! `error_message` verbatim, `idempotency_key` = the body's `idempotency_key` (the key
+//! the attempt was created with), `attempted_at` = the `X-Shopify-Triggered-At` header when
+//! kept. The payload has no amount, next attempt or count: all null.
+//!
+//! Cycles: `cycle_id` is null, since neither the payload nor the GraphQL attempt names its
+//! billing cycle (no index; `paymentGroupId` is undocumented). Dunning keys a cycle
+//! without id by its first failed attempt's gid. The attempt a retry creates is a new
+//! attempt (a new gid) with subsync's key, so reconciliation links it: an attempt without a
+//! cycle id whose `idempotency_key` is one of subsync's retry calls of the same source
+//! (`retry_calls`) takes that retry's cycle key as its `cycle_id`, and its outcome lands
+//! on the retried cycle's row (the count goes on, exhaustion at `max_attempts`). Keys of
+//! other callers (the merchant app's renewal) match nothing and change nothing; the key is
+//! never used to group attempts by itself (Shopify returns the existing attempt for a
+//! reused key, so every retry carries its own).
 //!
 //! The HMAC covers the body only: `X-Shopify-Topic` and `X-Shopify-Webhook-Id` are not
 //! signed. So the status the topic claims must agree with the signed body: a `success`
@@ -50,10 +62,41 @@
 //! Malformed (dead-lettered): not JSON, no topic kept, an unparsable triggered-at; for
 //! covered topics a missing attempt/contract id, an unknown status or currency, a
 //! non-integer `revision_id`, a skip without `cycle_index`.
+//!
+//! # Admin GraphQL (`retry.rs`, `list.rs`; plumbing in `admin.rs`)
+//!
+//! `POST {base_url}/admin/api/{api_version}/graphql.json` with `X-Shopify-Access-Token`.
+//! `api.api_version` defaults to `2026-04`, a supported version whose schema (copied in
+//! `tests/fixtures/shopify/`) has every field used here. Shopify serves a retired version
+//! as its oldest supported one, so a version pinned past its support silently gets a
+//! newer schema (deprecated fields may come back null): keep it within support.
+//!
+//! An attempt's outcome is read in the configured version's shape (`attempt.rs`): one
+//! query cannot serve both, since `state` does not exist before 2026-04 and the flat
+//! fields are deprecated from it on. Answers in either shape are read the same way.
+//!
+//! | before 2026-04 (flat) | 2026-04 and later (`state`) | outcome |
+//! |---|---|---|
+//! | `ready: false` | `SubscriptionBillingAttemptPendingState` | processing |
+//! | `ready`, an `order` | `SuccessState { order }` (`order` null if deleted) | succeeded |
+//! | `ready`, a `nextActionUrl` | `ActionRequiredState` (either challenge status) | challenged |
+//! | `ready`, `processingError { code message }` | `FailedState { error }`: `PaymentError`, `GeneralError`, `InventoryError` (a code, no message), `UnexpectedError` (a message, no code: `UNEXPECTED_ERROR`) | failed |
+//! | `ready` and nothing else | another `__typename` (counted in `subsync_shopify_unknown_attempt_states_total`) | unknown |
+//!
+//! A `FailedState` whose error is a member this code does not know is still a failure
+//! (counted the same way), with the member's type name as its message and no code (the
+//! bucket of a failure without code, `retry_soon`).
+//! Error codes are kept in the enum's upper case; the 2026-04 split enums (payment, general,
+//! inventory) use the names of the flat enum. Their decline buckets are in
+//! `dunning/decline.rs`. The retry client maps the outcome to its answer, the list client
+//! renders the webhook the outcome would have sent (see their headers).
 
 mod admin;
+mod attempt;
 mod list;
 mod retry;
+#[cfg(test)]
+mod schema;
 mod webhook;
 
 pub(super) use list::ShopifyList;
@@ -150,7 +193,7 @@ impl Connector for Shopify {
             ),
             (WEBHOOK_ID[0].to_owned(), event_id.to_owned()),
             (KEPT[0][0].to_owned(), "demo.myshopify.com".to_owned()),
-            (KEPT[1][0].to_owned(), "2025-01".to_owned()),
+            (KEPT[1][0].to_owned(), admin::DEFAULT_API_VERSION.to_owned()),
             (KEPT[2][0].to_owned(), triggered_at),
         ]
     }

@@ -1,9 +1,10 @@
 //! Shopify webhook (topic + body) → canonical events. The mapping is documented in
-//! `shopify.rs`.
+//! `mod.rs`.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::attempt::enum_case;
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
 };
@@ -39,6 +40,8 @@ struct Attempt {
     admin_graphql_api_id: Option<String>,
     subscription_contract_id: Option<Id>,
     admin_graphql_api_subscription_contract_id: Option<String>,
+    /// Typed a string; a number is read as its text.
+    idempotency_key: Option<Id>,
     error_code: Option<String>,
     error_message: Option<String>,
 }
@@ -177,11 +180,14 @@ fn billing_attempt(
         status,
         provider_status: word.to_owned(),
         amount: None,
-        error_code: attempt.error_code,
+        error_code: attempt.error_code.as_deref().map(enum_case),
         error_message: attempt.error_message,
         attempted_at: triggered_at,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: (attempt.idempotency_key)
+            .map(|k| k.text())
+            .filter(|k| !k.is_empty()),
     }))
 }
 
@@ -282,6 +288,7 @@ fn skipped_cycle(
         attempted_at,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     }))
 }
 

@@ -212,6 +212,7 @@ fn invoice_attempt(
         attempted_at: Some(created),
         next_attempt_at,
         attempt_count: Some(attempt_count),
+        idempotency_key: None,
     })
 }
 

@@ -574,7 +574,7 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
     let declined = &cancelled.attempts[0];
     assert_eq!(
         (declined.attempt_id.as_str(), declined.error_code.as_deref()),
-        (attempt_gid(8006).as_str(), Some("card_declined"))
+        (attempt_gid(8006).as_str(), Some("CARD_DECLINED"))
     );
     assert_eq!(
         declined.error_message.as_deref(),

@@ -96,8 +96,10 @@ fn billing_attempt_topics_become_attempts() {
         assert_eq!(a.subscription_id.as_deref(), Some(CONTRACT));
         assert_eq!(a.cycle_id, None);
         assert_eq!(a.amount, None);
-        assert_eq!(a.error_code.as_deref(), error.map(|e| e.0));
+        let upper = error.map(|e| e.0.to_ascii_uppercase());
+        assert_eq!(a.error_code, upper, "the GraphQL enum's spelling");
         assert_eq!(a.error_message.as_deref(), error.map(|e| e.1));
+        assert_eq!(a.idempotency_key.as_deref(), Some("foo-bar-baz"));
         assert_eq!(a.attempted_at, t(TRIGGERED));
         assert_eq!((a.next_attempt_at, a.attempt_count), (None, None));
     }
@@ -109,6 +111,81 @@ fn billing_attempt_topics_become_attempts() {
     };
     assert_eq!(a.attempt_id, "gid://shopify/SubscriptionBillingAttempt/11");
     assert_eq!(a.subscription_id.as_deref(), Some(CONTRACT));
+}
+
+/// The webhook payloads of Shopify's reference app (`tests/fixtures/shopify/`), each
+/// under the topic of its fixture file.
+const REFERENCE_PAYLOADS: &str = include_str!(
+    "../../../../tests/fixtures/shopify/webhook-payloads.subscription_billing_attempts.json"
+);
+
+/// Every payload of the reference app normalizes without error under its topic into the
+/// attempt it describes, and carries every field its payload type declares.
+#[test]
+fn every_reference_app_payload_normalizes_for_its_topic() {
+    let reference: Value = serde_json::from_str(REFERENCE_PAYLOADS).unwrap();
+    let mut seen = 0;
+    for (file, fixtures) in reference["fixtures"].as_object().unwrap() {
+        let (action, status) = if file.ends_with("_FAILURE.ts") {
+            ("failure", AttemptStatus::Failed)
+        } else if file.ends_with("_SUCCESS.ts") {
+            ("success", AttemptStatus::Succeeded)
+        } else {
+            panic!("a fixture file of no known topic: {file}");
+        };
+        let topic = format!("subscription_billing_attempts/{action}");
+        let type_name = reference["topics"][&topic]["payload_type"]
+            .as_str()
+            .unwrap();
+        let declared = reference["payload_types"][type_name]["properties"]
+            .as_object()
+            .unwrap();
+        for (name, payload) in fixtures.as_object().unwrap() {
+            for field in declared.keys() {
+                assert!(payload.get(field).is_some(), "{name} lacks {field}");
+            }
+            let CanonicalEvent::BillingAttempt(a) = one(&topic, payload) else {
+                panic!("{name}: not an attempt");
+            };
+            assert_eq!(a.status, status, "{name}");
+            assert_eq!(a.attempt_id, payload["admin_graphql_api_id"], "{name}");
+            assert_eq!(
+                a.subscription_id.as_deref(),
+                payload["admin_graphql_api_subscription_contract_id"].as_str()
+            );
+            assert_eq!(
+                a.idempotency_key.as_deref(),
+                payload["idempotency_key"].as_str()
+            );
+            let code = payload["error_code"].as_str().map(str::to_ascii_uppercase);
+            assert_eq!(a.error_code, code, "{name}");
+            assert_eq!(a.cycle_id, None, "the payload names no cycle");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 4, "three failures and a success");
+}
+
+/// The webhook's lower-case code and the API's upper-case one normalize to one code.
+#[test]
+fn error_codes_take_the_enum_spelling_whatever_their_case() {
+    let codes = [
+        "insufficient_funds",
+        "INSUFFICIENT_FUNDS",
+        " Insufficient_Funds ",
+    ];
+    for code in codes {
+        let body = attempt_body(Some((code, "Insufficient funds")));
+        let CanonicalEvent::BillingAttempt(a) = one("subscription_billing_attempts/failure", &body)
+        else {
+            panic!("not an attempt");
+        };
+        assert_eq!(
+            a.error_code.as_deref(),
+            Some("INSUFFICIENT_FUNDS"),
+            "{code:?}"
+        );
+    }
 }
 
 /// Shopify's own fixtures (Shopify/subscriptions-reference-app @ c558ae04,
