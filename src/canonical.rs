@@ -12,6 +12,7 @@ use crate::money::Money;
 pub enum CanonicalEvent {
     BillingAttempt(BillingAttempt),
     Subscription(SubscriptionChange),
+    Refund(Refund),
 }
 
 /// Status of one try to charge for one billing cycle.
@@ -27,6 +28,8 @@ pub enum AttemptStatus {
     /// No charge was tried: contract paused/cancelled, dunning or inventory management,
     /// disabled auto-charge, stale date...
     Skipped,
+    /// Given back in full. A partial refund leaves the attempt succeeded; its money is a
+    /// [`Refund`].
     Refunded,
 }
 
@@ -56,6 +59,37 @@ pub struct BillingAttempt {
     /// one of subsync's own retry calls to that retry's cycle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// Money given back from one collected payment: a refund, a void of a settled sale, a
+/// credit against it. Each has the provider's own id, so two partial refunds of one
+/// payment are two refunds; the journal books each once, never more in total than the
+/// payment collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    /// The provider's id of this refund (or void, or credit).
+    pub refund_id: String,
+    /// The attempt (payment) it gives money back from, as that provider's attempts are
+    /// named.
+    pub attempt_id: String,
+    pub subscription_id: Option<String>,
+    pub cycle_id: Option<String>,
+    pub status: RefundStatus,
+    /// The provider's own word (its status, or its kind: `void`, `credit`).
+    pub provider_status: String,
+    /// This refund's amount (not a running total).
+    pub amount: Money,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// Where a refund is. Only a succeeded refund moves money in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    Pending,
+    /// Failed or cancelled: no money went back.
+    Failed,
+    Succeeded,
 }
 
 /// State of a subscription or contract after a change.

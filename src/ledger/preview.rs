@@ -20,7 +20,7 @@ use crate::dunning::schedule::Dunning;
 /// Bookkeeping columns (which event set it, when) are left out: they are not the state.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Change {
-    /// `billing_attempt` or `subscription`.
+    /// `billing_attempt`, `subscription` or `refund`.
     #[schema(value_type = String)]
     pub entity: &'static str,
     pub id: String,
@@ -117,6 +117,7 @@ fn keys_of(event: &NewEvent<'_>) -> Vec<Key> {
             CanonicalEvent::Subscription(c) => {
                 ("subscription", source.clone(), c.subscription_id.clone())
             }
+            CanonicalEvent::Refund(r) => ("refund", source.clone(), r.refund_id.clone()),
         })
         .collect();
     keys.sort();
@@ -133,6 +134,7 @@ async fn rows(
     for (entity, table, id_column) in [
         ("billing_attempt", "billing_attempts", "attempt_id"),
         ("subscription", "subscriptions", "subscription_id"),
+        ("refund", "refunds", "refund_id"),
     ] {
         let (sources, ids): (Vec<&str>, Vec<&str>) = keys
             .iter()

@@ -12,11 +12,23 @@
 //! - A subscription takes the change with the greatest (provider version, provider update
 //!   time — or receipt time when the payload has none —, status rank, provider word).
 //! - Money follows facts that only ever become true: an attempt that is (or was)
-//!   succeeded has exactly one collection entry, a refunded one also exactly one refund
-//!   entry (of the full amount). Entries are unique per (attempt, kind) and per (billing
-//!   cycle, kind) — a cycle is collected once even when a provider reports that payment as
-//!   two succeeded attempts —, so no order or duplicate posts twice. Failed and skipped
-//!   attempts post nothing.
+//!   succeeded has exactly one collection entry. Collections are unique per attempt and
+//!   per billing cycle — a cycle is collected once even when a provider reports that
+//!   payment as two succeeded attempts —, so no order or duplicate posts twice. Failed and
+//!   skipped attempts post nothing.
+//! - Refunds: a refund (also a void or a credit of a payment) is a row of its own, merged
+//!   forward like an attempt (`pending < failed < succeeded`). Each succeeded refund is one
+//!   journal entry keyed by its id, for its amount capped at what the payment still holds;
+//!   an attempt refunded in full (a status, with no refund of its own) gets one entry for
+//!   what is left. So partial refunds book their amounts, and however the parts and the
+//!   full refund overlap or arrive, a payment's refunds sum to at most its collection,
+//!   and to all of it once it is refunded in full. A refund that arrives before its
+//!   payment is kept and booked when the payment is collected.
+//! - Concurrency of a refund and its payment: both lock the payment's attempt row before
+//!   reading what the payment holds (the attempt upsert; for a refund, an upsert that
+//!   creates the attempt as `pending`, provider word `unseen`, when the refund is the first
+//!   news of it). A refund and a collection of one payment in two concurrent transactions
+//!   are so serialized, and the second sees the first's rows.
 //! - An attempt without a cycle id whose idempotency key is one of subsync's retry calls
 //!   (a Shopify attempt a retry created) takes that retry's cycle
 //!   (`dunning::schedule::cycles_of_retry_keys`, one lookup per batch). The call row is
@@ -26,13 +38,14 @@
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use super::archive::{self, NewEvent};
 use crate::canonical::{
-    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+    AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
+    SubscriptionStatus,
 };
 use crate::db::{Db, DbError};
 use crate::dunning::{
@@ -113,6 +126,45 @@ impl AttemptRow {
         w.amount = w.amount.take().or(l.amount);
         w.attempted_at = w.attempted_at.take().or(l.attempted_at);
         w.idempotency_key = w.idempotency_key.take().or(l.idempotency_key);
+        winner
+    }
+}
+
+/// The merged state of every event of a batch about one refund.
+#[derive(Clone)]
+struct RefundRow {
+    event_id: i64,
+    refund: Refund,
+}
+
+fn refund_rank(status: RefundStatus) -> i32 {
+    match status {
+        RefundStatus::Pending => 0,
+        RefundStatus::Failed => 1,
+        RefundStatus::Succeeded => 2,
+    }
+}
+
+impl RefundRow {
+    fn key(&self) -> (i32, &str) {
+        (
+            refund_rank(self.refund.status),
+            &self.refund.provider_status,
+        )
+    }
+
+    /// Keeps the greater state and fills its unknown facts from the other (mirrors the
+    /// SQL upsert). The payment, amount and currency are the first report's.
+    fn merge(self, other: RefundRow) -> RefundRow {
+        let (mut winner, loser) = if other.key() > self.key() {
+            (other, self)
+        } else {
+            (self, other)
+        };
+        let (w, l) = (&mut winner.refund, loser.refund);
+        w.subscription_id = w.subscription_id.take().or(l.subscription_id);
+        w.cycle_id = w.cycle_id.take().or(l.cycle_id);
+        w.refunded_at = w.refunded_at.take().or(l.refunded_at);
         winner
     }
 }
@@ -209,6 +261,7 @@ pub(super) async fn reconcile_in(
     // Merge the batch per attempt and per subscription; BTreeMaps give key order.
     let mut attempts: BTreeMap<(String, String), AttemptRow> = BTreeMap::new();
     let mut subscriptions: BTreeMap<(String, String), SubscriptionRow> = BTreeMap::new();
+    let mut refunds: BTreeMap<(String, String), RefundRow> = BTreeMap::new();
     for (event, id) in events.iter().zip(&ids) {
         let Some(event_id) = *id else { continue };
         let source = &event.envelope.source_id;
@@ -240,13 +293,26 @@ pub(super) async fn reconcile_in(
                     };
                     subscriptions.insert(key, merged);
                 }
+                CanonicalEvent::Refund(r) => {
+                    let row = RefundRow {
+                        event_id,
+                        refund: r.clone(),
+                    };
+                    let key = (source.clone(), r.refund_id.clone());
+                    let merged = match refunds.remove(&key) {
+                        Some(existing) => existing.merge(row),
+                        None => row,
+                    };
+                    refunds.insert(key, merged);
+                }
             }
         }
     }
 
     link_retry_attempts(&mut *tx, &mut attempts).await?;
     let final_attempts = upsert_attempts(&mut *tx, &attempts).await?;
-    post_journal(&mut *tx, &final_attempts).await?;
+    let final_refunds = upsert_refunds(&mut *tx, &refunds).await?;
+    post_journal(&mut *tx, &final_attempts, &refunds).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
     let facts = attempt_facts(&attempts, &final_attempts);
     schedule::on_attempts(&mut *tx, dunning, &facts).await?;
@@ -284,6 +350,11 @@ pub(super) async fn reconcile_in(
                         .get(&key)
                         .is_some_and(|w| w.event_id == event_id)
             }
+            CanonicalEvent::Refund(r) => final_refunds
+                .get(&(source.clone(), r.refund_id.clone()))
+                .is_some_and(|(rank, word)| {
+                    (refund_rank(r.status), r.provider_status.as_str()) >= (*rank, word.as_str())
+                }),
         });
         if applied {
             outcomes.push(Reconciled::Applied);
@@ -530,55 +601,309 @@ impl AttemptColumns {
     }
 }
 
-/// Ensures the entries that the stored attempts' facts call for: a collection for every
-/// attempt that is (or was) succeeded, a refund for every refunded one.
+/// Upserts refunds; returns each one's stored `(rank, provider word)`.
+async fn upsert_refunds(
+    tx: &mut sqlx::PgConnection,
+    rows: &BTreeMap<(String, String), RefundRow>,
+) -> Result<HashMap<(String, String), (i32, String)>, DbError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut source = Vec::new();
+    let mut refund = Vec::new();
+    let mut attempt = Vec::new();
+    let mut subscription = Vec::new();
+    let mut cycle = Vec::new();
+    let mut status = Vec::new();
+    let mut provider_status = Vec::new();
+    let mut amount = Vec::new();
+    let mut currency = Vec::new();
+    let mut refunded_at = Vec::new();
+    let mut event = Vec::new();
+    for ((s, _), row) in rows {
+        let r = &row.refund;
+        source.push(s.as_str());
+        refund.push(r.refund_id.as_str());
+        attempt.push(r.attempt_id.as_str());
+        subscription.push(r.subscription_id.as_deref());
+        cycle.push(r.cycle_id.as_deref());
+        status.push(word(r.status));
+        provider_status.push(r.provider_status.as_str());
+        amount.push(r.amount.minor);
+        currency.push(r.amount.currency.as_str());
+        refunded_at.push(r.refunded_at);
+        event.push(row.event_id);
+    }
+    // Lock each refund's payment (see the module doc), creating it when unseen.
+    let mut payments: Vec<(&str, &str, i64)> = source
+        .iter()
+        .zip(&attempt)
+        .zip(&event)
+        .map(|((s, a), e)| (*s, *a, *e))
+        .collect();
+    payments.sort();
+    payments.dedup_by(|x, y| (x.0, x.1) == (y.0, y.1));
+    sqlx::query(
+        "INSERT INTO billing_attempts AS a (source_id, attempt_id, status, provider_status,
+            last_event_id)
+         SELECT s, a, 'pending', 'unseen', e FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS k(s, a, e)
+         ON CONFLICT (source_id, attempt_id) DO UPDATE SET updated_at = a.updated_at",
+    )
+    .bind(payments.iter().map(|p| p.0).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.1).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.2).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END";
+    let rank = |column: &str| RANK.replace("{}", column);
+    let fwd = format!(
+        "({}, excluded.provider_status) > ({}, r.provider_status)",
+        rank("excluded.status"),
+        rank("r.status")
+    );
+    let sql = format!(
+        "INSERT INTO refunds AS r (source_id, refund_id, attempt_id, subscription_id, cycle_id,
+            status, provider_status, amount_minor, currency, refunded_at, last_event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::int8[], $9::text[], $10::timestamptz[], $11::int8[])
+         ON CONFLICT (source_id, refund_id) DO UPDATE SET
+            status = CASE WHEN {fwd} THEN excluded.status ELSE r.status END,
+            provider_status = CASE WHEN {fwd} THEN excluded.provider_status ELSE r.provider_status END,
+            last_event_id = CASE WHEN {fwd} THEN excluded.last_event_id ELSE r.last_event_id END,
+            subscription_id = COALESCE(r.subscription_id, excluded.subscription_id),
+            cycle_id = COALESCE(r.cycle_id, excluded.cycle_id),
+            refunded_at = COALESCE(r.refunded_at, excluded.refunded_at),
+            updated_at = now()
+         RETURNING source_id, refund_id, {}, provider_status",
+        rank("status")
+    );
+    let stored: Vec<(String, String, i32, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&source)
+        .bind(&refund)
+        .bind(&attempt)
+        .bind(&subscription)
+        .bind(&cycle)
+        .bind(&status)
+        .bind(&provider_status)
+        .bind(&amount)
+        .bind(&currency)
+        .bind(&refunded_at)
+        .bind(&event)
+        .fetch_all(&mut *tx)
+        .await?;
+    Ok(stored
+        .into_iter()
+        .map(|(s, r, rank, word)| ((s, r), (rank, word)))
+        .collect())
+}
+
+/// One journal entry to write: two postings of `amount`.
+struct NewEntry<'a> {
+    source_id: &'a str,
+    attempt_id: &'a str,
+    subscription_id: &'a str,
+    cycle_id: Option<&'a str>,
+    /// `collection` (collected +x, receivable -x) or `refund` (refunded +x, collected -x).
+    kind: &'static str,
+    refund_id: Option<&'a str>,
+    event_id: i64,
+    amount: i64,
+    currency: &'a str,
+}
+
+/// Ensures the entries the stored facts call for: a collection for every attempt that is
+/// (or was) succeeded, then the refunds of the batch's payments (see the module doc).
 async fn post_journal(
     tx: &mut sqlx::PgConnection,
     attempts: &HashMap<(String, String), FinalAttempt>,
+    refunds: &BTreeMap<(String, String), RefundRow>,
 ) -> Result<(), DbError> {
-    let (succeeded, refunded) = (
-        attempt_rank(AttemptStatus::Succeeded),
-        attempt_rank(AttemptStatus::Refunded),
+    let succeeded = attempt_rank(AttemptStatus::Succeeded);
+    let mut collections: Vec<NewEntry<'_>> = attempts
+        .iter()
+        .filter(|(_, a)| a.rank >= succeeded)
+        .filter_map(|((source, attempt), a)| {
+            Some(NewEntry {
+                source_id: source,
+                attempt_id: attempt,
+                subscription_id: &a.subscription_id,
+                cycle_id: a.cycle_id.as_deref(),
+                kind: "collection",
+                refund_id: None,
+                event_id: a.last_event_id,
+                amount: a.amount_minor?,
+                currency: a.currency.as_deref()?,
+            })
+        })
+        .collect();
+    collections.sort_by(|x, y| (x.source_id, x.attempt_id).cmp(&(y.source_id, y.attempt_id)));
+    insert_entries(&mut *tx, &collections).await?;
+    // The payments whose refunds may be due: the batch's refunds', and its succeeded or
+    // refunded attempts (a refund may have come first, or the status is a full refund).
+    let mut payments: BTreeSet<(&str, &str)> = attempts
+        .iter()
+        .filter(|(_, a)| a.rank >= succeeded && a.amount_minor.is_some())
+        .map(|((s, a), _)| (s.as_str(), a.as_str()))
+        .collect();
+    payments.extend(
+        refunds
+            .iter()
+            .map(|((s, _), row)| (s.as_str(), row.refund.attempt_id.as_str())),
     );
-    let mut rows: Vec<(&(String, String), &FinalAttempt, &str)> = Vec::new();
-    for (key, a) in attempts {
-        if a.amount_minor.is_none() || a.rank < succeeded {
-            continue;
+    post_refunds(&mut *tx, &payments).await
+}
+
+/// What a payment holds: its collection, what its refund entries took back so far, and
+/// the refunds still to book (succeeded, no entry yet), oldest first.
+#[derive(sqlx::FromRow)]
+struct Holding {
+    source_id: String,
+    attempt_id: String,
+    subscription_id: String,
+    cycle_id: Option<String>,
+    collected: i64,
+    currency: String,
+    refunded: i64,
+    /// The attempt is refunded in full (a status) and no status refund entry exists.
+    full_refund_due: bool,
+    attempt_event_id: i64,
+    /// `(refund id, amount, currency, event)` per refund still to book.
+    due: sqlx::types::Json<Vec<(String, i64, String, i64)>>,
+}
+
+/// Books the refunds of `payments` that are due, each capped at what its payment still
+/// holds, and the rest of a payment refunded in full.
+async fn post_refunds(
+    tx: &mut sqlx::PgConnection,
+    payments: &BTreeSet<(&str, &str)>,
+) -> Result<(), DbError> {
+    if payments.is_empty() {
+        return Ok(());
+    }
+    let (sources, attempts): (Vec<&str>, Vec<&str>) = payments.iter().copied().unzip();
+    // A payment's collection is its attempt's, or its cycle's when the provider reported
+    // the cycle's payment under another attempt; its refund entries are found the same way.
+    let holdings: Vec<Holding> = sqlx::query_as(
+        "SELECT k.s AS source_id, k.a AS attempt_id, c.subscription_id, c.cycle_id,
+                p.amount_minor AS collected, p.currency,
+                COALESCE((SELECT sum(rp.amount_minor) FROM journal_entries r
+                          JOIN postings rp ON rp.entry_id = r.id AND rp.account = 'refunded'
+                          WHERE r.source_id = k.s AND r.kind = 'refund'
+                            AND (r.attempt_id = k.a OR r.attempt_id = c.attempt_id
+                                 OR (c.cycle_id IS NOT NULL AND r.cycle_id = c.cycle_id))), 0)::int8
+                    AS refunded,
+                (b.status = 'refunded' AND NOT EXISTS (
+                    SELECT 1 FROM journal_entries r WHERE r.source_id = k.s AND r.kind = 'refund'
+                      AND r.refund_id IS NULL
+                      AND (r.attempt_id = k.a OR (c.cycle_id IS NOT NULL AND r.cycle_id = c.cycle_id))))
+                    AS full_refund_due,
+                b.last_event_id AS attempt_event_id,
+                COALESCE((SELECT jsonb_agg(jsonb_build_array(f.refund_id, f.amount_minor, f.currency,
+                                                             f.last_event_id)
+                                           ORDER BY f.refunded_at NULLS LAST, f.refund_id)
+                          FROM refunds f
+                          WHERE f.source_id = k.s AND f.attempt_id = k.a AND f.status = 'succeeded'
+                            AND NOT EXISTS (SELECT 1 FROM journal_entries r
+                                            WHERE r.source_id = f.source_id
+                                              AND r.refund_id = f.refund_id)), '[]'::jsonb)
+                    AS due
+         FROM UNNEST($1::text[], $2::text[]) AS k(s, a)
+         JOIN billing_attempts b ON b.source_id = k.s AND b.attempt_id = k.a
+             -- Most payments have no refund: one index probe each.
+             AND (b.status = 'refunded'
+                  OR EXISTS (SELECT 1 FROM refunds f WHERE f.source_id = k.s AND f.attempt_id = k.a))
+         CROSS JOIN LATERAL (
+             SELECT e.id, e.attempt_id, e.subscription_id, e.cycle_id FROM journal_entries e
+             WHERE e.source_id = k.s AND e.kind = 'collection'
+               AND (e.attempt_id = k.a OR (b.cycle_id IS NOT NULL AND e.cycle_id = b.cycle_id))
+             ORDER BY e.id LIMIT 1) AS c
+         JOIN postings p ON p.entry_id = c.id AND p.account = 'collected'
+         ORDER BY k.s, k.a",
+    )
+    .bind(&sources)
+    .bind(&attempts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut entries = Vec::new();
+    for h in &holdings {
+        let mut left = h.collected - h.refunded;
+        for (refund_id, amount, currency, event_id) in h.due.iter() {
+            if *currency != h.currency {
+                tracing::warn!(
+                    source = %h.source_id, refund = %refund_id,
+                    "refund in {currency} of a payment collected in {}: not booked", h.currency
+                );
+                continue;
+            }
+            let amount = (*amount).min(left);
+            if amount <= 0 {
+                continue;
+            }
+            left -= amount;
+            entries.push(NewEntry {
+                source_id: &h.source_id,
+                attempt_id: &h.attempt_id,
+                subscription_id: &h.subscription_id,
+                cycle_id: h.cycle_id.as_deref(),
+                kind: "refund",
+                refund_id: Some(refund_id),
+                event_id: *event_id,
+                amount,
+                currency: &h.currency,
+            });
         }
-        rows.push((key, a, "collection"));
-        if a.rank == refunded {
-            rows.push((key, a, "refund"));
+        if h.full_refund_due && left > 0 {
+            entries.push(NewEntry {
+                source_id: &h.source_id,
+                attempt_id: &h.attempt_id,
+                subscription_id: &h.subscription_id,
+                cycle_id: h.cycle_id.as_deref(),
+                kind: "refund",
+                refund_id: None,
+                event_id: h.attempt_event_id,
+                amount: left,
+                currency: &h.currency,
+            });
         }
     }
+    insert_entries(&mut *tx, &entries).await
+}
+
+/// Inserts entries with their two postings; an entry that exists already (its attempt,
+/// cycle or refund id has one of its kind) is skipped.
+async fn insert_entries(tx: &mut sqlx::PgConnection, rows: &[NewEntry<'_>]) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
-    rows.sort_by(|x, y| (x.0, x.2).cmp(&(y.0, y.2)));
-    let source: Vec<&str> = rows.iter().map(|r| r.0.0.as_str()).collect();
-    let attempt: Vec<&str> = rows.iter().map(|r| r.0.1.as_str()).collect();
-    let subscription: Vec<&str> = rows.iter().map(|r| r.1.subscription_id.as_str()).collect();
-    let cycle: Vec<Option<&str>> = rows.iter().map(|r| r.1.cycle_id.as_deref()).collect();
-    let kind: Vec<&str> = rows.iter().map(|r| r.2).collect();
-    let event: Vec<i64> = rows.iter().map(|r| r.1.last_event_id).collect();
-    let amount: Vec<Option<i64>> = rows.iter().map(|r| r.1.amount_minor).collect();
-    let currency: Vec<Option<&str>> = rows.iter().map(|r| r.1.currency.as_deref()).collect();
+    let source: Vec<&str> = rows.iter().map(|r| r.source_id).collect();
+    let attempt: Vec<&str> = rows.iter().map(|r| r.attempt_id).collect();
+    let subscription: Vec<&str> = rows.iter().map(|r| r.subscription_id).collect();
+    let cycle: Vec<Option<&str>> = rows.iter().map(|r| r.cycle_id).collect();
+    let kind: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+    let refund: Vec<Option<&str>> = rows.iter().map(|r| r.refund_id).collect();
+    let event: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
+    let amount: Vec<i64> = rows.iter().map(|r| r.amount).collect();
+    let currency: Vec<&str> = rows.iter().map(|r| r.currency).collect();
     sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
-                                  $6::int8[], $7::text[], $8::text[])
+                                  $6::int8[], $7::text[], $8::text[], $9::text[])
                  AS i(source_id, attempt_id, subscription_id, kind, event_id, amount, currency,
-                      cycle_id)),
+                      cycle_id, refund_id)),
          entries AS (
-             -- Unique per (attempt, kind) and per (cycle, kind): either conflict skips it.
+             -- Unique per (attempt, kind), per (cycle, kind) and per refund id: a conflict
+             -- skips it.
              INSERT INTO journal_entries (source_id, subscription_id, attempt_id, kind, event_id,
-                                          cycle_id)
-             SELECT source_id, subscription_id, attempt_id, kind, event_id, cycle_id FROM input
+                                          cycle_id, refund_id)
+             SELECT source_id, subscription_id, attempt_id, kind, event_id, cycle_id, refund_id
+             FROM input
              ON CONFLICT DO NOTHING
-             RETURNING id, source_id, subscription_id, attempt_id, kind)
+             RETURNING id, source_id, attempt_id, kind, refund_id)
          INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor, currency)
-         SELECT e.id, e.source_id, e.subscription_id, p.account, p.sign * i.amount, i.currency
+         SELECT e.id, i.source_id, i.subscription_id, p.account, p.sign * i.amount, i.currency
          FROM entries e
-         JOIN input i USING (source_id, attempt_id, kind)
+         JOIN input i ON i.source_id = e.source_id AND i.attempt_id = e.attempt_id
+                     AND i.kind = e.kind AND i.refund_id IS NOT DISTINCT FROM e.refund_id
          CROSS JOIN LATERAL (VALUES
              (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END, 1),
              (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END, -1)
@@ -592,6 +917,7 @@ async fn post_journal(
     .bind(&amount)
     .bind(&currency)
     .bind(&cycle)
+    .bind(&refund)
     .execute(&mut *tx)
     .await?;
     Ok(())

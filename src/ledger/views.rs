@@ -129,7 +129,7 @@ impl Db {
     pub async fn verify_ledger(&self) -> Result<Vec<String>, DbError> {
         // No `OR` inside an anti-join: it forces a nested loop (quadratic; hours at 200k
         // attempts), where two `NOT EXISTS` are two hash anti-joins.
-        let checks: [(&str, &str); 6] = [
+        let checks: [(&str, &str); 8] = [
             (
                 "entry does not balance per currency",
                 "SELECT entry_id::text FROM postings GROUP BY entry_id, currency HAVING sum(amount_minor) <> 0",
@@ -162,13 +162,29 @@ impl Db {
                 "SELECT e.id::text FROM journal_entries e JOIN billing_attempts a
                    ON a.source_id = e.source_id AND a.attempt_id = e.attempt_id
                  WHERE a.status NOT IN ('succeeded', 'refunded')
-                    OR (e.kind = 'refund' AND a.status <> 'refunded')",
+                    OR (e.kind = 'refund' AND e.refund_id IS NULL AND a.status <> 'refunded')",
             ),
             (
                 "posting amount differs from its attempt's amount",
                 "SELECT p.id::text FROM postings p JOIN journal_entries e ON e.id = p.entry_id
                  JOIN billing_attempts a ON a.source_id = e.source_id AND a.attempt_id = e.attempt_id
-                 WHERE abs(p.amount_minor) <> a.amount_minor OR p.currency <> a.currency",
+                 WHERE (e.kind = 'collection' AND abs(p.amount_minor) <> a.amount_minor)
+                    OR abs(p.amount_minor) > a.amount_minor OR p.currency <> a.currency",
+            ),
+            (
+                "refund entry without a succeeded refund",
+                "SELECT e.id::text FROM journal_entries e
+                 WHERE e.refund_id IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM refunds r WHERE r.source_id = e.source_id
+                       AND r.refund_id = e.refund_id AND r.status = 'succeeded'
+                       AND r.amount_minor >= (SELECT max(abs(p.amount_minor)) FROM postings p
+                                              WHERE p.entry_id = e.id))",
+            ),
+            (
+                "more refunded than collected",
+                "SELECT source_id || '/' || subscription_id || ' ' || currency FROM postings
+                 WHERE account = 'collected'
+                 GROUP BY source_id, subscription_id, currency HAVING sum(amount_minor) < 0",
             ),
         ];
         let mut breaches = Vec::new();

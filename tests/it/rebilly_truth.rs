@@ -1,7 +1,8 @@
 //! Rebilly's lifecycle through the real ingress, queue, worker and ledger, every body
 //! generated from Rebilly's own definitions (`tests/fixtures/rebilly/`) and checked
 //! against them: an order renewed twice, paused, resumed and paused again; a sale that is
-//! pending, then approved, then refunded; a processed refund that is no sale.
+//! pending, then approved, then refunded; partial refunds booked with their amounts and
+//! never more than the sale; a refund that arrives before its sale.
 
 use std::time::Duration;
 
@@ -267,40 +268,168 @@ async fn a_sale_pending_then_approved_then_refunded_lands_as_three_events() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_processed_refund_posts_no_collection() {
-    let (config, app) = app().await;
-    let refund = refund_transaction();
+/// A processed `refund` transaction of `txn_1`: its own id and amount.
+fn processed_refund(id: &str, amount: Value, at: &str) -> Vec<u8> {
+    let mut refund = refund_transaction();
+    refund["id"] = json!(id);
+    refund["amount"] = amount;
+    refund["processedTime"] = json!(at);
     let fields: Vec<(String, Value)> = refund
         .as_object()
         .unwrap()
         .iter()
         .map(|(k, v)| (format!("/_embedded/transaction/{k}"), v.clone()))
-        .chain([("/transactionId".to_owned(), json!("txn_r1"))])
+        .chain([("/transactionId".to_owned(), json!(id))])
         .collect();
     let fields: Vec<(&str, Value)> = fields
         .iter()
         .map(|(p, v)| (p.as_str(), v.clone()))
         .collect();
-    deliver(&app, &defined("transaction-processed", &fields)).await;
-    let archived_once = || async {
-        app.queued().await == 0 && app.db.count_events(Some(SOURCE)).await.unwrap() == 1
+    defined("transaction-processed", &fields)
+}
+
+/// Delivers `bodies` in order and waits until all are reconciled.
+async fn deliver_all(app: &TestApp, bodies: &[Vec<u8>]) {
+    let before = app.db.count_events(Some(SOURCE)).await.unwrap();
+    for body in bodies {
+        deliver(app, body).await;
+    }
+    let n = before + bodies.len() as i64;
+    let done = || async {
+        app.queued().await == 0 && app.db.count_events(Some(SOURCE)).await.unwrap() == n
     };
-    assert!(eventually(Duration::from_secs(20), archived_once).await);
+    assert!(eventually(Duration::from_secs(20), done).await);
+}
+
+/// `(collected, refunded)` USD balances of `sub_1`.
+async fn balances(app: &TestApp) -> (i64, i64) {
+    let view = app.db.subscription(SOURCE, "sub_1").await.unwrap().unwrap();
+    let usd = |account: &str| {
+        view.balances
+            .get(account)
+            .and_then(|b| b.get("USD"))
+            .copied()
+            .unwrap_or(0)
+    };
+    (usd("collected"), usd("refunded"))
+}
+
+#[tokio::test]
+async fn partial_refunds_book_their_amounts_and_never_more_than_the_sale() {
+    let (config, app) = app().await;
+    deliver_all(
+        &app,
+        &[sale(
+            "transaction-processed",
+            "completed",
+            "approved",
+            1,
+            &[],
+        )],
+    )
+    .await;
+    assert_eq!(balances(&app).await, (4995, 0));
+
+    // 20.00 back, reported on the sale with its child, then again on its own.
+    let mut first = refund_transaction();
+    first["id"] = json!("txn_r1");
+    first["amount"] = json!(20);
+    deliver_all(
+        &app,
+        &[
+            sale(
+                "transaction-partially-refunded",
+                "partially-refunded",
+                "approved",
+                2,
+                &[("/_embedded/childTransaction", first)],
+            ),
+            processed_refund("txn_r1", json!(20), "2025-03-05T00:00:00Z"),
+        ],
+    )
+    .await;
+    assert_eq!(balances(&app).await, (2995, 2000), "20.00 back, once");
+    assert_eq!(
+        attempt_states(&app.db, SOURCE).await,
+        [("txn_1".to_owned(), "succeeded".to_owned())],
+        "a partial refund leaves the sale collected"
+    );
+
+    // A second refund larger than what is left is capped at what is left; the full
+    // refund that follows has nothing left to give back.
+    let mut second = refund_transaction();
+    second["id"] = json!("txn_r2");
+    second["amount"] = json!(40);
+    deliver_all(
+        &app,
+        &[
+            processed_refund("txn_r2", json!(40), "2025-03-06T00:00:00Z"),
+            sale(
+                "transaction-refunded",
+                "refunded",
+                "approved",
+                3,
+                &[("/_embedded/childTransaction", second)],
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        balances(&app).await,
+        (0, 4995),
+        "everything back, never more"
+    );
+    assert_eq!(
+        entries(&config).await,
+        (1, 2),
+        "one collection, two refunds"
+    );
+    assert_eq!(
+        attempt_states(&app.db, SOURCE).await,
+        [("txn_1".to_owned(), "refunded".to_owned())]
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_before_its_sale_is_booked_when_the_sale_lands() {
+    let (config, app) = app().await;
+    deliver_all(
+        &app,
+        &[processed_refund(
+            "txn_r1",
+            json!(10),
+            "2025-03-05T00:00:00Z",
+        )],
+    )
+    .await;
     assert_eq!(
         archived(&app).await,
-        [("transaction-processed".to_owned(), "ignored".to_owned())],
-        "archived, not acted on"
+        [("transaction-processed".to_owned(), "applied".to_owned())],
+        "the refund is kept"
     );
-    assert!(attempt_states(&app.db, SOURCE).await.is_empty());
-    assert_eq!(entries(&config).await, (0, 0));
-    assert!(
-        app.db
-            .subscription(SOURCE, "sub_1")
-            .await
-            .unwrap()
-            .is_none()
+    assert_eq!(
+        attempt_states(&app.db, SOURCE).await,
+        [("txn_1".to_owned(), "pending".to_owned())],
+        "its sale is known, not yet seen"
     );
+    assert_eq!(entries(&config).await, (0, 0), "nothing to give back yet");
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    deliver_all(
+        &app,
+        &[sale(
+            "transaction-processed",
+            "completed",
+            "approved",
+            1,
+            &[],
+        )],
+    )
+    .await;
+    assert_eq!(entries(&config).await, (1, 1));
+    assert_eq!(balances(&app).await, (3995, 1000));
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }

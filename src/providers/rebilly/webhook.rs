@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::canonical::{
-    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+    AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
+    SubscriptionStatus,
 };
 use crate::money::{DecimalText, Money};
 use crate::providers::support::{
@@ -209,8 +210,11 @@ impl Payload {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Embedded {
     transaction: Option<Transaction>,
+    /// The refund or void of `transaction` (`TransactionWithChildWebhook`).
+    child_transaction: Option<Transaction>,
     invoice: Option<Invoice>,
     subscription: Option<Order>,
     pause: Option<Pause>,
@@ -231,6 +235,7 @@ struct Transaction {
     invoice_ids: Option<Vec<Id>>,
     #[serde(default)]
     subscription_ids: Option<Vec<Id>>,
+    parent_transaction_id: Option<Id>,
     processed_time: Option<String>,
     created_time: Option<String>,
     /// `{response: {code, message, originalCode, originalMessage}, ...}`, read leniently.
@@ -291,15 +296,15 @@ struct Pause {
 
 pub fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let p: Payload = parse_payload(body, "Rebilly")?;
-    let event = match decision(&p.event_type) {
+    let events = match decision(&p.event_type) {
         Some(Attempt(outcome)) => attempt(&p, outcome)?,
-        Some(InvoicePaid) => Some(invoice_paid(&p)?),
-        Some(Subscription) => subscription(&p)?,
-        Some(Ignored(_)) | None => None,
+        Some(InvoicePaid) => vec![invoice_paid(&p)?],
+        Some(Subscription) => subscription(&p)?.into_iter().collect(),
+        Some(Ignored(_)) | None => Vec::new(),
     };
     Ok(Normalized {
         event_type: p.event_type,
-        events: event.into_iter().collect(),
+        events,
     })
 }
 
@@ -410,15 +415,79 @@ fn is_void(word: &str) -> bool {
     word.eq_ignore_ascii_case("voided")
 }
 
-/// An attempt event: the embedded transaction, when it is a charge.
-fn attempt(p: &Payload, outcome: Outcome) -> Result<Option<CanonicalEvent>, NormalizeError> {
+/// An attempt event: the embedded transaction when it is a charge, with the refund or
+/// void of it the event carries (`childTransaction`); a refund, void or credit transaction
+/// of a parent is that parent's refund.
+fn attempt(p: &Payload, outcome: Outcome) -> Result<Vec<CanonicalEvent>, NormalizeError> {
     let t = p.event_type.as_str();
     let tx = p
         .transaction()
         .ok_or_else(|| missing(t, "_embedded.transaction"))?;
     if !is_charge(tx, t)? {
-        return Ok(None);
+        return Ok(refund(tx, None, t)?.into_iter().collect());
     }
+    let child = match p.embedded().and_then(|e| e.child_transaction.as_ref()) {
+        Some(child) => refund(
+            child,
+            first_id([tx.id.as_ref(), p.transaction_id.as_ref()]),
+            t,
+        )?,
+        None => None,
+    };
+    Ok(charge(p, tx, outcome)?.into_iter().chain(child).collect())
+}
+
+/// `Transaction.type`s that give money back from a parent transaction.
+const REFUND_TYPES: [&str; 3] = ["refund", "void", "credit"];
+
+/// A `refund`, `void` or `credit` transaction of a parent charge (`parentTransactionId`, or
+/// `parent` when the event names it) as that charge's refund: its own id and amount,
+/// status from its result (approved → succeeded; declined, abandoned, canceled → failed;
+/// else pending). Any other type, or one without a parent (a credit paid out on its
+/// own), is no refund of a payment: `None`.
+fn refund(
+    tx: &Transaction,
+    parent: Option<String>,
+    t: &str,
+) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    let kind = text(tx.kind.as_ref()).map(|k| k.to_ascii_lowercase());
+    let Some(kind) = kind.filter(|k| REFUND_TYPES.contains(&k.as_str())) else {
+        return Ok(None);
+    };
+    let Some(attempt_id) = first_id([tx.parent_transaction_id.as_ref()]).or(parent) else {
+        return Ok(None);
+    };
+    let refund_id =
+        first_id([tx.id.as_ref()]).ok_or_else(|| missing(t, "refund transaction id"))?;
+    let amount = tx
+        .amount
+        .as_ref()
+        .ok_or_else(|| missing(t, "refund transaction amount"))?;
+    let (status, _) = transaction_status(tx, t)?;
+    let status = match status {
+        AttemptStatus::Succeeded | AttemptStatus::Refunded => RefundStatus::Succeeded,
+        AttemptStatus::Failed | AttemptStatus::Skipped => RefundStatus::Failed,
+        AttemptStatus::Pending | AttemptStatus::RequiresAction => RefundStatus::Pending,
+    };
+    Ok(Some(CanonicalEvent::Refund(Refund {
+        refund_id,
+        attempt_id,
+        subscription_id: tx.first_subscription().and_then(|id| first_id([Some(id)])),
+        cycle_id: tx.first_invoice().and_then(|id| first_id([Some(id)])),
+        status,
+        provider_status: kind,
+        amount: money(amount, tx.currency.as_ref(), t)?,
+        refunded_at: opt_time(tx.attempted(), "refund transaction processedTime")?,
+    })))
+}
+
+/// The billing attempt of a charge transaction.
+fn charge(
+    p: &Payload,
+    tx: &Transaction,
+    outcome: Outcome,
+) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    let t = p.event_type.as_str();
     let attempt_id = first_id([tx.id.as_ref(), p.transaction_id.as_ref()])
         .ok_or_else(|| missing(t, "transactionId"))?;
     let (status, provider_status) = match outcome {

@@ -545,6 +545,16 @@ fn only_sales_and_captures_are_attempts() {
 
 /// A `TransactionWithChildWebhook`: the parent `sale` (now in `status`) and its child.
 fn with_child(event_type: &str, parent_type: &str, status: &str, child_type: &str) -> Value {
+    with_child_of(event_type, parent_type, status, child_type, json!(49.95))
+}
+
+fn with_child_of(
+    event_type: &str,
+    parent_type: &str,
+    status: &str,
+    child_type: &str,
+    child_amount: Value,
+) -> Value {
     let mut fields = vec![("/transactionId".to_owned(), json!("txn_1"))];
     fields.extend(sale("/_embedded/transaction", "txn_1", "approved", status));
     fields.retain(|(p, _)| !p.ends_with("/transaction/type"));
@@ -556,63 +566,138 @@ fn with_child(event_type: &str, parent_type: &str, status: &str, child_type: &st
             ("type", json!(child_type)),
             ("status", json!("completed")),
             ("result", json!("approved")),
-            ("amount", json!(49.95)),
+            ("amount", child_amount),
             ("currency", json!("USD")),
             ("parentTransactionId", json!("txn_1")),
+            ("processedTime", json!("2019-08-25T10:00:00Z")),
         ],
     ));
     body(event_type, &fields)
 }
 
 #[test]
-fn refunds_voids_and_partial_refunds_move_the_parent_attempt() {
+fn refunds_voids_and_partial_refunds_move_the_parent_attempt_and_book_the_child() {
     use AttemptStatus::*;
-    for (event, parent, status, child, expected, word) in [
+    for (event, parent, status, child, child_amount, expected, word, refunded) in [
         (
             "transaction-refunded",
             "sale",
             "refunded",
             "refund",
+            json!(49.95),
             Refunded,
             "refunded",
+            4995,
         ),
         (
             "transaction-refunded",
             "capture",
             "refunded",
             "refund",
+            json!(49.95),
             Refunded,
             "refunded",
+            4995,
         ),
         (
             "transaction-partially-refunded",
             "sale",
             "partially-refunded",
             "refund",
+            json!(20),
             Succeeded,
             "partially-refunded",
+            2000,
         ),
         (
             "transaction-voided",
             "sale",
             "voided",
             "void",
+            json!(49.95),
             Failed,
             "voided",
+            4995,
         ),
     ] {
-        let a = one_attempt(&run(&with_child(event, parent, status, child)).unwrap());
+        let n = run(&with_child_of(event, parent, status, child, child_amount)).unwrap();
+        let [CanonicalEvent::BillingAttempt(a), CanonicalEvent::Refund(r)] = n.events.as_slice()
+        else {
+            panic!(
+                "{event}: the parent's attempt and the child's refund: {:?}",
+                n.events
+            );
+        };
         assert_eq!(
             (a.attempt_id.as_str(), a.status, a.provider_status.as_str()),
             ("txn_1", expected, word),
             "{event}: the parent's attempt, never the child's"
         );
         assert_eq!(a.amount, usd(4995), "the parent's amount");
-        assert_eq!((a.error_code, a.error_message), (None, None), "{event}");
+        assert_eq!((&a.error_code, &a.error_message), (&None, &None), "{event}");
+        assert_eq!(
+            (
+                r.refund_id.as_str(),
+                r.attempt_id.as_str(),
+                r.status,
+                r.provider_status.as_str()
+            ),
+            ("txn_child", "txn_1", RefundStatus::Succeeded, child),
+            "{event}: the child is the parent's refund"
+        );
+        assert_eq!(
+            Some(r.amount.clone()),
+            usd(refunded),
+            "{event}: the child's amount"
+        );
+        assert_eq!(
+            r.refunded_at,
+            Some(Utc.with_ymd_and_hms(2019, 8, 25, 10, 0, 0).unwrap())
+        );
     }
-    // A voided authorization was never a charge.
+    // A voided authorization was never a charge, and its void gives nothing back.
     let auth = with_child("transaction-voided", "authorize", "voided", "void");
     assert!(run(&auth).unwrap().is_ignored());
+}
+
+/// A processed `refund`, `void` or `credit` transaction of a parent is the parent's refund;
+/// a declined one is a failed refund; a credit without a parent is no refund of a payment.
+#[test]
+fn refund_transactions_are_refunds_of_their_parent() {
+    let processed = |kind: &str, result: &str, parent: Option<&str>| {
+        let mut fields = vec![("/transactionId".to_owned(), json!("txn_r"))];
+        let mut tx = vec![
+            ("id", json!("txn_r")),
+            ("type", json!(kind)),
+            ("result", json!(result)),
+            ("status", json!("completed")),
+            ("amount", json!(10.5)),
+            ("currency", json!("USD")),
+        ];
+        if let Some(parent) = parent {
+            tx.push(("parentTransactionId", json!(parent)));
+        }
+        fields.extend(at("/_embedded/transaction", &tx));
+        run(&body("transaction-processed", &fields)).unwrap()
+    };
+    for kind in ["refund", "void", "credit"] {
+        let n = processed(kind, "approved", Some("txn_1"));
+        let [CanonicalEvent::Refund(r)] = n.events.as_slice() else {
+            panic!("{kind}: one refund: {:?}", n.events);
+        };
+        assert_eq!(
+            (r.refund_id.as_str(), r.attempt_id.as_str(), r.status),
+            ("txn_r", "txn_1", RefundStatus::Succeeded),
+            "{kind}"
+        );
+        assert_eq!(Some(r.amount.clone()), usd(1050));
+        let declined = processed(kind, "declined", Some("txn_1"));
+        let [CanonicalEvent::Refund(r)] = declined.events.as_slice() else {
+            panic!("{kind}: one refund");
+        };
+        assert_eq!(r.status, RefundStatus::Failed, "{kind} declined");
+    }
+    assert!(processed("credit", "approved", None).is_ignored());
 }
 
 /// An `invoice-paid` webhook of invoice `in_1` with these transactions.
