@@ -26,7 +26,8 @@
 //!   payment is kept and booked when the payment is collected.
 //! - Concurrency of a refund and its payment: both lock the payment's attempt row before
 //!   reading what the payment holds (the attempt upsert; for a refund, an upsert that
-//!   creates the attempt as `pending`, provider word `unseen`, when the refund is the first
+//!   creates the attempt as `pending` with an empty provider word — below any word the
+//!   provider reports, so its first report wins whatever it says — when the refund is the first
 //!   news of it). A refund and a collection of one payment in two concurrent transactions
 //!   are so serialized, and the second sees the first's rows.
 //! - An attempt without a cycle id whose idempotency key is one of subsync's retry calls
@@ -293,6 +294,8 @@ pub(super) async fn reconcile_in(
                     };
                     subscriptions.insert(key, merged);
                 }
+                // A refund of nothing gives nothing back (and a row needs an amount).
+                CanonicalEvent::Refund(r) if r.amount.minor <= 0 => {}
                 CanonicalEvent::Refund(r) => {
                     let row = RefundRow {
                         event_id,
@@ -350,6 +353,7 @@ pub(super) async fn reconcile_in(
                         .get(&key)
                         .is_some_and(|w| w.event_id == event_id)
             }
+            CanonicalEvent::Refund(r) if r.amount.minor <= 0 => false,
             CanonicalEvent::Refund(r) => final_refunds
                 .get(&(source.clone(), r.refund_id.clone()))
                 .is_some_and(|(rank, word)| {
@@ -646,7 +650,7 @@ async fn upsert_refunds(
     sqlx::query(
         "INSERT INTO billing_attempts AS a (source_id, attempt_id, status, provider_status,
             last_event_id)
-         SELECT s, a, 'pending', 'unseen', e FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS k(s, a, e)
+         SELECT s, a, 'pending', '', e FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS k(s, a, e)
          ON CONFLICT (source_id, attempt_id) DO UPDATE SET updated_at = a.updated_at",
     )
     .bind(payments.iter().map(|p| p.0).collect::<Vec<_>>())

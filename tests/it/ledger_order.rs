@@ -1,7 +1,8 @@
 //! Order independence, as a property over generated histories: any permutation of the
 //! webhooks, each delivered up to three times, reconciled in batches of any size, leaves
 //! the same ledger (attempt states, subscription states, balances per account and
-//! currency) as the in-order, once-each history.
+//! currency) as the in-order, once-each history. Histories include partial refunds, full
+//! refunds and refunds asking for more than the payment collected.
 
 use crate::common;
 
@@ -11,7 +12,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use subsync::{
     canonical::{
-        AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+        AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
+        SubscriptionStatus,
     },
     config::{DatabaseSettings, ProviderKind},
     db::Db,
@@ -37,18 +39,27 @@ const SUBSCRIPTION_STATUSES: [SubscriptionStatus; 5] = [
 ];
 const CURRENCIES: [&str; 3] = ["JPY", "USD", "KWD"];
 
-/// One subscription's history: its currency, attempts (amount and the statuses reported,
-/// each report with or without the amount) and changes (status, provider time, currency?).
-type SubHistory = (
-    usize,
-    Vec<(i64, Vec<(usize, bool)>)>,
-    Vec<(usize, i64, bool)>,
-);
+const REFUND_STATUSES: [RefundStatus; 3] = [
+    RefundStatus::Pending,
+    RefundStatus::Failed,
+    RefundStatus::Succeeded,
+];
+
+/// One attempt: its amount, the statuses reported (each report with or without the
+/// amount), and its refunds (per mille of the amount — above 1000 asks for more than was
+/// collected —, and the statuses reported).
+type AttemptHistory = (i64, Vec<(usize, bool)>, Vec<(i64, Vec<usize>)>);
+
+/// One subscription's history: its currency, attempts and changes (status, provider time,
+/// currency?).
+type SubHistory = (usize, Vec<AttemptHistory>, Vec<(usize, i64, bool)>);
 
 fn history() -> impl Strategy<Value = Vec<SubHistory>> {
+    let refund = (1i64..1200, prop::collection::vec(0..3usize, 1..3));
     let attempt = (
         1i64..100_000,
         prop::collection::vec((0..6usize, any::<bool>()), 1..5),
+        prop::collection::vec(refund, 0..3),
     );
     let change = (0..5usize, 0i64..4, any::<bool>());
     let sub = (
@@ -64,7 +75,7 @@ fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
     let mut out = Vec::new();
     for (s, (currency, attempts, changes)) in history.iter().enumerate() {
         let (sub, currency) = (format!("sub{s}"), CURRENCIES[*currency]);
-        for (a, (amount, reports)) in attempts.iter().enumerate() {
+        for (a, (amount, reports, refunds)) in attempts.iter().enumerate() {
             for (status, with_amount) in reports {
                 let status = ATTEMPT_STATUSES[*status];
                 let event = CanonicalEvent::BillingAttempt(BillingAttempt {
@@ -83,6 +94,23 @@ fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
                     idempotency_key: None,
                 });
                 out.push((format!("evt{}", out.len()), event));
+            }
+            for (r, (per_mille, reports)) in refunds.iter().enumerate() {
+                for status in reports {
+                    let status = REFUND_STATUSES[*status];
+                    let event = CanonicalEvent::Refund(Refund {
+                        refund_id: format!("{sub}-a{a}-r{r}"),
+                        attempt_id: format!("{sub}-a{a}"),
+                        subscription_id: None,
+                        cycle_id: None,
+                        status,
+                        provider_status: format!("{status:?}"),
+                        amount: Money::from_minor((amount * per_mille / 1000).max(1), currency)
+                            .unwrap(),
+                        refunded_at: Some(Utc.timestamp_opt(1_700_000_100 + r as i64, 0).unwrap()),
+                    });
+                    out.push((format!("evt{}", out.len()), event));
+                }
             }
         }
         for (status, time, with_currency) in changes {

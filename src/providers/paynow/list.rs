@@ -32,7 +32,7 @@
 //! | `canceled` | `ON_SUBSCRIPTION_CANCELED` | cancelled |
 //! | `created` | not rendered (never activated, no webhook the normalizer maps) | - |
 //! | `invalid` | not rendered (undescribed in the definitions; PayNow sends no webhook for it) | - |
-//! | any other word | not rendered, counted (`subsync_provider_unknown_values_total{provider="paynow",field="subscription.status"}`) | - |
+//! | any other word | not rendered, counted (`subsync_unknown_provider_values_total{provider="paynow",field="subscription.status"}`) | - |
 //!
 //! `past_due` ("Whether the subscription is past due, and is in a dunning (retrying)
 //! state") is a flag beside `status`, not a status: an active subscription with it is
@@ -208,7 +208,11 @@ fn render(sub: Value) -> Option<Record> {
         "canceled" => "ON_SUBSCRIPTION_CANCELED",
         "created" | "invalid" => return None,
         other => {
-            super::webhook::unknown("subscription.status", other);
+            crate::providers::support::unknown_provider_value(
+                "paynow",
+                "subscription.status",
+                other,
+            );
             return None;
         }
     };

@@ -15,7 +15,7 @@
 //! `ON_PAYMENT_FAILED` and `ON_REFUND` → a billing attempt; `ON_SUBSCRIPTION_ACTIVATED|
 //! RENEWED|CANCELED` → a subscription change; orders, chargebacks, deliveries, trials,
 //! Discord links, connected users and follow-up e-mails → ignored. A type not in the table
-//! is ignored and counted (`subsync_provider_unknown_values_total{provider="paynow",
+//! is ignored and counted (`subsync_unknown_provider_values_total{provider="paynow",
 //! field="event_type"}`). Ids are flake ids, kept as strings (JSON numbers are accepted
 //! too). Amounts are integer minor units ("represented in cents") with the ISO 4217
 //! `currency` beside them; an amount without a currency is an error.
@@ -41,10 +41,10 @@
 //! and `store_refund_amount` ("The amount refunded to the store"). Equal amounts → the
 //! attempt `payment_id` refunded (`provider_status` `refunded`, PayNow's payment status
 //! for it), amount = the payment's; different amounts, a partial refund → succeeded with
-//! `provider_status` `partially_refunded` (subsync's word: PayNow has none): the ledger
-//! books a refund of the whole amount and has no partial amount, so booking the refunded
-//! part needs a refunded amount on the attempt in the ledger, not done here. The refund's
-//! `status` (`RefundStatus`): `canceled` and `failed` say no refund was made → no event;
+//! `provider_status` `partially_refunded` (subsync's word: PayNow has none). Beside it the
+//! refund itself: id = the Refund's `id`, amount = `store_refund_amount`, so the ledger
+//! books what was given back. The refund's `status` (`RefundStatus`): `canceled` and
+//! `failed` say no refund was made → a failed refund, and no attempt;
 //! the event is sent "when a refund is completed" (its schema's example status is
 //! `created`), so the other words (and none) read as made; an unknown word is counted and
 //! read as made too. `cycle_id` = `order_id`, `attempted_at` = `completed_at`, else

@@ -6,12 +6,17 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::canonical::{
-    AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange, SubscriptionStatus,
+    AttemptStatus, BillingAttempt, CanonicalEvent, RefundStatus, SubscriptionChange,
+    SubscriptionStatus,
 };
 use crate::money::Money;
 use crate::providers::support::parse_payload;
+use crate::providers::support::unknown_provider_value;
 use crate::providers::support::{Id, currency_code, first_id, missing, opt_time, parse_raw, text};
 use crate::providers::{NormalizeError, Normalized};
+
+/// The `provider` label of the unknown-value counter.
+const PROVIDER: &str = "paynow";
 
 /// What subsync does with a PayNow event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,17 +124,6 @@ pub(super) fn handling(event_type: &str) -> Option<Handling> {
         .map(|(_, handling)| *handling)
 }
 
-/// A word outside PayNow's definitions: tolerated and counted, never guessed at.
-pub(super) fn unknown(field: &'static str, word: &str) {
-    metrics::counter!("subsync_provider_unknown_values_total", "provider" => "paynow", "field" => field)
-        .increment(1);
-    tracing::warn!(
-        field,
-        value = %word.chars().take(64).collect::<String>(),
-        "PayNow value outside its definitions"
-    );
-}
-
 #[derive(Deserialize)]
 struct Payload {
     event_type: String,
@@ -153,6 +147,7 @@ struct Payment {
 /// The fields of the ON_REFUND body (a Refund) the normalization reads.
 #[derive(Deserialize)]
 struct Refund {
+    id: Option<Id>,
     payment_id: Option<Id>,
     order_id: Option<Id>,
     status: Option<String>,
@@ -189,21 +184,21 @@ pub fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let payload: Payload = parse_payload(body, "PayNow")?;
     let t = payload.event_type.as_str();
     let inner = payload.body.as_deref();
-    let event = match handling(t) {
-        Some(Ignored(_)) => None,
+    let events = match handling(t) {
+        Some(Ignored(_)) => Vec::new(),
         None => {
-            unknown("event_type", t);
-            None
+            unknown_provider_value(PROVIDER, "event_type", t);
+            Vec::new()
         }
-        Some(PaymentAttempt(status)) => Some(attempt(t, parse_raw(inner, t)?, status)?),
+        Some(PaymentAttempt(status)) => vec![attempt(t, parse_raw(inner, t)?, status)?],
         Some(RefundOf) => refund(t, parse_raw(inner, t)?)?,
-        Some(State) => Some(CanonicalEvent::Subscription(subscription(
+        Some(State) => vec![CanonicalEvent::Subscription(subscription(
             t,
             &parse_raw(inner, t)?,
-        )?)),
+        )?)],
     };
     Ok(Normalized {
-        events: event.into_iter().collect(),
+        events,
         event_type: payload.event_type,
     })
 }
@@ -264,43 +259,62 @@ const REFUND_STATUSES: &[&str] = &[
     "failed",
 ];
 
-fn refund(what: &str, r: Refund) -> Result<Option<CanonicalEvent>, NormalizeError> {
+/// A Refund: the refund itself (its id, `store_refund_amount`), and, when it was made, the
+/// payment's attempt with the payment's `amount` — refunded when the refund is the whole
+/// amount, else still succeeded (`partially_refunded`): the partial amount is the refund's.
+fn refund(what: &str, r: Refund) -> Result<Vec<CanonicalEvent>, NormalizeError> {
     let payment =
         first_id([r.payment_id.as_ref()]).ok_or_else(|| missing(what, "body.payment_id"))?;
+    let refund_id = first_id([r.id.as_ref()]).ok_or_else(|| missing(what, "body.id"))?;
     let amount =
         money(what, r.amount, r.currency.as_ref())?.ok_or_else(|| missing(what, "body.amount"))?;
-    if let Some(word) = text(r.status.as_ref()) {
-        match word.to_ascii_lowercase().as_str() {
-            "canceled" | "failed" => return Ok(None),
-            known if REFUND_STATUSES.contains(&known) => {}
-            _ => unknown("refund.status", &word),
+    let word = text(r.status.as_ref()).unwrap_or_else(|| "completed".to_owned());
+    let status = match word.to_ascii_lowercase().as_str() {
+        "canceled" | "failed" => RefundStatus::Failed,
+        known => {
+            if !REFUND_STATUSES.contains(&known) {
+                unknown_provider_value(PROVIDER, "refund.status", &word);
+            }
+            RefundStatus::Succeeded
         }
-    }
-    let refunded = r
-        .store_refund_amount
-        .ok_or_else(|| missing(what, "body.store_refund_amount"))?;
-    // A partial refund is not a refund of the whole attempt, and the ledger has no
-    // partial amount: the payment stays collected (see mod.rs).
-    let (status, provider_status) = if refunded == amount.minor {
-        (AttemptStatus::Refunded, "refunded")
-    } else {
-        (AttemptStatus::Succeeded, "partially_refunded")
     };
+    let refunded = money(what, r.store_refund_amount, r.currency.as_ref())?
+        .ok_or_else(|| missing(what, "body.store_refund_amount"))?;
     let at = text(r.completed_at.as_ref()).or_else(|| text(r.created_at.as_ref()));
-    Ok(Some(CanonicalEvent::BillingAttempt(BillingAttempt {
-        attempt_id: payment,
+    let at = opt_time(at.as_deref(), "body.completed_at")?;
+    let cycle_id = first_id([r.order_id.as_ref()]);
+    let mut events = vec![CanonicalEvent::Refund(crate::canonical::Refund {
+        refund_id,
+        attempt_id: payment.clone(),
         subscription_id: None,
-        cycle_id: first_id([r.order_id.as_ref()]),
+        cycle_id: cycle_id.clone(),
         status,
-        provider_status: provider_status.to_owned(),
-        amount: Some(amount),
-        error_code: None,
-        error_message: None,
-        attempted_at: opt_time(at.as_deref(), "body.completed_at")?,
-        next_attempt_at: None,
-        attempt_count: None,
-        idempotency_key: None,
-    })))
+        provider_status: word,
+        amount: refunded.clone(),
+        refunded_at: at,
+    })];
+    if status == RefundStatus::Succeeded {
+        let (status, provider_status) = if refunded.minor >= amount.minor {
+            (AttemptStatus::Refunded, "refunded")
+        } else {
+            (AttemptStatus::Succeeded, "partially_refunded")
+        };
+        events.push(CanonicalEvent::BillingAttempt(BillingAttempt {
+            attempt_id: payment,
+            subscription_id: None,
+            cycle_id,
+            status,
+            provider_status: provider_status.to_owned(),
+            amount: Some(amount),
+            error_code: None,
+            error_message: None,
+            attempted_at: at,
+            next_attempt_at: None,
+            attempt_count: None,
+            idempotency_key: None,
+        }));
+    }
+    Ok(events)
 }
 
 /// The canonical status of subscription status `word` (`SubscriptionStatusDto`), with its
@@ -328,7 +342,7 @@ fn subscription(t: &str, s: &Subscription) -> Result<SubscriptionChange, Normali
         Some(word) => match subscription_status(&word, past_due) {
             Some(status) => (status, word),
             None => {
-                unknown("subscription.status", &word);
+                unknown_provider_value(PROVIDER, "subscription.status", &word);
                 (implied, word)
             }
         },

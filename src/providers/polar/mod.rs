@@ -13,10 +13,10 @@
 //! Every type is in the decision table `webhook::WEBHOOKS`, normalized or ignored with its
 //! reason: `order.created|updated|paid|refunded` (data: `Order`) → one billing attempt;
 //! `subscription.created|updated|active|canceled|uncanceled|cycled|revoked|past_due|
-//! paused|resumed` (data: `Subscription`) → one subscription change; `refund.*` and the
-//! types Polar sends beyond its definitions (`checkout.*`, `customer.*`, `benefit_grant.*`,
-//! ...) → ignored. A type not in the table is ignored and counted
-//! (`subsync_provider_unknown_values_total{provider="polar",field="type"}`).
+//! paused|resumed` (data: `Subscription`) → one subscription change; `refund.created|
+//! updated` (data: `Refund`) → the order's refund; the types Polar sends beyond its
+//! definitions (`checkout.*`, `customer.*`, `benefit_grant.*`, ...) → ignored. A type not in the table is ignored and counted
+//! (`subsync_unknown_provider_values_total{provider="polar",field="type"}`).
 //!
 //! # Orders → billing attempts
 //!
@@ -50,11 +50,12 @@
 //! again: that `pending` reads as pending, and the exhaustion itself is the
 //! `subscription.revoked` / `unpaid` status change.
 //!
-//! Partial refunds: a `partially_refunded` order is not a full refund, and the ledger books
-//! a refund of the whole amount for a refunded attempt and has no partial amount. So it is
-//! read as succeeded (the money was collected) with `provider_status` `partially_refunded`;
-//! booking the partial amount (`refunded_amount` + `refunded_tax_amount`) needs a refunded
-//! amount on the attempt in the ledger, not done here. `refunded` is a full refund.
+//! Refunds: each `Refund` (`refund.created|updated`) is a refund of its `order_id`'s attempt
+//! with its own id, amount `amount + tax_amount` (the collected `total_amount` includes
+//! tax) and status (`pending`; `succeeded`; `failed`, `canceled` → failed; another word is
+//! counted and ignored). A `partially_refunded` order is read as succeeded (the money was
+//! collected; the part given back is its refunds'); `refunded` is a full refund, so the
+//! ledger gives back whatever its refunds have not.
 //!
 //! Amount = `total_amount` ("Amount in cents, after discounts and taxes"), integer minor
 //! units, with `currency` (lowercase in Polar, e.g. `usd`); `attempted_at` = `modified_at`,

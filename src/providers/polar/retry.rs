@@ -280,8 +280,11 @@ fn classify(
             // Not returned by Polar's server today; the outcome would arrive by webhook.
             "processing" | "pending" => Ok(CallOutcome::InProgress),
             other => {
-                metrics::counter!("subsync_provider_unknown_values_total", "provider" => "polar", "field" => "confirmation.status")
-                    .increment(1);
+                crate::providers::support::unknown_provider_value(
+                    "polar",
+                    "confirmation.status",
+                    other,
+                );
                 Err(ProviderApiError::Transient(format!(
                     "unexpected confirmation status {}",
                     snippet(other)

@@ -6,11 +6,17 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::canonical::{AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange};
+use crate::canonical::{
+    AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
+};
 use crate::money::{DecimalText, Money, exponent};
+use crate::providers::support::unknown_provider_value;
 use crate::providers::support::{malformed, stripe_subscription_status};
 use crate::providers::support::{parse_payload, parse_time};
 use crate::providers::{NormalizeError, Normalized};
+
+/// The `provider` label of the unknown-value counter.
+const PROVIDER: &str = "polar";
 
 /// What subsync does with a Polar webhook type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,16 +25,15 @@ pub(super) enum Handling {
     Order,
     /// `data` is a `Subscription`: one subscription change.
     Subscription,
+    /// `data` is a `Refund`: the order's refund, with its own amount.
+    Refund,
     /// Archived as `ignored`, for this reason.
     Ignored(&'static str),
 }
 
-use Handling::{Ignored, Order as OrderAttempt, Subscription as SubscriptionState};
-
-const BOOKED_FROM_THE_ORDER: &str = "a Refund record, sent whatever its status (pending, \
-    failed, canceled); the refund is booked from its order instead (order.refunded / \
-    order.updated: status refunded or partially_refunded), which is state-based and \
-    idempotent";
+use Handling::{
+    Ignored, Order as OrderAttempt, Refund as OrderRefund, Subscription as SubscriptionState,
+};
 
 /// Every webhook type of Polar's definitions (`webhooks` of the OpenAPI document: the
 /// order, subscription and refund ones), and the other types Polar's server sends, whose
@@ -48,8 +53,8 @@ pub(super) const WEBHOOKS: &[(&str, Handling)] = &[
     ("subscription.past_due", SubscriptionState),
     ("subscription.paused", SubscriptionState),
     ("subscription.resumed", SubscriptionState),
-    ("refund.created", Ignored(BOOKED_FROM_THE_ORDER)),
-    ("refund.updated", Ignored(BOOKED_FROM_THE_ORDER)),
+    ("refund.created", OrderRefund),
+    ("refund.updated", OrderRefund),
     ("checkout.created", Ignored(CHECKOUT)),
     ("checkout.updated", Ignored(CHECKOUT)),
     ("checkout.expired", Ignored(CHECKOUT)),
@@ -97,18 +102,6 @@ pub(super) fn handling(event_type: &str) -> Option<Handling> {
         .map(|(_, handling)| *handling)
 }
 
-/// A word outside Polar's definitions: tolerated (the event is archived as ignored) and
-/// counted, never guessed at.
-fn unknown(field: &'static str, word: &str) {
-    metrics::counter!("subsync_provider_unknown_values_total", "provider" => "polar", "field" => field)
-        .increment(1);
-    tracing::warn!(
-        field,
-        value = %word.chars().take(64).collect::<String>(),
-        "Polar value outside its definitions: event archived as ignored"
-    );
-}
-
 #[derive(Deserialize)]
 struct Event {
     #[serde(rename = "type")]
@@ -128,6 +121,20 @@ struct Order {
     created_at: Option<String>,
     modified_at: Option<String>,
     next_payment_attempt_at: Option<String>,
+}
+
+/// The fields of Polar's `Refund` the normalization reads.
+#[derive(Deserialize)]
+struct PolarRefund {
+    id: Option<String>,
+    status: Option<String>,
+    amount: Option<DecimalText>,
+    tax_amount: Option<DecimalText>,
+    currency: Option<String>,
+    order_id: Option<String>,
+    subscription_id: Option<String>,
+    created_at: Option<String>,
+    modified_at: Option<String>,
 }
 
 /// The fields of Polar's `Subscription` the normalization reads.
@@ -156,7 +163,7 @@ pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let handling = match handling(&event.event_type) {
         Some(Ignored(_)) => return Ok(Normalized::ignored(event.event_type)),
         None => {
-            unknown("type", &event.event_type);
+            unknown_provider_value(PROVIDER, "type", &event.event_type);
             return Ok(Normalized::ignored(event.event_type));
         }
         Some(handling) => handling,
@@ -166,13 +173,19 @@ pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
     let data = event
         .data
         .ok_or_else(|| malformed(format!("{what}: no data")))?;
-    let canonical = if handling == OrderAttempt {
-        let order: Order = parse_payload(data.get().as_bytes(), "Polar order")?;
-        order_attempt(order, timestamp).map_err(|e| prefix(what, e))?
-    } else {
-        let sub: Subscription = parse_payload(data.get().as_bytes(), "Polar subscription")?;
-        subscription_change(sub, timestamp).map_err(|e| prefix(what, e))?
-    };
+    let data = data.get().as_bytes();
+    let canonical = match handling {
+        OrderAttempt => {
+            let order: Order = parse_payload(data, "Polar order")?;
+            order_attempt(order, timestamp)
+        }
+        OrderRefund => refund(parse_payload(data, "Polar refund")?),
+        _ => {
+            let sub: Subscription = parse_payload(data, "Polar subscription")?;
+            subscription_change(sub, timestamp)
+        }
+    }
+    .map_err(|e| prefix(what, e))?;
     Ok(Normalized {
         event_type: event.event_type,
         events: canonical.into_iter().collect(),
@@ -184,13 +197,69 @@ fn prefix(what: &str, error: NormalizeError) -> NormalizeError {
     malformed(format!("{what}: {reason}"))
 }
 
+/// `RefundStatus`: every word and the refund status it gives.
+pub(super) const REFUND_STATUSES: [(&str, RefundStatus); 4] = [
+    ("pending", RefundStatus::Pending),
+    ("succeeded", RefundStatus::Succeeded),
+    ("failed", RefundStatus::Failed),
+    ("canceled", RefundStatus::Failed),
+];
+
+/// Integer minor units of a Polar amount field.
+fn minor(text: &DecimalText, field: &str) -> Result<i64, NormalizeError> {
+    text.0.parse().map_err(|_| {
+        malformed(format!(
+            "{field}: {:?} is not an integer of minor units",
+            text.0
+        ))
+    })
+}
+
+/// A `Refund` of an order: the order's attempt gets back `amount + tax_amount` (the
+/// order's `total_amount` that was collected includes its tax).
+fn refund(r: PolarRefund) -> Result<Option<CanonicalEvent>, NormalizeError> {
+    let refund_id = required(r.id, "refund id")?;
+    let provider_status = required(r.status, "refund status")?;
+    let Some(status) = REFUND_STATUSES
+        .iter()
+        .find(|(word, _)| *word == provider_status)
+        .map(|(_, status)| *status)
+    else {
+        unknown_provider_value(PROVIDER, "refund.status", &provider_status);
+        return Ok(None);
+    };
+    let currency = required(r.currency, "refund currency")?;
+    let amount = minor(
+        r.amount
+            .as_ref()
+            .ok_or_else(|| malformed("no refund amount"))?,
+        "amount",
+    )?;
+    let tax = match r.tax_amount.as_ref() {
+        Some(tax) => minor(tax, "tax_amount")?,
+        None => 0,
+    };
+    let modified = time(r.modified_at, "modified_at")?;
+    let created = time(r.created_at, "created_at")?;
+    Ok(Some(CanonicalEvent::Refund(Refund {
+        refund_id,
+        attempt_id: required(r.order_id, "refund order_id")?,
+        subscription_id: r.subscription_id.filter(|s| !s.is_empty()),
+        cycle_id: None,
+        status,
+        provider_status,
+        amount: Money::from_minor(amount + tax, &currency)?,
+        refunded_at: modified.or(created),
+    })))
+}
+
 /// The attempt status of an order in `OrderStatus` word `status`; `in_dunning` = a
 /// non-null `next_payment_attempt_at`. `None` for a word outside `OrderStatus`.
 pub(super) fn attempt_status(status: &str, in_dunning: bool) -> Option<AttemptStatus> {
     Some(match status {
         "pending" if in_dunning => AttemptStatus::Failed,
         "draft" | "pending" => AttemptStatus::Pending,
-        // Money was collected; the partial refund itself is not booked (see mod.rs).
+        // Money was collected; the partial refund is booked from its Refund.
         "paid" | "partially_refunded" => AttemptStatus::Succeeded,
         "refunded" => AttemptStatus::Refunded,
         "void" => AttemptStatus::Skipped,
@@ -206,20 +275,12 @@ fn order_attempt(
     let provider_status = required(order.status, "order status")?;
     let next_attempt_at = time(order.next_payment_attempt_at, "next_payment_attempt_at")?;
     let Some(status) = attempt_status(&provider_status, next_attempt_at.is_some()) else {
-        unknown("order.status", &provider_status);
+        unknown_provider_value(PROVIDER, "order.status", &provider_status);
         return Ok(None);
     };
     let currency = required(order.currency, "order currency")?;
     let amount = match order.total_amount.as_ref() {
-        Some(text) => {
-            let minor = text.0.parse().map_err(|_| {
-                malformed(format!(
-                    "total_amount: {:?} is not an integer of minor units",
-                    text.0
-                ))
-            })?;
-            Some(Money::from_minor(minor, &currency)?)
-        }
+        Some(text) => Some(Money::from_minor(minor(text, "total_amount")?, &currency)?),
         None => {
             exponent(&currency)?;
             None
@@ -250,7 +311,7 @@ fn subscription_change(
     let id = required(sub.id, "subscription id")?;
     let provider_status = required(sub.status, "subscription status")?;
     let Some(status) = stripe_subscription_status(&provider_status) else {
-        unknown("subscription.status", &provider_status);
+        unknown_provider_value(PROVIDER, "subscription.status", &provider_status);
         return Ok(None);
     };
     let currency = sub

@@ -46,18 +46,22 @@
 //! |---|---|
 //! | `transaction-processed`, `-timeout-resolved`, `offsite-payment-completed`, `waiting-gateway-transaction-completed`, `renewal-invoice-payment-canceled` | attempt, status from the transaction |
 //! | `transaction-declined`, `renewal-invoice-payment-declined` | attempt failed |
-//! | `transaction-refunded` | the refunded (parent) transaction's attempt refunded |
-//! | `transaction-partially-refunded` | its attempt succeeded, provider word `partially-refunded` |
-//! | `transaction-voided` | its attempt failed, provider word `voided` |
+//! | `transaction-refunded` | the refunded (parent) transaction's attempt refunded, and its `childTransaction` as its refund |
+//! | `transaction-partially-refunded` | its attempt succeeded, provider word `partially-refunded`, and the child as its refund |
+//! | `transaction-voided` | its attempt failed, provider word `voided`, and the child (the void) as its refund |
 //! | `invoice-paid` | attempt succeeded |
 //! | `subscription-created\|activated\|reactivated\|renewed\|canceled\|churned\|modified\|items-changed\|upgraded\|downgraded\|trial-converted\|trial-ended\|trial-end-changed\|paused\|resumed`, `order-completed\|abandoned\|delinquency-reached`, `orders-experimental-subscription-renewed` | subscription change |
 //! | every other type of the definitions (invoice documents and reminders, scheduled pauses, reconciliation and risk reports, `transaction-process-requested`, `renewal-invoice-issued`, ...) and any unknown type | ignored (the reason of each is in `DECISIONS`) |
 //!
-//! Attempts exist only for a transaction of `type` `sale` or `capture`: a `refund`, `void`,
-//! `credit`, `setup`, `authorize` or `3ds-authentication` takes no money from the customer
-//! (a refund or void arrives as the `childTransaction` of its parent's event), so its
-//! event is ignored; an unknown type is counted and ignored; a transaction without a
-//! `type` is malformed.
+//! Attempts exist only for a transaction of `type` `sale` or `capture`: a `setup`,
+//! `authorize` or `3ds-authentication` takes no money from the customer, so its event is
+//! ignored; an unknown type is counted and ignored; a transaction without a `type` is
+//! malformed. A `refund`, `void` or `credit` transaction with a `parentTransactionId` (or
+//! as the `childTransaction` of its parent's event) is a refund of the parent's attempt:
+//! id = its own id, amount = its `amount` in its `currency`, status from its result
+//! (approved → succeeded; declined, abandoned, canceled → failed; else pending), provider
+//! word = its type. A void of a settled sale so gives the collection back; a credit
+//! without a parent is a payout of its own, not a refund of a payment, and is ignored.
 //! `attempt_id` = the embedded transaction's `id` (else `transactionId`); each retry is a
 //! new transaction. `cycle_id` = `invoiceId`, else the embedded invoice's `id`, else the
 //! transaction's first `invoiceIds`. `subscription_id` = the invoice's `subscriptionId`,

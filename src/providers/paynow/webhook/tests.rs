@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::canonical::RefundStatus;
 use crate::providers::paynow::definitions;
 use crate::providers::testing::schema::set;
 
@@ -78,6 +79,15 @@ fn one_attempt(n: &Normalized) -> &BillingAttempt {
     }
 }
 
+/// A refund event's refund and, when it was made, the payment's attempt.
+fn refund_parts(n: &Normalized) -> (&crate::canonical::Refund, Option<&BillingAttempt>) {
+    match n.events.as_slice() {
+        [CanonicalEvent::Refund(r)] => (r, None),
+        [CanonicalEvent::Refund(r), CanonicalEvent::BillingAttempt(a)] => (r, Some(a)),
+        other => panic!("expected a refund: {other:?}"),
+    }
+}
+
 fn one_change(n: &Normalized) -> &SubscriptionChange {
     match n.events.as_slice() {
         [CanonicalEvent::Subscription(c)] => c,
@@ -142,7 +152,9 @@ fn every_normalized_event_normalizes_its_generated_payload() {
             // The schema's examples: a refund of 5000 of a payment of 5000, `status`
             // without an example.
             Some(RefundOf) => {
-                let a = one_attempt(&n);
+                let (r, a) = refund_parts(&n);
+                assert_eq!(r.amount.minor, 5000);
+                let a = a.expect("a made refund names its payment's attempt");
                 assert_eq!(
                     (a.status, a.amount.as_ref().map(|m| m.minor)),
                     (AttemptStatus::Refunded, Some(5000))
@@ -221,26 +233,37 @@ fn payments_map_their_defined_fields() {
 #[test]
 fn a_full_refund_refunds_the_payments_attempt_and_a_partial_one_keeps_it_collected() {
     let n = run(&refund(999, "completed")).unwrap();
-    let a = one_attempt(&n);
+    let (r, a) = refund_parts(&n);
+    let body = &refund(999, "completed")["body"];
+    assert_eq!(
+        (r.refund_id.as_str(), r.attempt_id.as_str(), r.status),
+        (
+            body["id"].as_str().unwrap(),
+            PAYMENT,
+            RefundStatus::Succeeded
+        )
+    );
+    assert_eq!(r.cycle_id.as_deref(), Some(ORDER));
+    let eur = |minor| Money {
+        minor,
+        currency: "EUR".into(),
+    };
+    assert_eq!(r.amount, eur(999), "store_refund_amount");
+    let a = a.unwrap();
     assert_eq!(
         (a.attempt_id.as_str(), a.status, a.provider_status.as_str()),
         (PAYMENT, AttemptStatus::Refunded, "refunded")
     );
     assert_eq!(a.cycle_id.as_deref(), Some(ORDER));
-    assert_eq!(
-        a.amount,
-        Some(Money {
-            minor: 999,
-            currency: "EUR".into()
-        }),
-        "the payment's amount"
-    );
-    let body = &refund(999, "completed")["body"];
+    assert_eq!(a.amount, Some(eur(999)), "the payment's amount");
     assert_eq!(a.attempted_at, at(body["completed_at"].as_str().unwrap()));
+    assert_eq!(r.refunded_at, a.attempted_at);
 
-    // Partial: not a refund of the attempt; the partial amount is left to the ledger.
+    // Partial: the refund books its amount; the payment stays collected.
     let n = run(&refund(400, "completed")).unwrap();
-    let a = one_attempt(&n);
+    let (r, a) = refund_parts(&n);
+    assert_eq!(r.amount, eur(400));
+    let a = a.unwrap();
     assert_eq!(
         (a.status, a.provider_status.as_str()),
         (AttemptStatus::Succeeded, "partially_refunded")
@@ -248,13 +271,18 @@ fn a_full_refund_refunds_the_payments_attempt_and_a_partial_one_keeps_it_collect
     assert_eq!(a.amount.as_ref().map(|m| m.minor), Some(999));
 
     // The event is sent when the refund is completed: only `canceled` and `failed` say
-    // no refund was made. An unknown word is counted and read as made.
+    // no refund was made (a failed refund, and nothing about the payment). An unknown
+    // word is counted and read as made.
     for status in ["canceled", "failed"] {
-        assert!(run(&refund(999, status)).unwrap().is_ignored(), "{status}");
+        let n = run(&refund(999, status)).unwrap();
+        let (r, a) = refund_parts(&n);
+        assert_eq!((r.status, a), (RefundStatus::Failed, None), "{status}");
     }
     for status in ["created", "approved", "processing", "reversed"] {
         let n = run(&refund(999, status)).unwrap();
-        assert_eq!(one_attempt(&n).status, AttemptStatus::Refunded, "{status}");
+        let (r, a) = refund_parts(&n);
+        assert_eq!(r.status, RefundStatus::Succeeded, "{status}");
+        assert_eq!(a.unwrap().status, AttemptStatus::Refunded, "{status}");
     }
 }
 
