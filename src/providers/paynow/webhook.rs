@@ -299,6 +299,7 @@ fn refund(what: &str, r: Refund) -> Result<Option<CanonicalEvent>, NormalizeErro
         attempted_at: opt_time(at.as_deref(), "body.completed_at")?,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     })))
 }
 

@@ -464,6 +464,7 @@ fn attempt(p: &Payload, outcome: Outcome) -> Result<Option<CanonicalEvent>, Norm
         attempted_at: opt_time(tx.attempted(), "transaction processedTime")?,
         next_attempt_at: None,
         attempt_count: None,
+        idempotency_key: None,
     })))
 }
 
