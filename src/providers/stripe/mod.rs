@@ -174,6 +174,40 @@ impl Connector for Stripe {
     }
 }
 
+/// Stripe's definitions as copied for the tests (`tests/fixtures/stripe/`): the SDK's types.
+#[cfg(test)]
+pub(super) fn definitions() -> &'static crate::providers::testing::digest::Digest {
+    static DIGEST: std::sync::OnceLock<crate::providers::testing::digest::Digest> =
+        std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| {
+        crate::providers::testing::digest::Digest::parse(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/stripe/stripe-node-types.2026-07-29.dahlia.subset.json"
+        )))
+    })
+}
+
+/// Stripe's official example objects (`fixtures3.json`, cut) and CLI trigger recipes.
+#[cfg(test)]
+pub(super) fn examples() -> (&'static serde_json::Value, &'static serde_json::Value) {
+    static EXAMPLES: std::sync::OnceLock<(serde_json::Value, serde_json::Value)> =
+        std::sync::OnceLock::new();
+    let (fixtures, triggers) = EXAMPLES.get_or_init(|| {
+        let parse = |text: &str| serde_json::from_str(text).expect("JSON");
+        (
+            parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/stripe/fixtures3.subset.json"
+            ))),
+            parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/stripe/stripe-cli-triggers.json"
+            ))),
+        )
+    });
+    (fixtures, triggers)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
