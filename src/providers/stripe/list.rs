@@ -3,8 +3,9 @@
 //! parameter is one of `InvoiceListParams` and its `PaginationParams` in Stripe's
 //! definitions. Nothing is expanded: the current Invoice has no `payment_intent` to expand
 //! (Stripe answers 400 to an unknown expand), and its `payments` list, once included,
-//! still names its PaymentIntent by id only (the PaymentIntent would be a fifth level of
-//! expansion, beyond Stripe's four), so a listed invoice carries no decline code.
+//! still names its PaymentIntent by id only, so a listed invoice carries no decline code.
+//! Assumed from Stripe's documentation, where the definitions are silent: expansion stops
+//! at four levels, and `data.payments.data.payment.payment_intent` would be a fifth.
 //!
 //! Each invoice that saw a payment attempt is rendered as the event Stripe sends for its
 //! state: `invoice.paid` for a paid one, `invoice.payment_failed` for an open or
@@ -23,7 +24,7 @@ use serde_json::{Value, json};
 use crate::config::ApiSettings;
 use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::{Credential, Endpoint, ProviderApiError, read};
-use crate::providers::support::capped;
+use crate::providers::support::{capped, unknown_provider_value};
 
 /// Stripe's maximum `limit`.
 const MAX_LIMIT: u32 = 100;
@@ -103,7 +104,12 @@ fn render(invoice: Value) -> Option<Record> {
     let event_type = match status {
         "paid" => "invoice.paid",
         "open" | "uncollectible" if count > 0 => "invoice.payment_failed",
-        _ => return None,
+        "draft" | "open" | "uncollectible" | "void" => return None,
+        // `Invoice.Status` is open: a new word is counted, never guessed at.
+        word => {
+            unknown_provider_value("stripe", "invoice.status", word);
+            return None;
+        }
     };
     let unix = |pointer: &str| invoice.pointer(pointer).and_then(Value::as_i64);
     let created = match event_type {

@@ -204,3 +204,25 @@ async fn errors_map_to_api_errors() {
     let client = client(&server);
     assert_errors_map(&server, || client.page(request(None)), "sk_test_123").await;
 }
+
+#[test]
+fn every_invoice_status_is_decided_and_a_new_one_counted() {
+    for word in definitions().enum_values("Invoice.Status") {
+        let listed = json!({"has_more": false, "data": [invoice("in_1", &word, 1)]});
+        let page = parse(&listed.to_string()).unwrap();
+        let expected = usize::from(matches!(word.as_str(), "paid" | "open" | "uncollectible"));
+        assert_eq!(page.records.len(), expected, "{word}");
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let listed = json!({"has_more": false, "data": [invoice("in_1", "frozen", 1)]});
+    let page = metrics::with_local_recorder(&recorder, || parse(&listed.to_string())).unwrap();
+    assert!(page.records.is_empty());
+    let line =
+        "subsync_unknown_provider_values_total{provider=\"stripe\",field=\"invoice.status\"} 1";
+    assert!(
+        handle.render().lines().any(|l| l == line),
+        "{}",
+        handle.render()
+    );
+}
