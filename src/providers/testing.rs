@@ -19,6 +19,7 @@ use crate::providers::Source;
 use crate::providers::contract::{Page, PageRequest, Record};
 use crate::providers::http::ProviderApiError;
 
+pub(crate) mod digest;
 pub(crate) mod schema;
 
 /// Settings of a `kind` source that every connector accepts: a Standard Webhooks secret,

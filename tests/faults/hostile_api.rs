@@ -321,22 +321,20 @@ impl Hostile {
 
 /// A Stripe invoice list page (`object: list`, `has_more: true`) holding `in_cyc_{n}`: the
 /// next page's `starting_after` is that id, so the cursor cycles through three ids. The
-/// invoice's fields are the ones the sync tests' Stripe fake serves (`tests/it/sync.rs`
-/// `invoice`), each present in Stripe's invoice fixtures and types; like that fake it still
-/// carries a top-level `payment_intent`, which current Stripe API versions replace with
-/// `payments` (to follow Stripe's current shape with the sync client itself).
+/// invoice's fields are among those of the current API version's `Invoice` (Stripe's SDK
+/// types, `tests/fixtures/stripe/`): its subscription under `parent`, no `payment_intent`
+/// (the current Invoice has none; a listed invoice carries no decline code).
 fn cycling_page(n: u32) -> String {
     serde_json::json!({
         "object": "list", "url": "/v1/invoices", "has_more": true,
         "data": [{
             "id": format!("in_cyc_{n}"), "object": "invoice", "customer": "cus_cyc",
-            "subscription": "sub_cyc", "status": "open", "attempt_count": 1, "attempted": true,
+            "parent": { "type": "subscription_details", "quote_details": null,
+                "subscription_details": { "subscription": "sub_cyc", "metadata": null } },
+            "status": "open", "attempt_count": 1, "attempted": true,
             "amount_due": 2500, "amount_paid": 0, "currency": "usd", "created": 1_763_700_000,
             "status_transitions": { "finalized_at": 1_763_700_060, "paid_at": null },
-            "next_payment_attempt": 1_763_786_400,
-            "payment_intent": { "id": format!("pi_cyc_{n}"), "status": "requires_payment_method",
-                "last_payment_error": { "code": "card_declined", "decline_code": "insufficient_funds",
-                    "message": "Your card was declined." } }
+            "next_payment_attempt": 1_763_786_400
         }]
     })
     .to_string()

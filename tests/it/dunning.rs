@@ -66,7 +66,26 @@ impl Respond for FakeStripe {
         if first {
             charges.insert(key, 1); // the charge happens once per key
         }
-        let body = serde_json::json!({ "id": invoice, "object": "invoice", "status": "paid" });
+        // Stripe's definitions: the parameters are `InvoicePayParams`, the answer an
+        // `Invoice` (generated from the SDK's types).
+        let types = crate::sync::stripe_types();
+        let form = std::str::from_utf8(&request.body).unwrap_or("\u{fffd}");
+        let form = reqwest::Url::parse(&format!("http://form.test/?{form}")).unwrap();
+        let pairs: Vec<(String, String)> = form.query_pairs().into_owned().collect();
+        let problems = types.validate_form(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "InvoicePayParams",
+        );
+        if !problems.is_empty() {
+            return ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": {
+                "type": "invalid_request_error", "message": problems.join("; ") }}));
+        }
+        let mut body = types.generate("Invoice");
+        body["id"] = serde_json::json!(invoice);
+        body["status"] = serde_json::json!("paid");
+        body["currency"] = serde_json::json!("usd");
+        let errors = types.validate(&body, "Invoice");
+        assert!(errors.is_empty(), "{errors:#?}");
         let response = ResponseTemplate::new(200).set_body_json(body);
         match (first, self.slow_first) {
             (true, Some(delay)) => response.set_delay(delay),
@@ -114,6 +133,9 @@ interval_ms = 3600000
     );
 }
 
+/// An invoice event in the shape of API versions before 2025-03 (top-level `subscription`
+/// and an expanded `payment_intent`, both still read): the only shape in which a webhook's
+/// invoice carries a decline code.
 fn invoice_event(
     id: &str,
     kind: &str,

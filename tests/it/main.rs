@@ -4,6 +4,9 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+/// Values checked against, and generated from, a types digest (Stripe's SDK types).
+#[path = "../../src/providers/testing/digest.rs"]
+mod digest;
 /// Rebilly's webhook definitions as a test tool, the one the unit tests use.
 #[path = "../../src/providers/rebilly/webhook/definitions.rs"]
 mod rebilly_definitions;

@@ -128,14 +128,61 @@ fn classify(
     }
 }
 
+/// The fake of Stripe's `POST /v1/invoices/{id}/pay` checks what the definitions require:
+/// the form parameters are `InvoicePayParams`, a 200 answer is an `Invoice`, an error's
+/// `error` a `StripeRawError` without the fields the SDK adds (`headers`, `statusCode`,
+/// `requestId`, `detail`, `exception`).
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
     use wiremock::matchers::{body_string, header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
     use super::*;
+    use crate::providers::stripe::definitions;
     use crate::providers::testing::api_settings;
+
+    fn valid(value: &Value, type_name: &str) {
+        let errors = definitions().validate(value, type_name);
+        assert!(errors.is_empty(), "{type_name}: {errors:#?}");
+    }
+
+    /// The form body's parameters are `InvoicePayParams`.
+    fn conforms(request: &Request) -> bool {
+        let Ok(body) = std::str::from_utf8(&request.body) else {
+            return false;
+        };
+        // The form body read as the query of a URL (the same encoding).
+        let form = reqwest::Url::parse(&format!("http://form.test/?{body}")).expect("a form");
+        let pairs: Vec<(String, String)> = form.query_pairs().into_owned().collect();
+        let problems = definitions().validate_form(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "InvoicePayParams",
+        );
+        if !problems.is_empty() {
+            eprintln!("Stripe would refuse the pay request: {problems:#?}");
+        }
+        problems.is_empty()
+    }
+
+    /// The invoice `in_123` in `status`, as `POST .../pay` answers it.
+    fn invoice(status: &str) -> ResponseTemplate {
+        let mut invoice = definitions().generate("Invoice");
+        invoice["id"] = json!("in_123");
+        invoice["status"] = json!(status);
+        invoice["currency"] = json!("usd");
+        valid(&invoice, "Invoice");
+        ResponseTemplate::new(200).set_body_json(invoice)
+    }
+
+    /// A PaymentIntent in `status`, as an error carries it.
+    fn payment_intent(status: &str) -> Value {
+        let mut intent = definitions().generate("PaymentIntent");
+        intent["id"] = json!("pi_1");
+        intent["status"] = json!(status);
+        valid(&intent, "PaymentIntent");
+        intent
+    }
 
     const TOKEN: &str = "sk_test_secret123";
 
@@ -166,6 +213,7 @@ mod tests {
             .and(header("idempotency-key", "subsync-stripe-in_123-r2"))
             .and(header("content-type", "application/x-www-form-urlencoded"))
             .and(body_string(""))
+            .and(conforms)
             .respond_with(response)
             .expect(1)
             .mount(&server)
@@ -173,23 +221,26 @@ mod tests {
         client(&server, 2_000).retry(&call()).await
     }
 
-    fn error(status: u16, error: serde_json::Value) -> ResponseTemplate {
+    fn error(status: u16, error: Value) -> ResponseTemplate {
+        valid(&error, "StripeRawError");
+        for sdk_only in ["headers", "statusCode", "requestId", "detail", "exception"] {
+            assert!(
+                error.get(sdk_only).is_none(),
+                "{sdk_only} is not on the wire"
+            );
+        }
         ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
     }
 
     #[tokio::test]
     async fn paid_invoice_is_charged() {
-        let ok = ResponseTemplate::new(200)
-            .set_body_json(json!({"id": "in_123", "object": "invoice", "status": "paid"}));
-        assert_eq!(answer(ok).await, Ok(CallOutcome::Charged));
+        assert_eq!(answer(invoice("paid")).await, Ok(CallOutcome::Charged));
     }
 
     #[tokio::test]
     async fn open_invoice_after_pay_is_declined_without_code() {
-        let open =
-            ResponseTemplate::new(200).set_body_json(json!({"id": "in_123", "status": "open"}));
         assert_eq!(
-            answer(open).await,
+            answer(invoice("open")).await,
             Ok(CallOutcome::Declined {
                 code: None,
                 message: Some("invoice status open".into())
@@ -231,7 +282,7 @@ mod tests {
         let by_intent = error(
             402,
             json!({"type": "card_error", "code": "card_declined",
-                   "payment_intent": {"id": "pi_1", "status": "requires_action"}}),
+                   "payment_intent": payment_intent("requires_action")}),
         );
         assert_eq!(answer(by_intent).await, Ok(CallOutcome::RequiresAction));
     }

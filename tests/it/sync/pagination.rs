@@ -33,8 +33,8 @@ impl Respond for CyclingInvoices {
             _ => ("in_c", true),
         };
         let listed = match id {
-            "in_b" => invoice(id, "open", 1, Some("do_not_honor")),
-            _ => invoice(id, "paid", 1, None),
+            "in_b" => invoice(id, "open", 1),
+            _ => invoice(id, "paid", 1),
         };
         ResponseTemplate::new(200).set_body_json(json!({
             "object": "list", "url": "/v1/invoices", "has_more": has_more, "data": [listed],
