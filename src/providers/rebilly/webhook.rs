@@ -760,5 +760,8 @@ fn subscription(p: &Payload) -> Result<Option<CanonicalEvent>, NormalizeError> {
 
 #[cfg(test)]
 pub(super) mod definitions;
+/// The shared OpenAPI tool, as `definitions.rs` names it.
+#[cfg(test)]
+use crate::providers::testing::schema;
 #[cfg(test)]
 mod tests;

@@ -1072,8 +1072,13 @@ fn the_definitions_check_refuses_what_they_do_not_define() {
         ("/_embedded/invoice/websiteId", None),
     ] {
         let errors = broken(pointer, value);
+        // A value is refused at its pointer; a property the object may not have, or one
+        // it lacks, at the object, naming the property.
+        let (parent, name) = pointer.rsplit_once('/').unwrap();
         assert!(
-            errors.iter().any(|e| e.starts_with(pointer)),
+            errors.iter().any(|e| e.starts_with(pointer)
+                || (e.starts_with(&format!("{parent}:"))
+                    && (e.contains(&format!("'{name}'")) || e.contains(&format!("\"{name}\""))))),
             "{pointer}: {errors:?}"
         );
     }
