@@ -23,6 +23,10 @@
 //!   committed before the call is made, so every event of such an attempt finds it,
 //!   whatever their order.
 //!
+//! - A succeeded or refunded attempt stored without an amount or currency (Shopify's
+//!   webhooks carry none, Appstle's no currency) gets a money lookup row in the same
+//!   transaction (`lookups.rs`); its entries are posted when the lookup writes the money.
+//!
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
 
@@ -247,6 +251,7 @@ pub(super) async fn reconcile_in(
     link_retry_attempts(&mut *tx, &mut attempts).await?;
     let final_attempts = upsert_attempts(&mut *tx, &attempts).await?;
     post_journal(&mut *tx, &final_attempts).await?;
+    super::lookups::enqueue(&mut *tx, &final_attempts).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
     let facts = attempt_facts(&attempts, &final_attempts);
     schedule::on_attempts(&mut *tx, dunning, &facts).await?;
@@ -372,14 +377,14 @@ fn attempt_facts(
 }
 
 /// An attempt as stored after the upsert.
-struct FinalAttempt {
-    subscription_id: String,
-    cycle_id: Option<String>,
-    rank: i32,
-    provider_status: String,
-    amount_minor: Option<i64>,
-    currency: Option<String>,
-    last_event_id: i64,
+pub(super) struct FinalAttempt {
+    pub(super) subscription_id: String,
+    pub(super) cycle_id: Option<String>,
+    pub(super) rank: i32,
+    pub(super) provider_status: String,
+    pub(super) amount_minor: Option<i64>,
+    pub(super) currency: Option<String>,
+    pub(super) last_event_id: i64,
 }
 
 async fn upsert_attempts(
@@ -531,8 +536,9 @@ impl AttemptColumns {
 }
 
 /// Ensures the entries that the stored attempts' facts call for: a collection for every
-/// attempt that is (or was) succeeded, a refund for every refunded one.
-async fn post_journal(
+/// attempt that is (or was) succeeded, a refund for every refunded one. Also the path of
+/// money read later by a lookup (`lookups.rs`), so its uniqueness covers both.
+pub(super) async fn post_journal(
     tx: &mut sqlx::PgConnection,
     attempts: &HashMap<(String, String), FinalAttempt>,
 ) -> Result<(), DbError> {
