@@ -15,9 +15,12 @@
 //!    the currency the contract bills in (read at the top level, or under
 //!    `subscriptionContract` or `data.subscriptionContract`, whichever the answer has).
 //!
-//! Facts (Appstle's documentation, as collected in the project's Appstle fact sheet): the
-//! `X-API-Key` header; the BillingAttempt fields `id` (int64), `contractId`, `billingDate`,
-//! `orderAmount`; `contract-raw-response` returning the raw Shopify GraphQL contract.
+//! Facts (Appstle's External API documentation, the Redocly render of its OpenAPI
+//! document at developers.subscription.appstle.com/external-api-swagger, server
+//! `https://subscription-admin.appstle.com`): the `X-API-Key` header; the BillingAttempt
+//! fields `id` (int64), `contractId`, `billingDate`, `orderAmount`; `contract-raw-response`
+//! returning the raw Shopify GraphQL `subscriptionContract` (with `__typename`). The
+//! past-orders route is the one `list.rs` reads (its path is not in the captured pages).
 //! Assumed where the documents are silent: `orderAmount` without a named currency is in
 //! the contract's currency (the shop's currency, for the contracts of a single-currency
 //! shop; a contract in another currency gets `orderAmountContractCurrency`, which wins).
