@@ -108,6 +108,16 @@ impl MoneyClients {
             .collect();
         Self(clients)
     }
+
+    /// Sets `source_id`'s client (a test seam: a client that fails in ways a fake API
+    /// cannot, such as a panic).
+    pub fn set(&mut self, source_id: &str, provider: &'static str, client: Arc<dyn MoneyClient>) {
+        let client = Client {
+            provider,
+            client: Some(client),
+        };
+        self.0.insert(source_id.to_owned(), client);
+    }
 }
 
 pub struct Lookups {

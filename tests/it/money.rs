@@ -14,12 +14,17 @@ use std::{
 };
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use subsync::{
     app::Role,
     ledger::Applied,
     lookups::{Lookups, MoneyClients, Pass},
     money::Money,
+    providers::{
+        contract::{MoneyClient, MoneyQuery},
+        http::ProviderApiError,
+    },
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
@@ -120,11 +125,17 @@ fn lookups(app: &TestApp) -> Lookups {
 
 /// The reference app's success payload naming this test's attempt and contract.
 fn success_webhook() -> Vec<u8> {
+    success_of(5001)
+}
+
+/// The same, naming attempt `number` of the contract.
+fn success_of(number: u64) -> Vec<u8> {
     let reference: Value = serde_json::from_str(PAYLOADS).unwrap();
     let file = "app/jobs/dunning/tests/fixtures/SUBSCRIPTION_BILLING_ATTEMPTS_SUCCESS.ts";
     let mut body = reference["fixtures"][file]["SubscriptionBillingAttemptSuccessWebhook"].clone();
-    body["id"] = json!(5001);
-    body["admin_graphql_api_id"] = json!(ATTEMPT);
+    body["id"] = json!(number);
+    body["admin_graphql_api_id"] =
+        json!(format!("gid://shopify/SubscriptionBillingAttempt/{number}"));
     body["subscription_contract_id"] = json!(4242);
     body["admin_graphql_api_subscription_contract_id"] = json!(CONTRACT);
     serde_json::to_vec(&body).unwrap()
@@ -332,9 +343,15 @@ async fn a_provider_outage_is_retried_later_and_posted_once() {
 /// Appstle's success webhook for attempt 901 of contract 77, with an amount and no
 /// currency.
 fn appstle_success() -> Vec<u8> {
+    appstle_webhook(901, "SUCCESS", "2026-12-01T09:00:00Z")
+}
+
+/// Appstle's `billing-success` webhook (as Appstle sends it for a refunded attempt too:
+/// the status says which) for attempt `id` of contract 77, with an amount and no currency.
+fn appstle_webhook(id: u64, status: &str, billed: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({ "type": "subscription.billing-success", "data": {
-        "id": 901, "shop": "demo.myshopify.com", "contractId": 77, "status": "SUCCESS",
-        "billingDate": "2026-12-01T09:00:00Z", "attemptCount": 1,
+        "id": id, "shop": "demo.myshopify.com", "contractId": 77, "status": status,
+        "billingDate": billed, "attemptCount": 1,
         "attemptTime": "2026-12-01T09:00:05Z", "orderAmount": 49.95,
         "billingAttemptId": "gid://shopify/SubscriptionBillingAttempt/77001",
         "retryingNeeded": false } }))
@@ -350,6 +367,9 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
         { "id": 901, "shop": "demo.myshopify.com", "contractId": 77, "status": "SUCCESS",
           "billingDate": "2026-12-01T09:00:00Z", "attemptCount": 1, "orderAmount": 49.95,
           "retryingNeeded": false },
+        { "id": 900, "shop": "demo.myshopify.com", "contractId": 77, "status": "REFUNDED",
+          "billingDate": "2026-11-01T09:00:00Z", "attemptCount": 1, "orderAmount": "20.00",
+          "retryingNeeded": false },
     ]);
     Mock::given(matchers::method("GET"))
         .and(matchers::path(
@@ -360,7 +380,7 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
         .and(matchers::query_param("page", "0"))
         .and(matchers::query_param("size", "50"))
         .respond_with(ResponseTemplate::new(200).set_body_json(listed))
-        .expect(1)
+        .expect(2)
         .mount(&appstle)
         .await;
     Mock::given(matchers::method("GET"))
@@ -370,12 +390,16 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "__typename": "SubscriptionContract", "id": "gid://shopify/SubscriptionContract/77",
             "status": "ACTIVE", "currencyCode": "EUR" })))
-        .expect(1)
+        .expect(2)
         .mount(&appstle)
         .await;
     let app = app(&shopify, &appstle).await;
     deliver(&app, APPSTLE, "msg_appstle_901", appstle_success(), "").await;
+    // A refunded attempt without currency: its collection and its refund both wait.
+    let refunded = appstle_webhook(900, "REFUNDED", "2026-11-01T09:00:00Z");
+    deliver(&app, APPSTLE, "msg_appstle_900", refunded, "").await;
     assert_eq!(postings(&app, APPSTLE, "901").await, vec![]);
+    assert_eq!(postings(&app, APPSTLE, "900").await, vec![]);
     assert_eq!(
         lookup_status(&app, APPSTLE, "901").await.as_deref(),
         Some("pending")
@@ -386,7 +410,7 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
     assert_eq!(
         pass,
         Pass {
-            posted: 1,
+            posted: 2,
             ..Pass::default()
         }
     );
@@ -394,6 +418,10 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
         postings(&app, APPSTLE, "901").await,
         collection(4995, "EUR")
     );
+    let mut refund = collection(2000, "EUR");
+    refund.push(("refund".into(), "collected".into(), -2000, "EUR".into()));
+    refund.push(("refund".into(), "refunded".into(), 2000, "EUR".into()));
+    assert_eq!(postings(&app, APPSTLE, "900").await, refund);
     // Redelivered: nothing more is looked up or posted.
     deliver(
         &app,
@@ -464,6 +492,98 @@ async fn an_attempt_the_provider_does_not_know_is_parked_with_its_reason() {
         lookup_status(&app, SHOP, ATTEMPT).await.as_deref(),
         Some("pending")
     );
+    assert_ledger_sound(&app).await;
+    app.stop().await;
+}
+
+/// A money client that misbehaves per attempt: 6001 panics, 6002 is rate limited for 30 s
+/// (once), the others answer 10.00 USD.
+#[derive(Default)]
+struct Unruly {
+    limited_once: Mutex<bool>,
+}
+
+impl MoneyClient for Unruly {
+    fn money<'a>(
+        &'a self,
+        query: &'a MoneyQuery,
+    ) -> BoxFuture<'a, Result<Money, ProviderApiError>> {
+        Box::pin(async move {
+            match query.attempt_id.rsplit('/').next() {
+                Some("6001") => panic!("client bug for {}", query.attempt_id),
+                Some("6002")
+                    if !std::mem::replace(&mut *self.limited_once.lock().unwrap(), true) =>
+                {
+                    Err(ProviderApiError::RateLimited {
+                        retry_after: Some(Duration::from_secs(30)),
+                    })
+                }
+                _ => Ok(Money::from_minor(1000, "USD").unwrap()),
+            }
+        })
+    }
+}
+
+/// A panicking client costs its own row (parked, with the panic's text), never the pass;
+/// a rate limit defers its row and the rest of its source's batch by `Retry-After`.
+#[tokio::test]
+async fn a_panic_costs_one_row_and_a_rate_limit_defers_the_source() {
+    let (shopify, appstle) = (MockServer::start().await, MockServer::start().await);
+    let app = app(&shopify, &appstle).await;
+    let topic = "subscription_billing_attempts/success";
+    for n in [6001, 6002, 6003] {
+        deliver(&app, SHOP, &format!("wh-{n}"), success_of(n), topic).await;
+    }
+    let mut clients = MoneyClients::of(&catalogue(&app.settings).sources);
+    clients.set(SHOP, "shopify", Arc::new(Unruly::default()));
+    let lookups = Lookups::new(app.db.clone(), clients);
+    let now = Utc::now();
+    let pass = lookups.run_once(now).await.unwrap();
+    assert_eq!(
+        pass,
+        Pass {
+            parked: 1,
+            rate_limited: 2,
+            ..Pass::default()
+        }
+    );
+    let parked = app.db.money_lookups(Some("parked"), 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].attempt_id.ends_with("/6001"));
+    let reason = parked[0].last_error.as_deref().unwrap();
+    assert!(reason.contains("panicked: client bug"), "{reason}");
+    let pending = app.db.money_lookups(Some("pending"), 10).await.unwrap();
+    let waited = now + chrono::Duration::seconds(30);
+    for row in &pending {
+        assert_eq!(
+            row.due_at.unwrap().timestamp_micros(),
+            waited.timestamp_micros()
+        );
+    }
+    assert_eq!(pending.len(), 2);
+
+    assert_eq!(
+        lookups.run_once(now).await.unwrap(),
+        Pass::default(),
+        "waiting"
+    );
+    let pass = lookups.run_once(waited).await.unwrap();
+    assert_eq!(
+        pass,
+        Pass {
+            posted: 2,
+            ..Pass::default()
+        }
+    );
+    for n in [6002, 6003] {
+        let attempt = format!("gid://shopify/SubscriptionBillingAttempt/{n}");
+        assert_eq!(
+            postings(&app, SHOP, &attempt).await,
+            collection(1000, "USD")
+        );
+    }
+    let first = "gid://shopify/SubscriptionBillingAttempt/6001";
+    assert_eq!(postings(&app, SHOP, first).await, vec![]);
     assert_ledger_sound(&app).await;
     app.stop().await;
 }
