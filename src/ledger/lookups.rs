@@ -123,7 +123,8 @@ impl Db {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<DueLookup>, DbError> {
-        let rows: Vec<(String, String, Option<String>, Option<String>, i32)> = sqlx::query_as(
+        type Row = (String, String, Option<String>, Option<String>, i32);
+        let rows: Vec<Row> = sqlx::query_as(
             "WITH due AS (
                  SELECT source_id, attempt_id FROM money_lookups
                  WHERE status = 'pending' AND due_at <= $1
@@ -212,7 +213,7 @@ impl Db {
             last_event_id: event,
         };
         let key = (source_id.to_owned(), attempt_id.to_owned());
-        post_journal(&mut *tx, &HashMap::from([(key, attempt)])).await?;
+        post_journal(&mut tx, &HashMap::from([(key, attempt)])).await?;
         sqlx::query(
             "UPDATE money_lookups SET status = 'done', due_at = NULL, last_error = NULL,
                     updated_at = now()
