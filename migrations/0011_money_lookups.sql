@@ -28,3 +28,8 @@ CREATE TABLE money_lookups (
 );
 CREATE INDEX money_lookups_due ON money_lookups (due_at) WHERE status = 'pending';
 CREATE INDEX money_lookups_parked ON money_lookups (source_id) WHERE status = 'parked';
+
+-- Attempts stored without money before this migration are looked up too.
+INSERT INTO money_lookups (source_id, attempt_id, due_at)
+SELECT source_id, attempt_id, now() FROM billing_attempts
+WHERE status IN ('succeeded', 'refunded') AND (amount_minor IS NULL OR currency IS NULL);

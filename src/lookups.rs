@@ -21,8 +21,8 @@
 //!   reason, for an operator (`subsync ledger lookups`, `subsync ledger lookups-resume`);
 //! - a panic in the client costs its row (parked with the panic's text), never the pass.
 //!
-//! Sources are looked up side by side, each source's rows in order, so a slow provider
-//! delays only its own rows. Every outcome is counted in
+//! Within a pass, sources are looked up side by side, each source's rows in order; a pass
+//! lasts as long as its slowest source (every call is bounded by its `api.timeout_ms`). Every outcome is counted in
 //! `subsync_money_lookups_total{provider, outcome}` (`posted`, `retried`, `rate_limited`,
 //! `parked`, `panicked`, `not_applicable`); logs name the source and attempt, never a
 //! credential.

@@ -8,6 +8,9 @@
 //! the provider and calls back in here; rows of a source without a money client are
 //! closed as `not_applicable` by it.
 //!
+//! Migration 0011 wrote a row for every such attempt stored before it; `ledger verify`
+//! reports a succeeded attempt without an amount and without a row.
+//!
 //! Exactly once: [`Db::apply_money_lookup`] writes the money onto the attempt (only where
 //! none is stored) and posts its entries through reconciliation's own `post_journal`,
 //! unique per (attempt, kind) and per (cycle, kind), then completes the row: all in one
