@@ -28,7 +28,7 @@ use subsync::{
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::common::{TestApp, TestConfig, catalogue, eventually, spawn_app};
+use crate::common::{ADMIN_TOKEN, TestApp, TestConfig, catalogue, eventually, spawn_app};
 use crate::shopify_schema;
 
 const SHOP: &str = "shop";
@@ -478,6 +478,18 @@ async fn an_attempt_the_provider_does_not_know_is_parked_with_its_reason() {
         "{:?}",
         parked[0].last_error
     );
+    // Operators see it on the admin listener too.
+    let listed: Value = app
+        .admin_get("/admin/money-lookups?status=parked", Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["money_lookups"][0]["attempt_id"], ATTEMPT,
+        "{listed}"
+    );
+    assert_eq!(listed["money_lookups"][0]["status"], "parked");
     let later = Utc::now() + chrono::Duration::days(1);
     assert_eq!(lookups.run_once(later).await.unwrap(), Pass::default());
     assert_eq!(postings(&app, SHOP, ATTEMPT).await, vec![]);
