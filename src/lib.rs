@@ -7,6 +7,8 @@
 //!                                                                  |
 //!                          normalize (provider adapter) --> ledger (one Postgres tx:
 //!                          inbox dedupe + archive [+ attempt state, journal, retries])
+//!
+//! lookups: attempts stored without money --provider API--> ledger (money + journal, one tx)
 //! ```
 //!
 //! Modules (listed alphabetically); each owns one concern. `ingress` never imports

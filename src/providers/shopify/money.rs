@@ -13,6 +13,10 @@
 //! attempt before 2026-04, `state { ... on SubscriptionBillingAttemptSuccessState { order
 //! } }` from 2026-04 on.
 //!
+//! The token needs `read_orders` (without `read_all_orders` Shopify shows only the last
+//! 60 days of orders: an older attempt's order comes back null or as an access error,
+//! and the lookup is parked with that answer).
+//!
 //! Answers: 5xx and transport failures `Transient`, 429 and `THROTTLED` `RateLimited`
 //! (with `Retry-After` or the query-cost wait), 401/403 an authentication failure; a
 //! `null` attempt (unknown id), an attempt that did not succeed, a deleted order or an
