@@ -37,6 +37,8 @@ pub struct Settings {
     #[serde(default)]
     pub dunning: DunningSettings,
     #[serde(default)]
+    pub lookups: LookupSettings,
+    #[serde(default)]
     pub sources: Vec<SourceSettings>,
 }
 
@@ -176,6 +178,33 @@ impl Default for DunningSettings {
             accepted_timeout_secs: 86_400,
             park_after_failures: 5,
             failure_wait_secs: 300,
+            max_rate_limit_wait_secs: 3600,
+        }
+    }
+}
+
+/// The money lookups (`crate::lookups`): attempts whose events carried no amount or
+/// currency, read from the provider's API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LookupSettings {
+    /// How often due lookups are claimed (ms).
+    pub interval_ms: u64,
+    /// Wait after a failed lookup (5xx, timeout); doubled per consecutive failure
+    /// (seconds).
+    pub failure_wait_secs: u64,
+    /// The longest wait after failed lookups (seconds).
+    pub max_failure_wait_secs: u64,
+    /// The longest wait a provider's rate limit may impose (seconds).
+    pub max_rate_limit_wait_secs: u64,
+}
+
+impl Default for LookupSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            failure_wait_secs: 60,
+            max_failure_wait_secs: 3600,
             max_rate_limit_wait_secs: 3600,
         }
     }

@@ -7,6 +7,8 @@
 //!                                                                  |
 //!                          normalize (provider adapter) --> ledger (one Postgres tx:
 //!                          inbox dedupe + archive [+ attempt state, journal, retries])
+//!
+//! lookups: attempts stored without money --provider API--> ledger (money + journal, one tx)
 //! ```
 //!
 //! Modules (listed alphabetically); each owns one concern. `ingress` never imports
@@ -19,6 +21,7 @@
 //! | tables | owner |
 //! |---|---|
 //! | `events`, `billing_attempts`, `subscriptions`, `journal_entries`, `postings` | `ledger` |
+//! | `money_lookups` | `ledger` (rows written by reconciliation for every succeeded attempt without money; the `lookups` role asks the providers and settles them through the ledger) |
 //! | `retries`, `retry_calls` | `dunning` (written inside the ledger's transaction for the failures it reconciles) |
 //! | `sync_state` | `sync` |
 //! | `audit_log`, `dead_letters` | `ops` |
@@ -34,6 +37,7 @@ pub mod envelope;
 pub mod http_error;
 pub mod ingress;
 pub mod ledger;
+pub mod lookups;
 pub mod money;
 pub mod ops;
 pub mod providers;

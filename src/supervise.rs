@@ -189,12 +189,18 @@ pub async fn supervise<F, Fut>(
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let text = payload
+    format!("panicked: {}", panic_text(payload.as_ref()))
+}
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+/// Shared by every loop that catches a panic per item (the retry scheduler, the money
+/// lookups) and by the supervisor.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
-        .map(|s| s.to_string())
+        .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text payload".to_owned());
-    format!("panicked: {text}")
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

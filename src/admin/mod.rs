@@ -27,7 +27,9 @@ use crate::db::Db;
 use crate::dunning::schedule::Dunning;
 use crate::dunning::views::{RetriesQuery, RetryView};
 use crate::http_error::HttpError;
-use crate::ledger::{AttemptView, AttemptsQuery, EventRow, EventsQuery, SubscriptionView};
+use crate::ledger::{
+    AttemptView, AttemptsQuery, EventRow, EventsQuery, LookupView, SubscriptionView,
+};
 use crate::ops::{
     Actor, Quiet,
     audit::{self, AuditRow},
@@ -62,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
         .routes(routes!(billing_attempts))
         .routes(routes!(retries))
         .routes(routes!(retry_resume))
+        .routes(routes!(money_lookups))
         .routes(routes!(dlq_list))
         .routes(routes!(dlq_replay))
         .routes(routes!(dlq_purge))
@@ -251,6 +254,39 @@ async fn retry_resume(
 ) -> Result<axum::Json<RetryView>, HttpError> {
     let resumed = crate::ops::retries::resume(&state.db, &id, &actor).await?;
     resumed.map(axum::Json).ok_or(HttpError::NotFound)
+}
+
+/// Filters of `GET /admin/money-lookups`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LookupsQuery {
+    /// `pending`, `done`, `parked` or `not_applicable`; every row without it.
+    status: Option<String>,
+    /// At most this many rows (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct MoneyLookups {
+    money_lookups: Vec<LookupView>,
+}
+
+#[utoipa::path(get, path = "/admin/money-lookups", tag = "ledger", params(LookupsQuery),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Money lookups (attempts whose money is read from the provider's API), newest change first", body = MoneyLookups),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn money_lookups(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<LookupsQuery>,
+) -> Result<axum::Json<MoneyLookups>, HttpError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let money_lookups = state
+        .db
+        .money_lookups(query.status.as_deref(), limit)
+        .await?;
+    Ok(axum::Json(MoneyLookups { money_lookups }))
 }
 
 /// Filters of `GET /admin/dlq` (replay and purge take the same, with `ids`, as JSON).

@@ -18,6 +18,21 @@ pub enum Command {
     },
     /// Check every journal invariant; exits non-zero on any breach.
     Verify,
+    /// Money lookups (attempts whose money is read from the provider's API): newest
+    /// change first, parked ones by default.
+    Lookups {
+        /// `pending`, `done`, `parked` (default) or `not_applicable`; `all` for every row.
+        #[arg(long, default_value = "parked")]
+        status: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put a source's parked (or not applicable) money lookups back in the queue, due now:
+    /// all of them, or one attempt's.
+    LookupsResume {
+        source_id: String,
+        attempt_id: Option<String>,
+    },
 }
 
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCode> {
@@ -52,6 +67,47 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Lookups { status, limit } => {
+            let status = (status != "all").then_some(status.as_str());
+            print_lookups(&db.money_lookups(status, limit).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::LookupsResume {
+            source_id,
+            attempt_id,
+        } => {
+            // Audited like the other operator writes.
+            let filter = serde_json::json!({ "source_id": source_id, "attempt_id": attempt_id });
+            let actor = crate::ops::Actor::cli();
+            let entry = crate::ops::audit::start(&db, &actor, "lookups.resume", &filter).await?;
+            let n = db
+                .resume_money_lookups(&source_id, attempt_id.as_deref())
+                .await?;
+            entry.finish(&db, n, "ok").await?;
+            println!("{n} money lookup(s) due again");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_lookups(rows: &[crate::ledger::LookupView]) {
+    if rows.is_empty() {
+        println!("no money lookups");
+    }
+    for r in rows {
+        let due = r
+            .due_at
+            .map(|d| d.to_rfc3339())
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{}/{}  {}  tries {}  due {}  {}",
+            r.source_id,
+            r.attempt_id,
+            r.status,
+            r.tries,
+            due,
+            r.last_error.as_deref().unwrap_or("")
+        );
     }
 }
 

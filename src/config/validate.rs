@@ -3,7 +3,7 @@
 //! time arithmetic downstream (chrono's dates, tokio's and sqlx's `Instant + Duration`,
 //! Postgres intervals): none of them may reach a running service.
 
-use super::{ConfigError, DunningSettings, Settings, SourceSettings};
+use super::{ConfigError, DunningSettings, LookupSettings, Settings, SourceSettings};
 
 const DAY: u64 = 86_400;
 /// Longest span of any duration setting in seconds (10 years): far past any sane policy,
@@ -47,6 +47,7 @@ pub(super) fn check(s: &Settings) -> Result<(), ConfigError> {
         MAX_BATCH_WAIT_MS,
     )?;
     dunning(&s.dunning)?;
+    lookups(&s.lookups)?;
     for source in &s.sources {
         retry_policy(source)?;
         source_api_and_sync(source)?;
@@ -102,6 +103,26 @@ fn dunning(d: &DunningSettings) -> Result<(), ConfigError> {
         1,
         u64::from(MAX_PARK_AFTER),
     )?;
+    Ok(())
+}
+
+fn lookups(l: &LookupSettings) -> Result<(), ConfigError> {
+    within("lookups.interval_ms", l.interval_ms, 1, MAX_TICK_MS)?;
+    for (key, value) in [
+        ("lookups.failure_wait_secs", l.failure_wait_secs),
+        ("lookups.max_failure_wait_secs", l.max_failure_wait_secs),
+        (
+            "lookups.max_rate_limit_wait_secs",
+            l.max_rate_limit_wait_secs,
+        ),
+    ] {
+        within(key, value, 1, MAX_SPAN_SECS)?;
+    }
+    if l.failure_wait_secs > l.max_failure_wait_secs {
+        return Err(ConfigError::Invalid(
+            "lookups.failure_wait_secs must not exceed lookups.max_failure_wait_secs".to_owned(),
+        ));
+    }
     Ok(())
 }
 

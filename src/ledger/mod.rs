@@ -1,13 +1,15 @@
 //! The ledger: the only module that writes the ledger tables (events, attempts,
-//! subscriptions, journal), in the one transaction in which an event's effects are
-//! written. The pool and migrations are [`crate::db`]'s.
+//! subscriptions, journal, money lookups), in the one transaction in which an event's
+//! effects are written. The pool and migrations are [`crate::db`]'s.
 
 mod archive;
+mod lookups;
 mod preview;
 mod reconcile;
 mod views;
 
 pub use archive::{ArchivedEvent, EventRow, EventsQuery, NewEvent};
+pub use lookups::{Applied, Closed, DueLookup, LookupView};
 pub use preview::{Change, EventPreview};
 pub use reconcile::{Reconciled, attempt_rank};
 pub use views::{AttemptView, AttemptsQuery, SubscriptionView};

@@ -36,6 +36,10 @@
 //!   committed before the call is made, so every event of such an attempt finds it,
 //!   whatever their order.
 //!
+//! - A succeeded or refunded attempt stored without an amount or currency (Shopify's
+//!   webhooks carry none, Appstle's no currency) gets a money lookup row in the same
+//!   transaction (`lookups.rs`); its entries are posted when the lookup writes the money.
+//!
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
 
@@ -315,7 +319,12 @@ pub(super) async fn reconcile_in(
     link_retry_attempts(&mut *tx, &mut attempts).await?;
     let final_attempts = upsert_attempts(&mut *tx, &attempts).await?;
     let final_refunds = upsert_refunds(&mut *tx, &refunds).await?;
-    post_journal(&mut *tx, &final_attempts, &refunds).await?;
+    let refunded_payments: Vec<(&str, &str)> = refunds
+        .iter()
+        .map(|((s, _), row)| (s.as_str(), row.refund.attempt_id.as_str()))
+        .collect();
+    post_journal(&mut *tx, &final_attempts, &refunded_payments).await?;
+    super::lookups::enqueue(&mut *tx, &final_attempts).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
     let facts = attempt_facts(&attempts, &final_attempts);
     schedule::on_attempts(&mut *tx, dunning, &facts).await?;
@@ -447,14 +456,14 @@ fn attempt_facts(
 }
 
 /// An attempt as stored after the upsert.
-struct FinalAttempt {
-    subscription_id: String,
-    cycle_id: Option<String>,
-    rank: i32,
-    provider_status: String,
-    amount_minor: Option<i64>,
-    currency: Option<String>,
-    last_event_id: i64,
+pub(super) struct FinalAttempt {
+    pub(super) subscription_id: String,
+    pub(super) cycle_id: Option<String>,
+    pub(super) rank: i32,
+    pub(super) provider_status: String,
+    pub(super) amount_minor: Option<i64>,
+    pub(super) currency: Option<String>,
+    pub(super) last_event_id: i64,
 }
 
 async fn upsert_attempts(
@@ -716,11 +725,13 @@ struct NewEntry<'a> {
 }
 
 /// Ensures the entries the stored facts call for: a collection for every attempt that is
-/// (or was) succeeded, then the refunds of the batch's payments (see the module doc).
-async fn post_journal(
+/// (or was) succeeded, then the refunds of the batch's payments — the attempts' and
+/// `refunded_payments` (`(source, attempt)` of the batch's refunds; see the module doc). Also
+/// the path of money read later by a lookup (`lookups.rs`), so its uniqueness covers both.
+pub(super) async fn post_journal(
     tx: &mut sqlx::PgConnection,
     attempts: &HashMap<(String, String), FinalAttempt>,
-    refunds: &BTreeMap<(String, String), RefundRow>,
+    refunded_payments: &[(&str, &str)],
 ) -> Result<(), DbError> {
     let succeeded = attempt_rank(AttemptStatus::Succeeded);
     let mut collections: Vec<NewEntry<'_>> = attempts
@@ -749,11 +760,7 @@ async fn post_journal(
         .filter(|(_, a)| a.rank >= succeeded && a.amount_minor.is_some())
         .map(|((s, a), _)| (s.as_str(), a.as_str()))
         .collect();
-    payments.extend(
-        refunds
-            .iter()
-            .map(|((s, _), row)| (s.as_str(), row.refund.attempt_id.as_str())),
-    );
+    payments.extend(refunded_payments);
     post_refunds(&mut *tx, &payments).await
 }
 

@@ -129,7 +129,7 @@ impl Db {
     pub async fn verify_ledger(&self) -> Result<Vec<String>, DbError> {
         // No `OR` inside an anti-join: it forces a nested loop (quadratic; hours at 200k
         // attempts), where two `NOT EXISTS` are two hash anti-joins.
-        let checks: [(&str, &str); 8] = [
+        let checks: [(&str, &str); 9] = [
             (
                 "entry does not balance per currency",
                 "SELECT entry_id::text FROM postings GROUP BY entry_id, currency HAVING sum(amount_minor) <> 0",
@@ -163,6 +163,13 @@ impl Db {
                    ON a.source_id = e.source_id AND a.attempt_id = e.attempt_id
                  WHERE a.status NOT IN ('succeeded', 'refunded')
                     OR (e.kind = 'refund' AND e.refund_id IS NULL AND a.status <> 'refunded')",
+            ),
+            (
+                "succeeded or refunded attempt without an amount has no money lookup",
+                "SELECT a.source_id || '/' || a.attempt_id FROM billing_attempts a
+                 WHERE a.status IN ('succeeded', 'refunded') AND a.amount_minor IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM money_lookups l WHERE l.source_id = a.source_id
+                                   AND l.attempt_id = a.attempt_id)",
             ),
             (
                 "posting amount differs from its attempt's amount",

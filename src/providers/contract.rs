@@ -5,6 +5,8 @@
 //!   providers whose API takes retries);
 //! - a [`ListClient`] pages through the provider's list API for pull sync (the providers
 //!   with a list API);
+//! - a [`MoneyClient`] reads the amount and currency of a billing attempt from the
+//!   provider's API (the providers whose webhooks do not carry both: Shopify, Appstle);
 //! - its [`DunningMode`] says who retries a failed payment.
 //!
 //! `registry.rs` says which provider has which. The provider folders implement these
@@ -29,6 +31,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::envelope::Envelope;
+use crate::money::Money;
 use crate::providers::http::{Cap, ProviderApiError};
 use crate::providers::support::json_body;
 use crate::providers::{Accepted, NormalizeError, Normalized, Unverified, VerifyError};
@@ -207,4 +210,24 @@ impl Record {
             headers: Vec::new(),
         }
     }
+}
+
+/// The attempt whose money is wanted, with the ids the ledger stored for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoneyQuery {
+    /// The provider's attempt id (Shopify's attempt gid, Appstle's billing-attempt id).
+    pub attempt_id: String,
+    /// The contract, when known.
+    pub subscription_id: Option<String>,
+    /// The billing cycle, when known (Appstle's `{contract}@{billingDate}`).
+    pub cycle_id: Option<String>,
+}
+
+/// The amount and currency of a billing attempt, read from the provider's API. A read:
+/// asking twice is harmless. Errors as for [`ListClient::page`]: 429 (or a throttle)
+/// `RateLimited`, 5xx and transport failures `Transient`, and a permanent answer (not
+/// found, no order, an answer without a usable amount) `Rejected`.
+pub trait MoneyClient: Send + Sync {
+    fn money<'a>(&'a self, query: &'a MoneyQuery)
+    -> BoxFuture<'a, Result<Money, ProviderApiError>>;
 }

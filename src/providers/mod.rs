@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use crate::canonical::CanonicalEvent;
 use crate::config::{ProviderKind, SourceSettings};
 use crate::envelope::Envelope;
-use contract::{Connector, DunningMode, ListClient, RetryClient};
+use contract::{Connector, DunningMode, ListClient, MoneyClient, RetryClient};
 use http::ProviderHttp;
 pub(crate) use support::sha256_hex;
 
@@ -178,6 +178,7 @@ pub struct Source {
     dunning: DunningMode,
     retry: Option<Arc<dyn RetryClient>>,
     list: Option<Arc<dyn ListClient>>,
+    money: Option<Arc<dyn MoneyClient>>,
 }
 
 impl std::fmt::Debug for Source {
@@ -210,6 +211,7 @@ impl Source {
             dunning,
             retry: entry.retry.map(Arc::from),
             list: entry.list.map(Arc::from),
+            money: entry.money.map(Arc::from),
         })
     }
 
@@ -234,6 +236,12 @@ impl Source {
     /// The client of the provider's list API, when `[sources.api]` is set.
     pub fn list_client(&self) -> Option<Arc<dyn ListClient>> {
         self.list.clone()
+    }
+
+    /// The client that reads an attempt's amount and currency from the provider's API,
+    /// for the providers whose webhooks do not carry both (with `[sources.api]` set).
+    pub fn money_client(&self) -> Option<Arc<dyn MoneyClient>> {
+        self.money.clone()
     }
 
     /// The only way to obtain a [`Verified`] request.

@@ -4,7 +4,7 @@
 //! table, dunning and sync ask each `Source`).
 
 use crate::config::{ApiSettings, ProviderKind, SourceSettings};
-use crate::providers::contract::{Connector, DunningMode, ListClient, RetryClient};
+use crate::providers::contract::{Connector, DunningMode, ListClient, MoneyClient, RetryClient};
 use crate::providers::http::ProviderHttp;
 use crate::providers::schemes::{generic_hmac, standard, svix};
 use crate::providers::{appstle, paynow, polar, rebilly, shopify, stripe};
@@ -17,6 +17,9 @@ pub(super) struct Entry {
     pub retry: Option<Box<dyn RetryClient>>,
     /// Built only when the source configures `[sources.api]`.
     pub list: Option<Box<dyn ListClient>>,
+    /// The providers whose webhooks do not carry an attempt's money; built only when the
+    /// source configures `[sources.api]`.
+    pub money: Option<Box<dyn MoneyClient>>,
 }
 
 /// The entry of `settings`' provider; `Err` names the setting the provider cannot use
@@ -33,30 +36,35 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             dunning: DunningMode::CallsApi,
             retry: api.retry(stripe::StripeClient::new),
             list: api.list(stripe::StripeList::new),
+            money: None,
         },
         ProviderKind::Shopify => Entry {
             connector: Box::new(shopify::Shopify::new(secrets)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(shopify::ShopifyClient::new),
             list: api.list(shopify::ShopifyList::new),
+            money: api.money(shopify::ShopifyMoney::new),
         },
         ProviderKind::Appstle => Entry {
             connector: Box::new(appstle::Appstle::new(secrets, tolerance)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(appstle::AppstleClient::new),
             list: api.list(appstle::AppstleList::new),
+            money: api.money(appstle::AppstleMoney::new),
         },
         ProviderKind::Polar => Entry {
             connector: Box::new(polar::new(secrets, tolerance)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(polar::PolarClient::new),
             list: api.list(polar::PolarList::new),
+            money: None,
         },
         ProviderKind::Paynow => Entry {
             connector: Box::new(paynow::PayNow::new(secrets, tolerance)?),
             dunning: DunningMode::ProviderManaged,
             retry: None,
             list: api.list(paynow::PayNowList::new),
+            money: None,
         },
         ProviderKind::Rebilly => Entry {
             connector: Box::new(rebilly::Rebilly::new(
@@ -66,6 +74,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             dunning: DunningMode::ProviderManaged,
             retry: None,
             list: api.list(rebilly::RebillyList::new),
+            money: None,
         },
         ProviderKind::Standard => {
             webhooks_only(standard::StandardWebhooks::new(secrets, tolerance)?)
@@ -78,13 +87,14 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
     })
 }
 
-/// A signature scheme with no API: no dunning, no sync.
+/// A signature scheme with no API: no dunning, no sync, no money lookups.
 fn webhooks_only(connector: impl Connector + 'static) -> Entry {
     Entry {
         connector: Box::new(connector),
         dunning: DunningMode::None,
         retry: None,
         list: None,
+        money: None,
     }
 }
 
@@ -99,6 +109,14 @@ impl Api<'_> {
         &self,
         new: fn(&ApiSettings, ProviderHttp) -> C,
     ) -> Option<Box<dyn RetryClient>> {
+        let client = new(self.settings?, self.http.clone());
+        Some(Box::new(client))
+    }
+
+    fn money<C: MoneyClient + 'static>(
+        &self,
+        new: fn(&ApiSettings, ProviderHttp) -> C,
+    ) -> Option<Box<dyn MoneyClient>> {
         let client = new(self.settings?, self.http.clone());
         Some(Box::new(client))
     }
@@ -126,7 +144,10 @@ mod tests {
         for kind in ProviderKind::ALL {
             let mut settings = settings_for(kind);
             let bare = entry(&settings, &http).unwrap();
-            assert!(bare.retry.is_none() && bare.list.is_none(), "{kind:?}");
+            assert!(
+                bare.retry.is_none() && bare.list.is_none() && bare.money.is_none(),
+                "{kind:?}"
+            );
             settings.api = Some(api_settings("http://127.0.0.1:9/", "tok"));
             let with_api = entry(&settings, &http).unwrap();
             let (calls, lists, mode) = match kind {
@@ -144,6 +165,18 @@ mod tests {
             assert_eq!(with_api.retry.is_some(), calls, "{kind:?}");
             assert_eq!(with_api.list.is_some(), lists, "{kind:?}");
             assert_eq!(with_api.dunning, mode, "{kind:?}");
+            // Only the webhooks without an attempt's money need it read from the API.
+            let reads_money = match kind {
+                ProviderKind::Shopify | ProviderKind::Appstle => true,
+                ProviderKind::Stripe
+                | ProviderKind::Polar
+                | ProviderKind::Paynow
+                | ProviderKind::Rebilly
+                | ProviderKind::Standard
+                | ProviderKind::Svix
+                | ProviderKind::Hmac => false,
+            };
+            assert_eq!(with_api.money.is_some(), reads_money, "{kind:?}");
             assert_eq!(bare.dunning, mode, "{kind:?}");
         }
     }

@@ -14,6 +14,10 @@ mod rebilly_definitions;
 /// the unit tests use, see `tests/fixtures/README.md`).
 #[path = "../../src/providers/testing/schema.rs"]
 mod schema;
+/// Shopify's copied Admin GraphQL schemas and their query checker, the ones the unit tests
+/// use.
+#[path = "../../src/providers/shopify/schema.rs"]
+mod shopify_schema;
 
 mod binary;
 mod broker_outage;
@@ -27,6 +31,7 @@ mod ledger;
 mod ledger_concurrency;
 mod ledger_order;
 mod ledger_views;
+mod money;
 mod providers;
 mod rebilly_truth;
 mod supervision;

@@ -229,3 +229,31 @@ fn worker_settings_are_bounded() {
         }],
     );
 }
+
+#[test]
+fn money_lookup_tick_and_waits_are_bounded() {
+    refused(
+        "lookups.interval_ms",
+        &[&|s| s.lookups.interval_ms = 0, &|s| {
+            s.lookups.interval_ms = u64::MAX
+        }],
+    );
+    refused(
+        "lookups.failure_wait_secs",
+        &[&|s| s.lookups.failure_wait_secs = 0, &|s| {
+            s.lookups.failure_wait_secs = u64::MAX
+        }],
+    );
+    refused(
+        "lookups.max_rate_limit_wait_secs",
+        &[&|s| s.lookups.max_rate_limit_wait_secs = 0],
+    );
+    refused(
+        "lookups.failure_wait_secs must not exceed",
+        &[&|s| {
+            s.lookups.failure_wait_secs = 7200;
+            s.lookups.max_failure_wait_secs = 3600;
+        }],
+    );
+    assert!(settings().validate().is_ok(), "the defaults are valid");
+}

@@ -1,7 +1,7 @@
 //! One claimed retry: the call (with a panic caught as the retry's failure), the row its
 //! result leads to, and the write of both. Apart from the loop so each stays readable.
 
-use std::{any::Any, panic::AssertUnwindSafe, time::Duration};
+use std::{panic::AssertUnwindSafe, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
@@ -134,11 +134,4 @@ pub(super) fn count_parked(source_id: &str, cycle_key: &str, error: &str) {
     );
 }
 
-/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
-pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
+pub(super) use crate::supervise::panic_text as panic_message;

@@ -277,7 +277,7 @@ fn all_billed_before(attempts: &[Attempt], since: Option<DateTime<Utc>>) -> bool
 
 /// A field of the attempt that is a JSON string or integer, as text; `None` when missing,
 /// null, empty or other JSON.
-fn field(attempt: &Attempt, name: &str) -> Option<String> {
+pub(super) fn field(attempt: &Attempt, name: &str) -> Option<String> {
     let raw = attempt.get(name)?.get().trim();
     let text = if raw.starts_with('"') {
         serde_json::from_str::<String>(raw).ok()?

@@ -15,7 +15,9 @@
 //! - `amount` = `orderAmountContractCurrency` when it is an object with its own amount and
 //!   currency code, else `orderAmount` (major-unit decimal) in `currency`/`currencyCode`.
 //!   With no currency at all the amount is left `None` rather than guessed (Appstle's
-//!   `orderAmount` is in the shop's currency, which the record does not always name).
+//!   `orderAmount` is in the shop's currency, which the record does not always name): a
+//!   succeeded attempt without money is then looked up (`money.rs`: its past order and
+//!   its contract's currency).
 //! - `attempted_at` = `attemptTime`; `attempt_count` = `attemptCount`; `next_attempt_at` is
 //!   not sent by Appstle.
 //! - `error_code`/`error_message` from `billingAttemptResponseMessage`, a JSON string
@@ -33,6 +35,7 @@
 //! Every other type (`subscription.next-order-date-changed`, `membership.*`...) is ignored.
 
 mod list;
+mod money;
 mod retry;
 mod webhook;
 
@@ -41,6 +44,7 @@ use std::time::SystemTime;
 use secrecy::SecretString;
 
 pub(super) use list::AppstleList;
+pub(super) use money::AppstleMoney;
 pub(super) use retry::AppstleClient;
 
 use crate::envelope::Envelope;

@@ -63,7 +63,7 @@
 //! covered topics a missing attempt/contract id, an unknown status or currency, a
 //! non-integer `revision_id`, a skip without `cycle_index`.
 //!
-//! # Admin GraphQL (`retry.rs`, `list.rs`; plumbing in `admin.rs`)
+//! # Admin GraphQL (`retry.rs`, `list.rs`, `money.rs`; plumbing in `admin.rs`)
 //!
 //! `POST {base_url}/admin/api/{api_version}/graphql.json` with `X-Shopify-Access-Token`.
 //! `api.api_version` defaults to `2026-04`, a supported version whose schema (copied in
@@ -89,17 +89,20 @@
 //! Error codes are kept in the enum's upper case; the 2026-04 split enums (payment, general,
 //! inventory) use the names of the flat enum. Their decline buckets are in
 //! `dunning/decline.rs`. The retry client maps the outcome to its answer, the list client
-//! renders the webhook the outcome would have sent (see their headers).
+//! renders the webhook the outcome would have sent (see their headers). The money client
+//! reads a succeeded attempt's order total, which the webhooks do not carry (`money.rs`).
 
 mod admin;
 mod attempt;
 mod list;
+mod money;
 mod retry;
 #[cfg(test)]
 mod schema;
 mod webhook;
 
 pub(super) use list::ShopifyList;
+pub(super) use money::ShopifyMoney;
 pub(super) use retry::ShopifyClient;
 
 use std::time::SystemTime;
