@@ -3,11 +3,16 @@
 //! written. The pool and migrations are [`crate::db`]'s.
 
 mod archive;
+mod correct;
 mod preview;
 mod reconcile;
 mod views;
 
 pub use archive::{ArchivedEvent, EventRow, EventsQuery, NewEvent};
+pub use correct::{
+    BalanceChange, CorrectError, Correction, CorrectionOutcome, CorrectionScope, Normalizer,
+    SHADOWED,
+};
 pub use preview::{Change, EventPreview};
 pub use reconcile::{Reconciled, attempt_rank};
 pub use views::{AttemptView, AttemptsQuery, SubscriptionView};

@@ -1,0 +1,508 @@
+//! Corrections: a subscription (or an attempt without one) recomputed from its whole
+//! archived history, normalized with the current code, and the ledger brought to that
+//! state. The one place where an attempt's or a subscription's status may go down.
+//!
+//! The recomputation is the reconcile itself, unchanged: inside the transaction, every
+//! table the reconcile writes ([`SHADOWED`]) gets an empty scratch copy (`CREATE TEMP
+//! TABLE x (LIKE x INCLUDING ALL) ON COMMIT DROP`); `pg_temp` comes first on the search
+//! path, so the reconcile's unqualified statements write into the copies. The events are
+//! reconciled one at a time in archive order; the copies are read and dropped, and the
+//! real tables compared with them:
+//! - attempt and subscription rows are state: set to the recomputed rows (inserted,
+//!   updated, or deleted when no archived event gives them a state any more);
+//! - the journal is append-only: the entries the recomputation posted and the journal
+//!   lacks are appended as they are (so the reconcile never posts them again), then each
+//!   balance per (subscription, account, currency) that still differs is moved by one
+//!   `correction` entry per (subscription, currency), which balances. Nothing is updated
+//!   or deleted.
+//!
+//! The connection is one of its own without a statement cache: a statement prepared
+//! while the names resolved to the real tables must never run against the copies, or the
+//! other way round. `REPEATABLE READ` and row locks keep a concurrent worker's event
+//! either wholly before the snapshot (in the history) or after the commit (applied on
+//! top, as a forward merge); a conflict is retried.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use super::archive::NewEvent;
+use super::preview::Change;
+use super::reconcile::{Inbox, reconcile_in};
+use crate::canonical::CanonicalEvent;
+use crate::db::{Db, DbError};
+use crate::dunning::schedule::Dunning;
+use crate::envelope::Envelope;
+
+mod apply;
+mod history;
+mod journal;
+
+/// Every table the reconcile writes, in the order the scratch copies are created. A table
+/// the reconcile starts writing is one more line here. Not shadowed: `events` (the
+/// history itself, read as it is; its normalization and outcomes are updated to the
+/// current code's, as a replay does) and `retry_calls` (only read, to link Shopify's
+/// retry attempts to their cycles: the copy would have lost the links).
+pub const SHADOWED: &[&str] = &[
+    "billing_attempts",
+    "subscriptions",
+    "journal_entries",
+    "postings",
+    // Dunning writes the retries of the failures it reconciles. Recomputed retries are
+    // not applied: they are call history (calls made, keys sent), not a function of the
+    // events.
+    "retries",
+];
+
+/// The state tables that are set to their recomputed rows: (entity, table, id column).
+const STATE: [(&str, &str, &str); 2] = [
+    ("billing_attempt", "billing_attempts", "attempt_id"),
+    ("subscription", "subscriptions", "subscription_id"),
+];
+
+/// Columns that say which event set a row and when, not what the state is.
+const BOOKKEEPING: [&str; 2] = ["last_event_id", "updated_at"];
+
+/// Normalizes an archived event with the current code: its event type and canonical
+/// events, or why it cannot.
+pub type Normalizer<'a> =
+    dyn Fn(&Envelope) -> Result<(String, Vec<CanonicalEvent>), String> + Send + Sync + 'a;
+
+/// What to recompute: subscriptions and attempts of one source, and archived rows that
+/// belong to their history whatever their archived normalization says (the window's).
+#[derive(Debug, Clone, Copy)]
+pub struct CorrectionScope<'a> {
+    pub source_id: &'a str,
+    pub subscriptions: &'a [String],
+    pub attempts: &'a [String],
+    pub event_ids: &'a [i64],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorrectError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("archived event {event_id} no longer normalizes: {error}")]
+    Unnormalizable { event_id: String, error: String },
+    #[error("the recomputed balances of {0} do not sum to zero per currency")]
+    Unbalanced(String),
+}
+
+impl From<sqlx::Error> for CorrectError {
+    fn from(error: sqlx::Error) -> Self {
+        CorrectError::Db(DbError::Sqlx(error))
+    }
+}
+
+/// One account's balance in one currency: as the journal has it, and recomputed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BalanceChange {
+    pub account: String,
+    pub currency: String,
+    pub before: i64,
+    pub after: i64,
+}
+
+/// What differs for one subscription (or one attempt without a subscription).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Correction {
+    /// `null` for an attempt without a subscription (then `attempt_id` names it).
+    pub subscription_id: Option<String>,
+    pub attempt_id: Option<String>,
+    /// Attempt and subscription rows: before → after (bookkeeping columns left out).
+    pub changes: Vec<Change>,
+    /// The balances that differ: before → after.
+    pub balances: Vec<BalanceChange>,
+    /// Journal entries appended (a dry run: that would be): entries the recomputation
+    /// posted and the journal lacked, and the `correction` entries.
+    pub appended: u64,
+    /// Their ids (empty for a dry run).
+    pub entry_ids: Vec<i64>,
+}
+
+/// The outcome of one recomputation.
+#[derive(Debug, Clone, Default)]
+pub struct CorrectionOutcome {
+    /// Archived events reconciled into the scratch copies.
+    pub events: u64,
+    /// Every subscription and attempt the history reached (for callers that recompute
+    /// in several calls: these are done).
+    pub subscriptions: Vec<String>,
+    pub attempts: Vec<String>,
+    /// Subscriptions plus attempts without a subscription that were compared.
+    pub examined: u64,
+    /// Those that differed.
+    pub corrections: Vec<Correction>,
+}
+
+/// Where a row or a posting belongs: its subscription, or, without one, its attempt.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Unit {
+    Subscription(String),
+    Attempt(String),
+}
+
+impl Unit {
+    fn ids(&self) -> (Option<String>, Option<String>) {
+        match self {
+            Unit::Subscription(s) => (Some(s.clone()), None),
+            Unit::Attempt(a) => (None, Some(a.clone())),
+        }
+    }
+}
+
+impl Db {
+    /// Recomputes `scope` and brings the ledger to the recomputed state; `dry_run` rolls
+    /// everything back and only reports. `audit_id` is the audited run the corrections
+    /// are posted under.
+    pub async fn correct(
+        &self,
+        scope: CorrectionScope<'_>,
+        normalize: &Normalizer<'_>,
+        dunning: &Dunning,
+        dry_run: bool,
+        audit_id: Option<i64>,
+    ) -> Result<CorrectionOutcome, CorrectError> {
+        let options = (*self.pool().connect_options())
+            .clone()
+            .statement_cache_capacity(0);
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let mut tries = 0;
+        let result = loop {
+            let run = Run {
+                scope,
+                normalize,
+                dunning,
+                audit_id,
+            };
+            match run.on(&mut conn, dry_run).await {
+                Err(CorrectError::Db(DbError::Sqlx(sqlx::Error::Database(e))))
+                    if tries < 5 && matches!(e.code().as_deref(), Some("40001" | "40P01")) =>
+                {
+                    tries += 1;
+                }
+                other => break other,
+            }
+        };
+        // The connection had the scratch copies: it is closed, never pooled.
+        let _ = conn.close().await;
+        result
+    }
+}
+
+struct Run<'a, 'n> {
+    scope: CorrectionScope<'a>,
+    normalize: &'a Normalizer<'n>,
+    dunning: &'a Dunning,
+    audit_id: Option<i64>,
+}
+
+/// Rows of the state tables by (entity, id): whole rows as JSON.
+type Rows = BTreeMap<(&'static str, String), Value>;
+
+impl Run<'_, '_> {
+    async fn on(
+        &self,
+        conn: &mut PgConnection,
+        dry_run: bool,
+    ) -> Result<CorrectionOutcome, CorrectError> {
+        let source = self.scope.source_id;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        // One correction of a source at a time (two would post the same difference twice).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('subsync.correct'), hashtext($1))")
+            .bind(source)
+            .execute(&mut *tx)
+            .await?;
+        let history = history::gather(&mut tx, self.scope, self.normalize).await?;
+        let (subs, atts) = (&history.subscriptions, &history.attempts);
+        history::lock(&mut tx, source, subs, atts).await?;
+        let real = read_state(&mut tx, "", source, subs, atts).await?;
+
+        create_scratch(&mut tx).await?;
+        for event in &history.events {
+            let new = [NewEvent {
+                envelope: &event.envelope,
+                event_type: &event.event_type,
+                events: &event.events,
+            }];
+            reconcile_in(&mut tx, &new, Inbox::Archived(&[event.id]), self.dunning).await?;
+        }
+        let scratch = read_state(&mut tx, "pg_temp.", source, subs, atts).await?;
+        let scratch_balances = journal::balances(&mut tx, "pg_temp.", source, subs, atts).await?;
+        let scratch_entries = journal::entries(&mut tx, "pg_temp.", source, subs, atts).await?;
+        drop_scratch(&mut tx).await?;
+
+        let units = Units::new(&real, &scratch);
+        let real_balances = journal::balances(&mut tx, "", source, subs, atts).await?;
+        let mut corrections = diff(
+            &units,
+            &real,
+            &scratch,
+            &journal::per_unit(&units, &real_balances),
+            &journal::per_unit(&units, &scratch_balances),
+        );
+        apply::rows(&mut tx, source, &real, &scratch).await?;
+        let appended = journal::append(
+            &mut tx,
+            &journal::Target {
+                source,
+                subscriptions: subs,
+                attempts: atts,
+                audit_id: self.audit_id,
+                latest_event: history.events.last().map_or(0, |e| e.id),
+            },
+            &units,
+            &scratch_entries,
+            &scratch_balances,
+        )
+        .await?;
+        for (unit, ids) in appended {
+            let c = correction(&mut corrections, unit);
+            c.appended = ids.len() as u64;
+            if !dry_run {
+                c.entry_ids = ids;
+            }
+        }
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(CorrectionOutcome {
+            events: history.events.len() as u64,
+            examined: units.all(subs).len() as u64,
+            subscriptions: subs.iter().cloned().collect(),
+            attempts: atts.iter().cloned().collect(),
+            corrections: corrections.into_values().collect(),
+        })
+    }
+}
+
+/// Which unit each attempt belongs to: its recomputed subscription, else the one the
+/// ledger has, else itself.
+struct Units {
+    of_attempt: BTreeMap<String, Unit>,
+    /// The latest event that set a recomputed row of each unit.
+    latest: BTreeMap<Unit, i64>,
+}
+
+impl Units {
+    fn new(real: &Rows, scratch: &Rows) -> Self {
+        let mut of_attempt = BTreeMap::new();
+        for rows in [real, scratch] {
+            for ((entity, id), row) in rows {
+                if *entity != "billing_attempt" {
+                    continue;
+                }
+                let unit = match row.get("subscription_id").and_then(Value::as_str) {
+                    Some(s) if !s.is_empty() => Unit::Subscription(s.to_owned()),
+                    _ => Unit::Attempt(id.clone()),
+                };
+                // The recomputed row (read second) wins.
+                of_attempt.insert(id.clone(), unit);
+            }
+        }
+        let mut units = Self {
+            of_attempt,
+            latest: BTreeMap::new(),
+        };
+        for ((entity, id), row) in scratch {
+            let Some(event) = row.get("last_event_id").and_then(Value::as_i64) else {
+                continue;
+            };
+            let latest = units.latest.entry(units.of_row(entity, id)).or_default();
+            *latest = (*latest).max(event);
+        }
+        units
+    }
+
+    fn latest_event(&self, unit: &Unit) -> Option<i64> {
+        self.latest.get(unit).copied()
+    }
+
+    fn attempt(&self, attempt_id: &str) -> Unit {
+        self.of_attempt
+            .get(attempt_id)
+            .cloned()
+            .unwrap_or_else(|| Unit::Attempt(attempt_id.to_owned()))
+    }
+
+    /// The unit of postings filed under `subscription_id` (and, under '', `attempt_id`).
+    fn of_entry(&self, subscription_id: &str, attempt_id: Option<&str>) -> Unit {
+        match attempt_id {
+            Some(a) if subscription_id.is_empty() => self.attempt(a),
+            _ => Unit::Subscription(subscription_id.to_owned()),
+        }
+    }
+
+    fn of_row(&self, entity: &str, id: &str) -> Unit {
+        if entity == "billing_attempt" {
+            self.attempt(id)
+        } else {
+            Unit::Subscription(id.to_owned())
+        }
+    }
+
+    /// Every unit compared: the subscriptions and the attempts without one.
+    fn all(&self, subscriptions: &BTreeSet<String>) -> BTreeSet<Unit> {
+        let mut all: BTreeSet<Unit> = subscriptions
+            .iter()
+            .map(|s| Unit::Subscription(s.clone()))
+            .collect();
+        all.extend(
+            self.of_attempt
+                .values()
+                .filter(|u| matches!(u, Unit::Attempt(_)))
+                .cloned(),
+        );
+        all
+    }
+}
+
+/// Balances per (unit, account, currency).
+type Balances = BTreeMap<(Unit, String, String), i64>;
+
+/// The differences of rows and balances, per unit (units without one are left out).
+fn diff(
+    units: &Units,
+    real: &Rows,
+    scratch: &Rows,
+    real_balances: &Balances,
+    scratch_balances: &Balances,
+) -> BTreeMap<Unit, Correction> {
+    let mut out: BTreeMap<Unit, Correction> = BTreeMap::new();
+    let keys: BTreeSet<&(&'static str, String)> = real.keys().chain(scratch.keys()).collect();
+    for key in keys {
+        let (before, after) = (
+            real.get(key).map(|r| state_of(key.0, r)),
+            scratch.get(key).map(|r| state_of(key.0, r)),
+        );
+        if before != after {
+            correction(&mut out, units.of_row(key.0, &key.1))
+                .changes
+                .push(Change {
+                    entity: key.0,
+                    id: key.1.clone(),
+                    before,
+                    after,
+                });
+        }
+    }
+    let keys: BTreeSet<&(Unit, String, String)> = real_balances
+        .keys()
+        .chain(scratch_balances.keys())
+        .collect();
+    for key in keys {
+        let before = real_balances.get(key).copied().unwrap_or(0);
+        let after = scratch_balances.get(key).copied().unwrap_or(0);
+        if before != after {
+            correction(&mut out, key.0.clone())
+                .balances
+                .push(BalanceChange {
+                    account: key.1.clone(),
+                    currency: key.2.clone(),
+                    before,
+                    after,
+                });
+        }
+    }
+    out
+}
+
+/// The unit's correction, empty until something is found.
+fn correction(all: &mut BTreeMap<Unit, Correction>, unit: Unit) -> &mut Correction {
+    let (subscription_id, attempt_id) = unit.ids();
+    all.entry(unit).or_insert_with(|| Correction {
+        subscription_id,
+        attempt_id,
+        changes: Vec::new(),
+        balances: Vec::new(),
+        appended: 0,
+        entry_ids: Vec::new(),
+    })
+}
+
+/// A row's state: without its key and bookkeeping columns.
+fn state_of(entity: &str, row: &Value) -> Value {
+    let mut row = row.clone();
+    if let Value::Object(map) = &mut row {
+        let id_column = STATE.iter().find(|s| s.0 == entity).map_or("", |s| s.2);
+        for column in ["source_id", id_column].into_iter().chain(BOOKKEEPING) {
+            map.remove(column);
+        }
+    }
+    row
+}
+
+/// The rows of the state tables for these keys, from the real tables (`prefix` "") or
+/// the scratch copies (`"pg_temp."`).
+async fn read_state(
+    tx: &mut PgConnection,
+    prefix: &str,
+    source: &str,
+    subscriptions: &BTreeSet<String>,
+    attempts: &BTreeSet<String>,
+) -> Result<Rows, CorrectError> {
+    let mut rows = Rows::new();
+    for (entity, table, id_column) in STATE {
+        let ids: Vec<&str> = if entity == "subscription" {
+            subscriptions.iter().map(String::as_str).collect()
+        } else {
+            attempts.iter().map(String::as_str).collect()
+        };
+        let sql = format!(
+            "SELECT t.{id_column}, to_jsonb(t) FROM {prefix}{table} t
+             WHERE t.source_id = $1 AND t.{id_column} = ANY($2)"
+        );
+        let found: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(source)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        rows.extend(found.into_iter().map(|(id, row)| ((entity, id), row)));
+    }
+    Ok(rows)
+}
+
+/// Empty scratch copies of [`SHADOWED`], checked to be what the unqualified names now
+/// resolve to.
+async fn create_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
+    for table in SHADOWED {
+        // Identity columns get sequences of their own; indexes (the unique keys the
+        // reconcile's `ON CONFLICT` relies on), defaults and checks come along; foreign
+        // keys and triggers do not (the copies only ever hold the reconcile's writes).
+        let sql = format!("CREATE TEMP TABLE {table} (LIKE {table} INCLUDING ALL) ON COMMIT DROP");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let names: Vec<&str> = SHADOWED.to_vec();
+    let (shadowed,): (bool,) = sqlx::query_as(
+        "SELECT bool_and(to_regclass(t) = to_regclass('pg_temp.' || t)) FROM UNNEST($1::text[]) AS t",
+    )
+    .bind(&names)
+    .fetch_one(&mut *tx)
+    .await?;
+    assert!(shadowed, "the scratch copies shadow the ledger tables");
+    Ok(())
+}
+
+async fn drop_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
+    let sql = format!(
+        "DROP TABLE {}",
+        SHADOWED
+            .iter()
+            .map(|t| format!("pg_temp.{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
