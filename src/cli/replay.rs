@@ -6,7 +6,9 @@ use super::{Spinner, dlq::status, parse_time};
 use crate::app::Catalogue;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::ops::{Actor, replay};
+use crate::dunning::schedule::Dunning;
+use crate::ops::{Actor, correct::correct_archived, replay};
+use crate::providers::Sources;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,6 +20,11 @@ pub struct Args {
     /// Events received before (default: now).
     #[arg(long, value_parser = parse_time)]
     until: Option<DateTime<Utc>>,
+    /// Recompute each subscription (or attempt without one) the window's events touch from
+    /// ALL its archived events and correct the ledger to it: statuses may go down, the
+    /// journal gets compensating `correction` entries (never edits).
+    #[arg(long)]
+    correct: bool,
     /// Show what would change; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -34,6 +41,9 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
         until: args.until,
         dry_run: args.dry_run,
     };
+    if args.correct {
+        return correct(&db, &sources, &dunning, &request, args.json).await;
+    }
     let spinner = Spinner::new(args.json);
     let result =
         replay::replay_archived(&db, &sources, &dunning, &request, &Actor::cli(), &spinner).await;
@@ -73,5 +83,81 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
             report.events, report.outcomes, report.failed
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--correct`: the differences (attempt and subscription statuses, each account's
+/// balance per subscription) before → after, and what was appended.
+async fn correct(
+    db: &Db,
+    sources: &Sources,
+    dunning: &Dunning,
+    request: &replay::ReplayRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let spinner = Spinner::new(json);
+    let result = correct_archived(db, sources, dunning, request, &Actor::cli(), &spinner).await;
+    spinner.finish();
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if report.dry_run {
+        "WOULD CORRECT"
+    } else {
+        "CORRECTED"
+    };
+    for c in &report.corrections {
+        let unit = match (&c.subscription_id, &c.attempt_id) {
+            (Some(s), _) => format!("subscription {s}"),
+            (None, Some(a)) => format!("attempt {a} (no subscription)"),
+            (None, None) => "-".to_owned(),
+        };
+        println!("{verb} {unit}");
+        for change in &c.changes {
+            println!(
+                "  {} {}: {} -> {}",
+                change.entity,
+                change.id,
+                status(&change.before),
+                status(&change.after)
+            );
+        }
+        for b in &c.balances {
+            println!(
+                "  balance {} {}: {} -> {}",
+                b.account, b.currency, b.before, b.after
+            );
+        }
+        if c.appended > 0 {
+            println!(
+                "  journal: {} entr(y/ies) appended {:?}",
+                c.appended, c.entry_ids
+            );
+        }
+    }
+    for f in &report.failures {
+        println!(
+            "FAILED {} ({})",
+            f.event_id,
+            f.error.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "{}{} event(s) in the window; {} subscription(s)/attempt(s) recomputed from {} archived event(s); {} differ{}; {} journal entr(y/ies) appended; {} no longer normalize",
+        if report.dry_run { "dry run: " } else { "" },
+        report.events,
+        report.examined,
+        report.recomputed_events,
+        report.corrected,
+        if report.dry_run {
+            " (nothing changed)"
+        } else {
+            " (corrected)"
+        },
+        report.appended,
+        report.failed
+    );
     Ok(ExitCode::SUCCESS)
 }
