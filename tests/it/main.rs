@@ -14,6 +14,7 @@ mod schema;
 
 mod binary;
 mod broker_outage;
+mod correct;
 mod database_outage;
 mod dead_letter_index;
 mod dlq;
