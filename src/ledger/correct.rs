@@ -16,9 +16,11 @@
 //!   `correction` entry per (subscription, currency), which balances. Nothing is updated
 //!   or deleted.
 //!
-//! The connection is one of its own without a statement cache: a statement prepared
-//! while the names resolved to the real tables must never run against the copies, or the
-//! other way round. `REPEATABLE READ` and row locks keep a concurrent worker's event
+//! The connection is one of its own, closed afterwards, and its statement cache is
+//! emptied when the copies appear and when they go: a statement prepared while the names
+//! resolved to the real tables must never run against the copies, or the other way round
+//! (PostgreSQL re-plans a cached statement when a table it uses is dropped, not when a new
+//! table comes to shadow it). `REPEATABLE READ` and row locks keep a concurrent worker's event
 //! either wholly before the snapshot (in the history) or after the commit (applied on
 //! top, as a forward merge); a conflict is retried.
 
@@ -88,6 +90,8 @@ pub enum CorrectError {
     Unnormalizable { event_id: String, error: String },
     #[error("the recomputed balances of {0} do not sum to zero per currency")]
     Unbalanced(String),
+    #[error("the scratch copies do not shadow the ledger tables")]
+    NotShadowed,
 }
 
 impl From<sqlx::Error> for CorrectError {
@@ -165,10 +169,7 @@ impl Db {
         dry_run: bool,
         audit_id: Option<i64>,
     ) -> Result<CorrectionOutcome, CorrectError> {
-        let options = (*self.pool().connect_options())
-            .clone()
-            .statement_cache_capacity(0);
-        let mut conn = PgConnection::connect_with(&options).await?;
+        let mut conn = PgConnection::connect_with(&self.pool().connect_options()).await?;
         let mut tries = 0;
         let result = loop {
             let run = Run {
@@ -470,8 +471,9 @@ async fn read_state(
 }
 
 /// Empty scratch copies of [`SHADOWED`], checked to be what the unqualified names now
-/// resolve to.
+/// resolve to; no statement prepared before runs on them.
 async fn create_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
+    tx.clear_cached_statements().await?;
     for table in SHADOWED {
         // Identity columns get sequences of their own; indexes (the unique keys the
         // reconcile's `ON CONFLICT` relies on), defaults and checks come along; foreign
@@ -488,10 +490,14 @@ async fn create_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
     .bind(&names)
     .fetch_one(&mut *tx)
     .await?;
-    assert!(shadowed, "the scratch copies shadow the ledger tables");
-    Ok(())
+    if shadowed {
+        Ok(())
+    } else {
+        Err(CorrectError::NotShadowed)
+    }
 }
 
+/// Drops the copies; no statement prepared on them runs again.
 async fn drop_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
     let sql = format!(
         "DROP TABLE {}",
@@ -504,5 +510,6 @@ async fn drop_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .execute(&mut *tx)
         .await?;
+    tx.clear_cached_statements().await?;
     Ok(())
 }

@@ -277,7 +277,9 @@ async fn correct_chunk(
             Ok(crate::ledger::CorrectionOutcome::default())
         }
         Err(CorrectError::Db(e)) => Err(e.into()),
-        Err(e @ CorrectError::Unbalanced(_)) => Err(OpsError::Ledger(e.to_string())),
+        Err(e @ (CorrectError::Unbalanced(_) | CorrectError::NotShadowed)) => {
+            Err(OpsError::Ledger(e.to_string()))
+        }
     }
 }
 

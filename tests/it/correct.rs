@@ -78,6 +78,28 @@ fn order(id: &str, sub: &str, amount: i64, paid: bool, at: DateTime<Utc>) -> Val
     )
 }
 
+/// A one-time purchase: an order of no subscription, paid.
+fn purchase(id: &str, amount: i64, at: DateTime<Utc>) -> Value {
+    generated(
+        definitions().schema("Order"),
+        &[
+            ("/id", json!(id)),
+            ("/status", json!("paid")),
+            ("/paid", json!(true)),
+            ("/billing_reason", json!("purchase")),
+            ("/created_at", json!(at.to_rfc3339())),
+            ("/modified_at", json!(at.to_rfc3339())),
+            ("/total_amount", json!(amount)),
+            ("/currency", json!("usd")),
+            ("/customer_id", json!(CUSTOMER)),
+            ("/customer/id", json!(CUSTOMER)),
+            ("/subscription_id", Value::Null),
+            ("/subscription", Value::Null),
+            ("/next_payment_attempt_at", Value::Null),
+        ],
+    )
+}
+
 fn subscription(sub: &str, status: &str, at: DateTime<Utc>) -> Value {
     generated(
         definitions().schema("Subscription"),
@@ -608,5 +630,71 @@ async fn a_payment_wrongly_mapped_as_failed_is_collected_by_the_entry_the_reconc
         ],
         "collected once"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_without_a_subscription_is_corrected_on_its_own() {
+    let (config, app) = polar_app().await;
+    let t0 = Utc::now() - chrono::Duration::minutes(30);
+    let (wrong, right) = (
+        "8a4c1f0e-0000-4000-8000-0000000000e1",
+        "8a4c1f0e-0000-4000-8000-0000000000e2",
+    );
+    deliver(
+        &app,
+        &[(
+            "msg_right",
+            webhook("order.paid", &purchase(right, 500, t0), t0),
+        )],
+    )
+    .await;
+    delivered_by_an_old_mapping(
+        &app,
+        "msg_wrong",
+        "order.paid",
+        webhook("order.paid", &purchase(wrong, 900, t0), t0),
+        |a| a.amount = Some(Money::from_minor(1000, "USD").unwrap()),
+    )
+    .await;
+    let Catalogue { sources, dunning } = catalogue(&app.settings);
+    let actor = Actor("cli:test".into());
+    let report = correct_archived(&app.db, &sources, &dunning, &request(false), &actor, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.examined, report.corrected, report.appended),
+        (2, 1, 1)
+    );
+    let c = &report.corrections[0];
+    assert_eq!(
+        (c.subscription_id.as_deref(), c.attempt_id.as_deref()),
+        (None, Some(wrong))
+    );
+    assert_eq!(
+        corrections(&config).await,
+        [vec![
+            "collected -100 USD".to_owned(),
+            "receivable 100 USD".to_owned()
+        ]]
+    );
+    let mut conn = sqlx::PgConnection::connect(&config.database_url)
+        .await
+        .unwrap();
+    let (subscription, attempt): (String, Option<String>) = sqlx::query_as(
+        "SELECT subscription_id, attempt_id FROM journal_entries WHERE kind = 'correction'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (subscription.as_str(), attempt.as_deref()),
+        ("", Some(wrong))
+    );
+    assert_eq!(app.db.verify_ledger().await.unwrap(), Vec::<String>::new());
+    let again = correct_archived(&app.db, &sources, &dunning, &request(false), &actor, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!((again.corrected, again.appended), (0, 0));
     app.stop().await;
 }
