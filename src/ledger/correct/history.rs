@@ -1,6 +1,7 @@
 //! The whole archived history of a scope: every archived event whose archived
 //! normalization, or the current one, names one of its subscriptions or attempts, or
-//! that set one of their rows or entries, closed over what those events name in turn.
+//! that set one of their rows or entries, closed over what those events (and the
+//! ledger's rows and entries) link them to in turn.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,14 +39,30 @@ pub(super) async fn gather(
     loop {
         let before = (subscriptions.len(), attempts.len());
         let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
-        let known: Vec<(String,)> = sqlx::query_as(
-            "SELECT attempt_id FROM billing_attempts WHERE source_id = $1 AND subscription_id = ANY($2)",
+        let atts: Vec<&str> = attempts.iter().map(String::as_str).collect();
+        // What the ledger links them to, whatever the current normalization says: the
+        // subscriptions' attempts, and the subscriptions the attempts' rows and entries
+        // are under (so every entry of an attempt is compared, wherever it was filed).
+        let links: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT attempt_id, NULL::text FROM billing_attempts
+             WHERE source_id = $1 AND subscription_id = ANY($2)
+             UNION SELECT attempt_id, NULL FROM journal_entries
+             WHERE source_id = $1 AND subscription_id = ANY($2) AND attempt_id IS NOT NULL
+             UNION SELECT NULL, subscription_id FROM billing_attempts
+             WHERE source_id = $1 AND attempt_id = ANY($3) AND subscription_id <> ''
+             UNION SELECT NULL, subscription_id FROM journal_entries
+             WHERE source_id = $1 AND attempt_id = ANY($3) AND subscription_id <> ''",
         )
         .bind(source)
         .bind(&subs)
+        .bind(&atts)
         .fetch_all(&mut *tx)
         .await?;
-        attempts.extend(known.into_iter().map(|(a,)| a));
+        for (attempt, subscription) in links {
+            attempts.extend(attempt);
+            subscriptions.extend(subscription);
+        }
+        let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
         let atts: Vec<&str> = attempts.iter().map(String::as_str).collect();
         let seen: Vec<i64> = found.keys().copied().collect();
         let rows: Vec<ArchivedRow> = sqlx::query_as(
