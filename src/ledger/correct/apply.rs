@@ -3,7 +3,8 @@
 
 use sqlx::PgConnection;
 
-use super::{CorrectError, Rows, STATE, state_of};
+use super::diff::state_of;
+use super::{CorrectError, Rows, STATE};
 
 /// The table's writable columns (no identity or generated ones) in table order, quoted,
 /// without `except`.

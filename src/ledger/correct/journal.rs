@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use sqlx::PgConnection;
 
+use super::CorrectError;
 use super::apply::columns;
-use super::{Balances, CorrectError, Unit, Units};
+use super::diff::{Balances, Unit, Units};
 
 /// The postings of the scope's entries, summed per (subscription, attempt for entries
 /// under '' , account, currency), from the real journal (`prefix` "") or the scratch copy.
