@@ -117,11 +117,10 @@ async fn correct(
         println!("{verb} {unit}");
         for change in &c.changes {
             println!(
-                "  {} {}: {} -> {}",
+                "  {} {}: {}",
                 change.entity,
                 change.id,
-                status(&change.before),
-                status(&change.after)
+                differences(&change.before, &change.after)
             );
         }
         for b in &c.balances {
@@ -130,11 +129,10 @@ async fn correct(
                 b.account, b.currency, b.before, b.after
             );
         }
-        if c.appended > 0 {
-            println!(
-                "  journal: {} entr(y/ies) appended {:?}",
-                c.appended, c.entry_ids
-            );
+        match (c.appended, report.dry_run) {
+            (0, _) => {}
+            (n, true) => println!("  {n} journal {} would be appended", entries(n)),
+            (n, false) => println!("  {n} journal {} appended: {:?}", entries(n), c.entry_ids),
         }
     }
     for f in &report.failures {
@@ -144,20 +142,50 @@ async fn correct(
             f.error.as_deref().unwrap_or("-")
         );
     }
+    let (prefix, outcome, appended) = if report.dry_run {
+        ("dry run: ", "nothing changed", "would be appended")
+    } else {
+        ("", "corrected", "appended")
+    };
     println!(
-        "{}{} event(s) in the window; {} subscription(s)/attempt(s) recomputed from {} archived event(s); {} differ{}; {} journal entr(y/ies) appended; {} no longer normalize",
-        if report.dry_run { "dry run: " } else { "" },
+        "{prefix}{} event(s) in the window; {} subscription(s) or attempt(s) recomputed from {} archived event(s); {} differ ({outcome}); {} journal {} {appended}; {} no longer normalize",
         report.events,
         report.examined,
         report.recomputed_events,
         report.corrected,
-        if report.dry_run {
-            " (nothing changed)"
-        } else {
-            " (corrected)"
-        },
         report.appended,
+        entries(report.appended),
         report.failed
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn entries(n: u64) -> &'static str {
+    if n == 1 { "entry" } else { "entries" }
+}
+
+/// The status `a -> b` when it changed, then each other column that did; `(none)` for a
+/// row that appears or goes.
+fn differences(before: &Option<serde_json::Value>, after: &Option<serde_json::Value>) -> String {
+    let (Some(b), Some(a)) = (
+        before.as_ref().and_then(|v| v.as_object()),
+        after.as_ref().and_then(|v| v.as_object()),
+    ) else {
+        return format!("{} -> {}", status(before), status(after));
+    };
+    let mut columns: Vec<&String> = b.keys().chain(a.keys()).collect();
+    columns.sort();
+    columns.dedup();
+    columns.sort_by_key(|c| c.as_str() != "status");
+    let show = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "null".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    columns
+        .into_iter()
+        .filter(|c| b.get(*c) != a.get(*c))
+        .map(|c| format!("{c} {} -> {}", show(b.get(c)), show(a.get(c))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

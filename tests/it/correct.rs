@@ -522,6 +522,39 @@ async fn a_collection_posted_from_a_wrong_amount_gets_a_correction_of_the_differ
         ("succeeded".into(), Some(1000))
     );
     let journal_before = journal(&config).await;
+    // The command line's dry run: the differences, nothing changed.
+    let path = config.write();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_subsync"))
+        .args([
+            "replay",
+            "--source",
+            "polar",
+            "--since",
+            "1h",
+            "--correct",
+            "--dry-run",
+        ])
+        .env("SUBSYNC_CONFIG", &path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        format!("WOULD CORRECT subscription {SUB_WRONG}"),
+        format!("billing_attempt {paid}: amount_minor 1000 -> 900"),
+        "balance collected USD: 1000 -> 900".to_owned(),
+        "balance receivable USD: -1000 -> -900".to_owned(),
+        "1 journal entry would be appended".to_owned(),
+        "dry run: 2 event(s) in the window".to_owned(),
+    ] {
+        assert!(stdout.contains(&line), "{line:?} in\n{stdout}");
+    }
+    assert_eq!(journal(&config).await, journal_before);
 
     let Catalogue { sources, dunning } = catalogue(&app.settings);
     let actor = Actor("cli:test".into());
