@@ -143,6 +143,13 @@ pub(super) async fn renormalize(
             }
         })
         .collect();
+    // Locked in id order first (an UPDATE locks in whatever order its plan reads): two
+    // replays, or a replay and a correction, then wait for each other instead of
+    // deadlocking.
+    sqlx::query("SELECT 1 FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE events e SET event_type = u.t, normalized = u.n, outcome = u.o
          FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::text[]) AS u(id, t, n, o)

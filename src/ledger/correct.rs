@@ -210,7 +210,7 @@ impl Run<'_, '_> {
             .await?;
         let history = history::gather(&mut tx, self.scope, self.normalize).await?;
         let (subs, atts) = (&history.subscriptions, &history.attempts);
-        history::lock(&mut tx, source, subs, atts).await?;
+        history::lock(&mut tx, &history, source).await?;
         let real = read_state(&mut tx, "", source, subs, atts).await?;
 
         create_scratch(&mut tx).await?;

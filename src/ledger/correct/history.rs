@@ -128,15 +128,22 @@ pub(super) async fn gather(
     })
 }
 
-/// Locks the scope's rows (in key order, as the reconcile takes them): a worker's event
-/// about them waits for the commit and then merges on top of the corrected state. A row
-/// changed since the snapshot fails the transaction, which is retried.
+/// Locks the history's rows in the order the reconcile takes them (archived events by
+/// id, then attempts, then subscriptions, each in key order), so a concurrent replay or
+/// worker waits instead of deadlocking: a worker's event about them merges on top of the
+/// corrected state after the commit. A row changed since the snapshot fails the
+/// transaction, which is retried.
 pub(super) async fn lock(
     tx: &mut PgConnection,
+    history: &History,
     source: &str,
-    subscriptions: &BTreeSet<String>,
-    attempts: &BTreeSet<String>,
 ) -> Result<(), CorrectError> {
+    let (subscriptions, attempts) = (&history.subscriptions, &history.attempts);
+    let ids: Vec<i64> = history.events.iter().map(|e| e.id).collect();
+    sqlx::query("SELECT 1 FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
     let subs: Vec<&str> = subscriptions.iter().map(String::as_str).collect();
     let atts: Vec<&str> = attempts.iter().map(String::as_str).collect();
     sqlx::query(
