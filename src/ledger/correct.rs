@@ -346,3 +346,32 @@ async fn drop_scratch(tx: &mut PgConnection) -> Result<(), CorrectError> {
     tx.clear_cached_statements().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SHADOWED;
+
+    /// The code the recomputation runs names its tables without a schema: a qualified name
+    /// would write into the real table instead of its scratch copy.
+    #[test]
+    fn the_reconcile_path_never_qualifies_a_table() {
+        let sources = [
+            ("reconcile.rs", include_str!("reconcile.rs")),
+            ("archive.rs", include_str!("archive.rs")),
+            (
+                "dunning/schedule.rs",
+                include_str!("../dunning/schedule.rs"),
+            ),
+        ];
+        for (file, text) in sources {
+            let text = text.to_lowercase();
+            assert!(!text.contains("public."), "{file} qualifies a table");
+            for table in SHADOWED {
+                assert!(
+                    !text.contains(&format!(".{table} ")),
+                    "{file} qualifies {table}"
+                );
+            }
+        }
+    }
+}
