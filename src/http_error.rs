@@ -69,7 +69,9 @@ impl HttpError {
             }
             HttpError::Ops(OpsError::Queue(_)) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Ops(OpsError::Db(e)) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-            HttpError::Ops(OpsError::Db(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            HttpError::Ops(OpsError::Db(_) | OpsError::Ledger(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use crate::ledger::{
 use crate::ops::{
     Actor, Quiet,
     audit::{self, AuditRow},
+    correct::{self, CorrectionReport},
     dlq::{self, DeadLetterDetail, DlqFilter, PurgeReport, ReplayReport},
     replay::{self, ReplayArchiveReport, ReplayRequest},
 };
@@ -70,6 +71,7 @@ pub fn router(state: AdminState) -> Router {
         .routes(routes!(dlq_purge))
         .routes(routes!(dlq_show))
         .routes(routes!(replay_archived))
+        .routes(routes!(replay_correct))
         .routes(routes!(audit_log))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (router, spec) = OpenApiRouter::with_openapi(openapi::base())
@@ -424,6 +426,33 @@ async fn replay_archived(
     storable_time("since", Some(request.since))?;
     storable_time("until", request.until)?;
     let report = replay::replay_archived(
+        &state.db,
+        &state.sources,
+        &state.dunning,
+        &request,
+        &actor,
+        &Quiet,
+    )
+    .await?;
+    Ok(axum::Json(report))
+}
+
+/// The corrective replay (`subsync replay --correct`): same body as `/admin/replay`.
+#[utoipa::path(post, path = "/admin/replay/correct", tag = "ledger", request_body = ReplayRequest,
+    security(("bearer" = [])), responses(
+    (status = 200, description = "Each subscription (or attempt without one) the window's events touch, recomputed from all its archived events: what differed and was corrected (or, dry, would be)", body = CorrectionReport),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn replay_correct(
+    State(state): State<Arc<AdminState>>,
+    Extension(actor): Extension<Actor>,
+    Json(request): Json<ReplayRequest>,
+) -> Result<axum::Json<CorrectionReport>, HttpError> {
+    storable_time("since", Some(request.since))?;
+    storable_time("until", request.until)?;
+    let report = correct::correct_archived(
         &state.db,
         &state.sources,
         &state.dunning,

@@ -143,6 +143,13 @@ pub(super) async fn renormalize(
             }
         })
         .collect();
+    // Locked in id order first (an UPDATE locks in whatever order its plan reads): two
+    // replays, or a replay and a correction, then wait for each other instead of
+    // deadlocking.
+    sqlx::query("SELECT 1 FROM events WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE events e SET event_type = u.t, normalized = u.n, outcome = u.o
          FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::text[]) AS u(id, t, n, o)
@@ -175,16 +182,7 @@ impl Db {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<ArchivedEvent>, DbError> {
-        type Row = (
-            i64,
-            String,
-            String,
-            DateTime<Utc>,
-            Option<String>,
-            serde_json::Value,
-            Vec<u8>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<ArchivedRow> = sqlx::query_as(
             "SELECT id, provider, provider_event_id, received_at, content_type, headers, body
              FROM events
              WHERE source_id = $1 AND received_at >= $2
@@ -201,30 +199,7 @@ impl Db {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(
-                |(id, provider, event_id, received_at, content_type, headers, body)| {
-                    let provider = crate::config::ProviderKind::parse(&provider)?;
-                    let headers = match headers {
-                        serde_json::Value::Object(map) => map
-                            .into_iter()
-                            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    Some(ArchivedEvent {
-                        id,
-                        envelope: Envelope {
-                            source_id: source_id.to_owned(),
-                            provider,
-                            event_id,
-                            received_at,
-                            content_type,
-                            headers,
-                            body: body.into(),
-                        },
-                    })
-                },
-            )
+            .filter_map(|row| archived_event(source_id, row))
             .collect())
     }
 
@@ -274,6 +249,44 @@ impl Db {
         .await?;
         Ok(n)
     }
+}
+
+/// The columns [`archived_event`] reads: `id, provider, provider_event_id, received_at,
+/// content_type, headers, body`.
+pub(super) type ArchivedRow = (
+    i64,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    serde_json::Value,
+    Vec<u8>,
+);
+
+/// An archived row with its envelope rebuilt (`None` for a provider this build no longer
+/// knows).
+pub(super) fn archived_event(source_id: &str, row: ArchivedRow) -> Option<ArchivedEvent> {
+    let (id, provider, event_id, received_at, content_type, headers, body) = row;
+    let provider = crate::config::ProviderKind::parse(&provider)?;
+    let headers = match headers {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(ArchivedEvent {
+        id,
+        envelope: Envelope {
+            source_id: source_id.to_owned(),
+            provider,
+            event_id,
+            received_at,
+            content_type,
+            headers,
+            body: body.into(),
+        },
+    })
 }
 
 fn vec_of<'a>(n: usize) -> Vec<&'a str> {

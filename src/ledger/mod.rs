@@ -3,12 +3,17 @@
 //! effects are written. The pool and migrations are [`crate::db`]'s.
 
 mod archive;
+mod correct;
 mod lookups;
 mod preview;
 mod reconcile;
 mod views;
 
 pub use archive::{ArchivedEvent, EventRow, EventsQuery, NewEvent};
+pub use correct::{
+    BalanceChange, CorrectError, Correction, CorrectionOutcome, CorrectionScope, Normalizer,
+    SHADOWED,
+};
 pub use lookups::{Applied, Closed, DueLookup, LookupView};
 pub use preview::{Change, EventPreview};
 pub use reconcile::{Reconciled, attempt_rank};

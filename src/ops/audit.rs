@@ -42,6 +42,11 @@ pub async fn start(
 }
 
 impl Entry {
+    /// The audit row's id (what a correction entry names as its run).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     pub async fn finish(self, db: &Db, count: u64, outcome: &str) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE audit_log SET finished_at = now(), count = $2, outcome = $3 WHERE id = $1",

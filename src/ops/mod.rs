@@ -1,9 +1,11 @@
 //! Operator actions shared by the command line and the admin API: the dead-letter queue
-//! (list, show, replay, purge), replays of archived events and resuming parked retries.
+//! (list, show, replay, purge), replays of archived events (plain and corrective) and resuming
+//! parked retries.
 //! Every replay, purge and resume is audited; every dry run goes through the ledger's
 //! rolled-back preview.
 
 pub mod audit;
+pub mod correct;
 pub mod dead_letter_index;
 pub mod dlq;
 pub mod replay;
@@ -26,6 +28,9 @@ pub enum OpsError {
     Queue(#[from] QueueError),
     #[error("database: {0}")]
     Db(#[from] DbError),
+    /// A ledger invariant the operation found broken (a bug, never the caller's input).
+    #[error("ledger: {0}")]
+    Ledger(String),
 }
 
 impl From<PublishError> for OpsError {
