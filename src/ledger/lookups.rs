@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::reconcile::{FinalAttempt, attempt_rank, post_journal};
+use super::reconcile::{FINAL_ATTEMPT, FinalAttempt, attempt_rank, post_journal};
 use crate::canonical::AttemptStatus;
 use crate::db::{Db, DbError};
 use crate::money::Money;
@@ -180,41 +180,20 @@ impl Db {
         if status.is_none_or(|(s,)| s != "pending") {
             return Ok(Applied::AlreadyClosed);
         }
-        type Stored = (
-            String,
-            Option<String>,
-            i32,
-            String,
-            Option<i64>,
-            Option<String>,
-            i64,
-        );
-        let stored: Stored = sqlx::query_as(
+        let attempt: FinalAttempt = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE billing_attempts
                 SET amount_minor = COALESCE(amount_minor, $3),
                     currency = CASE WHEN amount_minor IS NULL THEN $4 ELSE currency END,
                     updated_at = now()
               WHERE source_id = $1 AND attempt_id = $2
-             RETURNING COALESCE(subscription_id, ''), cycle_id, attempt_rank(status),
-                       provider_status, amount_minor, currency, last_event_id",
-        )
+             RETURNING {FINAL_ATTEMPT}"
+        )))
         .bind(source_id)
         .bind(attempt_id)
         .bind(money.minor)
         .bind(&money.currency)
         .fetch_one(&mut *tx)
         .await?;
-        let (subscription_id, cycle_id, rank, provider_status, amount_minor, currency, event) =
-            stored;
-        let attempt = FinalAttempt {
-            subscription_id,
-            cycle_id,
-            rank,
-            provider_status,
-            amount_minor,
-            currency,
-            last_event_id: event,
-        };
         let key = (source_id.to_owned(), attempt_id.to_owned());
         post_journal(&mut tx, &HashMap::from([(key, attempt)]), &[]).await?;
         sqlx::query(

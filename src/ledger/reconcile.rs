@@ -456,6 +456,7 @@ fn attempt_facts(
 }
 
 /// An attempt as stored after the upsert.
+#[derive(sqlx::FromRow)]
 pub(super) struct FinalAttempt {
     pub(super) subscription_id: String,
     pub(super) cycle_id: Option<String>,
@@ -464,6 +465,20 @@ pub(super) struct FinalAttempt {
     pub(super) amount_minor: Option<i64>,
     pub(super) currency: Option<String>,
     pub(super) last_event_id: i64,
+}
+
+/// The `RETURNING` list of a [`FinalAttempt`].
+pub(super) const FINAL_ATTEMPT: &str = "COALESCE(subscription_id, '') AS subscription_id, \
+    cycle_id, attempt_rank(status) AS rank, provider_status, amount_minor, currency, \
+    last_event_id";
+
+/// A [`FinalAttempt`] with its key.
+#[derive(sqlx::FromRow)]
+struct StoredAttempt {
+    source_id: String,
+    attempt_id: String,
+    #[sqlx(flatten)]
+    stored: FinalAttempt,
 }
 
 async fn upsert_attempts(
@@ -507,21 +522,9 @@ async fn upsert_attempts(
             $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
             $13::timestamptz[], $14::int4[], $15::int8[])
          ON CONFLICT (source_id, attempt_id) DO UPDATE SET {state}, {facts}, {money}, updated_at = now()
-         RETURNING source_id, attempt_id, COALESCE(subscription_id, ''), cycle_id,
-                   attempt_rank(status), provider_status, amount_minor, currency, last_event_id"
+         RETURNING source_id, attempt_id, {FINAL_ATTEMPT}"
     );
-    type Returned = (
-        String,
-        String,
-        String,
-        Option<String>,
-        i32,
-        String,
-        Option<i64>,
-        Option<String>,
-        i64,
-    );
-    let returned: Vec<Returned> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let returned: Vec<StoredAttempt> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&c.source_id)
         .bind(&c.attempt_id)
         .bind(&c.subscription_id)
@@ -541,30 +544,7 @@ async fn upsert_attempts(
         .await?;
     Ok(returned
         .into_iter()
-        .map(
-            |(
-                source,
-                attempt,
-                subscription_id,
-                cycle_id,
-                rank,
-                provider_status,
-                amount_minor,
-                currency,
-                last_event_id,
-            )| {
-                let row = FinalAttempt {
-                    subscription_id,
-                    cycle_id,
-                    rank,
-                    provider_status,
-                    amount_minor,
-                    currency,
-                    last_event_id,
-                };
-                ((source, attempt), row)
-            },
-        )
+        .map(|r| ((r.source_id, r.attempt_id), r.stored))
         .collect())
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::replay::{ReplayRequest, ReplayedEvent};
+use super::replay::{self, ReplayRequest, ReplayedEvent};
 use super::{Actor, OpsError, Progress, audit};
 use crate::canonical::CanonicalEvent;
 use crate::db::Db;
@@ -55,18 +55,7 @@ pub async fn correct_archived(
     actor: &Actor,
     progress: &dyn Progress,
 ) -> Result<CorrectionReport, OpsError> {
-    let source = sources
-        .get(&request.source_id)
-        .ok_or_else(|| OpsError::UnknownSource(request.source_id.clone()))?;
-    if request.until.is_some_and(|until| until <= request.since) {
-        return Err(OpsError::Invalid("until must be after since".to_owned()));
-    }
-    let entry = if request.dry_run {
-        None
-    } else {
-        let filter = serde_json::to_value(request).unwrap_or_default();
-        Some(audit::start(db, actor, "replay.correct", &filter).await?)
-    };
+    let (source, entry) = replay::begin(db, sources, request, actor, "replay.correct").await?;
     let mut report = CorrectionReport {
         dry_run: request.dry_run,
         ..CorrectionReport::default()

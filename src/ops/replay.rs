@@ -13,7 +13,7 @@ use super::{Actor, OpsError, Progress, audit};
 use crate::db::Db;
 use crate::dunning::schedule::Dunning;
 use crate::ledger::{Change, NewEvent, Reconciled};
-use crate::providers::Sources;
+use crate::providers::{Source, Sources};
 
 /// Events per transaction.
 const BATCH: i64 = 500;
@@ -55,14 +55,15 @@ pub struct ReplayedEvent {
     pub error: Option<String>,
 }
 
-pub async fn replay_archived(
+/// A replay's source, checked window and, unless it is a dry run, its audit entry for
+/// `action`.
+pub(super) async fn begin<'a>(
     db: &Db,
-    sources: &Sources,
-    dunning: &Dunning,
+    sources: &'a Sources,
     request: &ReplayRequest,
     actor: &Actor,
-    progress: &dyn Progress,
-) -> Result<ReplayArchiveReport, OpsError> {
+    action: &str,
+) -> Result<(&'a Source, Option<audit::Entry>), OpsError> {
     let source = sources
         .get(&request.source_id)
         .ok_or_else(|| OpsError::UnknownSource(request.source_id.clone()))?;
@@ -73,8 +74,20 @@ pub async fn replay_archived(
         None
     } else {
         let filter = serde_json::to_value(request).unwrap_or_default();
-        Some(audit::start(db, actor, "replay", &filter).await?)
+        Some(audit::start(db, actor, action, &filter).await?)
     };
+    Ok((source, entry))
+}
+
+pub async fn replay_archived(
+    db: &Db,
+    sources: &Sources,
+    dunning: &Dunning,
+    request: &ReplayRequest,
+    actor: &Actor,
+    progress: &dyn Progress,
+) -> Result<ReplayArchiveReport, OpsError> {
+    let (source, entry) = begin(db, sources, request, actor, "replay").await?;
     let mut report = ReplayArchiveReport {
         dry_run: request.dry_run,
         ..ReplayArchiveReport::default()

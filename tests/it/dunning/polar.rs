@@ -380,5 +380,6 @@ interval_ms = 3600000
         .unwrap();
     assert_eq!(later.called, 0);
     assert_eq!(fake.seen.lock().unwrap().len(), 3);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }

@@ -336,6 +336,7 @@ interval_ms = 3600000
             failed("gid://shopify/SubscriptionBillingAttempt/2003", Some(FIRST)),
         ]
     );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
     server.verify().await;
 }
