@@ -213,14 +213,14 @@ impl Lookups {
             None => ("unknown", None),
         };
         let Some(client) = client else {
-            for row in rows {
-                let reason = "the source has no money client (its webhooks carry money, or it has no [sources.api])";
-                (self.db)
-                    .close_money_lookup(source, &row.attempt_id, Closed::NotApplicable, reason)
-                    .await?;
-                count(provider, "not_applicable");
-                pass.not_applicable += 1;
-            }
+            // One statement for all of them: a source without a client can have many.
+            let reason = "the source has no money client (its webhooks carry money, or it has no [sources.api])";
+            let ids: Vec<&str> = rows.iter().map(|r| r.attempt_id.as_str()).collect();
+            (self.db)
+                .close_money_lookup(source, &ids, Closed::NotApplicable, reason)
+                .await?;
+            count(provider, "not_applicable", ids.len() as u64);
+            pass.not_applicable += ids.len();
             return Ok(pass);
         };
         let mut limited_until: Option<(DateTime<Utc>, String)> = None;
@@ -229,7 +229,7 @@ impl Lookups {
                 (self.db)
                     .defer_money_lookup(source, &row.attempt_id, *until, why, false)
                     .await?;
-                count(provider, "rate_limited");
+                count(provider, "rate_limited", 1);
                 pass.rate_limited += 1;
                 continue;
             }
@@ -239,7 +239,7 @@ impl Lookups {
                         .apply_money_lookup(source, &row.attempt_id, &money)
                         .await?;
                     if applied == Applied::Posted {
-                        count(provider, "posted");
+                        count(provider, "posted", 1);
                         pass.posted += 1;
                     }
                 }
@@ -253,7 +253,7 @@ impl Lookups {
                         .defer_money_lookup(source, &row.attempt_id, until, &why, false)
                         .await?;
                     limited_until = Some((until, why));
-                    count(provider, "rate_limited");
+                    count(provider, "rate_limited", 1);
                     pass.rate_limited += 1;
                 }
                 Outcome::Failed(ProviderApiError::Transient(error)) => {
@@ -261,7 +261,7 @@ impl Lookups {
                     (self.db)
                         .defer_money_lookup(source, &row.attempt_id, until, &error, true)
                         .await?;
-                    count(provider, "retried");
+                    count(provider, "retried", 1);
                     pass.retried += 1;
                 }
                 Outcome::Failed(error @ ProviderApiError::Rejected { .. }) => {
@@ -289,9 +289,9 @@ impl Lookups {
         outcome: &'static str,
     ) -> Result<(), DbError> {
         (self.db)
-            .close_money_lookup(source, &row.attempt_id, Closed::Parked, reason)
+            .close_money_lookup(source, &[row.attempt_id.as_str()], Closed::Parked, reason)
             .await?;
-        count(provider, outcome);
+        count(provider, outcome, 1);
         tracing::warn!(
             source, attempt_id = %row.attempt_id, %reason,
             "money lookup parked: `subsync ledger lookups-resume` after fixing the cause"
@@ -343,9 +343,9 @@ fn later(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn count(provider: &'static str, outcome: &'static str) {
+fn count(provider: &'static str, outcome: &'static str, n: u64) {
     metrics::counter!("subsync_money_lookups_total", "provider" => provider, "outcome" => outcome)
-        .increment(1);
+        .increment(n);
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! subscription re-arms retries that were waiting for the customer.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -23,10 +23,13 @@ pub struct SourcePlan {
     pub mode: DunningMode,
 }
 
-/// The retry plans of every configured source that has one.
+/// The retry plans of every configured source that has one, and the sources whose
+/// missing money is read from their API: the per-source rules of what reconciliation
+/// writes beside the ledger in its transaction (retry rows, money lookups).
 #[derive(Debug, Clone, Default)]
 pub struct Dunning {
     plans: Arc<HashMap<String, SourcePlan>>,
+    money_lookups: Arc<HashSet<String>>,
 }
 
 impl Dunning {
@@ -44,13 +47,29 @@ impl Dunning {
                 (mode != DunningMode::None).then(|| (s.id.clone(), plan))
             })
             .collect();
+        let money_lookups = settings
+            .iter()
+            .filter(|s| {
+                sources
+                    .get(&s.id)
+                    .is_some_and(|source| source.money_client().is_some())
+            })
+            .map(|s| s.id.clone())
+            .collect();
         Self {
             plans: Arc::new(plans),
+            money_lookups: Arc::new(money_lookups),
         }
     }
 
     pub fn plan(&self, source_id: &str) -> Option<&SourcePlan> {
         self.plans.get(source_id)
+    }
+
+    /// Whether an attempt of `source_id` stored without its money gets a money lookup (the
+    /// source has a money client: Shopify or Appstle with `[sources.api]`).
+    pub fn looks_up_money(&self, source_id: &str) -> bool {
+        self.money_lookups.contains(source_id)
     }
 }
 

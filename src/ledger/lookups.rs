@@ -1,15 +1,14 @@
 //! Money lookups (`money_lookups`): the queue of succeeded or refunded attempts whose
 //! events carried no amount or no currency, and the one write that settles each.
 //!
-//! Ownership: the ledger owns the table. Reconciliation writes a row for EVERY such
-//! attempt, whatever its source, in the transaction that stored the attempt ([`enqueue`]);
-//! the ledger never learns which providers can answer (it imports nothing of `providers`).
-//! The lookup role (`crate::lookups`) knows the money clients: it claims due rows, asks
-//! the provider and calls back in here; rows of a source without a money client are
-//! closed as `not_applicable` by it.
-//!
-//! Migration 0011 wrote a row for every such attempt stored before it; `ledger verify`
-//! reports a succeeded attempt without an amount and without a row.
+//! Ownership: the ledger owns the table. Reconciliation writes a row for every such
+//! attempt of a source that has a money client (`Dunning::looks_up_money`, built from the
+//! catalogue: the ledger imports nothing of `providers`), in the transaction that stored
+//! the attempt ([`enqueue`]). A source without one writes none: its attempts wait for an
+//! event with the money, as before, and cost nothing. The lookup role (`crate::lookups`)
+//! claims due rows, asks the provider and calls back in here; a row whose source has lost
+//! its client (configuration changed, or the rows migration 0011 wrote for every such
+//! attempt stored before it) is closed as `not_applicable`, all of a source's at once.
 //!
 //! Exactly once: [`Db::apply_money_lookup`] writes the money onto the attempt (only where
 //! none is stored) and posts its entries through reconciliation's own `post_journal`,
@@ -26,6 +25,7 @@ use serde::Serialize;
 use super::reconcile::{FINAL_ATTEMPT, FinalAttempt, attempt_rank, post_journal};
 use crate::canonical::AttemptStatus;
 use crate::db::{Db, DbError};
+use crate::dunning::schedule::Dunning;
 use crate::money::Money;
 
 /// A lookup claimed by [`Db::claim_money_lookups`], with the attempt's ids.
@@ -87,11 +87,14 @@ impl Closed {
 pub(super) async fn enqueue(
     tx: &mut sqlx::PgConnection,
     attempts: &HashMap<(String, String), FinalAttempt>,
+    dunning: &Dunning,
 ) -> Result<(), DbError> {
     let succeeded = attempt_rank(AttemptStatus::Succeeded);
     let mut keys: Vec<&(String, String)> = attempts
         .iter()
-        .filter(|(_, a)| a.rank >= succeeded && a.amount_minor.is_none())
+        .filter(|((source, _), a)| {
+            a.rank >= succeeded && a.amount_minor.is_none() && dunning.looks_up_money(source)
+        })
         .map(|(key, _)| key)
         .collect();
     if keys.is_empty() {
@@ -234,21 +237,22 @@ impl Db {
         Ok(())
     }
 
-    /// Ends a pending lookup without money: parked (with its reason) or not applicable.
+    /// Ends pending lookups of a source without money: parked (with its reason) or not
+    /// applicable.
     pub async fn close_money_lookup(
         &self,
         source_id: &str,
-        attempt_id: &str,
+        attempt_ids: &[&str],
         closed: Closed,
         reason: &str,
     ) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE money_lookups SET status = $3, due_at = NULL, last_error = $4,
                     updated_at = now()
-             WHERE source_id = $1 AND attempt_id = $2 AND status = 'pending'",
+             WHERE source_id = $1 AND attempt_id = ANY($2) AND status = 'pending'",
         )
         .bind(source_id)
-        .bind(attempt_id)
+        .bind(attempt_ids)
         .bind(closed.as_str())
         .bind(reason)
         .execute(self.pool())

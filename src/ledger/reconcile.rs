@@ -324,7 +324,7 @@ pub(super) async fn reconcile_in(
         .map(|((s, _), row)| (s.as_str(), row.refund.attempt_id.as_str()))
         .collect();
     post_journal(&mut *tx, &final_attempts, &refunded_payments).await?;
-    super::lookups::enqueue(&mut *tx, &final_attempts).await?;
+    super::lookups::enqueue(&mut *tx, &final_attempts, dunning).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
     let facts = attempt_facts(&attempts, &final_attempts);
     schedule::on_attempts(&mut *tx, dunning, &facts).await?;
@@ -732,15 +732,18 @@ pub(super) async fn post_journal(
         })
         .collect();
     collections.sort_by(|x, y| (x.source_id, x.attempt_id).cmp(&(y.source_id, y.attempt_id)));
-    insert_entries(&mut *tx, &collections).await?;
-    // The payments whose refunds may be due: the batch's refunds', and its succeeded or
-    // refunded attempts (a refund may have come first, or the status is a full refund).
+    let waiting = insert_entries(&mut *tx, &collections).await?;
+    // The payments whose refunds may be due: the batch's refunds', its attempts refunded
+    // in full, and the payments just collected that have refunds stored (one came first;
+    // the collections' own statement looks, so a batch without refunds pays nothing).
+    let refunded = attempt_rank(AttemptStatus::Refunded);
     let mut payments: BTreeSet<(&str, &str)> = attempts
         .iter()
-        .filter(|(_, a)| a.rank >= succeeded && a.amount_minor.is_some())
+        .filter(|(_, a)| a.rank == refunded && a.amount_minor.is_some())
         .map(|((s, a), _)| (s.as_str(), a.as_str()))
         .collect();
     payments.extend(refunded_payments);
+    payments.extend(waiting.iter().map(|(s, a)| (s.as_str(), a.as_str())));
     post_refunds(&mut *tx, &payments).await
 }
 
@@ -800,9 +803,6 @@ async fn post_refunds(
                     AS due
          FROM UNNEST($1::text[], $2::text[]) AS k(s, a)
          JOIN billing_attempts b ON b.source_id = k.s AND b.attempt_id = k.a
-             -- Most payments have no refund: one index probe each.
-             AND (b.status = 'refunded'
-                  OR EXISTS (SELECT 1 FROM refunds f WHERE f.source_id = k.s AND f.attempt_id = k.a))
          CROSS JOIN LATERAL (
              SELECT e.id, e.attempt_id, e.subscription_id, e.cycle_id FROM journal_entries e
              WHERE e.source_id = k.s AND e.kind = 'collection'
@@ -857,14 +857,21 @@ async fn post_refunds(
             });
         }
     }
-    insert_entries(&mut *tx, &entries).await
+    insert_entries(&mut *tx, &entries).await?;
+    Ok(())
 }
 
 /// Inserts entries with their two postings; an entry that exists already (its attempt,
-/// cycle or refund id has one of its kind) is skipped.
-async fn insert_entries(tx: &mut sqlx::PgConnection, rows: &[NewEntry<'_>]) -> Result<(), DbError> {
+/// cycle or refund id has one of its kind) is skipped. Returns the `(source, attempt)` of
+/// the collections it inserted that have refunds stored. That read is a statement after
+/// the attempts' upsert, so it sees a refund whose transaction held the attempt's row
+/// before ours: a refund that came before its payment is never missed.
+async fn insert_entries(
+    tx: &mut sqlx::PgConnection,
+    rows: &[NewEntry<'_>],
+) -> Result<Vec<(String, String)>, DbError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let source: Vec<&str> = rows.iter().map(|r| r.source_id).collect();
     let attempt: Vec<&str> = rows.iter().map(|r| r.attempt_id).collect();
@@ -875,7 +882,7 @@ async fn insert_entries(tx: &mut sqlx::PgConnection, rows: &[NewEntry<'_>]) -> R
     let event: Vec<i64> = rows.iter().map(|r| r.event_id).collect();
     let amount: Vec<i64> = rows.iter().map(|r| r.amount).collect();
     let currency: Vec<&str> = rows.iter().map(|r| r.currency).collect();
-    sqlx::query(
+    Ok(sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
                                   $6::int8[], $7::text[], $8::text[], $9::text[])
@@ -889,16 +896,25 @@ async fn insert_entries(tx: &mut sqlx::PgConnection, rows: &[NewEntry<'_>]) -> R
              SELECT source_id, subscription_id, attempt_id, kind, event_id, cycle_id, refund_id
              FROM input
              ON CONFLICT DO NOTHING
-             RETURNING id, source_id, attempt_id, kind, refund_id)
-         INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor, currency)
-         SELECT e.id, i.source_id, i.subscription_id, p.account, p.sign * i.amount, i.currency
-         FROM entries e
-         JOIN input i ON i.source_id = e.source_id AND i.attempt_id = e.attempt_id
-                     AND i.kind = e.kind AND i.refund_id IS NOT DISTINCT FROM e.refund_id
-         CROSS JOIN LATERAL (VALUES
-             (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END, 1),
-             (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END, -1)
-         ) AS p(account, sign)",
+             RETURNING id, source_id, attempt_id, kind, refund_id),
+         -- The balance trigger sees these postings too (a statement-level trigger with a
+         -- transition table covers inserts in a WITH).
+         posted AS (
+             INSERT INTO postings (entry_id, source_id, subscription_id, account, amount_minor,
+                                   currency)
+             SELECT e.id, i.source_id, i.subscription_id, p.account, p.sign * i.amount, i.currency
+             FROM entries e
+             JOIN input i ON i.source_id = e.source_id AND i.attempt_id = e.attempt_id
+                         AND i.kind = e.kind AND i.refund_id IS NOT DISTINCT FROM e.refund_id
+             CROSS JOIN LATERAL (VALUES
+                 (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END, 1),
+                 (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END, -1)
+             ) AS p(account, sign)
+             RETURNING 1)
+         SELECT DISTINCT e.source_id, e.attempt_id FROM entries e
+         WHERE e.kind = 'collection'
+           AND EXISTS (SELECT 1 FROM refunds r
+                       WHERE r.source_id = e.source_id AND r.attempt_id = e.attempt_id)",
     )
     .bind(&source)
     .bind(&attempt)
@@ -909,9 +925,8 @@ async fn insert_entries(tx: &mut sqlx::PgConnection, rows: &[NewEntry<'_>]) -> R
     .bind(&currency)
     .bind(&cycle)
     .bind(&refund)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut *tx)
+    .await?)
 }
 
 /// Upserts subscription changes; returns the keys whose stored state is now this batch's.
