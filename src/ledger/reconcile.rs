@@ -35,10 +35,10 @@
 //!   (`dunning::schedule::cycles_of_retry_keys`, one lookup per batch). The call row is
 //!   committed before the call is made, so every event of such an attempt finds it,
 //!   whatever their order.
-//!
 //! - A succeeded or refunded attempt stored without an amount or currency (Shopify's
-//!   webhooks carry none, Appstle's no currency) gets a money lookup row in the same
-//!   transaction (`lookups.rs`); its entries are posted when the lookup writes the money.
+//!   webhooks carry none, Appstle's no currency) of a source with a money client gets a
+//!   money lookup row in the same transaction (`lookups.rs`); its entries are posted when
+//!   the lookup writes the money.
 //!
 //! Concurrent workers: each statement is an upsert whose conflict handling re-reads the
 //! latest committed row; rows are written in key order so locks are taken in one order.
