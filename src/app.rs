@@ -167,8 +167,8 @@ pub async fn start(
     if role.scheduler() {
         let make = scheduler_task(settings, &db, &dunning, &sources, &shutdown);
         supervised.spawn("scheduler".to_owned(), None, make);
-        let make = lookups_task(settings, &db, &sources, &shutdown);
-        supervised.spawn("money-lookups".to_owned(), None, make);
+        let make = lookups_task(settings, &db, &dunning, &sources, &shutdown);
+        supervised.spawn("lookups".to_owned(), None, make);
     }
     let worker_threads = if role.worker() {
         spawn_workers(
@@ -371,16 +371,17 @@ fn scheduler_task(
     }
 }
 
-/// The money lookups' runs (beside the scheduler: both call provider APIs on a tick),
-/// rebuilt for each restart.
+/// The lookups' runs (beside the scheduler: both call provider APIs on a tick), rebuilt
+/// for each restart.
 fn lookups_task(
     settings: &Settings,
     db: &Db,
+    dunning: &Dunning,
     sources: &Sources,
     shutdown: &CancellationToken,
 ) -> impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static {
-    let clients = crate::lookups::MoneyClients::of(sources);
-    let (db, stop) = (db.clone(), shutdown.clone());
+    let clients = crate::lookups::LookupClients::of(sources);
+    let (db, dunning, stop) = (db.clone(), dunning.clone(), shutdown.clone());
     let l = settings.lookups.clone();
     let interval = Duration::from_millis(l.interval_ms);
     let waits = crate::lookups::Waits {
@@ -389,7 +390,8 @@ fn lookups_task(
         max_rate_limit: Duration::from_secs(l.max_rate_limit_wait_secs),
     };
     move || {
-        let lookups = crate::lookups::Lookups::new(db.clone(), clients.clone()).with_waits(waits);
+        let lookups = crate::lookups::Lookups::new(db.clone(), clients.clone(), dunning.clone())
+            .with_waits(waits);
         let stop = stop.clone();
         let run = async move {
             lookups.run(interval, stop).await;

@@ -70,8 +70,16 @@ pub struct Refund {
     /// The provider's id of this refund (or void, or credit).
     pub refund_id: String,
     /// The attempt (payment) it gives money back from, as that provider's attempts are
-    /// named.
-    pub attempt_id: String,
+    /// named; `None` when the event names only the provider's own payment
+    /// ([`Refund::payment_ref`]), until the ledger has linked that payment to its attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<String>,
+    /// The provider's id of the payment refunded, when the event does not name the attempt
+    /// (Stripe's refunds name a PaymentIntent or a Charge, never the invoice). The ledger
+    /// finds the attempt through the provider's API once (`payment_links`) and fills in
+    /// `attempt_id`, `subscription_id` and `cycle_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_ref: Option<String>,
     pub subscription_id: Option<String>,
     pub cycle_id: Option<String>,
     pub status: RefundStatus,
@@ -80,6 +88,15 @@ pub struct Refund {
     /// This refund's amount (not a running total).
     pub amount: Money,
     pub refunded_at: Option<DateTime<Utc>>,
+}
+
+/// The billing attempt a provider's payment belongs to (see [`Refund::payment_ref`]), as
+/// the provider's API answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentLink {
+    pub attempt_id: String,
+    pub subscription_id: Option<String>,
+    pub cycle_id: Option<String>,
 }
 
 /// Where a refund is. Only a succeeded refund moves money in the journal.

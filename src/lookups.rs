@@ -1,6 +1,10 @@
-//! The money-lookup role: reads from the provider's API the amount and currency of the
-//! succeeded (or refunded) attempts whose events carried none, and has the ledger post
-//! them. It runs wherever the retry scheduler runs (`app.rs`, the `scheduler` role).
+//! The lookup role: reads from the provider's API what an event left out, and has the
+//! ledger post it. Two queues: money lookups (the amount and currency of the succeeded or
+//! refunded attempts whose events carried none) and payment links (the attempt a refunded
+//! payment belongs to, for refunds that name only the provider's payment; see
+//! `ledger/payments.rs`). It runs wherever the retry scheduler runs (`app.rs`, the
+//! `scheduler` role). Both queues are worked the same way; what follows says "row" for
+//! either.
 //!
 //! The queue is the ledger's `money_lookups` table (see `ledger/lookups.rs`: reconciliation
 //! writes a row for every attempt without money, whatever its source, so the ledger never
@@ -8,10 +12,13 @@
 //! and a lease (several instances cooperate; a row whose process died comes back when its
 //! lease ends), then per row:
 //!
-//! - the source has no money client (its provider's webhooks carry money, or it has no
-//!   `[sources.api]`): the row is closed `not_applicable`;
+//! - the source has no client for the queue (its provider's webhooks carry money, or it
+//!   has no `[sources.api]`): the row is closed `not_applicable`;
 //! - the client answers money: the ledger writes it onto the attempt and posts its entries
 //!   in one transaction, through reconciliation's own path, so it is posted exactly once;
+//! - the client answers a payment's attempt: the ledger records the link and reconciles
+//!   the refunds held for it, in one transaction; a payment of no attempt (a one-off
+//!   charge) is closed `not_applicable`;
 //! - `Transient` (5xx, timeout, an attempt still processing): tried again at once a few
 //!   times on a short backoff (backon), then the row waits `failure_wait` doubled per
 //!   consecutive failure (at most `max_failure_wait`); it is never parked for this;
@@ -22,10 +29,11 @@
 //! - a panic in the client costs its row (parked with the panic's text), never the pass.
 //!
 //! Within a pass, sources are looked up side by side, each source's rows in order; a pass
-//! lasts as long as its slowest source (every call is bounded by its `api.timeout_ms`). Every outcome is counted in
-//! `subsync_money_lookups_total{provider, outcome}` (`posted`, `retried`, `rate_limited`,
-//! `parked`, `panicked`, `not_applicable`); logs name the source and attempt, never a
-//! credential.
+//! lasts as long as its slowest source (every call is bounded by its `api.timeout_ms`).
+//! Every outcome is counted in `subsync_money_lookups_total{provider, outcome}` and
+//! `subsync_payment_links_total{provider, outcome}` (`posted`, `retried`, `rate_limited`,
+//! `parked`, `panicked`, `not_applicable`); logs name the source and the attempt or
+//! payment, never a credential.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,11 +47,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::canonical::PaymentLink;
 use crate::db::{Db, DbError};
-use crate::ledger::{Applied, Closed, DueLookup};
+use crate::dunning::schedule::Dunning;
+use crate::ledger::{Applied, Closed, DueLink, DueLookup, Queue};
 use crate::money::Money;
 use crate::providers::Sources;
-use crate::providers::contract::{MoneyClient, MoneyQuery};
+use crate::providers::contract::{MoneyClient, MoneyQuery, PaymentClient};
 use crate::providers::http::ProviderApiError;
 use crate::supervise::panic_text;
 
@@ -83,25 +93,27 @@ pub struct Pass {
     pub not_applicable: usize,
 }
 
-/// A source's money client and its provider's name (the metrics label).
+/// A source's lookup clients and its provider's name (the metrics label).
 #[derive(Clone)]
 struct Client {
     provider: &'static str,
-    client: Option<Arc<dyn MoneyClient>>,
+    money: Option<Arc<dyn MoneyClient>>,
+    payment: Option<Arc<dyn PaymentClient>>,
 }
 
-/// Every configured source's money client (or none), by source id.
+/// Every configured source's lookup clients (or none), by source id.
 #[derive(Clone)]
-pub struct MoneyClients(HashMap<String, Client>);
+pub struct LookupClients(HashMap<String, Client>);
 
-impl MoneyClients {
+impl LookupClients {
     pub fn of(sources: &Sources) -> Self {
         let clients = sources
             .iter()
             .map(|s| {
                 let client = Client {
                     provider: s.kind().as_str(),
-                    client: s.money_client(),
+                    money: s.money_client(),
+                    payment: s.payment_client(),
                 };
                 (s.id().to_owned(), client)
             })
@@ -109,38 +121,73 @@ impl MoneyClients {
         Self(clients)
     }
 
-    /// Sets `source_id`'s client (a test seam: a client that fails in ways a fake API
-    /// cannot, such as a panic).
+    /// Sets `source_id`'s money client (a test seam: a client that fails in ways a fake
+    /// API cannot, such as a panic).
     pub fn set(&mut self, source_id: &str, provider: &'static str, client: Arc<dyn MoneyClient>) {
-        let client = Client {
+        let entry = self.0.entry(source_id.to_owned()).or_insert(Client {
             provider,
-            client: Some(client),
-        };
-        self.0.insert(source_id.to_owned(), client);
+            money: None,
+            payment: None,
+        });
+        entry.money = Some(client);
     }
 }
 
 pub struct Lookups {
     db: Db,
-    clients: MoneyClients,
+    clients: LookupClients,
+    dunning: Dunning,
     waits: Waits,
     batch: i64,
+}
+
+/// One claimed row of either queue.
+enum Job {
+    Money(DueLookup),
+    Payment(DueLink),
+}
+
+impl Job {
+    fn queue(&self) -> Queue {
+        match self {
+            Job::Money(_) => Queue::Money,
+            Job::Payment(_) => Queue::Payment,
+        }
+    }
+
+    /// The row's key in its queue: the attempt, or the payment.
+    fn key(&self) -> &str {
+        match self {
+            Job::Money(row) => &row.attempt_id,
+            Job::Payment(row) => &row.payment_ref,
+        }
+    }
+
+    fn failures(&self) -> i32 {
+        match self {
+            Job::Money(row) => row.failures,
+            Job::Payment(row) => row.failures,
+        }
+    }
 }
 
 /// What one lookup led to.
 enum Outcome {
     Money(Money),
+    Link(Option<PaymentLink>),
     Failed(ProviderApiError),
     Panicked(String),
 }
 
 impl Lookups {
-    /// The lookups of the sources of `clients` (those without a money client close their
-    /// rows as not applicable, and so do sources no longer configured).
-    pub fn new(db: Db, clients: MoneyClients) -> Self {
+    /// The lookups of the sources of `clients` (a source without the queue's client closes
+    /// its rows as not applicable, and so does a source no longer configured). `dunning`
+    /// is reconciliation's, for the refunds a payment link releases.
+    pub fn new(db: Db, clients: LookupClients, dunning: Dunning) -> Self {
         Self {
             db,
             clients,
+            dunning,
             waits: Waits::default(),
             batch: 50,
         }
@@ -165,29 +212,39 @@ impl Lookups {
                 .catch_unwind()
                 .await
             {
-                Ok(Ok(pass)) if pass != Pass::default() => tracing::info!(?pass, "money lookups"),
+                Ok(Ok(pass)) if pass != Pass::default() => tracing::info!(?pass, "lookups"),
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "money lookup pass failed; trying again next tick")
+                    tracing::warn!(%error, "lookup pass failed; trying again next tick")
                 }
                 Err(panic) => tracing::error!(
                     panic = %panic_text(panic.as_ref()),
-                    "money lookup pass panicked; trying again next tick"
+                    "lookup pass panicked; trying again next tick"
                 ),
             }
         }
     }
 
-    /// One pass at `now`: claim what is due, look up, record.
+    /// One pass at `now`: claim what is due in both queues, look up, record.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, DbError> {
-        let due = self.db.claim_money_lookups(now, LEASE, self.batch).await?;
-        let mut by_source: BTreeMap<&str, Vec<&DueLookup>> = BTreeMap::new();
-        for row in &due {
-            by_source.entry(&row.source_id).or_default().push(row);
+        let money = self.db.claim_money_lookups(now, LEASE, self.batch).await?;
+        let links = self.db.claim_payment_links(now, LEASE, self.batch).await?;
+        let mut by_source: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        for row in money {
+            by_source
+                .entry(row.source_id.clone())
+                .or_default()
+                .push(Job::Money(row));
+        }
+        for row in links {
+            by_source
+                .entry(row.source_id.clone())
+                .or_default()
+                .push(Job::Payment(row));
         }
         let sources = by_source
-            .into_iter()
-            .map(|(source, rows)| self.source_pass(source, rows, now));
+            .iter()
+            .map(|(source, jobs)| self.source_pass(source, jobs, now));
         let mut pass = Pass::default();
         for result in futures_util::future::join_all(sources).await {
             let p = result?;
@@ -204,44 +261,88 @@ impl Lookups {
     async fn source_pass(
         &self,
         source: &str,
-        rows: Vec<&DueLookup>,
+        jobs: &[Job],
         now: DateTime<Utc>,
     ) -> Result<Pass, DbError> {
         let mut pass = Pass::default();
-        let (provider, client) = match self.clients.0.get(source) {
-            Some(c) => (c.provider, c.client.clone()),
-            None => ("unknown", None),
+        let client = self.clients.0.get(source);
+        let provider = client.map_or("unknown", |c| c.provider);
+        let (money, payment) = match client {
+            Some(c) => (c.money.clone(), c.payment.clone()),
+            None => (None, None),
         };
-        let Some(client) = client else {
-            // One statement for all of them: a source without a client can have many.
-            let reason = "the source has no money client (its webhooks carry money, or it has no [sources.api])";
-            let ids: Vec<&str> = rows.iter().map(|r| r.attempt_id.as_str()).collect();
-            (self.db)
-                .close_money_lookup(source, &ids, Closed::NotApplicable, reason)
-                .await?;
-            count(provider, "not_applicable", ids.len() as u64);
-            pass.not_applicable += ids.len();
-            return Ok(pass);
-        };
-        let mut limited_until: Option<(DateTime<Utc>, String)> = None;
-        for row in rows {
-            if let Some((until, why)) = &limited_until {
+        // One statement per queue for the rows no client can answer: a source without one
+        // can have many.
+        for (queue, has_client, reason) in [
+            (
+                Queue::Money,
+                money.is_some(),
+                "the source has no money client (its webhooks carry money, or it has no [sources.api])",
+            ),
+            (
+                Queue::Payment,
+                payment.is_some(),
+                "the source has no payment client (no [sources.api])",
+            ),
+        ] {
+            let keys: Vec<&str> = (jobs.iter())
+                .filter(|j| j.queue() == queue && !has_client)
+                .map(Job::key)
+                .collect();
+            if !keys.is_empty() {
                 (self.db)
-                    .defer_money_lookup(source, &row.attempt_id, *until, why, false)
+                    .close_lookups(queue, source, &keys, Closed::NotApplicable, reason)
                     .await?;
-                count(provider, "rate_limited", 1);
+                count(queue, provider, "not_applicable", keys.len() as u64);
+                pass.not_applicable += keys.len();
+            }
+        }
+        let mut limited_until: Option<(DateTime<Utc>, String)> = None;
+        for job in jobs {
+            let (queue, key) = (job.queue(), job.key());
+            let outcome = match (job, &money, &payment) {
+                _ if limited_until.is_some() => None,
+                (Job::Money(row), Some(client), _) => Some(money_of(client.as_ref(), row).await),
+                (Job::Payment(row), _, Some(client)) => {
+                    Some(link_of(client.as_ref(), &row.payment_ref).await)
+                }
+                // Closed above.
+                _ => continue,
+            };
+            let Some(outcome) = outcome else {
+                let (until, why) = limited_until.as_ref().expect("rate limited");
+                (self.db)
+                    .defer_lookup(queue, source, key, *until, why, false)
+                    .await?;
+                count(queue, provider, "rate_limited", 1);
                 pass.rate_limited += 1;
                 continue;
-            }
-            match lookup(client.as_ref(), row).await {
+            };
+            match outcome {
                 Outcome::Money(money) => {
-                    let applied = (self.db)
-                        .apply_money_lookup(source, &row.attempt_id, &money)
-                        .await?;
+                    let applied = self.db.apply_money_lookup(source, key, &money).await?;
                     if applied == Applied::Posted {
-                        count(provider, "posted", 1);
+                        count(queue, provider, "posted", 1);
                         pass.posted += 1;
                     }
+                }
+                Outcome::Link(Some(link)) => {
+                    let applied = (self.db)
+                        .apply_payment_link(source, key, &link, &self.dunning)
+                        .await?;
+                    if applied == Applied::Posted {
+                        count(queue, provider, "posted", 1);
+                        pass.posted += 1;
+                    }
+                }
+                Outcome::Link(None) => {
+                    let reason =
+                        "the payment paid no subscription's invoice: its refunds are not booked";
+                    (self.db)
+                        .close_lookups(queue, source, &[key], Closed::NotApplicable, reason)
+                        .await?;
+                    count(queue, provider, "not_applicable", 1);
+                    pass.not_applicable += 1;
                 }
                 Outcome::Failed(ProviderApiError::RateLimited { retry_after }) => {
                     let wait = retry_after
@@ -250,28 +351,28 @@ impl Lookups {
                     let until = later(now, wait);
                     let why = format!("rate limited: waiting {}s", wait.as_secs());
                     (self.db)
-                        .defer_money_lookup(source, &row.attempt_id, until, &why, false)
+                        .defer_lookup(queue, source, key, until, &why, false)
                         .await?;
                     limited_until = Some((until, why));
-                    count(provider, "rate_limited", 1);
+                    count(queue, provider, "rate_limited", 1);
                     pass.rate_limited += 1;
                 }
                 Outcome::Failed(ProviderApiError::Transient(error)) => {
-                    let until = later(now, failure_wait(&self.waits, row.failures));
+                    let until = later(now, failure_wait(&self.waits, job.failures()));
                     (self.db)
-                        .defer_money_lookup(source, &row.attempt_id, until, &error, true)
+                        .defer_lookup(queue, source, key, until, &error, true)
                         .await?;
-                    count(provider, "retried", 1);
+                    count(queue, provider, "retried", 1);
                     pass.retried += 1;
                 }
                 Outcome::Failed(error @ ProviderApiError::Rejected { .. }) => {
-                    self.park(source, row, provider, &error.to_string(), "parked")
+                    self.park(job, source, provider, &error.to_string(), "parked")
                         .await?;
                     pass.parked += 1;
                 }
                 Outcome::Panicked(message) => {
-                    let reason = format!("the money client panicked: {message}");
-                    self.park(source, row, provider, &reason, "panicked")
+                    let reason = format!("the lookup client panicked: {message}");
+                    self.park(job, source, provider, &reason, "panicked")
                         .await?;
                     pass.parked += 1;
                 }
@@ -282,19 +383,20 @@ impl Lookups {
 
     async fn park(
         &self,
+        job: &Job,
         source: &str,
-        row: &DueLookup,
         provider: &'static str,
         reason: &str,
         outcome: &'static str,
     ) -> Result<(), DbError> {
+        let (queue, key) = (job.queue(), job.key());
         (self.db)
-            .close_money_lookup(source, &[row.attempt_id.as_str()], Closed::Parked, reason)
+            .close_lookups(queue, source, &[key], Closed::Parked, reason)
             .await?;
-        count(provider, outcome, 1);
+        count(queue, provider, outcome, 1);
         tracing::warn!(
-            source, attempt_id = %row.attempt_id, %reason,
-            "money lookup parked: `subsync ledger lookups-resume` after fixing the cause"
+            source, key, ?queue, %reason,
+            "lookup parked: `subsync ledger lookups-resume` after fixing the cause"
         );
         Ok(())
     }
@@ -313,23 +415,39 @@ fn failure_wait(waits: &Waits, failures: i32) -> Duration {
         .unwrap_or(waits.max_failure)
 }
 
-/// Asks the provider, retrying a transient failure at once a few times; a panic in the
-/// client is caught here and becomes this row's outcome.
-async fn lookup(client: &dyn MoneyClient, row: &DueLookup) -> Outcome {
+/// The quick retries of a transient failure within one lookup.
+fn quick_retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(2)
+}
+
+/// Asks the provider for an attempt's money, retrying a transient failure at once a few
+/// times; a panic in the client is caught here and becomes this row's outcome.
+async fn money_of(client: &dyn MoneyClient, row: &DueLookup) -> Outcome {
     let query = MoneyQuery {
         attempt_id: row.attempt_id.clone(),
         subscription_id: row.subscription_id.clone(),
         cycle_id: row.cycle_id.clone(),
     };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(2);
     let attempts = (|| client.money(&query))
-        .retry(backoff)
+        .retry(quick_retries())
         .when(|e| matches!(e, ProviderApiError::Transient(_)));
     match AssertUnwindSafe(attempts).catch_unwind().await {
         Ok(Ok(money)) => Outcome::Money(money),
+        Ok(Err(error)) => Outcome::Failed(error),
+        Err(panic) => Outcome::Panicked(panic_text(panic.as_ref())),
+    }
+}
+
+/// Asks the provider which attempt a payment belongs to, as [`money_of`] asks.
+async fn link_of(client: &dyn PaymentClient, payment_ref: &str) -> Outcome {
+    let attempts = (|| client.attempt_of(payment_ref))
+        .retry(quick_retries())
+        .when(|e| matches!(e, ProviderApiError::Transient(_)));
+    match AssertUnwindSafe(attempts).catch_unwind().await {
+        Ok(Ok(link)) => Outcome::Link(link),
         Ok(Err(error)) => Outcome::Failed(error),
         Err(panic) => Outcome::Panicked(panic_text(panic.as_ref())),
     }
@@ -343,9 +461,12 @@ fn later(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn count(provider: &'static str, outcome: &'static str, n: u64) {
-    metrics::counter!("subsync_money_lookups_total", "provider" => provider, "outcome" => outcome)
-        .increment(n);
+fn count(queue: Queue, provider: &'static str, outcome: &'static str, n: u64) {
+    let name = match queue {
+        Queue::Money => "subsync_money_lookups_total",
+        Queue::Payment => "subsync_payment_links_total",
+    };
+    metrics::counter!(name, "provider" => provider, "outcome" => outcome).increment(n);
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ struct MoneyLookups {
 
 #[utoipa::path(get, path = "/admin/money-lookups", tag = "ledger", params(LookupsQuery),
     security(("bearer" = [])), responses(
-    (status = 200, description = "Money lookups (attempts whose money is read from the provider's API), newest change first", body = MoneyLookups),
+    (status = 200, description = "Lookups, newest change first: money lookups (`kind` `money`: attempts whose money is read from the provider's API) and payment links (`payment`: refunded payments whose attempt is read from it)", body = MoneyLookups),
     (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
     (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
 ))]
@@ -284,10 +284,7 @@ async fn money_lookups(
     Query(query): Query<LookupsQuery>,
 ) -> Result<axum::Json<MoneyLookups>, HttpError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let money_lookups = state
-        .db
-        .money_lookups(query.status.as_deref(), limit)
-        .await?;
+    let money_lookups = state.db.lookups(query.status.as_deref(), limit).await?;
     Ok(axum::Json(MoneyLookups { money_lookups }))
 }
 

@@ -18,8 +18,9 @@ pub enum Command {
     },
     /// Check every journal invariant; exits non-zero on any breach.
     Verify,
-    /// Money lookups (attempts whose money is read from the provider's API): newest
-    /// change first, parked ones by default.
+    /// Lookups: money lookups (attempts whose money is read from the provider's API) and
+    /// payment links (refunded payments whose attempt is read from it); newest change
+    /// first, parked ones by default.
     Lookups {
         /// `pending`, `done`, `parked` (default) or `not_applicable`; `all` for every row.
         #[arg(long, default_value = "parked")]
@@ -27,11 +28,12 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
-    /// Put a source's parked (or not applicable) money lookups back in the queue, due now:
-    /// all of them, or one attempt's.
+    /// Put a source's parked (or not applicable) lookups back in the queue, due now: all
+    /// of them, or one attempt's or payment's.
     LookupsResume {
         source_id: String,
-        attempt_id: Option<String>,
+        /// An attempt id (a money lookup) or a provider's payment id (a payment link).
+        key: Option<String>,
     },
 }
 
@@ -69,22 +71,17 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
         }
         Command::Lookups { status, limit } => {
             let status = (status != "all").then_some(status.as_str());
-            print_lookups(&db.money_lookups(status, limit).await?);
+            print_lookups(&db.lookups(status, limit).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::LookupsResume {
-            source_id,
-            attempt_id,
-        } => {
+        Command::LookupsResume { source_id, key } => {
             // Audited like the other operator writes.
-            let filter = serde_json::json!({ "source_id": source_id, "attempt_id": attempt_id });
+            let filter = serde_json::json!({ "source_id": source_id, "key": key });
             let actor = crate::ops::Actor::cli();
             let entry = crate::ops::audit::start(&db, &actor, "lookups.resume", &filter).await?;
-            let n = db
-                .resume_money_lookups(&source_id, attempt_id.as_deref())
-                .await?;
+            let n = db.resume_lookups(&source_id, key.as_deref()).await?;
             entry.finish(&db, n, "ok").await?;
-            println!("{n} money lookup(s) due again");
+            println!("{n} lookup(s) due again");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -92,17 +89,23 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
 
 fn print_lookups(rows: &[crate::ledger::LookupView]) {
     if rows.is_empty() {
-        println!("no money lookups");
+        println!("no lookups");
     }
     for r in rows {
         let due = r
             .due_at
             .map(|d| d.to_rfc3339())
             .unwrap_or_else(|| "-".to_owned());
+        let key = match (&r.payment_ref, &r.attempt_id) {
+            (Some(payment), Some(attempt)) => format!("{payment} -> {attempt}"),
+            (Some(payment), None) => payment.clone(),
+            (None, attempt) => attempt.clone().unwrap_or_default(),
+        };
         println!(
-            "{}/{}  {}  tries {}  due {}  {}",
+            "{} {}/{}  {}  tries {}  due {}  {}",
+            r.kind,
             r.source_id,
-            r.attempt_id,
+            key,
             r.status,
             r.tries,
             due,

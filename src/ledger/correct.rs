@@ -48,8 +48,10 @@ use diff::{Units, correction, diff};
 /// Every table the reconcile writes, in the order the scratch copies are created. A table
 /// the reconcile starts writing is one more line here. Not shadowed: `events` (the
 /// history itself, read as it is; its normalization and outcomes are updated to the
-/// current code's, as a replay does) and `retry_calls` (only read, to link Shopify's
-/// retry attempts to their cycles: the copy would have lost the links).
+/// current code's, as a replay does), `retry_calls` (only read, to link Shopify's
+/// retry attempts to their cycles: the copy would have lost the links) and
+/// `payment_links` (read, to give a refund its payment's attempt, for the same reason; a
+/// refund still unlinked is held there by the correction as the worker would hold it).
 pub const SHADOWED: &[&str] = &[
     "billing_attempts",
     "subscriptions",

@@ -48,11 +48,16 @@ pub enum Applied {
     AlreadyClosed,
 }
 
-/// One lookup row as operators see it.
+/// One lookup row as operators see it: a money lookup (`kind` `money`, keyed by its
+/// attempt) or a payment link (`payment`, keyed by the provider's payment, with the
+/// attempt once linked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LookupView {
+    /// `money` or `payment`.
+    pub kind: String,
     pub source_id: String,
-    pub attempt_id: String,
+    pub attempt_id: Option<String>,
+    pub payment_ref: Option<String>,
     /// `pending`, `done`, `parked` or `not_applicable`.
     pub status: String,
     pub due_at: Option<DateTime<Utc>>,
@@ -62,6 +67,24 @@ pub struct LookupView {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The two lookup queues: money lookups (keyed by attempt) and payment links (keyed by
+/// the provider's payment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Money,
+    Payment,
+}
+
+impl Queue {
+    /// The table and its key column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Queue::Money => ("money_lookups", "attempt_id"),
+            Queue::Payment => ("payment_links", "payment_ref"),
+        }
+    }
 }
 
 /// How a row that is not posted ends.
@@ -115,7 +138,7 @@ pub(super) async fn enqueue(
     Ok(())
 }
 
-fn millis(d: Duration) -> f64 {
+pub(super) fn millis(d: Duration) -> f64 {
     d.as_millis().min(u128::from(u32::MAX) * 1000) as f64
 }
 
@@ -212,23 +235,25 @@ impl Db {
         Ok(Applied::Posted)
     }
 
-    /// A pending lookup tried again at `due_at`, with the reason; `failed` counts it as a
-    /// consecutive failure (a rate limit does not).
-    pub async fn defer_money_lookup(
+    /// A pending lookup of `queue` tried again at `due_at`, with the reason; `failed`
+    /// counts it as a consecutive failure (a rate limit does not).
+    pub async fn defer_lookup(
         &self,
+        queue: Queue,
         source_id: &str,
-        attempt_id: &str,
+        key: &str,
         due_at: DateTime<Utc>,
         error: &str,
         failed: bool,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE money_lookups SET due_at = $3, last_error = $4,
+        let (table, column) = queue.table();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET due_at = $3, last_error = $4,
                     failures = failures + CASE WHEN $5 THEN 1 ELSE 0 END, updated_at = now()
-             WHERE source_id = $1 AND attempt_id = $2 AND status = 'pending'",
-        )
+             WHERE source_id = $1 AND {column} = $2 AND status = 'pending'"
+        )))
         .bind(source_id)
-        .bind(attempt_id)
+        .bind(key)
         .bind(due_at)
         .bind(error)
         .bind(failed)
@@ -237,22 +262,23 @@ impl Db {
         Ok(())
     }
 
-    /// Ends pending lookups of a source without money: parked (with its reason) or not
-    /// applicable.
-    pub async fn close_money_lookup(
+    /// Ends pending lookups of `queue` that found nothing to post: parked (with its
+    /// reason) or not applicable.
+    pub async fn close_lookups(
         &self,
+        queue: Queue,
         source_id: &str,
-        attempt_ids: &[&str],
+        keys: &[&str],
         closed: Closed,
         reason: &str,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE money_lookups SET status = $3, due_at = NULL, last_error = $4,
-                    updated_at = now()
-             WHERE source_id = $1 AND attempt_id = ANY($2) AND status = 'pending'",
-        )
+        let (table, column) = queue.table();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET status = $3, due_at = NULL, last_error = $4, updated_at = now()
+             WHERE source_id = $1 AND {column} = ANY($2) AND status = 'pending'"
+        )))
         .bind(source_id)
-        .bind(attempt_ids)
+        .bind(keys)
         .bind(closed.as_str())
         .bind(reason)
         .execute(self.pool())
@@ -260,37 +286,43 @@ impl Db {
         Ok(())
     }
 
-    /// Puts parked (or not applicable) lookups back in the queue, due now: one source's,
-    /// or one attempt's. Returns how many.
-    pub async fn resume_money_lookups(
-        &self,
-        source_id: &str,
-        attempt_id: Option<&str>,
-    ) -> Result<u64, DbError> {
-        let done = sqlx::query(
-            "UPDATE money_lookups SET status = 'pending', due_at = now(), failures = 0,
-                    updated_at = now()
-             WHERE source_id = $1 AND ($2::text IS NULL OR attempt_id = $2)
-               AND status IN ('parked', 'not_applicable')",
-        )
-        .bind(source_id)
-        .bind(attempt_id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+    /// Puts parked (or not applicable) lookups of both queues back, due now: one source's,
+    /// or one attempt's or payment's (`key`). Returns how many.
+    pub async fn resume_lookups(&self, source_id: &str, key: Option<&str>) -> Result<u64, DbError> {
+        let mut resumed = 0;
+        for queue in [Queue::Money, Queue::Payment] {
+            let (table, column) = queue.table();
+            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET status = 'pending', due_at = now(), failures = 0,
+                        updated_at = now()
+                 WHERE source_id = $1 AND ($2::text IS NULL OR {column} = $2)
+                   AND status IN ('parked', 'not_applicable')"
+            )))
+            .bind(source_id)
+            .bind(key)
+            .execute(self.pool())
+            .await?;
+            resumed += done.rows_affected();
+        }
+        Ok(resumed)
     }
 
-    /// Lookup rows, newest change first, optionally of one status.
-    pub async fn money_lookups(
+    /// Lookup rows of both queues, newest change first, optionally of one status.
+    pub async fn lookups(
         &self,
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<LookupView>, DbError> {
         Ok(sqlx::query_as(
-            "SELECT source_id, attempt_id, status, due_at, tries, failures, last_error,
-                    created_at, updated_at
-             FROM money_lookups WHERE ($1::text IS NULL OR status = $1)
-             ORDER BY updated_at DESC, source_id, attempt_id LIMIT $2",
+            "SELECT * FROM (
+                 SELECT 'money' AS kind, source_id, attempt_id, NULL::text AS payment_ref,
+                        status, due_at, tries, failures, last_error, created_at, updated_at
+                 FROM money_lookups WHERE ($1::text IS NULL OR status = $1)
+                 UNION ALL
+                 SELECT 'payment', source_id, attempt_id, payment_ref,
+                        status, due_at, tries, failures, last_error, created_at, updated_at
+                 FROM payment_links WHERE ($1::text IS NULL OR status = $1)) l
+             ORDER BY updated_at DESC, kind, source_id, attempt_id, payment_ref LIMIT $2",
         )
         .bind(status)
         .bind(limit)

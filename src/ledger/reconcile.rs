@@ -48,6 +48,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::archive::{self, NewEvent};
+use super::payments;
 use crate::canonical::{
     AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
     SubscriptionStatus,
@@ -255,6 +256,9 @@ pub(super) async fn reconcile_in(
     inbox: Inbox<'_>,
     dunning: &Dunning,
 ) -> Result<Vec<Reconciled>, DbError> {
+    // Refunds that name a linked payment get its attempt before anything is archived.
+    let resolved = payments::resolve(&mut *tx, events).await?;
+    let events = &*payments::with_resolved(events, &resolved);
     let ids = match inbox {
         Inbox::Insert => archive::insert(&mut *tx, events).await?,
         Inbox::Archived(ids) => {
@@ -300,6 +304,10 @@ pub(super) async fn reconcile_in(
                 }
                 // A refund of nothing gives nothing back (and a row needs an amount).
                 CanonicalEvent::Refund(r) if r.amount.minor <= 0 => {}
+                // Its payment is not linked yet: held below.
+                CanonicalEvent::Refund(Refund {
+                    attempt_id: None, ..
+                }) => {}
                 CanonicalEvent::Refund(r) => {
                     let row = RefundRow {
                         event_id,
@@ -321,8 +329,9 @@ pub(super) async fn reconcile_in(
     let final_refunds = upsert_refunds(&mut *tx, &refunds).await?;
     let refunded_payments: Vec<(&str, &str)> = refunds
         .iter()
-        .map(|((s, _), row)| (s.as_str(), row.refund.attempt_id.as_str()))
+        .filter_map(|((s, _), row)| Some((s.as_str(), row.refund.attempt_id.as_deref()?)))
         .collect();
+    payments::hold(&mut *tx, events, &ids).await?;
     post_journal(&mut *tx, &final_attempts, &refunded_payments).await?;
     super::lookups::enqueue(&mut *tx, &final_attempts, dunning).await?;
     let applied_subscriptions = upsert_subscriptions(&mut *tx, &subscriptions).await?;
@@ -363,6 +372,10 @@ pub(super) async fn reconcile_in(
                         .is_some_and(|w| w.event_id == event_id)
             }
             CanonicalEvent::Refund(r) if r.amount.minor <= 0 => false,
+            // Held for its payment's link: applied when the link is made.
+            CanonicalEvent::Refund(Refund {
+                attempt_id: None, ..
+            }) => true,
             CanonicalEvent::Refund(r) => final_refunds
                 .get(&(source.clone(), r.refund_id.clone()))
                 .is_some_and(|(rank, word)| {
@@ -615,9 +628,13 @@ async fn upsert_refunds(
     let mut event = Vec::new();
     for ((s, _), row) in rows {
         let r = &row.refund;
+        // Only linked refunds are merged (the others are held).
+        let Some(attempt_id) = r.attempt_id.as_deref() else {
+            continue;
+        };
         source.push(s.as_str());
         refund.push(r.refund_id.as_str());
-        attempt.push(r.attempt_id.as_str());
+        attempt.push(attempt_id);
         subscription.push(r.subscription_id.as_deref());
         cycle.push(r.cycle_id.as_deref());
         status.push(word(r.status));

@@ -149,9 +149,16 @@ async fn touched(
                         None => Key::Attempt(a.attempt_id.clone()),
                     },
                     CanonicalEvent::Subscription(c) => Key::Subscription(c.subscription_id.clone()),
-                    CanonicalEvent::Refund(r) => match &r.subscription_id {
-                        Some(s) => Key::Subscription(s.clone()),
-                        None => Key::Attempt(r.attempt_id.clone()),
+                    // A refund that names only its payment (not linked yet at
+                    // normalization) is found under the payment's id: its history then
+                    // links it through `payment_links`.
+                    CanonicalEvent::Refund(r) => match (&r.subscription_id, &r.attempt_id) {
+                        (Some(s), _) => Key::Subscription(s.clone()),
+                        (None, Some(a)) => Key::Attempt(a.clone()),
+                        (None, None) => match &r.payment_ref {
+                            Some(p) => Key::Attempt(p.clone()),
+                            None => continue,
+                        },
                     },
                 };
                 events.entry(key).or_default().push(archived.id);

@@ -7,6 +7,8 @@
 //!   with a list API);
 //! - a [`MoneyClient`] reads the amount and currency of a billing attempt from the
 //!   provider's API (the providers whose webhooks do not carry both: Shopify, Appstle);
+//! - a [`PaymentClient`] finds the attempt a payment belongs to (the providers whose
+//!   refunds name the payment, not the attempt: Stripe);
 //! - its [`DunningMode`] says who retries a failed payment.
 //!
 //! `registry.rs` says which provider has which. The provider folders implement these
@@ -30,6 +32,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+use crate::canonical::PaymentLink;
 use crate::envelope::Envelope;
 use crate::money::Money;
 use crate::providers::http::{Cap, ProviderApiError};
@@ -230,4 +233,15 @@ pub struct MoneyQuery {
 pub trait MoneyClient: Send + Sync {
     fn money<'a>(&'a self, query: &'a MoneyQuery)
     -> BoxFuture<'a, Result<Money, ProviderApiError>>;
+}
+
+/// Which billing attempt a provider's payment belongs to, for the providers whose refunds
+/// name the payment, not the attempt (Stripe). A read: asking twice is harmless. `None`:
+/// the payment paid no subscription's cycle (a one-off charge). Errors as for
+/// [`MoneyClient::money`].
+pub trait PaymentClient: Send + Sync {
+    fn attempt_of<'a>(
+        &'a self,
+        payment_ref: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PaymentLink>, ProviderApiError>>;
 }

@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use crate::canonical::CanonicalEvent;
 use crate::config::{ProviderKind, SourceSettings};
 use crate::envelope::Envelope;
-use contract::{Connector, DunningMode, ListClient, MoneyClient, RetryClient};
+use contract::{Connector, DunningMode, ListClient, MoneyClient, PaymentClient, RetryClient};
 use http::ProviderHttp;
 pub(crate) use support::sha256_hex;
 
@@ -179,6 +179,7 @@ pub struct Source {
     retry: Option<Arc<dyn RetryClient>>,
     list: Option<Arc<dyn ListClient>>,
     money: Option<Arc<dyn MoneyClient>>,
+    payment: Option<Arc<dyn PaymentClient>>,
 }
 
 impl std::fmt::Debug for Source {
@@ -212,6 +213,7 @@ impl Source {
             retry: entry.retry.map(Arc::from),
             list: entry.list.map(Arc::from),
             money: entry.money.map(Arc::from),
+            payment: entry.payment.map(Arc::from),
         })
     }
 
@@ -242,6 +244,12 @@ impl Source {
     /// for the providers whose webhooks do not carry both (with `[sources.api]` set).
     pub fn money_client(&self) -> Option<Arc<dyn MoneyClient>> {
         self.money.clone()
+    }
+
+    /// The client that finds the attempt a payment belongs to, for the providers whose
+    /// refunds name the payment (with `[sources.api]` set).
+    pub fn payment_client(&self) -> Option<Arc<dyn PaymentClient>> {
+        self.payment.clone()
     }
 
     /// The only way to obtain a [`Verified`] request.

@@ -4,7 +4,9 @@
 //! table, dunning and sync ask each `Source`).
 
 use crate::config::{ApiSettings, ProviderKind, SourceSettings};
-use crate::providers::contract::{Connector, DunningMode, ListClient, MoneyClient, RetryClient};
+use crate::providers::contract::{
+    Connector, DunningMode, ListClient, MoneyClient, PaymentClient, RetryClient,
+};
 use crate::providers::http::ProviderHttp;
 use crate::providers::schemes::{generic_hmac, standard, svix};
 use crate::providers::{appstle, paynow, polar, rebilly, shopify, stripe};
@@ -20,6 +22,9 @@ pub(super) struct Entry {
     /// The providers whose webhooks do not carry an attempt's money; built only when the
     /// source configures `[sources.api]`.
     pub money: Option<Box<dyn MoneyClient>>,
+    /// The providers whose refunds name a payment, not its attempt; built only when the
+    /// source configures `[sources.api]`.
+    pub payment: Option<Box<dyn PaymentClient>>,
 }
 
 /// The entry of `settings`' provider; `Err` names the setting the provider cannot use
@@ -37,6 +42,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: api.retry(stripe::StripeClient::new),
             list: api.list(stripe::StripeList::new),
             money: None,
+            payment: api.payment(stripe::StripePayments::new),
         },
         ProviderKind::Shopify => Entry {
             connector: Box::new(shopify::Shopify::new(secrets)?),
@@ -44,6 +50,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: api.retry(shopify::ShopifyClient::new),
             list: api.list(shopify::ShopifyList::new),
             money: api.money(shopify::ShopifyMoney::new),
+            payment: None,
         },
         ProviderKind::Appstle => Entry {
             connector: Box::new(appstle::Appstle::new(secrets, tolerance)?),
@@ -51,6 +58,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: api.retry(appstle::AppstleClient::new),
             list: api.list(appstle::AppstleList::new),
             money: api.money(appstle::AppstleMoney::new),
+            payment: None,
         },
         ProviderKind::Polar => Entry {
             connector: Box::new(polar::new(secrets, tolerance)?),
@@ -58,6 +66,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: api.retry(polar::PolarClient::new),
             list: api.list(polar::PolarList::new),
             money: None,
+            payment: None,
         },
         ProviderKind::Paynow => Entry {
             connector: Box::new(paynow::PayNow::new(secrets, tolerance)?),
@@ -65,6 +74,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: None,
             list: api.list(paynow::PayNowList::new),
             money: None,
+            payment: None,
         },
         ProviderKind::Rebilly => Entry {
             connector: Box::new(rebilly::Rebilly::new(
@@ -75,6 +85,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             retry: None,
             list: api.list(rebilly::RebillyList::new),
             money: None,
+            payment: None,
         },
         ProviderKind::Standard => {
             webhooks_only(standard::StandardWebhooks::new(secrets, tolerance)?)
@@ -95,6 +106,7 @@ fn webhooks_only(connector: impl Connector + 'static) -> Entry {
         retry: None,
         list: None,
         money: None,
+        payment: None,
     }
 }
 
@@ -117,6 +129,14 @@ impl Api<'_> {
         &self,
         new: fn(&ApiSettings, ProviderHttp) -> C,
     ) -> Option<Box<dyn MoneyClient>> {
+        let client = new(self.settings?, self.http.clone());
+        Some(Box::new(client))
+    }
+
+    fn payment<C: PaymentClient + 'static>(
+        &self,
+        new: fn(&ApiSettings, ProviderHttp) -> C,
+    ) -> Option<Box<dyn PaymentClient>> {
         let client = new(self.settings?, self.http.clone());
         Some(Box::new(client))
     }
@@ -145,7 +165,10 @@ mod tests {
             let mut settings = settings_for(kind);
             let bare = entry(&settings, &http).unwrap();
             assert!(
-                bare.retry.is_none() && bare.list.is_none() && bare.money.is_none(),
+                bare.retry.is_none()
+                    && bare.list.is_none()
+                    && bare.money.is_none()
+                    && bare.payment.is_none(),
                 "{kind:?}"
             );
             settings.api = Some(api_settings("http://127.0.0.1:9/", "tok"));
@@ -177,6 +200,9 @@ mod tests {
                 | ProviderKind::Hmac => false,
             };
             assert_eq!(with_api.money.is_some(), reads_money, "{kind:?}");
+            // Only Stripe's refunds name a payment instead of its attempt.
+            let links_payments = kind == ProviderKind::Stripe;
+            assert_eq!(with_api.payment.is_some(), links_payments, "{kind:?}");
             assert_eq!(bare.dunning, mode, "{kind:?}");
         }
     }

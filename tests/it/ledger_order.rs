@@ -2,7 +2,9 @@
 //! webhooks, each delivered up to three times, reconciled in batches of any size, leaves
 //! the same ledger (attempt states, subscription states, balances per account and
 //! currency) as the in-order, once-each history. Histories include partial refunds, full
-//! refunds and refunds asking for more than the payment collected.
+//! refunds and refunds asking for more than the payment collected, and refunds that name
+//! only their payment (as Stripe's do): held until the payment's link is made, at any
+//! point of the deliveries, and booked the same then.
 
 use crate::common;
 
@@ -12,8 +14,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use subsync::{
     canonical::{
-        AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
-        SubscriptionStatus,
+        AttemptStatus, BillingAttempt, CanonicalEvent, PaymentLink, Refund, RefundStatus,
+        SubscriptionChange, SubscriptionStatus,
     },
     config::{DatabaseSettings, ProviderKind},
     db::Db,
@@ -46,9 +48,10 @@ const REFUND_STATUSES: [RefundStatus; 3] = [
 ];
 
 /// One attempt: its amount, the statuses reported (each report with or without the
-/// amount), and its refunds (per mille of the amount — above 1000 asks for more than was
-/// collected —, and the statuses reported).
-type AttemptHistory = (i64, Vec<(usize, bool)>, Vec<(i64, Vec<usize>)>);
+/// amount), its refunds (per mille of the amount — above 1000 asks for more than was
+/// collected —, and the statuses reported), and whether they name the payment rather
+/// than the attempt.
+type AttemptHistory = (i64, Vec<(usize, bool)>, Vec<(i64, Vec<usize>)>, bool);
 
 /// One subscription's history: its currency, attempts and changes (status, provider time,
 /// currency?).
@@ -60,6 +63,7 @@ fn history() -> impl Strategy<Value = Vec<SubHistory>> {
         1i64..100_000,
         prop::collection::vec((0..6usize, any::<bool>()), 1..5),
         prop::collection::vec(refund, 0..3),
+        any::<bool>(),
     );
     let change = (0..5usize, 0i64..4, any::<bool>());
     let sub = (
@@ -70,12 +74,14 @@ fn history() -> impl Strategy<Value = Vec<SubHistory>> {
     prop::collection::vec(sub, 1..4)
 }
 
-/// The webhooks of a history, in history order, each with a unique event id.
-fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
+/// The webhooks of a history, in history order, each with a unique event id. `unlinked`:
+/// the refunds of the attempts whose refunds name their payment name only it (else they
+/// come as the ledger completes them once the payment is linked).
+fn webhooks(history: &[SubHistory], unlinked: bool) -> Vec<(String, CanonicalEvent)> {
     let mut out = Vec::new();
     for (s, (currency, attempts, changes)) in history.iter().enumerate() {
         let (sub, currency) = (format!("sub{s}"), CURRENCIES[*currency]);
-        for (a, (amount, reports, refunds)) in attempts.iter().enumerate() {
+        for (a, (amount, reports, refunds, by_payment)) in attempts.iter().enumerate() {
             for (status, with_amount) in reports {
                 let status = ATTEMPT_STATUSES[*status];
                 let event = CanonicalEvent::BillingAttempt(BillingAttempt {
@@ -100,9 +106,10 @@ fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
                     let status = REFUND_STATUSES[*status];
                     let event = CanonicalEvent::Refund(Refund {
                         refund_id: format!("{sub}-a{a}-r{r}"),
-                        attempt_id: format!("{sub}-a{a}"),
-                        subscription_id: None,
-                        cycle_id: None,
+                        attempt_id: (!by_payment || !unlinked).then(|| format!("{sub}-a{a}")),
+                        payment_ref: (*by_payment && unlinked).then(|| format!("pay-{sub}-a{a}")),
+                        subscription_id: (*by_payment && !unlinked).then(|| sub.clone()),
+                        cycle_id: (*by_payment && !unlinked).then(|| format!("{sub}-c{a}")),
                         status,
                         provider_status: format!("{status:?}"),
                         amount: Money::from_minor((amount * per_mille / 1000).max(1), currency)
@@ -130,6 +137,34 @@ fn webhooks(history: &[SubHistory]) -> Vec<(String, CanonicalEvent)> {
         }
     }
     out
+}
+
+/// The payments the refunds name, with the attempt each paid.
+fn links(history: &[SubHistory]) -> Vec<(String, PaymentLink)> {
+    let mut out = Vec::new();
+    for (s, (_, attempts, _)) in history.iter().enumerate() {
+        for (a, (.., by_payment)) in attempts.iter().enumerate() {
+            if *by_payment {
+                let link = PaymentLink {
+                    attempt_id: format!("sub{s}-a{a}"),
+                    subscription_id: Some(format!("sub{s}")),
+                    cycle_id: Some(format!("sub{s}-c{a}")),
+                };
+                out.push((format!("pay-sub{s}-a{a}"), link));
+            }
+        }
+    }
+    out
+}
+
+/// Makes every link whose payment has refunds waiting (as the lookup role would).
+async fn link(db: &Db, source: &str, links: &[(String, PaymentLink)]) {
+    for (payment, link) in links {
+        let dunning = Default::default();
+        db.apply_payment_link(source, payment, link, &dunning)
+            .await
+            .unwrap();
+    }
 }
 
 async fn apply(db: &Db, source: &str, batch: &[&(String, CanonicalEvent)]) {
@@ -176,19 +211,20 @@ fn any_order_and_duplication_gives_the_in_order_ledger() {
         ..Config::default()
     });
     let case = std::sync::atomic::AtomicUsize::new(0);
-    // The history, then a shuffle key, copies (1..=3) and a batch size per webhook.
+    // The history, then a shuffle key, copies (1..=3) and a batch size per webhook, and
+    // after how many batches the payments' links are made.
     let strategy = history().prop_flat_map(|h| {
-        let n = webhooks(&h).len();
+        let n = webhooks(&h, true).len();
         let per_webhook = (any::<u32>(), 1..=3usize, 1..=8usize);
-        (Just(h), prop::collection::vec(per_webhook, n))
+        (Just(h), prop::collection::vec(per_webhook, n), 0..=n)
     });
     runner
-        .run(&strategy, |(history, shuffle)| {
+        .run(&strategy, |(history, shuffle, link_after)| {
             let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let events = webhooks(&history);
+            let (events, unlinked) = (webhooks(&history, false), webhooks(&history, true));
             // Delivery order: every copy gets its own shuffle key.
             let mut deliveries: Vec<(u64, &(String, CanonicalEvent))> = Vec::new();
-            for (i, (event, (key, copies, _))) in events.iter().zip(&shuffle).enumerate() {
+            for (i, (event, (key, copies, _))) in unlinked.iter().zip(&shuffle).enumerate() {
                 for c in 0..*copies {
                     deliveries.push((
                         u64::from(*key)
@@ -200,6 +236,7 @@ fn any_order_and_duplication_gives_the_in_order_ledger() {
             }
             deliveries.sort_by_key(|(k, _)| *k);
             let (reference, shuffled) = (format!("ref{case}"), format!("perm{case}"));
+            let links = links(&history);
             let (expected, actual) = rt.block_on(async {
                 for event in &events {
                     apply(&db, &reference, &[event]).await;
@@ -207,11 +244,18 @@ fn any_order_and_duplication_gives_the_in_order_ledger() {
                 let mut rest: Vec<&(String, CanonicalEvent)> =
                     deliveries.iter().map(|(_, e)| *e).collect();
                 let mut sizes = shuffle.iter().map(|(_, _, size)| *size).cycle();
+                let mut batches = 0;
                 while !rest.is_empty() {
+                    if batches == link_after {
+                        link(&db, &shuffled, &links).await;
+                    }
                     let take = sizes.next().unwrap().min(rest.len());
                     let batch: Vec<_> = rest.drain(..take).collect();
                     apply(&db, &shuffled, &batch).await;
+                    batches += 1;
                 }
+                // The links of payments whose refunds came after the first round.
+                link(&db, &shuffled, &links).await;
                 let subs: Vec<String> = (0..history.len()).map(|s| format!("sub{s}")).collect();
                 (
                     common::snapshot(&db, &reference, &subs).await,

@@ -35,6 +35,7 @@ mod ledger_views;
 mod money;
 mod providers;
 mod rebilly_truth;
+mod stripe_refunds;
 mod supervision;
 mod sync;
 mod sync_providers;

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use subsync::{
     app::Role,
     ledger::Applied,
-    lookups::{Lookups, MoneyClients, Pass},
+    lookups::{LookupClients, Lookups, Pass},
     money::Money,
     providers::{
         contract::{MoneyClient, MoneyQuery},
@@ -120,7 +120,11 @@ interval_ms = 86400000
 
 fn lookups(app: &TestApp) -> Lookups {
     let catalogue = catalogue(&app.settings);
-    Lookups::new(app.db.clone(), MoneyClients::of(&catalogue.sources))
+    Lookups::new(
+        app.db.clone(),
+        LookupClients::of(&catalogue.sources),
+        catalogue.dunning,
+    )
 }
 
 /// The reference app's success payload naming this test's attempt and contract.
@@ -197,9 +201,9 @@ fn collection(amount: i64, currency: &str) -> Vec<(String, String, i64, String)>
 }
 
 async fn lookup_status(app: &TestApp, source: &str, attempt: &str) -> Option<String> {
-    let rows = app.db.money_lookups(None, 100).await.unwrap();
+    let rows = app.db.lookups(None, 100).await.unwrap();
     rows.into_iter()
-        .find(|r| r.source_id == source && r.attempt_id == attempt)
+        .find(|r| r.source_id == source && r.attempt_id.as_deref() == Some(attempt))
         .map(|r| r.status)
 }
 
@@ -309,7 +313,7 @@ async fn a_provider_outage_is_retried_later_and_posted_once() {
         }
     );
     assert_eq!(fake.seen(), 3);
-    let row = (app.db.money_lookups(Some("pending"), 10).await.unwrap()).remove(0);
+    let row = (app.db.lookups(Some("pending"), 10).await.unwrap()).remove(0);
     assert_eq!((row.failures, row.tries), (1, 1));
     assert!(row.last_error.unwrap().contains("503"));
     let backoff = now + chrono::Duration::seconds(60);
@@ -467,7 +471,7 @@ async fn an_attempt_the_provider_does_not_know_is_parked_with_its_reason() {
             ..Pass::default()
         }
     );
-    let parked = app.db.money_lookups(Some("parked"), 10).await.unwrap();
+    let parked = app.db.lookups(Some("parked"), 10).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(
         parked[0]
@@ -493,13 +497,7 @@ async fn an_attempt_the_provider_does_not_know_is_parked_with_its_reason() {
     let later = Utc::now() + chrono::Duration::days(1);
     assert_eq!(lookups.run_once(later).await.unwrap(), Pass::default());
     assert_eq!(postings(&app, SHOP, ATTEMPT).await, vec![]);
-    assert_eq!(
-        app.db
-            .resume_money_lookups(SHOP, Some(ATTEMPT))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(app.db.resume_lookups(SHOP, Some(ATTEMPT)).await.unwrap(), 1);
     assert_eq!(
         lookup_status(&app, SHOP, ATTEMPT).await.as_deref(),
         Some("pending")
@@ -546,9 +544,10 @@ async fn a_panic_costs_one_row_and_a_rate_limit_defers_the_source() {
     for n in [6001, 6002, 6003] {
         deliver(&app, SHOP, &format!("wh-{n}"), success_of(n), topic).await;
     }
-    let mut clients = MoneyClients::of(&catalogue(&app.settings).sources);
+    let catalogue = catalogue(&app.settings);
+    let mut clients = LookupClients::of(&catalogue.sources);
     clients.set(SHOP, "shopify", Arc::new(Unruly::default()));
-    let lookups = Lookups::new(app.db.clone(), clients);
+    let lookups = Lookups::new(app.db.clone(), clients, catalogue.dunning);
     let now = Utc::now();
     let pass = lookups.run_once(now).await.unwrap();
     assert_eq!(
@@ -559,12 +558,12 @@ async fn a_panic_costs_one_row_and_a_rate_limit_defers_the_source() {
             ..Pass::default()
         }
     );
-    let parked = app.db.money_lookups(Some("parked"), 10).await.unwrap();
+    let parked = app.db.lookups(Some("parked"), 10).await.unwrap();
     assert_eq!(parked.len(), 1);
-    assert!(parked[0].attempt_id.ends_with("/6001"));
+    assert!(parked[0].attempt_id.as_deref().unwrap().ends_with("/6001"));
     let reason = parked[0].last_error.as_deref().unwrap();
     assert!(reason.contains("panicked: client bug"), "{reason}");
-    let pending = app.db.money_lookups(Some("pending"), 10).await.unwrap();
+    let pending = app.db.lookups(Some("pending"), 10).await.unwrap();
     let waited = now + chrono::Duration::seconds(30);
     for row in &pending {
         assert_eq!(

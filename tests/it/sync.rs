@@ -122,7 +122,7 @@ impl Respond for FakeInvoices {
 /// An invoice of the current API version (`Invoice` of Stripe's SDK types, generated and
 /// checked): its subscription `sub_1` under `parent`, no PaymentIntent (a listed invoice
 /// names none, so it carries no decline code).
-fn invoice(id: &str, status: &str, attempts: u32) -> Value {
+pub(crate) fn invoice(id: &str, status: &str, attempts: u32) -> Value {
     let types = stripe_types();
     let paid = status == "paid";
     let mut invoice = types.generate("Invoice");

@@ -10,7 +10,8 @@ use sqlx::PgConnection;
 use super::{CorrectError, CorrectionScope, Normalizer};
 use crate::canonical::CanonicalEvent;
 use crate::envelope::Envelope;
-use crate::ledger::archive::{ArchivedRow, archived_event};
+use crate::ledger::archive::{ArchivedRow, NewEvent, archived_event};
+use crate::ledger::payments;
 
 /// An archived event normalized with the current code.
 pub(super) struct Normalized {
@@ -93,11 +94,20 @@ pub(super) async fn gather(
             let Some(archived) = archived_event(source, row) else {
                 continue;
             };
-            let (event_type, events) =
+            let (event_type, mut events) =
                 normalize(&archived.envelope).map_err(|error| CorrectError::Unnormalizable {
                     event_id: archived.envelope.event_id.clone(),
                     error,
                 })?;
+            // A refund of a linked payment is its attempt's (the link is not shadowed).
+            let new = NewEvent {
+                envelope: &archived.envelope,
+                event_type: &event_type,
+                events: &events,
+            };
+            if let Some(mut resolved) = payments::resolve(&mut *tx, &[new]).await? {
+                events = resolved.remove(0);
+            }
             for canonical in &events {
                 match canonical {
                     CanonicalEvent::BillingAttempt(a) => {
@@ -108,7 +118,7 @@ pub(super) async fn gather(
                         subscriptions.insert(c.subscription_id.clone());
                     }
                     CanonicalEvent::Refund(r) => {
-                        attempts.insert(r.attempt_id.clone());
+                        attempts.extend(r.attempt_id.clone());
                         subscriptions.extend(r.subscription_id.clone());
                     }
                 }

@@ -285,7 +285,8 @@ fn refund(what: &str, r: Refund) -> Result<Vec<CanonicalEvent>, NormalizeError> 
     let cycle_id = first_id([r.order_id.as_ref()]);
     let mut events = vec![CanonicalEvent::Refund(crate::canonical::Refund {
         refund_id,
-        attempt_id: payment.clone(),
+        attempt_id: Some(payment.clone()),
+        payment_ref: None,
         subscription_id: None,
         cycle_id: cycle_id.clone(),
         status,

@@ -243,7 +243,8 @@ fn refund(r: PolarRefund) -> Result<Option<CanonicalEvent>, NormalizeError> {
     let created = time(r.created_at, "created_at")?;
     Ok(Some(CanonicalEvent::Refund(Refund {
         refund_id,
-        attempt_id: required(r.order_id, "refund order_id")?,
+        attempt_id: Some(required(r.order_id, "refund order_id")?),
+        payment_ref: None,
         subscription_id: r.subscription_id.filter(|s| !s.is_empty()),
         cycle_id: None,
         status,

@@ -392,7 +392,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use serde_json::{Value, json};
     use wiremock::matchers::{header, method, path, query_param, query_param_is_missing};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
     use super::*;
     use crate::canonical::{AttemptStatus, CanonicalEvent, SubscriptionStatus};
@@ -434,8 +434,32 @@ mod tests {
         body
     }
 
-    /// A list page, with its pagination headers.
+    /// `body` as a page of the listing, checked against its definition.
+    fn checked_page(body: &str) -> &str {
+        let page: Value = serde_json::from_str(body).unwrap();
+        let problems = definitions().list_page_problems(&page);
+        assert!(
+            problems.is_empty(),
+            "not a page Rebilly answers: {problems:#?}"
+        );
+        body
+    }
+
+    /// Only a listing request Rebilly would accept (another is not answered: the fake's
+    /// 404).
+    fn conforms(request: &Request) -> bool {
+        let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
+        let problems =
+            definitions().list_query_problems(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if !problems.is_empty() {
+            eprintln!("Rebilly would refuse {}: {problems:#?}", request.url);
+        }
+        problems.is_empty()
+    }
+
+    /// A list page, checked, with its pagination headers.
     fn page(body: String, total: u64, offset: u64, limit: u64) -> ResponseTemplate {
+        checked_page(&body);
         ResponseTemplate::new(200)
             .insert_header("content-type", "application/json")
             .insert_header("pagination-total", total.to_string().as_str())
@@ -452,6 +476,7 @@ mod tests {
     async fn pages_by_offset_until_pagination_total() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
+            .and(conforms)
             .and(path("/organizations/org_1/subscriptions"))
             .and(header("reb-apikey", KEY))
             .and(query_param("limit", "2"))
@@ -463,6 +488,7 @@ mod tests {
             .mount(&server)
             .await;
         Mock::given(method("GET"))
+            .and(conforms)
             .and(path("/organizations/org_1/subscriptions"))
             .and(header("reb-apikey", KEY))
             .and(query_param("limit", "2"))
@@ -499,6 +525,7 @@ mod tests {
     async fn since_filters_on_updated_time_and_page_size_is_capped() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
+            .and(conforms)
             .and(path("/subscriptions"))
             .and(query_param("filter", "updatedTime:2023-11-14T22:13:20Z.."))
             .and(query_param("limit", "1000"))
@@ -522,15 +549,19 @@ mod tests {
     async fn empty_page_and_missing_headers_end_the_listing() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
+            .and(conforms)
             .and(query_param("offset", "4"))
             .respond_with(page("[]".to_owned(), 10, 4, 2))
             .mount(&server)
             .await;
         Mock::given(method("GET"))
+            .and(conforms)
             .and(query_param("offset", "0"))
             .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_string(list(&[order("ord_1", "active"), order("ord_2", "active")])),
+                ResponseTemplate::new(200).set_body_string(checked_page(&list(&[
+                    order("ord_1", "active"),
+                    order("ord_2", "active"),
+                ]))),
             )
             .mount(&server)
             .await;
@@ -546,6 +577,7 @@ mod tests {
     async fn non_advancing_offsets_and_bad_cursors_are_rejected() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
+            .and(conforms)
             .respond_with(page(list(&[order("ord_1", "active")]), 50, 0, 2))
             .mount(&server)
             .await;
@@ -565,6 +597,40 @@ mod tests {
             1,
             "a bad cursor sends nothing"
         );
+    }
+
+    /// The listing as Rebilly defines it: the secret key in its header, the parameters
+    /// the client sends, and a fake that refuses what Rebilly refuses.
+    #[test]
+    fn the_listing_is_what_the_definitions_declare() {
+        let spec = definitions();
+        let operation = spec.list_operation();
+        assert_eq!(operation["operationId"], "GetSubscriptionCollection");
+        assert!(
+            (operation["security"].as_array().unwrap())
+                .iter()
+                .any(|s| s.get("SecretApiKey").is_some())
+        );
+        let scheme = spec.at("/components/securitySchemes/SecretApiKey");
+        assert_eq!(scheme["in"], "header");
+        let name = scheme["name"].as_str().unwrap();
+        assert!(name.eq_ignore_ascii_case(API_KEY.as_str()), "{name}");
+        let sent = [
+            ("limit", "1000"),
+            ("offset", "0"),
+            ("sort", "-updatedTime"),
+            ("expand", "recentInvoice"),
+            ("filter", "updatedTime:2023-11-14T22:13:20Z.."),
+        ];
+        assert_eq!(spec.list_query_problems(sent), Vec::<String>::new());
+        assert_eq!(MAX_LIMIT, 1000);
+        assert_eq!(spec.list_query_problems([("limit", "1001")]).len(), 1);
+        assert_eq!(spec.list_query_problems([("offset", "-1")]).len(), 1);
+        assert_eq!(spec.list_query_problems([("since", "2023")]).len(), 1);
+        let headers = &spec.doc_response_headers();
+        for name in ["Pagination-Total", "Pagination-Offset", "Pagination-Limit"] {
+            assert!(headers.contains(&name.to_owned()), "{name}: {headers:?}");
+        }
     }
 
     #[tokio::test]
@@ -596,11 +662,21 @@ mod tests {
             total: Some(total),
             offset: Some(0),
         };
-        parse(body, 0, pagination).unwrap()
+        parse(checked_page(body), 0, pagination).unwrap()
     }
 
     fn rendered(orders: &[Value]) -> Vec<Record> {
         only_page(&list(orders), orders.len() as u64).records
+    }
+
+    /// [`only_page`] of a body deliberately outside the definitions (a word they do not
+    /// list, a hostile item): tolerated, never checked.
+    fn unchecked_page(body: &str) -> Page {
+        let pagination = Pagination {
+            total: Some(1),
+            offset: Some(0),
+        };
+        parse(body, 0, pagination).unwrap()
     }
 
     #[test]
@@ -696,14 +772,17 @@ mod tests {
                 "renewalTime, as the listed order has no currentPeriodEnd"
             );
         }
+        // A one-time sale (`OneTimeSale`: no renewal fields) and a pending order.
         let mut one_time = order("ord_9", "completed");
         one_time["orderType"] = json!("one-time-order");
-        let skipped = rendered(&[
-            order("ord_8", "pending"),
-            order("ord_7", "suspended"),
-            one_time,
-            json!({"no": "id"}),
-        ]);
+        for field in ["autopay", "lineItemSubtotal", "rebillNumber", "renewalTime"] {
+            one_time.as_object_mut().unwrap().remove(field);
+        }
+        let skipped = rendered(&[order("ord_8", "pending"), one_time]);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        // A status word the definitions do not list, and an item that is no order.
+        let hostile = list(&[order("ord_7", "suspended"), json!({"no": "id"})]);
+        let skipped = unchecked_page(&hostile).records;
         assert!(skipped.is_empty(), "{skipped:?}");
         // Byte-identical across renders: the sync event id stays the same.
         assert_eq!(
@@ -832,7 +911,8 @@ mod tests {
             "[{},\"_embedded\":[{{\"recentInvoice\":{{\"id\":\"inv_3\",\"customerId\":\"cus_1\",\"websiteId\":\"web_1\",\"status\":\"paid\",\"currency\":\"EUR\",\"amount\":10,\"paidTime\":\"2019-08-24T14:15:22Z\"}}}}]}}]",
             &order[..order.len() - 1]
         );
-        let page = only_page(&body, 1);
+        // The definitions give `_embedded` as an object; an array of them is tolerated.
+        let page = unchecked_page(&body);
         let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "invoice:inv_3"]);
         for record in &page.records {

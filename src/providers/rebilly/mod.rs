@@ -4,8 +4,8 @@
 //! When `allow_ips` is set the TCP peer must be one of those addresses or CIDR blocks
 //! (IPv4-mapped IPv6 peers are compared as IPv4). The Authorization header is never kept.
 //!
-//! Ground truth: Rebilly's OpenAPI definitions (`Rebilly/api-definitions`; the webhook part
-//! is copied in `tests/fixtures/rebilly/`). A webhook body is one of seven request bodies,
+//! Ground truth: Rebilly's OpenAPI definitions (`Rebilly/api-definitions`; the webhooks and
+//! the orders listing, `GET /subscriptions`, are copied in `tests/fixtures/rebilly/`). A webhook body is one of seven request bodies,
 //! `{<resource>Id..., eventType, _embedded: {...}, _links}`: `TransactionWebhook`
 //! (`transactionId`; `transaction`), `TransactionWithChildWebhook` (`transactionId`;
 //! `transaction`, `childTransaction`), `InvoiceWebhook` (`invoiceId`; `invoice`),

@@ -471,7 +471,8 @@ fn refund(
     };
     Ok(Some(CanonicalEvent::Refund(Refund {
         refund_id,
-        attempt_id,
+        attempt_id: Some(attempt_id),
+        payment_ref: None,
         subscription_id: tx.first_subscription().and_then(|id| first_id([Some(id)])),
         cycle_id: tx.first_invoice().and_then(|id| first_id([Some(id)])),
         status,

@@ -26,7 +26,9 @@
 //! | `customer.subscription.created\|updated\|deleted\|paused\|resumed\|pending_update_applied\|pending_update_expired` | subscription change |
 //! | `invoice.created\|deleted\|finalized\|finalization_failed\|sent\|updated\|upcoming\|overdue\|will_be_due\|overpaid\|voided\|marked_uncollectible\|payment_attempt_required` | ignored: no payment tried by the event, or its attempt arrives as one of the invoice events above |
 //! | `invoice_payment.paid` | ignored: the same payment arrives as `invoice.paid` |
-//! | `charge.refunded`, `charge.refund.updated`, `refund.*`, `credit_note.*` | ignored: needs the invoice lookup through invoice_payments; not built (below) |
+//! | `refund.created\|updated\|failed`, `charge.refund.updated` | refund of the payment it names (below) |
+//! | `charge.refunded` | ignored: the Charge carries only the running total; each refund arrives as `refund.*` |
+//! | `credit_note.*` | ignored: the money a credit note returns is a Refund (`refund.*`); a balance credit moves no collected money |
 //! | `charge.*`, `payment_intent.*` | ignored: they name no invoice on the current API version; the invoice's events carry the attempt |
 //! | `customer.subscription.trial_will_end`, the catalogue, customers, payment methods, the account, payouts, other Stripe products, ... | ignored, each with its reason in the table |
 //!
@@ -61,16 +63,25 @@
 //! its own; an older version's top-level one is read first), `currency`, `customer`;
 //! `updated_at` = event `created`; no version.
 //!
-//! # Refunds: not booked
+//! # Refunds
 //!
-//! Stripe reports a refund on the charge (`charge.refunded`), the refund (`refund.*`) or
-//! the credit note (`credit_note.*`). On the current API version the Charge and the
-//! PaymentIntent have no `invoice` field, the Refund and CreditNote types are outside the
-//! definitions read, and the one event whose object names its invoice, `invoice_payment.paid`
-//! (an `InvoicePayment`), is a payment, not a refund. No event carries the invoice id and
-//! the refunded amount at once, so booking a refund needs the invoice lookup through
-//! `GET /v1/invoice_payments?payment[payment_intent]=...`; it is not built, and those
-//! events are ignored.
+//! `refund.created|updated|failed` and `charge.refund.updated` carry a `Refund` (its type
+//! is outside the SDK digest copied; its fields and status words are those of Stripe's
+//! OpenAPI `refund` schema, API version 2023-08-16, the newest complete document, and of
+//! its example object in `fixtures3.json`): `refund_id` = `id`, amount = `amount` +
+//! `currency` (this refund's own, not a running total), `refunded_at` = `created`,
+//! `provider_status` = `status`: `succeeded` → succeeded; `pending`, `requires_action` →
+//! pending; `failed`, `canceled` → failed (no money went back); another word, or none, is
+//! counted (`field="refund.status"`) and changes nothing.
+//!
+//! On the current API version neither the Refund, its Charge nor its PaymentIntent names
+//! the invoice, so the refund names its payment (`payment_ref` = `payment_intent`, else
+//! `charge`) and no attempt. The ledger holds it until it has linked that payment to its
+//! attempt (`ledger/payments.rs`): the lookup role asks Stripe once per payment
+//! (`payment.rs`: `GET /v1/invoice_payments` by PaymentIntent, through the Charge when the
+//! refund names only that), and every refund of the payment is then booked for its own
+//! amount, capped at what the payment still holds. A payment of no invoice (a one-off
+//! charge) books nothing. A refund naming no payment at all is malformed.
 //!
 //! # Assumptions where the definitions are silent
 //!
@@ -80,16 +91,24 @@
 //!   the change, so they are read as any other subscription change (state, idempotent).
 //! - `invoice.voided` and `invoice.marked_uncollectible` change no attempt: the failed
 //!   attempts before them stay failed, and the subscription's state arrives on its own.
+//! - A paid invoice is not tried again, so its `attempt_count` when a refund is linked is
+//!   the count of the try that paid it (the attempt `{invoice}:{attempt_count}`).
+//! - A refund leaves its attempt `succeeded` even when it returns all of it: the
+//!   definitions give no event that says the invoice's payment was refunded in full, and
+//!   the journal shows what went back.
 //!
 //! Malformed (dead-lettered): not JSON, no `type`; for normalized types no `created`, no
 //! `data.object`, no invoice `id`/`attempt_count`/`currency`, a non-integer amount, an
-//! unknown currency, no subscription `id`/`status`.
+//! unknown currency, no subscription `id`/`status`, no refund `id`/`amount`/`currency` or
+//! payment.
 
 mod list;
+mod payment;
 mod retry;
 mod webhook;
 
 pub(super) use list::StripeList;
+pub(super) use payment::StripePayments;
 pub(super) use retry::StripeClient;
 
 use std::time::SystemTime;
@@ -232,6 +251,40 @@ pub(super) fn definitions() -> &'static crate::providers::testing::digest::Diges
             "/tests/fixtures/stripe/stripe-node-types.2026-07-29.dahlia.subset.json"
         )))
     })
+}
+
+#[cfg(test)]
+/// An invoice of the current API version generated from its type, of `sub_1`.
+pub(super) fn invoice(id: &str, status: &str, count: u64) -> serde_json::Value {
+    use serde_json::json;
+    let spec = definitions();
+    let mut invoice = spec.generate("Invoice");
+    let paid = status == "paid";
+    let mut parent = spec.generate("Invoice.Parent");
+    parent["type"] = json!("subscription_details");
+    parent["subscription_details"] = spec.generate("Invoice.Parent.SubscriptionDetails");
+    parent["subscription_details"]["subscription"] = json!("sub_1");
+    for (key, value) in [
+        ("id", json!(id)),
+        ("status", json!(status)),
+        ("attempt_count", json!(count)),
+        ("attempted", json!(count > 0)),
+        ("amount_due", json!(1500)),
+        ("amount_paid", json!(if paid { 1500 } else { 0 })),
+        ("currency", json!("usd")),
+        ("created", json!(1_700_000_000)),
+        ("parent", parent),
+    ] {
+        invoice[key] = value;
+    }
+    invoice["status_transitions"]["paid_at"] = if paid {
+        json!(1_700_000_100)
+    } else {
+        serde_json::Value::Null
+    };
+    let errors = spec.validate(&invoice, "Invoice");
+    assert!(errors.is_empty(), "{id}: {errors:#?}");
+    invoice
 }
 
 /// Stripe's official example objects (`fixtures3.json`, cut) and CLI trigger recipes.

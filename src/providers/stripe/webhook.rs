@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::canonical::{AttemptStatus, BillingAttempt, CanonicalEvent, SubscriptionChange};
+use crate::canonical::{
+    AttemptStatus, BillingAttempt, CanonicalEvent, Refund, RefundStatus, SubscriptionChange,
+};
 use crate::money::{DecimalText, Money};
 use crate::providers::support::{currency_code, malformed, stripe_subscription_status};
 use crate::providers::support::{parse_payload, time_from_unix, unknown_provider_value};
@@ -20,11 +22,13 @@ pub(super) enum Handling {
     Attempt(AttemptStatus),
     /// `data.object` is a `Subscription`: one subscription change.
     Subscription,
+    /// `data.object` is a `Refund`: one refund of the payment it names.
+    Refund,
     /// Archived as `ignored`, for this reason.
     Ignored(&'static str),
 }
 
-use Handling::{Attempt, Ignored, Subscription as SubscriptionState};
+use Handling::{Attempt, Ignored, Refund as RefundOf, Subscription as SubscriptionState};
 
 /// Every event type of Stripe's definitions (`Event.Type` of the SDK's `Events.ts`, API
 /// version 2026-07-29.dahlia), decided. A type not listed is ignored and counted.
@@ -65,8 +69,8 @@ pub(super) const EVENTS: &[(&str, Handling)] = &[
     ("charge.expired", Ignored(CHARGE)),
     ("charge.failed", Ignored(CHARGE)),
     ("charge.pending", Ignored(CHARGE)),
-    ("charge.refund.updated", Ignored(REFUND)),
-    ("charge.refunded", Ignored(REFUND)),
+    ("charge.refund.updated", RefundOf),
+    ("charge.refunded", Ignored(CHARGE_REFUNDED)),
     ("charge.succeeded", Ignored(CHARGE)),
     ("charge.updated", Ignored(CHARGE)),
     ("checkout.session.async_payment_failed", Ignored(CHECKOUT)),
@@ -321,9 +325,9 @@ pub(super) const EVENTS: &[(&str, Handling)] = &[
     ("quote.finalized", Ignored(QUOTE)),
     ("radar.early_fraud_warning.created", Ignored(DISPUTE)),
     ("radar.early_fraud_warning.updated", Ignored(DISPUTE)),
-    ("refund.created", Ignored(REFUND)),
-    ("refund.failed", Ignored(REFUND)),
-    ("refund.updated", Ignored(REFUND)),
+    ("refund.created", RefundOf),
+    ("refund.failed", RefundOf),
+    ("refund.updated", RefundOf),
     ("reporting.report_run.failed", Ignored(OTHER_PRODUCT)),
     ("reporting.report_run.succeeded", Ignored(OTHER_PRODUCT)),
     ("reporting.report_type.updated", Ignored(OTHER_PRODUCT)),
@@ -459,12 +463,12 @@ const INVOICE_PAYMENT: &str = "an InvoicePayment paid: the same payment arrives 
 const INVOICE_ITEM: &str = "a line item waiting for the next invoice: no payment";
 const TRIAL_REMINDER: &str = "a reminder that a trial ends soon: the subscription's state does \
     not change (customer.subscription.updated follows when it does)";
-const REFUND: &str = "a refund: on the current API version neither the Charge nor the Refund \
-    names the invoice (the Charge lost its invoice field), so booking it needs the invoice \
-    lookup through invoice_payments; not built";
-const CREDIT_NOTE: &str = "a credit note (a type outside the definitions read; it may credit \
-    the customer's balance instead of returning money): booking refunds needs the invoice \
-    lookup through invoice_payments; not built";
+const CHARGE_REFUNDED: &str = "a Charge refunded: it carries the running total \
+    (amount_refunded) only; each refund arrives as refund.created / refund.updated with its \
+    own id, amount and status, which are booked";
+const CREDIT_NOTE: &str = "a credit note (a type outside the definitions read): the money it \
+    returns to the customer's card is a Refund, booked from refund.*; a credit to the \
+    customer's balance moves no collected money";
 const CHARGE: &str = "a Charge: on the current API version it names no invoice; the invoice's \
     own events (invoice.paid, invoice.payment_failed, invoice.payment_action_required) carry \
     the attempt";
@@ -529,6 +533,28 @@ enum Expandable<T> {
 #[derive(Deserialize)]
 struct Object {
     id: String,
+}
+
+impl Expandable<Object> {
+    fn into_id(self) -> String {
+        match self {
+            Expandable::Id(id) => id,
+            Expandable::Object(o) => o.id,
+        }
+    }
+}
+
+/// A `Refund` (outside the SDK digest; its fields as Stripe's OpenAPI `refund` schema and
+/// example object give them).
+#[derive(Deserialize)]
+struct StripeRefund {
+    id: Option<String>,
+    amount: Option<DecimalText>,
+    currency: Option<String>,
+    charge: Option<Expandable<Object>>,
+    payment_intent: Option<Expandable<Object>>,
+    status: Option<String>,
+    created: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -684,6 +710,10 @@ pub(super) fn normalize(body: &[u8]) -> Result<Normalized, NormalizeError> {
                 created,
             )?))
         }
+        RefundOf => {
+            let data: Data<StripeRefund> = parse_payload(data.get().as_bytes(), "Stripe refund")?;
+            refund(data.object, &event.event_type)?.map(CanonicalEvent::Refund)
+        }
         _ => {
             let data: Data<Subscription> =
                 parse_payload(data.get().as_bytes(), "Stripe subscription")?;
@@ -754,6 +784,51 @@ fn invoice_attempt(
         attempt_count: Some(attempt_count),
         idempotency_key: None,
     })
+}
+
+/// A `Refund`: its own id and amount, of the payment it names (its PaymentIntent, else its
+/// Charge), linked to the invoice's attempt by the ledger (`payment_links`). `status`:
+/// `succeeded`; `pending`, `requires_action`; `failed`, `canceled`. Another word (or
+/// none) is counted and changes nothing.
+fn refund(r: StripeRefund, event_type: &str) -> Result<Option<Refund>, NormalizeError> {
+    let id = (r.id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| malformed(format!("{event_type}: refund has no id")))?;
+    let payment = (r.payment_intent.map(Expandable::into_id))
+        .or(r.charge.map(Expandable::into_id))
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| malformed(format!("{event_type}: refund names no payment")))?;
+    let word = r.status.unwrap_or_default();
+    let status = match word.as_str() {
+        "succeeded" => RefundStatus::Succeeded,
+        "pending" | "requires_action" => RefundStatus::Pending,
+        "failed" | "canceled" => RefundStatus::Failed,
+        other => {
+            unknown_provider_value(PROVIDER, "refund.status", other);
+            return Ok(None);
+        }
+    };
+    let amount = r
+        .amount
+        .ok_or_else(|| malformed(format!("{event_type}: refund has no amount")))?;
+    let currency = r
+        .currency
+        .ok_or_else(|| malformed(format!("{event_type}: refund has no currency")))?;
+    let refunded_at = r
+        .created
+        .map(|t| time_from_unix(t, "created"))
+        .transpose()?;
+    Ok(Some(Refund {
+        refund_id: id,
+        attempt_id: None,
+        payment_ref: Some(payment),
+        subscription_id: None,
+        cycle_id: None,
+        status,
+        provider_status: word,
+        amount: Money::from_minor(minor_units(&amount, "amount")?, &currency)?,
+        refunded_at,
+    }))
 }
 
 fn subscription_change(

@@ -2,7 +2,9 @@
 //! under an organization path) that requires the `REB-APIKEY` header, sorts by `sort`,
 //! filters by `filter=updatedTime:<since>..`, embeds the recent invoice only when asked
 //! (`expand=recentInvoice`), slices by `limit`/`offset` and answers a bare JSON array with
-//! `Pagination-Total/Offset/Limit` headers. Webhooks (Basic auth) deliver part of the
+//! `Pagination-Total/Offset/Limit` headers; a query outside the operation's parameters is
+//! refused, and every page is checked against the operation's answer (Rebilly's OpenAPI
+//! document, `tests/fixtures/rebilly/`). Webhooks (Basic auth) deliver part of the
 //! orders and invoices; one sync heals the order statuses and recent-invoice attempts the
 //! ledger missed, and an incremental second run changes nothing.
 
@@ -75,6 +77,13 @@ fn problem(detail: String) -> ResponseTemplate {
 
 impl Respond for FakeOrders {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        // What the operation's parameters refuse, Rebilly refuses.
+        let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
+        let problems =
+            definitions().list_query_problems(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if !problems.is_empty() {
+            return problem(problems.join("; "));
+        }
         let query = |name: &str| {
             request
                 .url
@@ -133,13 +142,18 @@ impl Respond for FakeOrders {
             }
         }
         let total = orders.len();
-        let page: Vec<Value> = orders.into_iter().skip(offset).take(limit).collect();
+        let page = Value::Array(orders.into_iter().skip(offset).take(limit).collect());
+        let problems = definitions().list_page_problems(&page);
+        assert!(
+            problems.is_empty(),
+            "not a page Rebilly answers: {problems:#?}"
+        );
         ResponseTemplate::new(200)
             .insert_header("content-type", "application/json")
             .insert_header("pagination-total", total.to_string().as_str())
             .insert_header("pagination-offset", offset.to_string().as_str())
             .insert_header("pagination-limit", limit.to_string().as_str())
-            .set_body_json(Value::Array(page))
+            .set_body_json(page)
     }
 }
 
@@ -246,6 +260,10 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
     let at = |m: i64| rfc3339(minutes(m));
     let mut one_time = order("ord_6", "completed", "USD", minutes(1), None);
     one_time["orderType"] = json!("one-time-order");
+    // A one-time sale has no renewal (`OneTimeSale`).
+    for field in ["autopay", "lineItemSubtotal", "rebillNumber", "renewalTime"] {
+        one_time.as_object_mut().unwrap().remove(field);
+    }
     let declined = json!({
         "id": "inv_4", "type": "renewal", "subscriptionId": "ord_4", "customerId": "cus_1",
         "websiteId": "web_1", "currency": "USD", "amount": 49.95, "amountDue": 49.95,

@@ -236,7 +236,11 @@ fn a_full_refund_refunds_the_payments_attempt_and_a_partial_one_keeps_it_collect
     let (r, a) = refund_parts(&n);
     let body = &refund(999, "completed")["body"];
     assert_eq!(
-        (r.refund_id.as_str(), r.attempt_id.as_str(), r.status),
+        (
+            r.refund_id.as_str(),
+            r.attempt_id.as_deref().expect("a named attempt"),
+            r.status
+        ),
         (
             body["id"].as_str().unwrap(),
             PAYMENT,

@@ -434,7 +434,11 @@ fn a_refund_is_the_orders_refund_of_its_amount_and_tax() {
                 panic!("{event_type}: not a refund");
             };
             assert_eq!(
-                (r.refund_id.as_str(), r.attempt_id.as_str(), r.status),
+                (
+                    r.refund_id.as_str(),
+                    r.attempt_id.as_deref().expect("a named attempt"),
+                    r.status
+                ),
                 ("4f0c2f0e-0000-4000-8000-00000000000f", ORDER, expected),
                 "{event_type} {status}"
             );

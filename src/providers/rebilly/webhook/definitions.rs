@@ -1,7 +1,8 @@
-//! Rebilly's webhook definitions as a test tool: the copy of its OpenAPI document in
+//! Rebilly's definitions as a test tool: the copy of its OpenAPI document in
 //! `tests/fixtures/rebilly/` (provenance in `tests/fixtures/README.md`), read with the
-//! shared OpenAPI tool (`providers::testing::schema`), by event type: the types it lists,
-//! a body of one generated from its schema, a body checked against it.
+//! shared OpenAPI tool (`providers::testing::schema`): by event type, the types it lists,
+//! a body of one generated from its schema, a body checked against it; and the orders
+//! listing (`GET /subscriptions`), a request's query and a page checked against it.
 // The integration tests use part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -17,8 +18,11 @@ pub use super::schema::{SOME_TIME, Want};
 /// The copied definitions.
 pub const FIXTURE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/rebilly/rebilly-webhooks.subset.json"
+    "/tests/fixtures/rebilly/rebilly-openapi.subset.json"
 ));
+
+/// The orders listing's path.
+const LIST: &str = "/subscriptions";
 
 /// The property of a webhook body that names its event type.
 const TYPE: &str = "eventType";
@@ -65,6 +69,63 @@ impl Definitions {
             .generate_with(self.0.event_body(event_type, TYPE), wanted);
         body[TYPE] = json!(event_type);
         body
+    }
+
+    /// The orders listing (`GET /subscriptions`, `GetSubscriptionCollection`).
+    pub fn list_operation(&self) -> &Value {
+        self.0.operation(LIST, "get")
+    }
+
+    /// The problems of a listing request's query under the operation's parameters
+    /// (empty: Rebilly accepts it). A value is read as its schema's type (`sort` is a
+    /// comma-separated array, `form` style without `explode`).
+    pub fn list_query_problems<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<String> {
+        let parameters = self.list_operation()["parameters"]
+            .as_array()
+            .expect("parameters");
+        let mut problems = Vec::new();
+        for (name, text) in pairs {
+            let parameter = parameters
+                .iter()
+                .map(|p| self.0.resolve(p))
+                .find(|p| p["name"] == name && p["in"] == "query");
+            let Some(parameter) = parameter else {
+                problems.push(format!("{name}: not a parameter of GET {LIST}"));
+                continue;
+            };
+            let schema = self.0.resolve(&parameter["schema"]);
+            let value = match schema["type"].as_str() {
+                Some("integer") => text.parse::<i64>().map_or(json!(text), |n| json!(n)),
+                Some("array") => json!(text.split(',').collect::<Vec<_>>()),
+                _ => json!(text),
+            };
+            for error in self.0.validate(&value, schema) {
+                problems.push(format!("{name}={text}: {error}"));
+            }
+        }
+        problems
+    }
+
+    /// The headers of the listing's 200 answer.
+    pub fn doc_response_headers(&self) -> Vec<String> {
+        let headers = &self.list_operation()["responses"]["200"]["headers"];
+        headers
+            .as_object()
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A value of the document, by JSON pointer.
+    pub fn at(&self, pointer: &str) -> &Value {
+        self.0.at(pointer)
+    }
+
+    /// The problems of a listing page (the 200 answer's body) under its schema.
+    pub fn list_page_problems(&self, page: &Value) -> Vec<String> {
+        self.0.validate(page, self.0.response(LIST, "get", "200"))
     }
 
     /// Checks a body of `event_type` against its schema; the errors, by pointer.

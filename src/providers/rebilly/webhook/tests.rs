@@ -638,7 +638,7 @@ fn refunds_voids_and_partial_refunds_move_the_parent_attempt_and_book_the_child(
         assert_eq!(
             (
                 r.refund_id.as_str(),
-                r.attempt_id.as_str(),
+                r.attempt_id.as_deref().expect("a named attempt"),
                 r.status,
                 r.provider_status.as_str()
             ),
@@ -686,7 +686,11 @@ fn refund_transactions_are_refunds_of_their_parent() {
             panic!("{kind}: one refund: {:?}", n.events);
         };
         assert_eq!(
-            (r.refund_id.as_str(), r.attempt_id.as_str(), r.status),
+            (
+                r.refund_id.as_str(),
+                r.attempt_id.as_deref().expect("a named attempt"),
+                r.status
+            ),
             ("txn_r", "txn_1", RefundStatus::Succeeded),
             "{kind}"
         );

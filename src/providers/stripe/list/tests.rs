@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use super::*;
 use crate::canonical::{AttemptStatus, CanonicalEvent};
 use crate::config::ProviderKind;
-use crate::providers::stripe::definitions;
+use crate::providers::stripe::{definitions, invoice};
 use crate::providers::testing::{EMPTY_END, normalize_with, request};
 use crate::providers::testing::{api_settings, assert_errors_map};
 
@@ -48,38 +48,6 @@ fn conforms(request: &Request) -> bool {
         eprintln!("Stripe would refuse {}: {problems:#?}", request.url);
     }
     problems.is_empty()
-}
-
-/// An invoice of the current API version generated from its type, of `sub_1`.
-fn invoice(id: &str, status: &str, count: u64) -> Value {
-    let spec = definitions();
-    let mut invoice = spec.generate("Invoice");
-    let paid = status == "paid";
-    let mut parent = spec.generate("Invoice.Parent");
-    parent["type"] = json!("subscription_details");
-    parent["subscription_details"] = spec.generate("Invoice.Parent.SubscriptionDetails");
-    parent["subscription_details"]["subscription"] = json!("sub_1");
-    for (key, value) in [
-        ("id", json!(id)),
-        ("status", json!(status)),
-        ("attempt_count", json!(count)),
-        ("attempted", json!(count > 0)),
-        ("amount_due", json!(1500)),
-        ("amount_paid", json!(if paid { 1500 } else { 0 })),
-        ("currency", json!("usd")),
-        ("created", json!(1_700_000_000)),
-        ("parent", parent),
-    ] {
-        invoice[key] = value;
-    }
-    invoice["status_transitions"]["paid_at"] = if paid {
-        json!(1_700_000_100)
-    } else {
-        Value::Null
-    };
-    let errors = spec.validate(&invoice, "Invoice");
-    assert!(errors.is_empty(), "{id}: {errors:#?}");
-    invoice
 }
 
 /// A list page as Stripe answers it, checked against `ApiList` and `Invoice`.

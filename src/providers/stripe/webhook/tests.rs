@@ -150,6 +150,7 @@ fn every_event_type_of_the_definitions_is_decided() {
         match handling(name) {
             Some(Attempt(_)) => assert_eq!(data_object(name), "Invoice", "{name}"),
             Some(SubscriptionState) => assert_eq!(data_object(name), "Subscription", "{name}"),
+            Some(RefundOf) => assert_eq!(data_object(name), "Refund", "{name}"),
             Some(Ignored(reason)) => assert!(reason.trim().len() > 20, "{name}: say why"),
             None => panic!("{name} is not in the decision table"),
         }
@@ -161,13 +162,25 @@ fn every_event_type_of_the_definitions_is_decided() {
         );
         assert!(types.contains(&name.to_string()), "{name}: not Stripe's");
     }
-    // Refunds are not booked: nothing in the definitions names the invoice and the refunded
-    // amount at once (Charge has no invoice field; Refund and CreditNote are outside them).
-    for name in ["charge.refunded", "refund.created", "credit_note.created"] {
+    // Refunds are booked from the Refund's own events; the Charge carries only a running
+    // total, and neither it nor the PaymentIntent names the invoice (so the ledger links
+    // the payment through invoice_payments).
+    for name in [
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+        "charge.refund.updated",
+    ] {
+        assert_eq!(handling(name), Some(RefundOf), "{name}");
+    }
+    for name in ["charge.refunded", "credit_note.created"] {
         let Some(Ignored(reason)) = handling(name) else {
             panic!("{name} is booked");
         };
-        assert!(reason.contains("invoice_payments; not built"), "{name}");
+        assert!(
+            reason.contains("refund.*") || reason.contains("refund.created"),
+            "{name}"
+        );
     }
     assert!(!spec.properties("Charge").contains_key("invoice"));
     assert!(!spec.properties("PaymentIntent").contains_key("invoice"));
@@ -181,6 +194,7 @@ fn every_normalized_type_normalizes_its_generated_event() {
         let body = match decided {
             Attempt(_) => current_event(name, current_invoice(2)),
             SubscriptionState => current_event(name, current_subscription("active")),
+            RefundOf => current_event(name, examples().0["resources"]["refund"].clone()),
             Ignored(_) => continue,
         };
         let n = normalize(&serde_json::to_vec(&body).unwrap())
@@ -197,6 +211,18 @@ fn every_normalized_type_normalizes_its_generated_event() {
                 };
                 assert_eq!(a.amount.as_ref().map(|m| m.minor), Some(expected), "{name}");
                 assert_eq!((&a.error_code, &a.error_message), (&None, &None));
+            }
+            // Stripe's example Refund: 100 usd, succeeded, of a Charge (no PaymentIntent).
+            (RefundOf, [CanonicalEvent::Refund(r)]) => {
+                assert_eq!(r.refund_id, "re_1Pgc72B7WZ01zgkWqPvrRrPE");
+                assert_eq!(r.attempt_id, None, "{name}: linked by the ledger");
+                assert_eq!(
+                    r.payment_ref.as_deref(),
+                    Some("ch_1PgafuB7WZ01zgkWXYmPNZs8")
+                );
+                assert_eq!(r.status, RefundStatus::Succeeded);
+                assert_eq!((r.amount.minor, r.amount.currency.as_str()), (100, "USD"));
+                assert_eq!(r.refunded_at, t(1_234_567_890));
             }
             (SubscriptionState, [CanonicalEvent::Subscription(s)]) => {
                 assert_eq!(s.status, SubscriptionStatus::Active, "{name}");
@@ -653,4 +679,43 @@ proptest::proptest! {
         });
         let _ = normalize(&event(event_type, object));
     }
+}
+
+/// Every status word of Stripe's Refund (its OpenAPI `refund.status`: `pending`,
+/// `requires_action`, `succeeded`, `failed`, `canceled`) is mapped; the PaymentIntent is
+/// preferred to the Charge; another word is counted and changes nothing.
+#[test]
+fn refund_statuses_and_payments_are_read_from_the_refund() {
+    let (fixtures, _) = examples();
+    let of = |status: Value, payment_intent: Value| {
+        let mut refund = fixtures["resources"]["refund"].clone();
+        refund["status"] = status;
+        refund["payment_intent"] = payment_intent;
+        let body = current_event("refund.updated", refund);
+        normalize(&serde_json::to_vec(&body).unwrap())
+            .unwrap()
+            .events
+    };
+    for (word, status) in [
+        ("pending", RefundStatus::Pending),
+        ("requires_action", RefundStatus::Pending),
+        ("succeeded", RefundStatus::Succeeded),
+        ("failed", RefundStatus::Failed),
+        ("canceled", RefundStatus::Failed),
+    ] {
+        let events = of(json!(word), json!("pi_1"));
+        let [CanonicalEvent::Refund(r)] = events.as_slice() else {
+            panic!("{word}: {events:?}");
+        };
+        assert_eq!((r.status, r.provider_status.as_str()), (status, word));
+        assert_eq!(r.payment_ref.as_deref(), Some("pi_1"));
+    }
+    assert_eq!(of(json!("reversed"), json!("pi_1")), vec![]);
+    assert_eq!(of(Value::Null, json!("pi_1")), vec![]);
+    // A refund naming no payment cannot be booked: dead-lettered with its reason.
+    let mut refund = fixtures["resources"]["refund"].clone();
+    refund["charge"] = Value::Null;
+    let body = current_event("refund.created", refund);
+    let error = normalize(&serde_json::to_vec(&body).unwrap()).unwrap_err();
+    assert!(error.to_string().contains("names no payment"), "{error}");
 }
