@@ -333,3 +333,89 @@ async fn refunds_are_linked_to_their_invoice_attempt_and_booked_once_in_any_orde
     assert_eq!(app.db.verify_ledger().await.unwrap(), Vec::<String>::new());
     app.stop().await;
 }
+
+/// Stripe reports a refund `failed` after `succeeded` when the issuer returns it: what it
+/// took back is reversed by an entry of its own; a refund whose `failed` arrives first is
+/// never booked.
+#[tokio::test]
+async fn a_refund_that_fails_after_it_succeeded_is_reversed() {
+    let fake = FakeStripe::default();
+    let (_server, app) = app(fake.clone()).await;
+    let catalogue = catalogue(&app.settings);
+    let lookups = Lookups::new(
+        app.db.clone(),
+        LookupClients::of(&catalogue.sources),
+        catalogue.dunning.clone(),
+    );
+    let paid = invoice("in_1", "paid", 1);
+    send(
+        &app,
+        "evt_paid",
+        event("evt_paid", "invoice.paid", "InvoicePaidEvent", paid),
+    )
+    .await;
+    let created = "RefundCreatedEvent";
+    let succeeded = refund("re_1", "pi_1", 1000, "succeeded");
+    send(
+        &app,
+        "evt_r1",
+        event("evt_r1", "refund.created", created, succeeded),
+    )
+    .await;
+    assert_eq!(lookups.run_once(Utc::now()).await.unwrap().posted, 1);
+    assert_eq!(
+        postings(&app, "in_1:1").await[2..],
+        refund_entry("re_1", 1000)
+    );
+
+    let failed = refund("re_1", "pi_1", 1000, "failed");
+    send(
+        &app,
+        "evt_r1f",
+        event("evt_r1f", "refund.failed", "RefundFailedEvent", failed),
+    )
+    .await;
+    let reversal = [
+        (
+            "refund_reversal".into(),
+            Some("re_1".into()),
+            "collected".into(),
+            1000,
+        ),
+        (
+            "refund_reversal".into(),
+            Some("re_1".into()),
+            "refunded".into(),
+            -1000,
+        ),
+    ];
+    let booked = postings(&app, "in_1:1").await;
+    assert_eq!(booked[4..], reversal);
+
+    // Failed first, then the older succeeded report: nothing is booked for it.
+    let late = refund("re_2", "pi_1", 700, "succeeded");
+    let failed = refund("re_2", "pi_1", 700, "failed");
+    send(
+        &app,
+        "evt_r2f",
+        event("evt_r2f", "refund.failed", "RefundFailedEvent", failed),
+    )
+    .await;
+    send(
+        &app,
+        "evt_r2",
+        event("evt_r2", "refund.created", created, late),
+    )
+    .await;
+    assert_eq!(postings(&app, "in_1:1").await, booked);
+    let view = app.db.subscription(SOURCE, "sub_1").await.unwrap().unwrap();
+    assert_eq!(
+        view.balances["collected"]["USD"], 2500,
+        "{:?}",
+        view.balances
+    );
+    assert_eq!(view.balances["refunded"]["USD"], 0, "{:?}", view.balances);
+    assert_eq!(app.db.verify_ledger().await.unwrap(), Vec::<String>::new());
+    assert_eq!(fake.calls.lock().unwrap().clone(), vec!["pi_1".to_owned()]);
+    app.stop().await;
+}
