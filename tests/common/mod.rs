@@ -345,6 +345,27 @@ pub async fn snapshot(db: &Db, source: &str, subscriptions: &[String]) -> String
     lines.into_iter().collect::<Vec<_>>().join("\n")
 }
 
+/// One posting of an attempt's entries: (kind, refund id, account, amount, currency).
+pub type Posting = (String, Option<String>, String, i64, String);
+
+/// Every posting of the entries of `source`'s `attempt`, in entry order.
+pub async fn postings(app: &TestApp, source: &str, attempt: &str) -> Vec<Posting> {
+    use secrecy::ExposeSecret;
+    use sqlx::Connection;
+    let url = app.settings.database.url.expose_secret();
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_as(
+        "SELECT e.kind, e.refund_id, p.account, p.amount_minor, p.currency
+         FROM journal_entries e JOIN postings p ON p.entry_id = e.id
+         WHERE e.source_id = $1 AND e.attempt_id = $2 ORDER BY e.id, p.account",
+    )
+    .bind(source)
+    .bind(attempt)
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+}
+
 /// Runs one pull sync of `source_id` against the app's database and broker, as
 /// `subsync sync` does.
 pub async fn sync(

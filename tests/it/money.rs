@@ -28,7 +28,9 @@ use subsync::{
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::common::{ADMIN_TOKEN, TestApp, TestConfig, catalogue, eventually, spawn_app};
+use crate::common::{
+    ADMIN_TOKEN, Posting, TestApp, TestConfig, catalogue, eventually, postings, spawn_app,
+};
 use crate::shopify_schema;
 
 const SHOP: &str = "shop";
@@ -161,43 +163,12 @@ async fn deliver(app: &TestApp, source_id: &str, webhook_id: &str, body: Vec<u8>
     assert!(archived, "{webhook_id} reconciled");
 }
 
-/// (kind, account, amount, currency) of every posting of the attempt's entries.
-async fn postings(
-    app: &TestApp,
-    source: &str,
-    attempt: &str,
-) -> Vec<(String, String, i64, String)> {
-    use secrecy::ExposeSecret;
-    use sqlx::Connection;
-    let url = app.settings.database.url.expose_secret();
-    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query_as(
-        "SELECT e.kind, p.account, p.amount_minor, p.currency
-         FROM journal_entries e JOIN postings p ON p.entry_id = e.id
-         WHERE e.source_id = $1 AND e.attempt_id = $2 ORDER BY e.id, p.account",
-    )
-    .bind(source)
-    .bind(attempt)
-    .fetch_all(&mut db)
-    .await
-    .unwrap()
-}
-
-fn collection(amount: i64, currency: &str) -> Vec<(String, String, i64, String)> {
-    vec![
-        (
-            "collection".into(),
-            "collected".into(),
-            amount,
-            currency.into(),
-        ),
-        (
-            "collection".into(),
-            "receivable".into(),
-            -amount,
-            currency.into(),
-        ),
-    ]
+fn collection(amount: i64, currency: &str) -> Vec<Posting> {
+    let posting = |account: &str, amount: i64| {
+        let (kind, account, currency) = ("collection".into(), account.into(), currency.into());
+        (kind, None, account, amount, currency)
+    };
+    vec![posting("collected", amount), posting("receivable", -amount)]
 }
 
 async fn lookup_status(app: &TestApp, source: &str, attempt: &str) -> Option<String> {
@@ -423,8 +394,14 @@ async fn an_appstle_amount_without_currency_is_posted_in_the_contracts_currency(
         collection(4995, "EUR")
     );
     let mut refund = collection(2000, "EUR");
-    refund.push(("refund".into(), "collected".into(), -2000, "EUR".into()));
-    refund.push(("refund".into(), "refunded".into(), 2000, "EUR".into()));
+    refund.push((
+        "refund".into(),
+        None,
+        "collected".into(),
+        -2000,
+        "EUR".into(),
+    ));
+    refund.push(("refund".into(), None, "refunded".into(), 2000, "EUR".into()));
     assert_eq!(postings(&app, APPSTLE, "900").await, refund);
     // Redelivered: nothing more is looked up or posted.
     deliver(

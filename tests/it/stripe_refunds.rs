@@ -25,7 +25,7 @@ use subsync::{
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{TestApp, TestConfig, catalogue, eventually, spawn_app};
-use crate::sync::{invoice, stripe_types};
+use crate::sync::{invoice, refused, stripe_types};
 
 const SOURCE: &str = "stripe";
 const KEY: &str = "sk_test_refunds";
@@ -41,24 +41,11 @@ struct FakeStripe {
 
 impl Respond for FakeStripe {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        if let Some(refusal) = refused(request, "InvoicePaymentListParams", "InvoicePayment") {
+            return refusal;
+        }
         let types = stripe_types();
         let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-        let mut problems = types.validate_form(
-            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            "InvoicePaymentListParams",
-        );
-        for (key, value) in &pairs {
-            let on_payment = value.strip_prefix("data.");
-            if key.starts_with("expand[")
-                && !on_payment.is_some_and(|p| types.names_an_object("InvoicePayment", p))
-            {
-                problems.push(format!("This property cannot be expanded ({value})."));
-            }
-        }
-        if !problems.is_empty() {
-            return ResponseTemplate::new(400).set_body_json(json!({"error": {
-                "type": "invalid_request_error", "message": problems.join("; ") }}));
-        }
         let pi = (pairs.iter())
             .find(|(k, _)| k == "payment[payment_intent]")
             .map(|(_, v)| v.clone())
@@ -143,6 +130,16 @@ fn refund(id: &str, payment_intent: &str, amount: i64, status: &str) -> Value {
     refund
 }
 
+/// The lookup role of the app's sources, driven by the test.
+fn lookups(app: &TestApp) -> Lookups {
+    let catalogue = catalogue(&app.settings);
+    Lookups::new(
+        app.db.clone(),
+        LookupClients::of(&catalogue.sources),
+        catalogue.dunning,
+    )
+}
+
 async fn send(app: &TestApp, id: &str, body: Vec<u8>) {
     let source = crate::common::source(app.settings.source(SOURCE).unwrap()).unwrap();
     let headers = source.sign(id, &body, SystemTime::now());
@@ -154,22 +151,13 @@ async fn send(app: &TestApp, id: &str, body: Vec<u8>) {
     assert!(archived, "{id} reconciled");
 }
 
-/// (kind, refund id, account, amount) of every posting of the attempt's entries.
+/// (kind, refund id, account, amount) of every posting of the attempt's entries (all USD).
 async fn postings(app: &TestApp, attempt: &str) -> Vec<(String, Option<String>, String, i64)> {
-    use secrecy::ExposeSecret;
-    use sqlx::Connection;
-    let url = app.settings.database.url.expose_secret();
-    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query_as(
-        "SELECT e.kind, e.refund_id, p.account, p.amount_minor
-         FROM journal_entries e JOIN postings p ON p.entry_id = e.id
-         WHERE e.source_id = $1 AND e.attempt_id = $2 ORDER BY e.id, p.account",
-    )
-    .bind(SOURCE)
-    .bind(attempt)
-    .fetch_all(&mut db)
-    .await
-    .unwrap()
+    let postings = crate::common::postings(app, SOURCE, attempt).await;
+    postings
+        .into_iter()
+        .map(|(k, r, a, amount, _)| (k, r, a, amount))
+        .collect()
 }
 
 fn refund_entry(id: &str, amount: i64) -> [(String, Option<String>, String, i64); 2] {
@@ -196,11 +184,7 @@ async fn refunds_are_linked_to_their_invoice_attempt_and_booked_once_in_any_orde
     let fake = FakeStripe::default();
     let (_server, app) = app(fake.clone()).await;
     let catalogue = catalogue(&app.settings);
-    let lookups = Lookups::new(
-        app.db.clone(),
-        LookupClients::of(&catalogue.sources),
-        catalogue.dunning.clone(),
-    );
+    let lookups = lookups(&app);
     let created = "RefundCreatedEvent";
 
     // A refund before its payment and before its link: held, nothing booked.
@@ -341,12 +325,7 @@ async fn refunds_are_linked_to_their_invoice_attempt_and_booked_once_in_any_orde
 async fn a_refund_that_fails_after_it_succeeded_is_reversed() {
     let fake = FakeStripe::default();
     let (_server, app) = app(fake.clone()).await;
-    let catalogue = catalogue(&app.settings);
-    let lookups = Lookups::new(
-        app.db.clone(),
-        LookupClients::of(&catalogue.sources),
-        catalogue.dunning.clone(),
-    );
+    let lookups = lookups(&app);
     let paid = invoice("in_1", "paid", 1);
     send(
         &app,

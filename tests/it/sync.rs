@@ -55,19 +55,18 @@ pub(crate) fn stripe_types() -> &'static crate::digest::Digest {
     })
 }
 
-/// Stripe's 400 for a list query outside `InvoiceListParams` (with its paging parameters)
-/// or an `expand[]` naming no object of the Invoice, else `None`.
-fn refused(request: &Request) -> Option<ResponseTemplate> {
+/// Stripe's 400 for a list query outside `params` (a type of Stripe's SDK: the list's
+/// parameters with its paging ones) or an `expand[]` naming no object of the `listed`
+/// objects, else `None`.
+pub(crate) fn refused(request: &Request, params: &str, listed: &str) -> Option<ResponseTemplate> {
     let types = stripe_types();
     let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-    let mut problems = types.validate_form(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "InvoiceListParams",
-    );
+    let mut problems =
+        types.validate_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), params);
     for (key, value) in &pairs {
-        let on_invoice = value.strip_prefix("data.");
+        let on_listed = value.strip_prefix("data.");
         if key.starts_with("expand[")
-            && !on_invoice.is_some_and(|p| types.names_an_object("Invoice", p))
+            && !on_listed.is_some_and(|p| types.names_an_object(listed, p))
         {
             problems.push(format!("This property cannot be expanded ({value})."));
         }
@@ -81,7 +80,7 @@ fn refused(request: &Request) -> Option<ResponseTemplate> {
 
 impl Respond for FakeInvoices {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if let Some(refusal) = refused(request) {
+        if let Some(refusal) = refused(request, "InvoiceListParams", "Invoice") {
             return refusal;
         }
         let query = |name: &str| {

@@ -287,6 +287,27 @@ pub(super) fn invoice(id: &str, status: &str, count: u64) -> serde_json::Value {
     invoice
 }
 
+/// The problems of a list request's query under `params` (a parameters type of the
+/// definitions), every `expand[]` a path to an object of the `listed` type (empty: Stripe
+/// accepts it).
+#[cfg(test)]
+pub(super) fn query_problems(url: &reqwest::Url, params: &str, listed: &str) -> Vec<String> {
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let spec = definitions();
+    let mut problems =
+        spec.validate_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), params);
+    for (key, value) in &pairs {
+        let on_listed = value.strip_prefix("data.");
+        if key.starts_with("expand[") && !on_listed.is_some_and(|p| spec.names_an_object(listed, p))
+        {
+            problems.push(format!(
+                "expand {value}: no such object on the {listed}s listed"
+            ));
+        }
+    }
+    problems
+}
+
 /// Stripe's official example objects (`fixtures3.json`, cut) and CLI trigger recipes.
 #[cfg(test)]
 pub(super) fn examples() -> (&'static serde_json::Value, &'static serde_json::Value) {

@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use super::*;
 use crate::canonical::{AttemptStatus, CanonicalEvent};
 use crate::config::ProviderKind;
-use crate::providers::stripe::{definitions, invoice};
+use crate::providers::stripe::{definitions, invoice, query_problems};
 use crate::providers::testing::{EMPTY_END, normalize_with, request};
 use crate::providers::testing::{api_settings, assert_errors_map};
 
@@ -20,30 +20,9 @@ fn client(server: &MockServer) -> StripeList {
     )
 }
 
-/// The problems of a list request's query under the definitions (empty: Stripe accepts it).
-fn query_problems(url: &reqwest::Url) -> Vec<String> {
-    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let spec = definitions();
-    let mut problems = spec.validate_form(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        "InvoiceListParams",
-    );
-    for (key, value) in &pairs {
-        let on_invoice = value.strip_prefix("data.");
-        if key.starts_with("expand[")
-            && !on_invoice.is_some_and(|p| spec.names_an_object("Invoice", p))
-        {
-            problems.push(format!(
-                "expand {value}: no such field on the invoices listed"
-            ));
-        }
-    }
-    problems
-}
-
 /// Only a request Stripe would accept (another is not answered: the fake's 404).
 fn conforms(request: &Request) -> bool {
-    let problems = query_problems(&request.url);
+    let problems = query_problems(&request.url, "InvoiceListParams", "Invoice");
     if !problems.is_empty() {
         eprintln!("Stripe would refuse {}: {problems:#?}", request.url);
     }
@@ -64,7 +43,11 @@ fn page(has_more: bool, invoices: Vec<Value>) -> ResponseTemplate {
 fn the_fake_refuses_what_stripe_refuses() {
     let url = |query: &str| {
         let url = format!("http://stripe.test/v1/invoices?{query}");
-        query_problems(&reqwest::Url::parse(&url).unwrap())
+        query_problems(
+            &reqwest::Url::parse(&url).unwrap(),
+            "InvoiceListParams",
+            "Invoice",
+        )
     };
     assert_eq!(
         url("limit=2&starting_after=in_2&created%5Bgte%5D=1700000000"),

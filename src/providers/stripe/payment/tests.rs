@@ -9,7 +9,7 @@ use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use super::*;
-use crate::providers::stripe::{definitions, invoice};
+use crate::providers::stripe::{definitions, invoice, query_problems};
 use crate::providers::testing::{api_settings, assert_errors_map};
 
 fn client(server: &MockServer) -> StripePayments {
@@ -19,28 +19,9 @@ fn client(server: &MockServer) -> StripePayments {
     )
 }
 
-/// The problems of a request's query under `params` (empty: Stripe accepts it).
-fn query_problems(url: &reqwest::Url, params: &str) -> Vec<String> {
-    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    let spec = definitions();
-    let mut problems =
-        spec.validate_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), params);
-    for (key, value) in &pairs {
-        let on_payment = value.strip_prefix("data.");
-        if key.starts_with("expand[")
-            && !on_payment.is_some_and(|p| spec.names_an_object("InvoicePayment", p))
-        {
-            problems.push(format!(
-                "expand {value}: no such object on an InvoicePayment"
-            ));
-        }
-    }
-    problems
-}
-
 /// Only a list request Stripe would accept (another is not answered: the fake's 404).
 fn conforms(request: &Request) -> bool {
-    let problems = query_problems(&request.url, "InvoicePaymentListParams");
+    let problems = query_problems(&request.url, "InvoicePaymentListParams", "InvoicePayment");
     if !problems.is_empty() {
         eprintln!("Stripe would refuse {}: {problems:#?}", request.url);
     }
@@ -101,6 +82,7 @@ fn the_fake_refuses_what_stripe_refuses() {
         query_problems(
             &reqwest::Url::parse(&url).unwrap(),
             "InvoicePaymentListParams",
+            "InvoicePayment",
         )
     };
     let ok = "payment%5Btype%5D=payment_intent&payment%5Bpayment_intent%5D=pi_1&expand%5B%5D=data.invoice";
