@@ -22,11 +22,14 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const TOKEN: &str = "sk_test_sync";
 
-/// Stripe's invoice list: newest first, `limit` per page, `starting_after` an invoice id,
-/// `has_more` until the last page. Optionally slow or failing on one cursor.
+/// Stripe's invoice list: newest first, `created[gte]` on the creation time, `limit` per
+/// page, `starting_after` an invoice id, `has_more` until the last page. Optionally slow or failing on one cursor. Beside it,
+/// Stripe's Events API over `events` (see [`FakeInvoices::events_page`]).
 #[derive(Clone, Default)]
 struct FakeInvoices {
     invoices: Arc<Mutex<Vec<Value>>>,
+    /// Every event of the account, in any order.
+    events: Arc<Mutex<Vec<Value>>>,
     /// `starting_after` values requested, in order (`""` for the first page).
     requests: Arc<Mutex<Vec<String>>>,
     /// The page after this cursor answers this slowly (a run dies or holds its lock
@@ -78,8 +81,60 @@ pub(crate) fn refused(request: &Request, params: &str, listed: &str) -> Option<R
     })
 }
 
+impl FakeInvoices {
+    /// `GET /v1/events` as Stripe answers it: the events whose `type` is one of `types[]`
+    /// (or `type`), created at or after `created[gte]`, newest first (ties by id),
+    /// `starting_after` an event id, `limit` per page, `has_more`.
+    fn events_page(&self, request: &Request) -> ResponseTemplate {
+        if let Some(refusal) = refused(request, "EventListParams", "Event") {
+            return refusal;
+        }
+        let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
+        let all = |name: &str| -> Vec<&str> {
+            (pairs.iter().filter(|(k, _)| k == name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let (types, one_type) = (all("types[]"), all("type"));
+        let types: Vec<&str> = types.into_iter().chain(one_type).collect();
+        let gte: i64 = all("created[gte]")
+            .first()
+            .map_or(0, |t| t.parse().unwrap());
+        let limit: usize = all("limit").first().map_or(10, |l| l.parse().unwrap());
+        let mut events: Vec<Value> = (self.events.lock().unwrap().iter())
+            .filter(|e| types.is_empty() || types.contains(&e["type"].as_str().unwrap()))
+            .filter(|e| e["created"].as_i64().unwrap() >= gte)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| {
+            let id = e["id"].as_str().unwrap().to_owned();
+            std::cmp::Reverse((e["created"].as_i64().unwrap(), id))
+        });
+        let start = match all("starting_after").first() {
+            None => 0,
+            Some(id) => match events.iter().position(|e| e["id"] == *id) {
+                Some(p) => p + 1,
+                None => {
+                    return ResponseTemplate::new(400).set_body_json(json!({"error": {
+                        "type": "invalid_request_error", "code": "resource_missing",
+                        "param": "starting_after", "message": format!("No such event: '{id}'")
+                    }}));
+                }
+            },
+        };
+        let page: Vec<Value> = events.iter().skip(start).take(limit).cloned().collect();
+        let has_more = start + page.len() < events.len();
+        ResponseTemplate::new(200).set_body_json(json!({
+            "object": "list", "url": "/v1/events", "has_more": has_more, "data": page,
+        }))
+    }
+}
+
 impl Respond for FakeInvoices {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        if request.url.path() == "/v1/events" {
+            return self.events_page(request);
+        }
         if let Some(refusal) = refused(request, "InvoiceListParams", "Invoice") {
             return refusal;
         }
@@ -93,7 +148,12 @@ impl Respond for FakeInvoices {
         let limit: usize = query("limit").and_then(|l| l.parse().ok()).unwrap_or(10);
         let after = query("starting_after").unwrap_or_default();
         self.requests.lock().unwrap().push(after.clone());
-        let invoices = self.invoices.lock().unwrap();
+        // `created[gte]`: only invoices created since (Stripe's filter is on creation).
+        let gte: i64 = query("created[gte]").map_or(0, |t| t.parse().unwrap());
+        let invoices: Vec<Value> = (self.invoices.lock().unwrap().iter())
+            .filter(|i| i["created"].as_i64().unwrap() >= gte)
+            .cloned()
+            .collect();
         let start = match after.as_str() {
             "" => 0,
             id => match invoices.iter().position(|i| i["id"] == id) {
@@ -174,6 +234,27 @@ fn invoices() -> Vec<Value> {
     ]
 }
 
+/// A Stripe event `id` of `event_type` (its SDK interface `interface`) created at
+/// `created` carrying `object`, generated from the interface and checked against it.
+pub(crate) fn event(
+    id: &str,
+    event_type: &str,
+    interface: &str,
+    created: i64,
+    object: Value,
+) -> Value {
+    let types = stripe_types();
+    let mut event = types.generate(interface);
+    event["id"] = json!(id);
+    event["type"] = json!(event_type);
+    event["created"] = json!(created);
+    event["api_version"] = json!("2026-07-29.dahlia");
+    event["data"]["object"] = object;
+    let errors = types.validate(&event, interface);
+    assert!(errors.is_empty(), "{event_type}: {errors:#?}");
+    event
+}
+
 /// A Stripe event for `invoice`, as the webhook would carry it.
 fn webhook(event_id: &str, event_type: &str, invoice: &Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -189,11 +270,12 @@ async fn stripe_api(fake: FakeInvoices) -> MockServer {
     stripe_api_with(fake).await
 }
 
-/// A fake of Stripe's invoice list at its real path, behind the Bearer token.
+/// A fake of Stripe's invoice and event lists at their real paths, behind the Bearer
+/// token.
 async fn stripe_api_with(fake: impl Respond + 'static) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(matchers::method("GET"))
-        .and(matchers::path("/v1/invoices"))
+        .and(matchers::path_regex("^/v1/(invoices|events)$"))
         .and(matchers::header(
             "authorization",
             format!("Bearer {TOKEN}").as_str(),
@@ -292,9 +374,9 @@ async fn missed_webhooks_are_healed_and_a_second_run_changes_nothing() {
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     let watermark = report.watermark.expect("a complete run sets the watermark");
 
-    // Incremental: from the watermark minus the look-back; nothing new to change.
+    // Incremental: the events since the watermark minus the look-back; none since.
     let again = sync(&app, "stripe", RunOptions::default()).await.unwrap();
-    assert_eq!((again.records, again.changed), (4, 0));
+    assert_eq!((again.records, again.changed), (0, 0));
     assert_eq!(again.since, Some(watermark - chrono::Duration::seconds(60)));
     assert!(again.watermark > Some(watermark));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -305,6 +387,98 @@ async fn missed_webhooks_are_healed_and_a_second_run_changes_nothing() {
         synced, 4,
         "the webhook plus the three healed records, each once"
     );
+    app.stop().await;
+}
+
+/// Stripe retries an invoice for days: an invoice created three days before a webhook
+/// outage, whose payment fails and then succeeds during it, is healed by one incremental
+/// run (from the Events API: every attempt, not only the invoice's latest state), which
+/// leaves the ledger the missed webhooks would have; a second run changes nothing.
+#[tokio::test]
+async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
+    let now = chrono::Utc::now().timestamp();
+    let created = now - 3 * 86_400;
+    let (mut tried, mut paid) = (invoice("in_9", "open", 1), invoice("in_9", "paid", 2));
+    for invoice in [&mut tried, &mut paid] {
+        invoice["created"] = json!(created);
+        invoice["status_transitions"]["finalized_at"] = json!(created);
+    }
+    paid["status_transitions"]["paid_at"] = json!(now - 80 * 60);
+    let mut finalized = tried.clone();
+    finalized["attempt_count"] = json!(0);
+    let missed = [
+        event(
+            "evt_f",
+            "invoice.payment_failed",
+            "InvoicePaymentFailedEvent",
+            now - 100 * 60,
+            tried,
+        ),
+        event(
+            "evt_p",
+            "invoice.paid",
+            "InvoicePaidEvent",
+            now - 80 * 60,
+            paid.clone(),
+        ),
+    ];
+    let fake = FakeInvoices::new(vec![paid]);
+    *fake.events.lock().unwrap() = vec![
+        // Before the outage, and of a type nothing books: not asked for.
+        event(
+            "evt_0",
+            "invoice.finalized",
+            "InvoiceFinalizedEvent",
+            created,
+            finalized,
+        ),
+        missed[0].clone(),
+        missed[1].clone(),
+    ];
+    let server = stripe_api(fake.clone()).await;
+    let (_config, app) = app_with(&server, "interval_secs = 0").await;
+
+    let outage = RunOptions {
+        since: chrono::DateTime::from_timestamp(now - 2 * 3600, 0),
+        dry_run: false,
+    };
+    let report = sync(&app, "stripe", outage.clone()).await.unwrap();
+    assert_eq!((report.records, report.changed), (2, 2), "{report:?}");
+    let healed = [("in_9:1", "failed"), ("in_9:2", "succeeded")]
+        .map(|(a, s)| (a.to_owned(), s.to_owned()))
+        .to_vec();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            attempt_states(&app.db, "stripe").await == healed
+        })
+        .await,
+        "{:?}",
+        attempt_states(&app.db, "stripe").await
+    );
+    let synced = crate::common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await;
+    assert!(
+        synced.contains("\"collected\": {\"USD\": 2500}"),
+        "{synced}"
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    // The missed webhooks, delivered late, find the ledger they would have made.
+    for body in &missed {
+        let id = body["id"].as_str().unwrap();
+        let bytes = serde_json::to_vec(body).unwrap();
+        assert_eq!(app.post_signed("stripe", id, &bytes).await.status(), 202);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.db.count_events(Some("stripe")).await.unwrap() == 4
+        })
+        .await
+    );
+    let after = crate::common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await;
+    assert_eq!(after, synced);
+
+    let again = sync(&app, "stripe", outage).await.unwrap();
+    assert_eq!((again.records, again.changed), (2, 0));
     app.stop().await;
 }
 

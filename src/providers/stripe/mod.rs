@@ -308,6 +308,41 @@ pub(super) fn query_problems(url: &reqwest::Url, params: &str, listed: &str) -> 
     problems
 }
 
+/// The SDK's interface of the events of `event_type` (`InvoicePaidEvent`, ...).
+#[cfg(test)]
+pub(super) fn event_interface(event_type: &str) -> String {
+    let types = definitions().doc()["types"].as_object().unwrap();
+    types
+        .iter()
+        .find(|(name, ty)| {
+            name.ends_with("Event")
+                && ty["properties"]["type"]["enum"] == serde_json::json!([event_type])
+        })
+        .map(|(name, _)| name.clone())
+        .unwrap_or_else(|| panic!("no event interface for {event_type}"))
+}
+
+/// An event `id` of `event_type` created at `created` (unix seconds) carrying `object`,
+/// generated from its SDK interface and checked against it.
+#[cfg(test)]
+pub(super) fn event(
+    id: &str,
+    event_type: &str,
+    created: i64,
+    object: serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::json;
+    let interface = event_interface(event_type);
+    let mut event = definitions().generate(&interface);
+    event["id"] = json!(id);
+    event["created"] = json!(created);
+    event["api_version"] = json!("2026-07-29.dahlia");
+    event["data"]["object"] = object;
+    let errors = definitions().validate(&event, &interface);
+    assert!(errors.is_empty(), "{event_type}: {errors:#?}");
+    event
+}
+
 /// Stripe's official example objects (`fixtures3.json`, cut) and CLI trigger recipes.
 #[cfg(test)]
 pub(super) fn examples() -> (&'static serde_json::Value, &'static serde_json::Value) {

@@ -502,6 +502,14 @@ const OTHER_PRODUCT: &str = "another Stripe product (Climate, Financial Connecti
     Issuing, Terminal, Treasury, Sigma, reports, files): unrelated to subscriptions";
 
 /// The handling of `event_type`, `None` for a type not in [`EVENTS`].
+/// The event types whose events are booked (not ignored), in the table's order.
+pub(super) fn booked_types() -> impl Iterator<Item = &'static str> {
+    EVENTS
+        .iter()
+        .filter(|(_, handling)| !matches!(handling, Ignored(_)))
+        .map(|(name, _)| *name)
+}
+
 pub(super) fn handling(event_type: &str) -> Option<Handling> {
     EVENTS
         .iter()

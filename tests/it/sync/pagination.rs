@@ -69,9 +69,12 @@ async fn cursors_that_cycle_end_the_run_and_keep_the_watermark() {
 
     fake.cycle.store(true, Ordering::SeqCst);
     fake.requests.lock().unwrap().clear();
-    let error = sync(&app, "stripe", RunOptions::default())
-        .await
-        .unwrap_err();
+    // From further back than Stripe's events go: the invoice sweep again.
+    let long_ago = RunOptions {
+        since: chrono::DateTime::from_timestamp(1_600_000_000, 0),
+        dry_run: false,
+    };
+    let error = sync(&app, "stripe", long_ago).await.unwrap_err();
     assert!(
         matches!(
             &error,

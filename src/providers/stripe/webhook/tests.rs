@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::canonical::SubscriptionStatus;
-use crate::providers::stripe::{definitions, examples};
+use crate::providers::stripe::{definitions, event_interface, examples};
 
 const CREATED: i64 = 1_700_000_000;
 
@@ -52,17 +52,6 @@ fn one(body: &[u8]) -> CanonicalEvent {
 }
 
 /// The SDK's event interface whose `type` is `event_type` (`InvoicePaidEvent`, ...).
-fn event_interface(event_type: &str) -> String {
-    let types = definitions().doc()["types"].as_object().unwrap();
-    types
-        .iter()
-        .find(|(name, ty)| {
-            name.ends_with("Event") && ty["properties"]["type"]["enum"] == json!([event_type])
-        })
-        .map(|(name, _)| name.clone())
-        .unwrap_or_else(|| panic!("no event interface for {event_type}"))
-}
-
 /// The type of `data.object` of `event_type`'s interface.
 fn data_object(event_type: &str) -> String {
     let spec = definitions();
@@ -131,14 +120,7 @@ fn current_subscription(status: &str) -> Value {
 
 /// `object` in the SDK's event of `event_type`, generated from its interface.
 fn current_event(event_type: &str, object: Value) -> Value {
-    let interface = event_interface(event_type);
-    let mut event = definitions().generate(&interface);
-    event["id"] = json!("evt_1");
-    event["created"] = json!(CREATED);
-    event["api_version"] = json!("2026-07-29.dahlia");
-    event["data"]["object"] = object;
-    valid(&event, &interface, event_type);
-    event
+    crate::providers::stripe::event("evt_1", event_type, CREATED, object)
 }
 
 #[test]
