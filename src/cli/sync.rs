@@ -24,6 +24,10 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// After the run, wait up to SECS (default 60) for the worker to apply what the run
+    /// queued, so the summary counts what changed in the ledger.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "60")]
+    wait: Option<u64>,
 }
 
 pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
@@ -39,6 +43,7 @@ pub async fn run(settings: &Settings, args: Args) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         since: args.since,
         dry_run: args.dry_run,
+        wait: args.wait.map(std::time::Duration::from_secs),
     };
     let spinner = Spinner::new(args.json);
     let result = syncer.run(&args.source, &options, &spinner).await;
@@ -96,6 +101,29 @@ fn print_summary(r: &SyncReport) {
         r.changed,
         r.malformed,
     );
+    let counts = |m: &mut dyn Iterator<Item = (String, u64)>| {
+        m.map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.missed.by_kind.is_empty() {
+        let by_kind = counts(&mut r.missed.by_kind.iter().map(|(k, n)| (k.clone(), *n)));
+        let by_age = counts(&mut r.missed.by_age.iter().map(|(k, n)| ((*k).to_owned(), *n)));
+        println!("missed by the webhooks: {by_kind}; by age: {by_age}");
+    }
+    if let Some(w) = &r.waited {
+        println!(
+            "the worker applied {} of {} queued record(s) ({} archived{})",
+            w.applied,
+            w.queued,
+            w.archived,
+            if w.timed_out {
+                "; the wait ran out"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(watermark) = r.watermark.filter(|_| !r.dry_run) {
         println!("watermark: {}", watermark.to_rfc3339());
     }

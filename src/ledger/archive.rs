@@ -238,6 +238,24 @@ impl Db {
         Ok(n)
     }
 
+    /// Of `source_id`'s events `event_ids`, how many are archived and how many of those
+    /// were applied (not stale, not ignored).
+    pub async fn archived_outcomes(
+        &self,
+        source_id: &str,
+        event_ids: &[String],
+    ) -> Result<(u64, u64), DbError> {
+        let (archived, applied): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE outcome = 'applied')
+             FROM events WHERE source_id = $1 AND provider_event_id = ANY($2)",
+        )
+        .bind(source_id)
+        .bind(event_ids)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((archived.max(0) as u64, applied.max(0) as u64))
+    }
+
     /// How many times an event is archived (0 or 1, by the unique constraint).
     pub async fn archived_count(&self, source_id: &str, event_id: &str) -> Result<i64, DbError> {
         let (n,): (i64,) = sqlx::query_as(

@@ -20,7 +20,8 @@ use crate::dunning::schedule::Dunning;
 /// Bookkeeping columns (which event set it, when) are left out: they are not the state.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Change {
-    /// `billing_attempt`, `subscription` or `refund`.
+    /// `billing_attempt`, `subscription`, `refund` or `payment_link` (a refund held for
+    /// its payment's link).
     #[schema(value_type = String)]
     pub entity: &'static str,
     pub id: String,
@@ -120,6 +121,14 @@ fn keys_of(event: &NewEvent<'_>) -> Vec<Key> {
             CanonicalEvent::Refund(r) => ("refund", source.clone(), r.refund_id.clone()),
         })
         .collect();
+    // A refund of a payment not linked yet is held on the payment's link: a new link is
+    // its change.
+    keys.extend(event.events.iter().filter_map(|canonical| match canonical {
+        CanonicalEvent::Refund(r) if r.attempt_id.is_none() => {
+            Some(("payment_link", source.clone(), r.payment_ref.clone()?))
+        }
+        _ => None,
+    }));
     keys.sort();
     keys.dedup();
     keys
@@ -131,10 +140,20 @@ async fn rows(
     keys: &BTreeSet<&Key>,
 ) -> Result<BTreeMap<Key, serde_json::Value>, DbError> {
     let mut found = BTreeMap::new();
-    for (entity, table, id_column) in [
-        ("billing_attempt", "billing_attempts", "attempt_id"),
-        ("subscription", "subscriptions", "subscription_id"),
-        ("refund", "refunds", "refund_id"),
+    // A link's state is its status and answer; the events held on it and its schedule
+    // are bookkeeping.
+    const LINK_BOOKKEEPING: &str =
+        "- 'held_event_ids' - 'due_at' - 'tries' - 'failures' - 'last_error' - 'created_at'";
+    for (entity, table, id_column, bookkeeping) in [
+        ("billing_attempt", "billing_attempts", "attempt_id", ""),
+        ("subscription", "subscriptions", "subscription_id", ""),
+        ("refund", "refunds", "refund_id", ""),
+        (
+            "payment_link",
+            "payment_links",
+            "payment_ref",
+            LINK_BOOKKEEPING,
+        ),
     ] {
         let (sources, ids): (Vec<&str>, Vec<&str>) = keys
             .iter()
@@ -147,6 +166,7 @@ async fn rows(
         let sql = format!(
             "SELECT t.source_id, t.{id_column},
                     to_jsonb(t) - 'source_id' - '{id_column}' - 'last_event_id' - 'updated_at'
+                    {bookkeeping}
              FROM {table} t
              JOIN UNNEST($1::text[], $2::text[]) AS k(s, i)
                ON t.source_id = k.s AND t.{id_column} = k.i"

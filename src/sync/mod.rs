@@ -12,6 +12,7 @@
 //! failed run resumes where it stopped; the watermark moves only when a run reaches the
 //! end of the listing. One instance runs a source at a time (an advisory lock).
 
+mod healing;
 mod pages;
 mod state;
 
@@ -33,6 +34,7 @@ use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::ProviderApiError;
 use crate::providers::{MAX_EVENT_ID_LEN, Source, Sources};
 use crate::queue::{Broker, PublishError};
+pub use healing::{Missed, Waited};
 pub use pages::PaginationError;
 
 /// The header that marks an event as coming from pull sync.
@@ -76,6 +78,9 @@ pub struct RunOptions {
     pub since: Option<DateTime<Utc>>,
     /// Preview only: queue nothing, store nothing.
     pub dry_run: bool,
+    /// After the run, wait up to this long for the worker to apply what it queued (the
+    /// report's `waited`).
+    pub wait: Option<Duration>,
 }
 
 /// What a run did (or, dry, would do).
@@ -98,6 +103,10 @@ pub struct SyncReport {
     pub watermark: Option<DateTime<Utc>>,
     /// The changing records and what they change (at most 200).
     pub changes: Vec<RecordChange>,
+    /// What the missed webhooks were, by kind and age.
+    pub missed: Missed,
+    /// With a wait: what the worker applied of the queued records.
+    pub waited: Option<Waited>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -252,6 +261,7 @@ impl Syncer {
             0 => target.client.default_min_interval(),
             ms => Duration::from_millis(ms),
         };
+        let mut queued: Vec<String> = Vec::new();
         let mut cursor = start.cursor.clone();
         let mut pagination = pages::Pagination::new(cursor.as_deref(), target.settings.max_pages);
         let mut last_request: Option<tokio::time::Instant> = None;
@@ -275,7 +285,13 @@ impl Syncer {
                 }
             };
             let (records, changed) = self
-                .apply(source, &page.records, options.dry_run, &mut report)
+                .apply(
+                    source,
+                    &page.records,
+                    options.dry_run,
+                    &mut report,
+                    &mut queued,
+                )
                 .await?;
             report.pages += 1;
             metrics::counter!("subsync_sync_pages_total", "source" => source_id.to_owned())
@@ -302,8 +318,35 @@ impl Syncer {
             report.watermark = Some(start.started_at);
             metrics::gauge!("subsync_sync_watermark_seconds", "source" => source_id.to_owned())
                 .set(start.started_at.timestamp() as f64);
+            if let Some(wait) = options.wait {
+                report.waited = Some(self.wait_applied(source_id, &queued, wait).await?);
+            }
         }
         Ok(report)
+    }
+
+    /// Waits up to `wait` for the worker to archive the queued events `ids`; what it
+    /// archived and applied by then.
+    async fn wait_applied(
+        &self,
+        source_id: &str,
+        ids: &[String],
+        wait: Duration,
+    ) -> Result<Waited, SyncError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (archived, applied) = self.db.archived_outcomes(source_id, ids).await?;
+            let done = archived >= ids.len() as u64;
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(Waited {
+                    queued: ids.len() as u64,
+                    archived,
+                    applied,
+                    timed_out: !done,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A run stopped by a page or its pagination: the error is recorded (not for a dry
@@ -363,13 +406,15 @@ impl Syncer {
     }
 
     /// Normalizes a page's records, previews them against the ledger and (unless dry)
-    /// queues those that change it. Returns (records, changed).
+    /// queues those that change it, adding their event ids to `queued`. Returns (records,
+    /// changed).
     async fn apply(
         &self,
         source: &Source,
         records: &[Record],
         dry_run: bool,
         report: &mut SyncReport,
+        queued: &mut Vec<String>,
     ) -> Result<(u64, u64), SyncError> {
         let now = Utc::now();
         let envelopes: Vec<Envelope> = records.iter().map(|r| envelope(source, r, now)).collect();
@@ -399,6 +444,14 @@ impl Syncer {
             }
             changed += 1;
             to_queue.push(*i);
+            let kinds = report.missed.note(&preview.changes, event.events, now);
+            if !dry_run {
+                queued.push(envelopes[*i].event_id.clone());
+                for kind in kinds {
+                    let labels = [("source", source.id().to_owned()), ("kind", kind)];
+                    metrics::counter!("subsync_sync_missed_total", &labels).increment(1);
+                }
+            }
             report.note(RecordChange {
                 key: records[*i].key.clone(),
                 event_id: envelopes[*i].event_id.clone(),

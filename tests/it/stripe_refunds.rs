@@ -112,7 +112,7 @@ fn event(id: &str, event_type: &str, interface: &str, object: Value) -> Vec<u8> 
 }
 
 /// Stripe's example Refund with this id, PaymentIntent, amount (usd cents) and status.
-fn refund(id: &str, payment_intent: &str, amount: i64, status: &str) -> Value {
+pub(crate) fn refund(id: &str, payment_intent: &str, amount: i64, status: &str) -> Value {
     let fixtures: Value = serde_json::from_str(FIXTURES).unwrap();
     let mut refund = fixtures["resources"]["refund"].clone();
     refund["id"] = json!(id);

@@ -16,7 +16,7 @@ use common::{TestApp, TestConfig, attempt_states, eventually, spawn_app, sync};
 use serde_json::{Value, json};
 use subsync::{
     app::Role,
-    sync::{RunOptions, SyncError},
+    sync::{Missed, RunOptions, SyncError, Waited},
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
@@ -406,6 +406,8 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
     paid["status_transitions"]["paid_at"] = json!(now - 80 * 60);
     let mut finalized = tried.clone();
     finalized["attempt_count"] = json!(0);
+    let mut refunded = crate::stripe_refunds::refund("re_9", "pi_9", 500, "succeeded");
+    refunded["created"] = json!(now - 70 * 60);
     let missed = [
         event(
             "evt_f",
@@ -421,6 +423,13 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
             now - 80 * 60,
             paid.clone(),
         ),
+        event(
+            "evt_r",
+            "refund.created",
+            "RefundCreatedEvent",
+            now - 70 * 60,
+            refunded,
+        ),
     ];
     let fake = FakeInvoices::new(vec![paid]);
     *fake.events.lock().unwrap() = vec![
@@ -434,27 +443,41 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
         ),
         missed[0].clone(),
         missed[1].clone(),
+        missed[2].clone(),
     ];
     let server = stripe_api(fake.clone()).await;
     let (_config, app) = app_with(&server, "interval_secs = 0").await;
 
+    // The run waits for the worker, so its report counts what the ledger took.
     let outage = RunOptions {
         since: chrono::DateTime::from_timestamp(now - 2 * 3600, 0),
-        dry_run: false,
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
     };
     let report = sync(&app, "stripe", outage.clone()).await.unwrap();
-    assert_eq!((report.records, report.changed), (2, 2), "{report:?}");
+    assert_eq!((report.records, report.changed), (3, 3), "{report:?}");
+    let waited = Waited {
+        queued: 3,
+        archived: 3,
+        applied: 3,
+        timed_out: false,
+    };
+    assert_eq!(report.waited, Some(waited));
+    let by_kind = [
+        ("billing_attempt:failed", 1),
+        ("billing_attempt:succeeded", 1),
+        // The refund, held until its payment is linked to its attempt.
+        ("payment_link:pending", 1),
+    ];
+    assert_eq!(
+        report.missed.by_kind,
+        by_kind.map(|(k, n)| (k.to_owned(), n)).into()
+    );
+    assert_eq!(report.missed.by_age, [("1h_to_1d", 3)].into());
     let healed = [("in_9:1", "failed"), ("in_9:2", "succeeded")]
         .map(|(a, s)| (a.to_owned(), s.to_owned()))
         .to_vec();
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            attempt_states(&app.db, "stripe").await == healed
-        })
-        .await,
-        "{:?}",
-        attempt_states(&app.db, "stripe").await
-    );
+    assert_eq!(attempt_states(&app.db, "stripe").await, healed);
     let synced = crate::common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await;
     assert!(
         synced.contains("\"collected\": {\"USD\": 2500}"),
@@ -470,7 +493,7 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
     }
     assert!(
         eventually(Duration::from_secs(10), || async {
-            app.db.count_events(Some("stripe")).await.unwrap() == 4
+            app.db.count_events(Some("stripe")).await.unwrap() == 6
         })
         .await
     );
@@ -478,7 +501,8 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
     assert_eq!(after, synced);
 
     let again = sync(&app, "stripe", outage).await.unwrap();
-    assert_eq!((again.records, again.changed), (2, 0));
+    assert_eq!((again.records, again.changed), (3, 0));
+    assert_eq!(again.missed, Missed::default());
     app.stop().await;
 }
 
@@ -599,6 +623,7 @@ async fn dry_run_shows_the_drift_and_changes_nothing() {
     let dry = RunOptions {
         since: None,
         dry_run: true,
+        ..RunOptions::default()
     };
     let report = sync(&app, "stripe", dry.clone()).await.unwrap();
     assert_eq!((report.records, report.changed), (4, 3));

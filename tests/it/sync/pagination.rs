@@ -73,6 +73,7 @@ async fn cursors_that_cycle_end_the_run_and_keep_the_watermark() {
     let long_ago = RunOptions {
         since: chrono::DateTime::from_timestamp(1_600_000_000, 0),
         dry_run: false,
+        ..RunOptions::default()
     };
     let error = sync(&app, "stripe", long_ago).await.unwrap_err();
     assert!(

@@ -466,6 +466,7 @@ async fn missed_attempts_of_known_contracts_are_healed_and_re_runs_change_nothin
     let full = RunOptions {
         since: Some(at("2024-01-01T00:00:00Z")),
         dry_run: false,
+        ..RunOptions::default()
     };
     let full = sync(&app, SOURCE, full).await.unwrap();
     assert_eq!(

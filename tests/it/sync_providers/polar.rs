@@ -392,6 +392,7 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     let full = RunOptions {
         since: Some(at("2024-01-01T00:00:00Z")),
         dry_run: false,
+        ..RunOptions::default()
     };
     let full = sync(&app, SOURCE, full).await.unwrap();
     assert_eq!(
