@@ -8,10 +8,11 @@
 //! 1. `subscriptionContracts(first: ≤25, after, query)`, each contract with its 10 most
 //!    recent `billingAttempts(first: 10, reverse: true)`. With `since`, the query filter
 //!    `updated_at:>='<since>'` (a documented filter of `subscriptionContracts`).
-//! 2. Only with `since`: `subscriptionBillingAttempts(first: ≤200, after, query)` filtered by
-//!    `created_at:>='<since>'`, store-wide. It catches attempts made on contracts whose
-//!    own `updatedAt` did not move (Shopify does not document that a billing attempt touches
-//!    its contract), so an incremental run never depends on that.
+//! 2. `subscriptionBillingAttempts(first: ≤200, after, query)`, store-wide: every attempt
+//!    of every contract (a full run), or with `since` those created since
+//!    (`created_at:>='<since>'`). It reads the attempts beyond a contract's 10 latest, and
+//!    those made on contracts whose own `updatedAt` did not move (Shopify does not
+//!    document that a billing attempt touches its contract).
 //!
 //! The opaque cursor is `contracts:<endCursor>` or `attempts:<endCursor>` (`attempts:` =
 //! the first page of phase 2). An empty API page ends its phase; `hasNextPage` without an
@@ -60,8 +61,7 @@
 //! `updatedAt`, the attempt's `completedAt` (else `createdAt`). Keys: `contract:<gid>`,
 //! `attempt:<gid>`.
 //!
-//! Not covered: attempts beyond the 10 most recent per contract in a full run (no `since`;
-//! an incremental run reads every attempt created since, phase 2); skipped billing cycles
+//! Not covered: skipped billing cycles
 //! (`subscription_billing_cycles/skip`, a different listing); the webhook fields the
 //! normalizer ignores (`billing_policy`, `delivery_policy`, origin order). In the flat
 //! shape a challenge that later failed still shows its `nextActionUrl` and is rendered
@@ -198,8 +198,8 @@ impl ShopifyList {
                         records.extend(render_attempt(&attempt, contract_id));
                     }
                 }
-                // Contracts done: an incremental run goes on with the attempts created since.
-                let next = more.or_else(|| since.is_some().then(|| ATTEMPTS.to_owned()));
+                // Contracts done: every attempt (of an incremental run: created since).
+                let next = more.or_else(|| Some(ATTEMPTS.to_owned()));
                 Ok(Page { records, next })
             }
             Phase::Attempts(after) => {
@@ -628,7 +628,11 @@ mod tests {
             "the attempt still processing is skipped"
         );
         let last = client.page(request(Some("contracts:c1"))).await.unwrap();
-        assert_eq!(last.next, None, "a full run ends with the contracts");
+        assert_eq!(
+            last.next.as_deref(),
+            Some("attempts:"),
+            "a full run goes on with every attempt"
+        );
         assert_eq!(
             keys(&last),
             ["contract:gid://shopify/SubscriptionContract/8"]
@@ -754,6 +758,16 @@ mod tests {
             .mount(&server)
             .await;
         let empty = client.page(request(None)).await.unwrap();
+        assert_eq!(
+            (empty.records.len(), empty.next.as_deref()),
+            (0, Some("attempts:"))
+        );
+        server.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(attempts(vec![], Some("more")))
+            .mount(&server)
+            .await;
+        let empty = client.page(request(Some("attempts:"))).await.unwrap();
         assert_eq!(empty, EMPTY_END);
         // A cursor this client did not write is refused before any request.
         server.reset().await;

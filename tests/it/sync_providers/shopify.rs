@@ -510,22 +510,32 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
     );
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 7);
 
-    // A full run: the contracts phase only, 2 + 2 + 1 contracts.
+    // A full run: the contracts (2 + 2 + 1, each with its 10 newest attempts), then every
+    // attempt of the store (2 + 2 + 2 + 1), so a contract's older attempts are read too.
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(report.since, None, "a first run reads everything");
-    assert_eq!(
-        fake.requests(),
-        [None, Some(cursor(7002)), Some(cursor(7004))]
-            .map(|after| Seen {
-                connection: "subscriptionContracts",
-                first: 2,
-                after,
-                query: None
-            })
-            .to_vec()
-    );
-    // 5 contracts + attempts 8001, 8002, 8004, 8006, 8007 (8003 and 8005 render nothing).
-    assert_eq!((report.pages, report.records, report.changed), (3, 10, 4));
+    let contract_pages = [None, Some(cursor(7002)), Some(cursor(7004))].map(|after| Seen {
+        connection: "subscriptionContracts",
+        first: 2,
+        after,
+        query: None,
+    });
+    let attempt_pages = [
+        None,
+        Some(cursor(8002)),
+        Some(cursor(8004)),
+        Some(cursor(8006)),
+    ]
+    .map(|after| Seen {
+        connection: "subscriptionBillingAttempts",
+        first: 2,
+        after,
+        query: None,
+    });
+    assert_eq!(fake.requests(), [&contract_pages[..], &attempt_pages[..]].concat());
+    // 5 contracts + attempts 8001, 8002, 8004, 8006, 8007 (8003 and 8005 render nothing),
+    // read in both phases.
+    assert_eq!((report.pages, report.records, report.changed), (7, 15, 4));
     let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
     changed.sort();
     assert_eq!(
@@ -599,7 +609,7 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
     let updated = Some(format!("updated_at:>='{at}'"));
     let created = Some(format!("created_at:>='{at}'"));
     assert_eq!(
-        fake.requests()[3..],
+        fake.requests()[7..],
         [
             Seen {
                 connection: "subscriptionContracts",
