@@ -50,10 +50,19 @@
 //! Amounts are embedded exactly as Rebilly wrote them (raw JSON, never through f64).
 //! Keys: `order:{id}`, `invoice:{id}`, `transaction:{id}`.
 //!
-//! Knowingly not covered: attempts of older invoices than the recent one, invoices whose
-//! `transactions` the listing does not embed (then only the order status and a paid
-//! invoice are healed), and an invoice paid without the order's `updatedTime` moving (an
-//! incremental run then misses it until the order changes).
+//! Then the transactions: `GET {base_url}/transactions` (`GetTransactionCollection`), the
+//! same `limit`/`offset`/`sort=-updatedTime`/`filter=updatedTime:<since>..` and
+//! `Pagination-*` headers, no expand; cursor `transactions:<offset>`. Every charge (`sale`,
+//! `capture`) and every refund, void or credit of one whose outcome is a word of the
+//! definitions renders as `transaction-processed` (`{transactionId, eventType,
+//! _embedded: {transaction}}`), so the attempts and refunds of older invoices than an
+//! order's recent one, and those of invoices paid without the order's `updatedTime`
+//! moving, are healed too. Setups, authorizations and 3-D Secure checks are no charge and
+//! are not rendered. Key: `transaction:{id}` (a transaction also seen under its invoice
+//! renders the same attempt).
+//!
+//! Knowingly not covered: a listing deeper than the definitions' offset (`offset` ≤ 1000,
+//! so at most 2000 orders or transactions per run and window).
 //!
 //! Rebilly publishes no request rate for its API (it answers 429 `TooManyRequests`), so
 //! the default pause is a conservative 250 ms (4 requests per second).
@@ -73,10 +82,12 @@ use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::{Credential, Endpoint, ProviderApiError, read};
 use crate::providers::support::capped;
 
-use super::webhook::{TRANSACTION_RESULTS, TRANSACTION_STATUSES};
+use super::webhook::{REFUND_TYPES, TRANSACTION_RESULTS, TRANSACTION_STATUSES};
 
 /// Rebilly's maximum `limit`.
 const MAX_LIMIT: u32 = 1000;
+/// The cursor prefix of the transactions listing (an orders cursor is a bare offset).
+const TRANSACTIONS: &str = "transactions:";
 
 /// The secret API key header (`SecretApiKey` security scheme).
 const API_KEY: HeaderName = HeaderName::from_static("reb-apikey");
@@ -93,29 +104,56 @@ impl RebillyList {
     }
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
-        let offset = match request.cursor {
-            None => 0,
-            Some(cursor) => cursor
-                .parse::<u64>()
-                .map_err(|_| ProviderApiError::Rejected {
-                    status: 0,
-                    message: format!("invalid Rebilly offset cursor {cursor:?}"),
-                })?,
+        let (transactions, offset) = match request.cursor {
+            None => (false, "0"),
+            Some(cursor) => match cursor.strip_prefix(TRANSACTIONS) {
+                Some(offset) => (true, offset),
+                None => (false, cursor),
+            },
         };
-        let subscriptions = self.api.request(Method::GET, &["subscriptions"])?;
+        let offset = offset
+            .parse::<u64>()
+            .map_err(|_| ProviderApiError::Rejected {
+                status: 0,
+                message: format!("invalid Rebilly offset cursor {:?}", request.cursor),
+            })?;
         let mut query = vec![
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
             ("offset", offset.to_string()),
             ("sort", "-updatedTime".to_owned()),
-            ("expand", "recentInvoice".to_owned()),
         ];
         if let Some(since) = request.since {
             // Whole seconds, rounded down: the filter only widens.
             let at = since.to_rfc3339_opts(SecondsFormat::Secs, true);
             query.push(("filter", format!("updatedTime:{at}..")));
         }
-        let answer = read(subscriptions.query(&query), "Rebilly", request.cap()).await?;
-        parse(&answer.body, offset, Pagination::read(&answer.headers))
+        if transactions {
+            let list = self.api.request(Method::GET, &["transactions"])?;
+            let answer = read(list.query(&query), "Rebilly", request.cap()).await?;
+            let pagination = Pagination::read(&answer.headers);
+            let page = parse(
+                &answer.body,
+                offset,
+                pagination,
+                "transactions",
+                render_transaction,
+            )?;
+            let next = page.next.map(|offset| format!("{TRANSACTIONS}{offset}"));
+            return Ok(Page { next, ..page });
+        }
+        query.push(("expand", "recentInvoice".to_owned()));
+        let list = self.api.request(Method::GET, &["subscriptions"])?;
+        let answer = read(list.query(&query), "Rebilly", request.cap()).await?;
+        let page = parse(
+            &answer.body,
+            offset,
+            Pagination::read(&answer.headers),
+            "orders",
+            render,
+        )?;
+        // Orders done: the transactions (of the same window) next.
+        let next = page.next.or_else(|| Some(format!("{TRANSACTIONS}0")));
+        Ok(Page { next, ..page })
     }
 }
 
@@ -150,20 +188,27 @@ impl Pagination {
     }
 }
 
-fn parse(body: &str, requested: u64, pagination: Pagination) -> Result<Page, ProviderApiError> {
-    let orders: Vec<Box<RawValue>> =
+/// A page of the listing of `what`, each item rendered by `render`.
+fn parse(
+    body: &str,
+    requested: u64,
+    pagination: Pagination,
+    what: &str,
+    render: fn(&RawValue) -> Vec<Record>,
+) -> Result<Page, ProviderApiError> {
+    let items: Vec<Box<RawValue>> =
         serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
             status: 200,
-            message: format!("not a Rebilly list of orders: {e}"),
+            message: format!("not a Rebilly list of {what}: {e}"),
         })?;
-    if orders.is_empty() {
+    if items.is_empty() {
         return Ok(Page {
             records: Vec::new(),
             next: None,
         });
     }
-    let next = next_offset(requested, orders.len() as u64, pagination)?;
-    let records = orders.iter().flat_map(|order| render(order)).collect();
+    let next = next_offset(requested, items.len() as u64, pagination)?;
+    let records = items.iter().flat_map(|item| render(item)).collect();
     Ok(Page { records, next })
 }
 
@@ -188,7 +233,7 @@ fn next_offset(
         return Err(ProviderApiError::Rejected {
             status: 200,
             message: format!(
-                "Rebilly pagination does not advance (asked offset {requested}, got offset {offset} with {len} orders)"
+                "Rebilly pagination does not advance (asked offset {requested}, got offset {offset} with {len} items)"
             ),
         });
     }
@@ -376,6 +421,34 @@ fn render_invoice(raw: &RawValue) -> Vec<Record> {
     records
 }
 
+/// A listed transaction as the `transaction-processed` webhook (`{transactionId,
+/// eventType, _embedded: {transaction}}`), when it is one the normalizer books: a charge
+/// (`sale`, `capture`) or a refund, void or credit of one, whose outcome is a word of the
+/// definitions.
+fn render_transaction(raw: &RawValue) -> Vec<Record> {
+    let Ok(tx) = serde_json::from_str::<TransactionView>(raw.get()) else {
+        tracing::warn!("Rebilly transaction without a string id skipped");
+        return Vec::new();
+    };
+    let kind = tx.kind.as_deref().unwrap_or_default();
+    let booked = matches!(kind, "sale" | "capture") || REFUND_TYPES.contains(&kind);
+    if !booked || !known_outcome(&tx) {
+        return Vec::new();
+    }
+    let hook = Hook {
+        transaction_id: Some(&tx.id),
+        invoice_id: None,
+        subscription_id: None,
+        event_type: "transaction-processed",
+        embedded: Embedded {
+            transaction: Some(raw),
+            invoice: None,
+            subscription: None,
+        },
+    };
+    vec![Record::json(format!("transaction:{}", tx.id), &hook)]
+}
+
 /// Whether this transaction's `result` (or, without one, `status`) is a word of the
 /// definitions (the normalizer would take another as pending).
 fn known_outcome(tx: &TransactionView) -> bool {
@@ -401,7 +474,9 @@ mod tests {
     use crate::providers::testing::{EMPTY_END, assert_unreadable, normalize_with, request};
     use crate::providers::testing::{api_settings, assert_errors_map};
 
-    use super::super::webhook::definitions::definitions;
+    use super::super::webhook::definitions::{
+        ORDERS, TRANSACTIONS as TRANSACTIONS_PATH, definitions,
+    };
 
     const KEY: &str = "sk_live_rebilly_123";
 
@@ -437,7 +512,7 @@ mod tests {
     /// `body` as a page of the listing, checked against its definition.
     fn checked_page(body: &str) -> &str {
         let page: Value = serde_json::from_str(body).unwrap();
-        let problems = definitions().list_page_problems(&page);
+        let problems = definitions().list_page_problems(ORDERS, &page);
         assert!(
             problems.is_empty(),
             "not a page Rebilly answers: {problems:#?}"
@@ -449,8 +524,12 @@ mod tests {
     /// 404).
     fn conforms(request: &Request) -> bool {
         let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-        let problems =
-            definitions().list_query_problems(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let listing = match request.url.path().ends_with(TRANSACTIONS_PATH) {
+            true => TRANSACTIONS_PATH,
+            false => ORDERS,
+        };
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let problems = definitions().list_query_problems(listing, pairs);
         if !problems.is_empty() {
             eprintln!("Rebilly would refuse {}: {problems:#?}", request.url);
         }
@@ -514,8 +593,9 @@ mod tests {
 
         let last = client.page(request(Some("2"))).await.unwrap();
         assert_eq!(
-            last.next, None,
-            "offset 2 + 1 order reaches Pagination-Total 3"
+            last.next.as_deref(),
+            Some("transactions:0"),
+            "offset 2 + 1 order reaches Pagination-Total 3: the transactions next"
         );
         assert_eq!(last.records.len(), 1);
         assert!(last.records[0].headers.is_empty());
@@ -542,7 +622,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(page, EMPTY_END);
+        assert_eq!(
+            (page.records.len(), page.next.as_deref()),
+            (0, Some("transactions:0"))
+        );
     }
 
     #[tokio::test]
@@ -566,11 +649,15 @@ mod tests {
             .mount(&server)
             .await;
         let client = client(&server, "");
-        let empty = client.page(request(Some("4"))).await.unwrap();
+        let empty = client.page(request(Some("transactions:4"))).await.unwrap();
         assert_eq!(empty.next, None, "an empty array ends even below the total");
         let headerless = client.page(request(None)).await.unwrap();
         assert_eq!(headerless.records.len(), 2);
-        assert_eq!(headerless.next, None, "no pagination headers: last page");
+        assert_eq!(
+            headerless.next.as_deref(),
+            Some("transactions:0"),
+            "no pagination headers: the last page of the orders"
+        );
     }
 
     #[tokio::test]
@@ -599,12 +686,84 @@ mod tests {
         );
     }
 
+    /// The transactions listing, after the orders: every charge and refund of the window
+    /// (not only the recent invoice's), each as the `transaction-processed` webhook.
+    #[tokio::test]
+    async fn transactions_follow_the_orders_and_render_as_processed_webhooks() {
+        let server = MockServer::start().await;
+        let tx = |id: &str, kind: &str, result: &str, parent: Option<&str>| {
+            let mut tx = json!({"id": id, "type": kind, "status": "completed",
+                "result": result, "amount": 49.95, "currency": "USD",
+                "customerId": "cus_1", "invoiceIds": ["inv_9"], "subscriptionIds": ["ord_9"],
+                "processedTime": "2019-08-24T14:15:22Z", "updatedTime": "2019-08-24T14:15:22Z"});
+            if let Some(parent) = parent {
+                tx["parentTransactionId"] = json!(parent);
+                tx["amount"] = json!(5.00);
+            }
+            tx
+        };
+        let listed = json!([
+            tx("txn_1", "sale", "declined", None),
+            tx("txn_2", "sale", "approved", None),
+            tx("txn_3", "refund", "approved", Some("txn_2")),
+            tx("txn_4", "authorize", "approved", None),
+        ]);
+        let problems = definitions().list_page_problems(TRANSACTIONS_PATH, &listed);
+        assert!(problems.is_empty(), "{problems:#?}");
+        Mock::given(method("GET"))
+            .and(path("/transactions"))
+            .and(conforms)
+            .and(query_param("offset", "0"))
+            .and(query_param("sort", "-updatedTime"))
+            .and(query_param_is_missing("expand"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("pagination-total", "4")
+                    .insert_header("pagination-offset", "0")
+                    .set_body_json(&listed),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let page = client(&server, "")
+            .page(request(Some("transactions:0")))
+            .await
+            .unwrap();
+        assert_eq!(page.next, None);
+        let keys: Vec<_> = page.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "transaction:txn_1",
+                "transaction:txn_2",
+                "transaction:txn_3"
+            ],
+            "an authorization is no charge"
+        );
+        for record in &page.records {
+            assert_eq!(checked_body(record)["eventType"], "transaction-processed");
+        }
+        let failed = attempt(&page.records[0]);
+        assert_eq!(
+            (failed.status, failed.cycle_id.as_deref()),
+            (AttemptStatus::Failed, Some("inv_9"))
+        );
+        assert_eq!(attempt(&page.records[1]).status, AttemptStatus::Succeeded);
+        match normalize_with(ProviderKind::Rebilly, &page.records[2]).as_slice() {
+            [CanonicalEvent::Refund(r)] => {
+                assert_eq!(r.attempt_id.as_deref(), Some("txn_2"));
+                assert_eq!(r.amount, Money::from_minor(500, "USD").unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The listing as Rebilly defines it: the secret key in its header, the parameters
     /// the client sends, and a fake that refuses what Rebilly refuses.
     #[test]
     fn the_listing_is_what_the_definitions_declare() {
         let spec = definitions();
-        let operation = spec.list_operation();
+        let operation = spec.list_operation(ORDERS);
         assert_eq!(operation["operationId"], "GetSubscriptionCollection");
         assert!(
             (operation["security"].as_array().unwrap())
@@ -622,12 +781,21 @@ mod tests {
             ("expand", "recentInvoice"),
             ("filter", "updatedTime:2023-11-14T22:13:20Z.."),
         ];
-        assert_eq!(spec.list_query_problems(sent), Vec::<String>::new());
+        assert_eq!(spec.list_query_problems(ORDERS, sent), Vec::<String>::new());
         assert_eq!(MAX_LIMIT, 1000);
-        assert_eq!(spec.list_query_problems([("limit", "1001")]).len(), 1);
-        assert_eq!(spec.list_query_problems([("offset", "-1")]).len(), 1);
-        assert_eq!(spec.list_query_problems([("since", "2023")]).len(), 1);
-        let headers = &spec.doc_response_headers();
+        assert_eq!(
+            spec.list_query_problems(ORDERS, [("limit", "1001")]).len(),
+            1
+        );
+        assert_eq!(
+            spec.list_query_problems(ORDERS, [("offset", "-1")]).len(),
+            1
+        );
+        assert_eq!(
+            spec.list_query_problems(ORDERS, [("since", "2023")]).len(),
+            1
+        );
+        let headers = &spec.doc_response_headers(ORDERS);
         for name in ["Pagination-Total", "Pagination-Offset", "Pagination-Limit"] {
             assert!(headers.contains(&name.to_owned()), "{name}: {headers:?}");
         }
@@ -662,7 +830,7 @@ mod tests {
             total: Some(total),
             offset: Some(0),
         };
-        parse(checked_page(body), 0, pagination).unwrap()
+        parse(checked_page(body), 0, pagination, "orders", render).unwrap()
     }
 
     fn rendered(orders: &[Value]) -> Vec<Record> {
@@ -676,7 +844,7 @@ mod tests {
             total: Some(1),
             offset: Some(0),
         };
-        parse(body, 0, pagination).unwrap()
+        parse(body, 0, pagination, "orders", render).unwrap()
     }
 
     #[test]

@@ -438,7 +438,7 @@ fn attempt(p: &Payload, outcome: Outcome) -> Result<Vec<CanonicalEvent>, Normali
 }
 
 /// `Transaction.type`s that give money back from a parent transaction.
-const REFUND_TYPES: [&str; 3] = ["refund", "void", "credit"];
+pub(super) const REFUND_TYPES: [&str; 3] = ["refund", "void", "credit"];
 
 /// A `refund`, `void` or `credit` transaction of a parent charge (`parentTransactionId`, or
 /// `parent` when the event names it) as that charge's refund: its own id and amount,

@@ -20,12 +20,11 @@ use subsync::sync::RunOptions;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
-use crate::rebilly_definitions::definitions;
+use crate::rebilly_definitions::{ORDERS, TRANSACTIONS, definitions};
 
 const SOURCE: &str = "rebilly";
 const API_KEY: &str = "sk_sandbox_rebilly_sync";
 const ORGANIZATION: &str = "/organizations/org_sync";
-const LIST_PATH: &str = "/organizations/org_sync/subscriptions";
 /// Rebilly's maximum `limit`.
 const MAX_LIMIT: usize = 1000;
 
@@ -42,6 +41,8 @@ fn time_of(value: &Value) -> DateTime<Utc> {
 /// One list request as the fake saw it.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
+    /// `orders` or `transactions`.
+    listing: &'static str,
     offset: usize,
     limit: usize,
     filter: Option<String>,
@@ -50,16 +51,20 @@ struct Seen {
 /// Rebilly's orders collection: `sort` by a field (`-` = descending), `filter` on
 /// `updatedTime` (`<from>..`, at or after), `_embedded` only with `expand=recentInvoice`,
 /// `limit` (≤ 1000) / `offset`, and the position in `Pagination-*` headers.
+/// The transactions collection (`GET {base}/transactions`) is served the same way, without
+/// an expand.
 #[derive(Clone, Default)]
 struct FakeOrders {
     orders: Arc<Mutex<Vec<Value>>>,
+    transactions: Arc<Mutex<Vec<Value>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeOrders {
-    fn new(orders: Vec<Value>) -> Self {
+    fn new(orders: Vec<Value>, transactions: Vec<Value>) -> Self {
         let fake = Self::default();
         *fake.orders.lock().unwrap() = orders;
+        *fake.transactions.lock().unwrap() = transactions;
         fake
     }
 
@@ -77,10 +82,14 @@ fn problem(detail: String) -> ResponseTemplate {
 
 impl Respond for FakeOrders {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        let (listing, path) = match request.url.path().ends_with(TRANSACTIONS) {
+            true => ("transactions", TRANSACTIONS),
+            false => ("orders", ORDERS),
+        };
         // What the operation's parameters refuse, Rebilly refuses.
         let pairs: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
-        let problems =
-            definitions().list_query_problems(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let problems = definitions().list_query_problems(path, pairs);
         if !problems.is_empty() {
             return problem(problems.join("; "));
         }
@@ -100,6 +109,7 @@ impl Respond for FakeOrders {
         let limit = limit.min(MAX_LIMIT);
         let filter = query("filter");
         self.seen.lock().unwrap().push(Seen {
+            listing,
             offset,
             limit,
             filter: filter.clone(),
@@ -115,8 +125,11 @@ impl Respond for FakeOrders {
                 None => return problem(format!("unsupported filter {f:?}")),
             },
         };
-        let mut orders: Vec<Value> = self
-            .orders
+        let items = match listing {
+            "orders" => &self.orders,
+            _ => &self.transactions,
+        };
+        let mut orders: Vec<Value> = items
             .lock()
             .unwrap()
             .iter()
@@ -143,7 +156,7 @@ impl Respond for FakeOrders {
         }
         let total = orders.len();
         let page = Value::Array(orders.into_iter().skip(offset).take(limit).collect());
-        let problems = definitions().list_page_problems(&page);
+        let problems = definitions().list_page_problems(path, &page);
         assert!(
             problems.is_empty(),
             "not a page Rebilly answers: {problems:#?}"
@@ -159,7 +172,9 @@ impl Respond for FakeOrders {
 
 async fn rebilly_api(fake: FakeOrders) -> MockServer {
     let route = Mock::given(matchers::method("GET"))
-        .and(matchers::path(LIST_PATH))
+        .and(matchers::path_regex(format!(
+            "^{ORGANIZATION}/(subscriptions|transactions)$"
+        )))
         .and(matchers::header("reb-apikey", API_KEY));
     harness::serve(route, fake).await
 }
@@ -246,6 +261,10 @@ fn invoice_paid_webhook(invoice: &Value) -> Vec<u8> {
 ///   invoice missed (and outside the second run's look-back).
 struct Dataset {
     orders: Vec<Value>,
+    /// The transactions collection: `txn_4` again, and ord_2's older invoice `inv_0`
+    /// (declined, then paid by a retry, then partly refunded): all missed by the webhooks,
+    /// and outside the orders' recent invoices.
+    transactions: Vec<Value>,
     /// The webhooks delivered before the sync (name, body).
     webhooks: Vec<(&'static str, Vec<u8>)>,
 }
@@ -305,6 +324,24 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
         ("inv_2 paid", invoice_paid_webhook(&inv_2)),
         ("ord_1 paused", order_webhook("subscription-paused", &ord_1)),
     ];
+    let mut txn_4 = declined["transactions"][0].clone();
+    txn_4["updatedTime"] = json!(at(4));
+    let sale = |id: &str, result: &str, minutes_ago: i64| {
+        json!({"id": id, "type": "sale", "status": "completed", "result": result,
+            "amount": 49.95, "currency": "USD", "customerId": "cus_1",
+            "invoiceIds": ["inv_0"], "subscriptionIds": ["ord_2"],
+            "processedTime": at(minutes_ago), "updatedTime": at(minutes_ago)})
+    };
+    let refund = json!({"id": "txn_0r", "type": "refund", "status": "completed",
+        "result": "approved", "amount": 10.00, "currency": "USD", "customerId": "cus_1",
+        "parentTransactionId": "txn_0b", "invoiceIds": ["inv_0"], "subscriptionIds": ["ord_2"],
+        "processedTime": at(7), "updatedTime": at(7)});
+    let transactions = vec![
+        sale("txn_0a", "declined", 9),
+        txn_4,
+        refund,
+        sale("txn_0b", "approved", 8),
+    ];
     // Listed in no particular order: the fake sorts as asked.
     let orders = vec![
         ord_1,
@@ -314,7 +351,11 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
         order("ord_5", "pending", "USD", minutes(2), None),
         ord_2,
     ];
-    Dataset { orders, webhooks }
+    Dataset {
+        orders,
+        transactions,
+        webhooks,
+    }
 }
 
 /// Each order's (status, provider status), `None` when the ledger does not know it.
@@ -328,6 +369,8 @@ fn healed_attempts() -> Vec<(String, String)> {
         ("invoice-paid:inv_1", "succeeded"),
         ("invoice-paid:inv_2", "succeeded"),
         ("invoice-paid:inv_3", "succeeded"),
+        ("txn_0a", "failed"),
+        ("txn_0b", "succeeded"),
         ("txn_4", "failed"),
     ])
 }
@@ -346,8 +389,12 @@ fn healed_orders() -> Vec<Option<(String, String)>> {
 #[tokio::test]
 async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_changes_nothing() {
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
-    let Dataset { orders, webhooks } = dataset(now);
-    let fake = FakeOrders::new(orders);
+    let Dataset {
+        orders,
+        transactions,
+        webhooks,
+    } = dataset(now);
+    let fake = FakeOrders::new(orders, transactions);
     let server = rebilly_api(fake.clone()).await;
     let (_config, app) = app_with(&server).await;
 
@@ -377,18 +424,18 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
 
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(
-        (
-            report.pages,
-            report.records,
-            report.changed,
-            report.malformed
-        ),
-        (3, 8, 5, 0),
-        "ord_6/ord_5 render nothing; ord_2 and ord_1's order are known"
+        (report.pages, report.records, report.malformed),
+        (5, 12, 0),
+        "ord_6/ord_5 render nothing; 8 records of the orders, 4 transactions"
     );
+    // ord_2 and ord_1's order are known. txn_4 is read twice, under its invoice and in the
+    // transactions: the second finds it changed only if the worker has not applied the
+    // first yet (both converge on one attempt).
+    assert!((8..=9).contains(&report.changed), "{report:?}");
     assert_eq!(report.since, None, "a first run reads everything");
     let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
     changed.sort();
+    changed.dedup();
     assert_eq!(
         changed,
         [
@@ -396,17 +443,23 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
             "invoice:inv_3",
             "order:ord_3",
             "order:ord_4",
+            "transaction:txn_0a",
+            "transaction:txn_0b",
+            "transaction:txn_0r",
             "transaction:txn_4"
         ]
     );
+    // The orders (three pages), then the transactions (two).
     let all = |filter: Option<String>| {
-        [0, 2, 4]
-            .map(|offset| Seen {
-                offset,
-                limit: 2,
-                filter: filter.clone(),
-            })
-            .to_vec()
+        let seen = |listing, offset| Seen {
+            listing,
+            offset,
+            limit: 2,
+            filter: filter.clone(),
+        };
+        let orders = [0, 2, 4].map(|offset| seen("orders", offset));
+        let transactions = [0, 2].map(|offset| seen("transactions", offset));
+        [&orders[..], &transactions[..]].concat()
     };
     assert_eq!(fake.take_seen(), all(None));
 
@@ -433,9 +486,10 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
         (Some("inv_4"), Some("insufficient-funds"), Some(4995))
     );
     let collected = |view: &subsync::ledger::SubscriptionView| view.balances["collected"].clone();
+    // ord_2: its recent invoice, and its older inv_0 (paid by the retry) less its refund.
     for (id, currency, minor) in [
         ("ord_1", "EUR", 999),
-        ("ord_2", "USD", 4995),
+        ("ord_2", "USD", 4995 + 4995 - 1000),
         ("ord_3", "USD", 1999),
     ] {
         let view = app.db.subscription(SOURCE, id).await.unwrap().unwrap();
@@ -447,12 +501,13 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     }
     assert!(!ord_4.balances.contains_key("collected"));
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    let archived = 4 + report.changed as i64;
     assert!(
         eventually(Duration::from_secs(10), || async {
-            app.db.count_events(Some(SOURCE)).await.unwrap() == 9
+            app.db.count_events(Some(SOURCE)).await.unwrap() == archived
         })
         .await,
-        "the four webhooks plus the five healed records"
+        "the four webhooks plus the healed records"
     );
     let watermark = report.watermark.expect("a complete run sets the watermark");
 
@@ -463,7 +518,7 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     assert_eq!(again.since, Some(since));
     assert_eq!(
         (again.pages, again.records, again.changed, again.malformed),
-        (3, 6, 0, 0)
+        (5, 10, 0, 0)
     );
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     assert!(again.watermark > Some(watermark));
@@ -472,7 +527,7 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     assert_eq!(app.queued().await, 0);
     assert_eq!(attempt_states(&app.db, SOURCE).await, healed_attempts());
     assert_eq!(order_states(&app).await, healed_orders());
-    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 9);
+    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), archived);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }

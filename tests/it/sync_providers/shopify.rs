@@ -532,7 +532,10 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
         after,
         query: None,
     });
-    assert_eq!(fake.requests(), [&contract_pages[..], &attempt_pages[..]].concat());
+    assert_eq!(
+        fake.requests(),
+        [&contract_pages[..], &attempt_pages[..]].concat()
+    );
     // 5 contracts + attempts 8001, 8002, 8004, 8006, 8007 (8003 and 8005 render nothing),
     // read in both phases.
     assert_eq!((report.pages, report.records, report.changed), (7, 15, 4));

@@ -21,8 +21,9 @@ pub const FIXTURE: &str = include_str!(concat!(
     "/tests/fixtures/rebilly/rebilly-openapi.subset.json"
 ));
 
-/// The orders listing's path.
-const LIST: &str = "/subscriptions";
+/// The listings' paths: orders, transactions.
+pub const ORDERS: &str = "/subscriptions";
+pub const TRANSACTIONS: &str = "/transactions";
 
 /// The property of a webhook body that names its event type.
 const TYPE: &str = "eventType";
@@ -71,19 +72,21 @@ impl Definitions {
         body
     }
 
-    /// The orders listing (`GET /subscriptions`, `GetSubscriptionCollection`).
-    pub fn list_operation(&self) -> &Value {
-        self.0.operation(LIST, "get")
+    /// A listing (`GET /subscriptions`, `GetSubscriptionCollection`; `GET /transactions`,
+    /// `GetTransactionCollection`).
+    pub fn list_operation(&self, path: &str) -> &Value {
+        self.0.operation(path, "get")
     }
 
-    /// The problems of a listing request's query under the operation's parameters
-    /// (empty: Rebilly accepts it). A value is read as its schema's type (`sort` is a
-    /// comma-separated array, `form` style without `explode`).
+    /// The problems of a request's query to the listing at `path` under the operation's
+    /// parameters (empty: Rebilly accepts it). A value is read as its schema's type
+    /// (`sort` is a comma-separated array, `form` style without `explode`).
     pub fn list_query_problems<'a>(
         &self,
+        path: &str,
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Vec<String> {
-        let parameters = self.list_operation()["parameters"]
+        let parameters = self.list_operation(path)["parameters"]
             .as_array()
             .expect("parameters");
         let mut problems = Vec::new();
@@ -93,7 +96,7 @@ impl Definitions {
                 .map(|p| self.0.resolve(p))
                 .find(|p| p["name"] == name && p["in"] == "query");
             let Some(parameter) = parameter else {
-                problems.push(format!("{name}: not a parameter of GET {LIST}"));
+                problems.push(format!("{name}: not a parameter of GET {path}"));
                 continue;
             };
             let schema = self.0.resolve(&parameter["schema"]);
@@ -109,9 +112,9 @@ impl Definitions {
         problems
     }
 
-    /// The headers of the listing's 200 answer.
-    pub fn doc_response_headers(&self) -> Vec<String> {
-        let headers = &self.list_operation()["responses"]["200"]["headers"];
+    /// The headers of the 200 answer of the listing at `path`.
+    pub fn doc_response_headers(&self, path: &str) -> Vec<String> {
+        let headers = &self.list_operation(path)["responses"]["200"]["headers"];
         headers
             .as_object()
             .map(|h| h.keys().cloned().collect())
@@ -123,9 +126,10 @@ impl Definitions {
         self.0.at(pointer)
     }
 
-    /// The problems of a listing page (the 200 answer's body) under its schema.
-    pub fn list_page_problems(&self, page: &Value) -> Vec<String> {
-        self.0.validate(page, self.0.response(LIST, "get", "200"))
+    /// The problems of a page of the listing at `path` (the 200 answer's body) under its
+    /// schema.
+    pub fn list_page_problems(&self, path: &str, page: &Value) -> Vec<String> {
+        self.0.validate(page, self.0.response(path, "get", "200"))
     }
 
     /// Checks a body of `event_type` against its schema; the errors, by pointer.
