@@ -111,6 +111,13 @@ fn print_summary(r: &SyncReport) {
         let by_age = counts(&mut r.missed.by_age.iter().map(|(k, n)| ((*k).to_owned(), *n)));
         println!("missed by the webhooks: {by_kind}; by age: {by_age}");
     }
+    if let Some(gone) = r.disappeared.as_ref().filter(|d| d.count > 0) {
+        println!(
+            "{} live subscription(s) no longer listed by the provider: {}",
+            gone.count,
+            gone.subscription_ids.join(", ")
+        );
+    }
     if let Some(w) = &r.waited {
         println!(
             "the worker applied {} of {} queued record(s) ({} archived{})",

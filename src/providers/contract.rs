@@ -202,6 +202,12 @@ pub trait ListClient: Send + Sync {
     /// The pause between two page requests that keeps within the provider's documented
     /// rate limit (used when the source's `min_interval_ms` is 0).
     fn default_min_interval(&self) -> std::time::Duration;
+
+    /// Whether a full run (no `since`) renders every live subscription of the account, so
+    /// one the ledger has live that the run did not see has disappeared from the provider.
+    fn lists_every_subscription(&self) -> bool {
+        false
+    }
 }
 
 impl Record {

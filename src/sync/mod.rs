@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::canonical::CanonicalEvent;
 use crate::config::{Settings, SyncSettings};
 use crate::db::{Db, DbError};
 use crate::dunning::schedule::Dunning;
@@ -107,6 +108,27 @@ pub struct SyncReport {
     pub missed: Missed,
     /// With a wait: what the worker applied of the queued records.
     pub waited: Option<Waited>,
+    /// A full run of a provider whose listing has every subscription: the subscriptions
+    /// live in the ledger (active, past due, paused) that the provider no longer lists
+    /// (deleted, or ended without a webhook); at most 200 ids. `None` when not checked.
+    pub disappeared: Option<Disappeared>,
+}
+
+/// Live subscriptions of the ledger a full run did not find at the provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Disappeared {
+    pub count: u64,
+    /// The first 200, by id.
+    pub subscription_ids: Vec<String>,
+}
+
+/// What a run accumulates across its pages.
+#[derive(Default)]
+struct Seen {
+    /// Event ids queued (the ones a wait waits for).
+    queued: Vec<String>,
+    /// Subscription ids rendered, when the run checks for disappeared ones.
+    subscriptions: Option<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -261,7 +283,14 @@ impl Syncer {
             0 => target.client.default_min_interval(),
             ms => Duration::from_millis(ms),
         };
-        let mut queued: Vec<String> = Vec::new();
+        // Only a whole listing, read in this run, can tell what is gone.
+        let mut seen = Seen {
+            subscriptions: (start.since.is_none()
+                && !start.resumed
+                && target.client.lists_every_subscription())
+            .then(Default::default),
+            ..Seen::default()
+        };
         let mut cursor = start.cursor.clone();
         let mut pagination = pages::Pagination::new(cursor.as_deref(), target.settings.max_pages);
         let mut last_request: Option<tokio::time::Instant> = None;
@@ -290,7 +319,7 @@ impl Syncer {
                     &page.records,
                     options.dry_run,
                     &mut report,
-                    &mut queued,
+                    &mut seen,
                 )
                 .await?;
             report.pages += 1;
@@ -319,8 +348,23 @@ impl Syncer {
             metrics::gauge!("subsync_sync_watermark_seconds", "source" => source_id.to_owned())
                 .set(start.started_at.timestamp() as f64);
             if let Some(wait) = options.wait {
-                report.waited = Some(self.wait_applied(source_id, &queued, wait).await?);
+                report.waited = Some(self.wait_applied(source_id, &seen.queued, wait).await?);
             }
+        }
+        if let Some(listed) = &seen.subscriptions {
+            let gone: Vec<String> = state::live_subscriptions(&self.db, source_id)
+                .await?
+                .into_iter()
+                .filter(|id| !listed.contains(id))
+                .collect();
+            if !options.dry_run {
+                metrics::gauge!("subsync_sync_disappeared_subscriptions", "source" => source_id.to_owned())
+                    .set(gone.len() as f64);
+            }
+            report.disappeared = Some(Disappeared {
+                count: gone.len() as u64,
+                subscription_ids: gone.into_iter().take(MAX_REPORTED_CHANGES).collect(),
+            });
         }
         Ok(report)
     }
@@ -406,15 +450,15 @@ impl Syncer {
     }
 
     /// Normalizes a page's records, previews them against the ledger and (unless dry)
-    /// queues those that change it, adding their event ids to `queued`. Returns (records,
-    /// changed).
+    /// queues those that change it, noting in `seen` their event ids and the subscriptions
+    /// rendered. Returns (records, changed).
     async fn apply(
         &self,
         source: &Source,
         records: &[Record],
         dry_run: bool,
         report: &mut SyncReport,
-        queued: &mut Vec<String>,
+        seen: &mut Seen,
     ) -> Result<(u64, u64), SyncError> {
         let now = Utc::now();
         let envelopes: Vec<Envelope> = records.iter().map(|r| envelope(source, r, now)).collect();
@@ -434,6 +478,16 @@ impl Syncer {
                 ))
             })
             .collect();
+        if let Some(subscriptions) = &mut seen.subscriptions {
+            let rendered = good
+                .iter()
+                .flat_map(|(_, e)| e.events)
+                .filter_map(|c| match c {
+                    CanonicalEvent::Subscription(change) => Some(change.subscription_id.clone()),
+                    _ => None,
+                });
+            subscriptions.extend(rendered);
+        }
         let batch: Vec<NewEvent<'_>> = good.iter().map(|(_, e)| e.clone()).collect();
         let previews = self.db.preview(&batch, &self.dunning).await?;
         let mut to_queue = Vec::new();
@@ -446,7 +500,7 @@ impl Syncer {
             to_queue.push(*i);
             let kinds = report.missed.note(&preview.changes, event.events, now);
             if !dry_run {
-                queued.push(envelopes[*i].event_id.clone());
+                seen.queued.push(envelopes[*i].event_id.clone());
                 for kind in kinds {
                     let labels = [("source", source.id().to_owned()), ("kind", kind)];
                     metrics::counter!("subsync_sync_missed_total", &labels).increment(1);

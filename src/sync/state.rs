@@ -145,6 +145,19 @@ pub async fn known_subscriptions(db: &Db, source_id: &str) -> Result<Vec<String>
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
+/// The source's subscriptions the ledger has live (active, past due or paused), by id.
+pub async fn live_subscriptions(db: &Db, source_id: &str) -> Result<Vec<String>, DbError> {
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "SELECT subscription_id FROM subscriptions
+         WHERE source_id = $1 AND status IN ('active', 'past_due', 'paused')
+         ORDER BY 1",
+    )
+    .bind(source_id)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
+}
+
 /// A session-level advisory lock on its own connection, taken out of the pool: if the
 /// process dies or the run is dropped, the connection closes and Postgres releases it.
 pub struct Lock {

@@ -107,6 +107,11 @@ impl ListClient for PayNowList {
     fn default_min_interval(&self) -> Duration {
         Duration::from_millis(250)
     }
+
+    /// A full run lists every subscription of the store.
+    fn lists_every_subscription(&self) -> bool {
+        true
+    }
 }
 
 /// A flake id written as a JSON string or integer, as text.

@@ -169,6 +169,11 @@ impl ListClient for RebillyList {
     fn default_min_interval(&self) -> Duration {
         Duration::from_millis(250)
     }
+
+    /// A full run lists every subscription order, in every status the normalizer maps.
+    fn lists_every_subscription(&self) -> bool {
+        true
+    }
 }
 
 /// The `Pagination-*` response headers.
@@ -471,8 +476,8 @@ mod tests {
     use crate::canonical::{AttemptStatus, CanonicalEvent, SubscriptionStatus};
     use crate::config::ProviderKind;
     use crate::money::Money;
-    use crate::providers::testing::{EMPTY_END, assert_unreadable, normalize_with, request};
     use crate::providers::testing::{api_settings, assert_errors_map};
+    use crate::providers::testing::{assert_unreadable, normalize_with, request};
 
     use super::super::webhook::definitions::{
         ORDERS, TRANSACTIONS as TRANSACTIONS_PATH, definitions,

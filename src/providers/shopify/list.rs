@@ -268,6 +268,11 @@ impl ListClient for ShopifyList {
     fn default_min_interval(&self) -> Duration {
         Duration::from_secs(10)
     }
+
+    /// A full run lists every subscription contract of the shop.
+    fn lists_every_subscription(&self) -> bool {
+        true
+    }
 }
 
 fn rejected(message: String) -> ProviderApiError {

@@ -16,7 +16,7 @@ use std::{
 use super::harness::{self, pairs, state};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::sync::RunOptions;
+use subsync::sync::{Disappeared, RunOptions};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{TestApp, TestConfig, attempt_states, eventually, sync};
@@ -323,6 +323,14 @@ fn dataset(now: DateTime<Utc>) -> Dataset {
         ),
         ("inv_2 paid", invoice_paid_webhook(&inv_2)),
         ("ord_1 paused", order_webhook("subscription-paused", &ord_1)),
+        // An order Rebilly no longer lists (deleted): a full run reports it gone.
+        (
+            "ord_9 renewed",
+            order_webhook(
+                "subscription-renewed",
+                &order("ord_9", "active", "USD", two_days, None),
+            ),
+        ),
     ];
     let mut txn_4 = declined["transactions"][0].clone();
     txn_4["updatedTime"] = json!(at(4));
@@ -420,7 +428,7 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
         attempt_states(&app.db, SOURCE).await,
         order_states(&app).await
     );
-    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 4);
+    assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 5);
 
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(
@@ -433,6 +441,15 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     // first yet (both converge on one attempt).
     assert!((8..=9).contains(&report.changed), "{report:?}");
     assert_eq!(report.since, None, "a first run reads everything");
+    let gone = Disappeared {
+        count: 1,
+        subscription_ids: vec!["ord_9".to_owned()],
+    };
+    assert_eq!(
+        report.disappeared,
+        Some(gone),
+        "live in the ledger, not listed"
+    );
     let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
     changed.sort();
     changed.dedup();
@@ -501,13 +518,13 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     }
     assert!(!ord_4.balances.contains_key("collected"));
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
-    let archived = 4 + report.changed as i64;
+    let archived = 5 + report.changed as i64;
     assert!(
         eventually(Duration::from_secs(10), || async {
             app.db.count_events(Some(SOURCE)).await.unwrap() == archived
         })
         .await,
-        "the four webhooks plus the healed records"
+        "the five webhooks plus the healed records"
     );
     let watermark = report.watermark.expect("a complete run sets the watermark");
 
@@ -521,6 +538,7 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
         (5, 10, 0, 0)
     );
     assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert_eq!(again.disappeared, None, "an incremental run cannot tell");
     assert!(again.watermark > Some(watermark));
     let filter = format!("updatedTime:{}..", rfc3339(since));
     assert_eq!(fake.take_seen(), all(Some(filter)));

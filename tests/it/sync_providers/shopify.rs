@@ -16,7 +16,7 @@ use super::harness;
 use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
-use subsync::sync::RunOptions;
+use subsync::sync::{Disappeared, RunOptions};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 use crate::common::{self, TestApp, TestConfig, attempt_states, eventually, sync};
@@ -514,6 +514,8 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
     // attempt of the store (2 + 2 + 2 + 1), so a contract's older attempts are read too.
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(report.since, None, "a first run reads everything");
+    // Every live contract of the ledger is listed.
+    assert_eq!(report.disappeared, Some(Disappeared::default()));
     let contract_pages = [None, Some(cursor(7002)), Some(cursor(7004))].map(|after| Seen {
         connection: "subscriptionContracts",
         first: 2,
