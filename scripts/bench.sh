@@ -5,7 +5,8 @@
 #   bash scripts/bench.sh all            # everything, one markdown table (~6 minutes)
 #   bash scripts/bench.sh all --quick    # smoke run (< 1 minute)
 #   bash scripts/bench.sh drain --events 200000
-# Subcommands: publish, http, insert, ingress, drain, sustained, all (see --help).
+#   bash scripts/bench.sh backfill           # pull sync of 100,000 invoices, killed and resumed
+# Subcommands: publish, http, insert, ingress, drain, sustained, backfill, all (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh

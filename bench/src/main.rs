@@ -6,13 +6,19 @@
 //! - `ingress`: `subsync serve --role ingress` (a child process) alone, closed loop;
 //! - `drain`: the worker draining a queued backlog, batched vs one transaction per event;
 //! - `sustained`: `subsync serve --role all` at a fixed offered rate (open loop);
+//! - `backfill`: a pull sync of a large Stripe account against a rate-limited fake list,
+//!   killed half way and resumed;
 //! - `all`: everything in one go, one markdown table with the machine and the targets.
 //!
 //! `bash scripts/bench.sh all` (starts RabbitMQ and PostgreSQL if needed, builds the release
 //! `subsync` and `subsync-bench`); `bash scripts/bench.sh all --quick` for a smoke run.
 
+mod backfill;
 mod ceilings;
 mod cpu;
+/// Values checked against, and generated from, Stripe's SDK types (the tests' checker).
+#[path = "../../src/providers/testing/digest.rs"]
+mod digest;
 mod drain;
 mod env;
 mod load;
@@ -74,6 +80,16 @@ fn secs(s: f64) -> Duration {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// A pull sync of N Stripe invoices against a fake list API at Stripe's test-mode rate
+    /// limit, killed half way and resumed: records/s, requests against the minimum, the
+    /// share of the rate budget used.
+    Backfill {
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// The fake's limit, requests per second.
+        #[arg(long, default_value_t = backfill::STRIPE_TEST_RATE)]
+        rate: u32,
+    },
     /// Worker drain rate of a queued backlog, batched vs one transaction per event.
     Drain {
         /// Backlog size for the batched run.
@@ -220,6 +236,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Backfill { records, rate } => {
+            let r = backfill::backfill(bench, records, rate).await?;
+            backfill::print(&r);
+        }
         Command::Drain {
             events,
             single_events,
