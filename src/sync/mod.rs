@@ -294,18 +294,23 @@ impl Syncer {
         let mut cursor = start.cursor.clone();
         let mut pagination = pages::Pagination::new(cursor.as_deref(), target.settings.max_pages);
         let mut last_request: Option<tokio::time::Instant> = None;
+        // The next page, asked for while this one is applied (its pacing still applies).
+        let mut prefetched: Option<Result<Page, ProviderApiError>> = None;
         loop {
-            let request = PageRequest {
-                cursor: cursor.as_deref(),
-                since: start.since,
-                known_subscriptions: &known,
-                page_size: target.settings.page_size,
-                max_page_bytes: target.settings.max_page_bytes,
+            let fetched = match prefetched.take() {
+                Some(fetched) => fetched,
+                None => {
+                    let request = PageRequest {
+                        cursor: cursor.as_deref(),
+                        since: start.since,
+                        known_subscriptions: &known,
+                        page_size: target.settings.page_size,
+                        max_page_bytes: target.settings.max_page_bytes,
+                    };
+                    (self.fetch(target, request, min_interval, &mut last_request, source_id)).await
+                }
             };
-            let page = match self
-                .fetch(target, request, min_interval, &mut last_request, source_id)
-                .await
-            {
+            let page = match fetched {
                 Ok(page) => page,
                 Err(error) => {
                     let page = report.pages + 1;
@@ -313,15 +318,52 @@ impl Syncer {
                     return Err(self.stop(source_id, options, error).await);
                 }
             };
-            let (records, changed) = self
-                .apply(
+            // Where the listing goes next, checked before it is asked for.
+            let follow = (page.next.as_ref()).map(|next| {
+                pagination
+                    .follow(report.pages + 1, next)
+                    .map(|()| next.clone())
+            });
+            let next_request = match &follow {
+                Some(Ok(next)) => Some(PageRequest {
+                    cursor: Some(next.as_str()),
+                    since: start.since,
+                    known_subscriptions: &known,
+                    page_size: target.settings.page_size,
+                    max_page_bytes: target.settings.max_page_bytes,
+                }),
+                _ => None,
+            };
+            let mut prefetch = std::pin::pin!(async {
+                match next_request {
+                    Some(request) => Some(
+                        (self.fetch(target, request, min_interval, &mut last_request, source_id))
+                            .await,
+                    ),
+                    None => None,
+                }
+            });
+            // The page's checkpoint never waits for the next page.
+            let (applied, next_page) = {
+                let mut apply = std::pin::pin!(self.apply(
                     source,
                     &page.records,
                     options.dry_run,
                     &mut report,
                     &mut seen,
-                )
-                .await?;
+                ));
+                let mut next_page = None;
+                let applied = loop {
+                    tokio::select! {
+                        applied = &mut apply => break applied,
+                        fetched = &mut prefetch, if next_page.is_none() => {
+                            next_page = Some(fetched);
+                        }
+                    }
+                };
+                (applied, next_page)
+            };
+            let (records, changed) = applied?;
             report.pages += 1;
             metrics::counter!("subsync_sync_pages_total", "source" => source_id.to_owned())
                 .increment(1);
@@ -334,13 +376,24 @@ impl Syncer {
                     .await?;
             }
             progress.page(&report);
-            let Some(next) = page.next else { break };
-            if let Err(error) = pagination.follow(report.pages, &next) {
-                let page = report.pages;
-                let error = SyncError::Pagination { page, error };
-                return Err(self.stop(source_id, options, error).await);
+            match &follow {
+                None => break,
+                Some(Err(error)) => {
+                    let page = report.pages;
+                    let error = SyncError::Pagination {
+                        page,
+                        error: error.clone(),
+                    };
+                    return Err(self.stop(source_id, options, error).await);
+                }
+                Some(Ok(next)) => {
+                    prefetched = match next_page {
+                        Some(fetched) => fetched,
+                        None => prefetch.await,
+                    };
+                    cursor = Some(next.clone());
+                }
             }
-            cursor = Some(next);
         }
         if !options.dry_run {
             state::finish(&self.db, source_id, start.started_at).await?;
