@@ -17,10 +17,8 @@
 //!   payment as two succeeded attempts —, so no order or duplicate posts twice. Failed and
 //!   skipped attempts post nothing.
 //! - Refunds: a refund (also a void or a credit of a payment) is a row of its own, merged
-//!   forward like an attempt (`pending < succeeded < failed`: a refund that succeeded can
-//!   still fail, when the issuer returns it). Each succeeded refund is one
+//!   forward like an attempt (`pending < failed < succeeded`). Each succeeded refund is one
 //!   journal entry keyed by its id, for its amount capped at what the payment still holds;
-//!   a booked refund that then fails gets a `refund_reversal` entry of what it took back;
 //!   an attempt refunded in full (a status, with no refund of its own) gets one entry for
 //!   what is left. So partial refunds book their amounts, and however the parts and the
 //!   full refund overlap or arrive, a payment's refunds sum to at most its collection,
@@ -145,13 +143,11 @@ struct RefundRow {
     refund: Refund,
 }
 
-/// `failed` is a refund's last word: a refund that succeeded can still fail (the issuer
-/// returned it), never the other way round.
 fn refund_rank(status: RefundStatus) -> i32 {
     match status {
         RefundStatus::Pending => 0,
-        RefundStatus::Succeeded => 1,
-        RefundStatus::Failed => 2,
+        RefundStatus::Failed => 1,
+        RefundStatus::Succeeded => 2,
     }
 }
 
@@ -668,7 +664,7 @@ async fn upsert_refunds(
     .bind(payments.iter().map(|p| p.2).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'succeeded' THEN 1 ELSE 2 END";
+    const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END";
     let rank = |column: &str| RANK.replace("{}", column);
     let fwd = format!(
         "({}, excluded.provider_status) > ({}, r.provider_status)",
@@ -717,8 +713,7 @@ struct NewEntry<'a> {
     attempt_id: &'a str,
     subscription_id: &'a str,
     cycle_id: Option<&'a str>,
-    /// `collection` (collected +x, receivable -x), `refund` (refunded +x, collected -x) or
-    /// `refund_reversal` (refunded -x, collected +x).
+    /// `collection` (collected +x, receivable -x) or `refund` (refunded +x, collected -x).
     kind: &'static str,
     refund_id: Option<&'a str>,
     event_id: i64,
@@ -785,8 +780,6 @@ struct Holding {
     attempt_event_id: i64,
     /// `(refund id, amount, currency, event)` per refund still to book.
     due: sqlx::types::Json<Vec<(String, i64, String, i64)>>,
-    /// `(refund id, amount booked, event)` per booked refund that failed since.
-    reversals: sqlx::types::Json<Vec<(String, i64, i64)>>,
 }
 
 /// Books the refunds of `payments` that are due, each capped at what its payment still
@@ -806,7 +799,7 @@ async fn post_refunds(
                 p.amount_minor AS collected, p.currency,
                 COALESCE((SELECT sum(rp.amount_minor) FROM journal_entries r
                           JOIN postings rp ON rp.entry_id = r.id AND rp.account = 'refunded'
-                          WHERE r.source_id = k.s AND r.kind IN ('refund', 'refund_reversal')
+                          WHERE r.source_id = k.s AND r.kind = 'refund'
                             AND (r.attempt_id = k.a OR r.attempt_id = c.attempt_id
                                  OR (c.cycle_id IS NOT NULL AND r.cycle_id = c.cycle_id))), 0)::int8
                     AS refunded,
@@ -824,20 +817,7 @@ async fn post_refunds(
                             AND NOT EXISTS (SELECT 1 FROM journal_entries r
                                             WHERE r.source_id = f.source_id
                                               AND r.refund_id = f.refund_id)), '[]'::jsonb)
-                    AS due,
-                COALESCE((SELECT jsonb_agg(jsonb_build_array(f.refund_id, rp.amount_minor,
-                                                             f.last_event_id)
-                                           ORDER BY f.refund_id)
-                          FROM refunds f
-                          JOIN journal_entries r ON r.source_id = f.source_id
-                               AND r.refund_id = f.refund_id AND r.kind = 'refund'
-                          JOIN postings rp ON rp.entry_id = r.id AND rp.account = 'refunded'
-                          WHERE f.source_id = k.s AND f.attempt_id = k.a AND f.status = 'failed'
-                            AND NOT EXISTS (SELECT 1 FROM journal_entries v
-                                            WHERE v.source_id = f.source_id
-                                              AND v.refund_id = f.refund_id
-                                              AND v.kind = 'refund_reversal')), '[]'::jsonb)
-                    AS reversals
+                    AS due
          FROM UNNEST($1::text[], $2::text[]) AS k(s, a)
          JOIN billing_attempts b ON b.source_id = k.s AND b.attempt_id = k.a
          CROSS JOIN LATERAL (
@@ -854,22 +834,7 @@ async fn post_refunds(
     .await?;
     let mut entries = Vec::new();
     for h in &holdings {
-        // What failed refunds took back is the payment's again.
         let mut left = h.collected - h.refunded;
-        for (refund_id, amount, event_id) in h.reversals.iter() {
-            left += amount;
-            entries.push(NewEntry {
-                source_id: &h.source_id,
-                attempt_id: &h.attempt_id,
-                subscription_id: &h.subscription_id,
-                cycle_id: h.cycle_id.as_deref(),
-                kind: "refund_reversal",
-                refund_id: Some(refund_id),
-                event_id: *event_id,
-                amount: *amount,
-                currency: &h.currency,
-            });
-        }
         for (refund_id, amount, currency, event_id) in h.due.iter() {
             if *currency != h.currency {
                 tracing::warn!(
@@ -959,10 +924,8 @@ async fn insert_entries(
              JOIN input i ON i.source_id = e.source_id AND i.attempt_id = e.attempt_id
                          AND i.kind = e.kind AND i.refund_id IS NOT DISTINCT FROM e.refund_id
              CROSS JOIN LATERAL (VALUES
-                 (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END,
-                  CASE e.kind WHEN 'refund_reversal' THEN -1 ELSE 1 END),
-                 (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END,
-                  CASE e.kind WHEN 'refund_reversal' THEN 1 ELSE -1 END)
+                 (CASE e.kind WHEN 'collection' THEN 'collected' ELSE 'refunded' END, 1),
+                 (CASE e.kind WHEN 'collection' THEN 'receivable' ELSE 'collected' END, -1)
              ) AS p(account, sign)
              RETURNING 1)
          SELECT DISTINCT e.source_id, e.attempt_id FROM entries e

@@ -330,15 +330,9 @@ pub async fn snapshot(db: &Db, source: &str, subscriptions: &[String]) -> String
         .collect();
     for sub in subscriptions {
         if let Some(v) = db.subscription(source, sub).await.unwrap() {
-            // A balance of 0 is no balance (a refund booked and reversed leaves one).
-            let mut balances = v.balances;
-            for per_currency in balances.values_mut() {
-                per_currency.retain(|_, amount| *amount != 0);
-            }
-            balances.retain(|_, per_currency| !per_currency.is_empty());
             lines.insert(format!(
                 "{sub} {:?} {:?} {:?}",
-                v.status, v.currency, balances
+                v.status, v.currency, v.balances
             ));
         }
     }

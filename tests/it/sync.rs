@@ -720,11 +720,14 @@ async fn one_instance_runs_a_source_at_a_time_and_serve_syncs_periodically() {
     let fake = FakeInvoices::new(invoices());
     *fake.slow_after.lock().unwrap() = Some(("in_4".to_owned(), Duration::from_secs(3)));
     let server = stripe_api(fake.clone()).await;
-    // The service's own periodic sync starts at once and is held on page 2.
+    // The service's own periodic sync starts at once and is held on page 2: page 1 is
+    // applied (a run whose first publish found the broker not yet connected failed and
+    // let the next tick resume) and page 2 asked for.
     let (_config, app) = app_with(&server, "interval_secs = 1").await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             fake.requests().contains(&"in_4".to_owned())
+                && !attempt_states(&app.db, "stripe").await.is_empty()
         })
         .await
     );

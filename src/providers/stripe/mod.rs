@@ -93,6 +93,11 @@
 //!   attempts before them stay failed, and the subscription's state arrives on its own.
 //! - A paid invoice is not tried again, so its `attempt_count` when a refund is linked is
 //!   the count of the try that paid it (the attempt `{invoice}:{attempt_count}`).
+//! - A refund that fails after it succeeded (Stripe sends `refund.failed` when the issuer
+//!   returns the money) stays booked: a refund's `succeeded` outranks its `failed`, as for
+//!   every provider. Reversing it needs every payment's refunds re-totalled in any order
+//!   (a refund capped while another still held the money would have to grow back); not
+//!   built.
 //! - A refund leaves its attempt `succeeded` even when it returns all of it: the
 //!   definitions give no event that says the invoice's payment was refunded in full, and
 //!   the journal shows what went back.
