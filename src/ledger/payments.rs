@@ -229,10 +229,9 @@ impl Db {
         .bind(payment_ref)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((status, held)) = row.filter(|(s, _)| s == "pending") else {
+        let Some((_, held)) = row.filter(|(status, _)| status == "pending") else {
             return Ok(super::Applied::AlreadyClosed);
         };
-        debug_assert_eq!(status, "pending");
         sqlx::query(
             "UPDATE payment_links SET status = 'done', attempt_id = $3, subscription_id = $4,
                     cycle_id = $5, due_at = NULL, last_error = NULL, updated_at = now()

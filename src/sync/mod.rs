@@ -6,7 +6,8 @@
 //! would change it are drift — missed webhooks — and go through the same queue and
 //! reconciliation path as webhooks, as events marked `x-subsync-origin: sync` with an id
 //! derived from the record and its content. A record already known changes nothing and
-//! is not queued; a record queued twice is deduplicated by the inbox.
+//! is not queued; a record read twice in one run with the same content is queued once,
+//! and one queued by two runs is deduplicated by the inbox.
 //!
 //! After each page is queued (publishes confirmed) the cursor is stored, so a crashed or
 //! failed run resumes where it stopped; the watermark moves only when a run reaches the
@@ -125,8 +126,10 @@ pub struct Disappeared {
 /// What a run accumulates across its pages.
 #[derive(Default)]
 struct Seen {
-    /// Event ids queued (the ones a wait waits for).
-    queued: Vec<String>,
+    /// Event ids queued (dry: that would be), the ones a wait waits for. A record read
+    /// twice in one run with the same content (Shopify's attempts, under their contract
+    /// and store-wide) is the same event: queued and counted once.
+    queued: std::collections::HashSet<String>,
     /// Subscription ids rendered, when the run checks for disappeared ones.
     subscriptions: Option<std::collections::HashSet<String>>,
 }
@@ -401,7 +404,8 @@ impl Syncer {
             metrics::gauge!("subsync_sync_watermark_seconds", "source" => source_id.to_owned())
                 .set(start.started_at.timestamp() as f64);
             if let Some(wait) = options.wait {
-                report.waited = Some(self.wait_applied(source_id, &seen.queued, wait).await?);
+                let queued: Vec<String> = seen.queued.iter().cloned().collect();
+                report.waited = Some(self.wait_applied(source_id, &queued, wait).await?);
             }
         }
         if let Some(listed) = &seen.subscriptions {
@@ -546,14 +550,13 @@ impl Syncer {
         let mut to_queue = Vec::new();
         let mut changed = 0;
         for ((i, event), preview) in good.iter().zip(previews) {
-            if preview.changes.is_empty() {
+            if preview.changes.is_empty() || !seen.queued.insert(envelopes[*i].event_id.clone()) {
                 continue;
             }
             changed += 1;
             to_queue.push(*i);
             let kinds = report.missed.note(&preview.changes, event.events, now);
             if !dry_run {
-                seen.queued.push(envelopes[*i].event_id.clone());
                 for kind in kinds {
                     let labels = [("source", source.id().to_owned()), ("kind", kind)];
                     metrics::counter!("subsync_sync_missed_total", &labels).increment(1);
