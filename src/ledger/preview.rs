@@ -77,31 +77,46 @@ impl Db {
         dunning: &Dunning,
     ) -> Result<Vec<EventPreview>, DbError> {
         let per_event: Vec<Vec<Key>> = events.iter().map(keys_of).collect();
-        let keys: BTreeSet<&Key> = per_event.iter().flatten().collect();
         let mut tx = self.pool().begin().await?;
-        let before = rows(&mut tx, &keys).await?;
-        let outcomes = reconcile_in(&mut tx, events, inbox, dunning).await?;
-        let after = rows(&mut tx, &keys).await?;
-        tx.rollback().await?;
-        Ok(outcomes
-            .into_iter()
-            .zip(per_event)
-            .map(|(outcome, keys)| {
+        let mut previews = Vec::with_capacity(events.len());
+        // Each run of events that share no row is reconciled at once, its rows read
+        // before and after; an event touching a row an earlier one of the run touched
+        // starts the next run (the first always joins), so a change is told of the event
+        // that made it, not of every event of the batch naming the row.
+        let mut start = 0;
+        while start < events.len() {
+            let mut keys: BTreeSet<&Key> = BTreeSet::new();
+            let mut end = start;
+            while end < events.len() && per_event[end].iter().all(|k| !keys.contains(k)) {
+                keys.extend(&per_event[end]);
+                end += 1;
+            }
+            let run_inbox = match inbox {
+                Inbox::Insert => Inbox::Insert,
+                Inbox::Archived(ids) => Inbox::Archived(&ids[start..end]),
+            };
+            let before = rows(&mut tx, &keys).await?;
+            let outcomes = reconcile_in(&mut tx, &events[start..end], run_inbox, dunning).await?;
+            let after = rows(&mut tx, &keys).await?;
+            for (outcome, keys) in outcomes.into_iter().zip(&per_event[start..end]) {
                 let changes = keys
-                    .into_iter()
+                    .iter()
                     .filter_map(|key| {
-                        let (b, a) = (before.get(&key).cloned(), after.get(&key).cloned());
-                        (b != a).then_some(Change {
+                        let (b, a) = (before.get(key).cloned(), after.get(key).cloned());
+                        (b != a).then(|| Change {
                             entity: key.0,
-                            id: key.2,
+                            id: key.2.clone(),
                             before: b,
                             after: a,
                         })
                     })
                     .collect();
-                EventPreview { outcome, changes }
-            })
-            .collect())
+                previews.push(EventPreview { outcome, changes });
+            }
+            start = end;
+        }
+        tx.rollback().await?;
+        Ok(previews)
     }
 }
 

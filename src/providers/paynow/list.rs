@@ -38,13 +38,12 @@
 //! state") is a flag beside `status`, not a status: an active subscription with it is
 //! past due. The webhooks' subscription body has no such flag.
 //!
-//! Knowingly not covered: billing attempts. The DTO carries `attempt_count` and
-//! `next_attempt_at` of the current cycle but no payment id, amount charged or decline
-//! reason, and PayNow's own `ON_PAYMENT_COMPLETED`/`ON_PAYMENT_FAILED` carry the payment
-//! id as the attempt id; an attempt made up from the subscription would be a second attempt
-//! beside the real one. A failed renewal is therefore not healed by this listing (the
-//! subscription's past-due state is); the management payments listing would be the source
-//! for that.
+//! Billing attempts and refunds come from the second phase, the store's payments
+//! (`payments.rs`): the subscriptions' last page leads to the cursor `payments:`. The
+//! subscription DTO's `attempt_count` and `next_attempt_at` are not made into attempts:
+//! they name no payment, and PayNow's `ON_PAYMENT_*` webhooks carry the payment id as the
+//! attempt id, so each failed renewal is healed from its own payment instead (and the
+//! subscription's past-due state from this listing).
 //!
 //! PayNow publishes no rate limit for the Management API; the default pause is a
 //! conservative 250 ms (4 requests per second), and a 429 is honoured with `Retry-After`.
@@ -61,6 +60,8 @@ use crate::providers::contract::{ListClient, Page, PageRequest, Record};
 use crate::providers::http::{Credential, Endpoint, ProviderApiError, read, required};
 use crate::providers::support::sha256_hex;
 use crate::providers::support::{capped, json_body};
+
+use super::payments;
 
 /// PayNow's maximum `limit`.
 const MAX_LIMIT: u32 = 100;
@@ -80,11 +81,23 @@ impl PayNowList {
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let store = required(self.store_id.as_deref(), "api.store_id")?;
+        let limit = capped(request.page_size, MAX_LIMIT);
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(after) = request.cursor.and_then(payments::after) {
+            let list = self
+                .api
+                .request(Method::GET, &["v1", "stores", store, "payments"])?;
+            query.push(("asc", "false".to_owned()));
+            query.extend(after.map(|id| ("after", id.to_owned())));
+            let body = read(list.query(&query), "PayNow", request.cap())
+                .await?
+                .body;
+            return payments::parse(&body, limit, after, request.since);
+        }
         let subscriptions = self
             .api
             .request(Method::GET, &["v1", "stores", store, "subscriptions"])?;
-        let limit = capped(request.page_size, MAX_LIMIT);
-        let mut query = vec![("limit", limit.to_string()), ("asc", "true".to_owned())];
+        query.push(("asc", "true".to_owned()));
         if let Some(after) = request.cursor {
             query.push(("after", after.to_owned()));
         }
@@ -115,11 +128,19 @@ impl ListClient for PayNowList {
 }
 
 /// A flake id written as a JSON string or integer, as text.
-fn flake_id(value: &Value) -> Option<String> {
+pub(super) fn flake_id(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Value::Number(n) if n.is_u64() => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A listing the API answered (HTTP 200) that cannot be followed.
+pub(super) fn rejected(message: impl Into<String>) -> ProviderApiError {
+    ProviderApiError::Rejected {
+        status: 200,
+        message: message.into(),
     }
 }
 
@@ -129,36 +150,27 @@ fn parse(
     cursor: Option<&str>,
     since: Option<DateTime<Utc>>,
 ) -> Result<Page, ProviderApiError> {
-    let subscriptions: Vec<Value> =
-        serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
-            status: 200,
-            message: format!("not a PayNow list of subscriptions: {e}"),
-        })?;
+    let subscriptions: Vec<Value> = serde_json::from_str(body)
+        .map_err(|e| rejected(format!("not a PayNow list of subscriptions: {e}")))?;
     let full = subscriptions.len() >= limit as usize;
     let next = match subscriptions.last() {
         Some(last) if full => {
-            let id =
-                last.get("id")
-                    .and_then(flake_id)
-                    .ok_or_else(|| ProviderApiError::Rejected {
-                        status: 200,
-                        message: "PayNow page is full but its last subscription has no id"
-                            .to_owned(),
-                    })?;
+            let id = last.get("id").and_then(flake_id).ok_or_else(|| {
+                rejected("PayNow page is full but its last subscription has no id")
+            })?;
             if let Some(cursor) = cursor
                 && !advances(cursor, &id)
             {
-                return Err(ProviderApiError::Rejected {
-                    status: 200,
-                    message: format!(
-                        "PayNow pagination does not advance (after {cursor}, last id {id})"
-                    ),
-                });
+                return Err(rejected(format!(
+                    "PayNow pagination does not advance (after {cursor}, last id {id})"
+                )));
             }
-            Some(id)
+            id
         }
-        _ => None,
+        // Subscriptions done: the payments next.
+        _ => payments::CURSOR.to_owned(),
     };
+    let next = Some(next);
     let records = subscriptions
         .into_iter()
         .filter(|sub| changed_since(sub, since))
@@ -347,12 +359,16 @@ mod tests {
             .page(request(Some("411486491630370817")))
             .await
             .unwrap();
-        assert_eq!(last.next, None, "1 of limit 2: the last page");
+        assert_eq!(
+            last.next.as_deref(),
+            Some("payments:"),
+            "1 of limit 2: the last page of subscriptions, the payments next"
+        );
         assert_eq!(last.records.len(), 1);
     }
 
     #[tokio::test]
-    async fn an_empty_page_ends_and_page_size_is_capped() {
+    async fn an_empty_page_ends_the_subscriptions_and_page_size_is_capped() {
         let server = MockServer::start().await;
         Mock::given(method("GET"))
             .and(query_param("limit", "100"))
@@ -367,7 +383,8 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(page, EMPTY_END);
+        assert_eq!(page.records, EMPTY_END.records);
+        assert_eq!(page.next.as_deref(), Some("payments:"));
     }
 
     #[tokio::test]

@@ -65,6 +65,7 @@
 //! `updated_at` (the webhook body has none: the receipt time orders it).
 
 mod list;
+mod payments;
 mod webhook;
 
 pub(super) use list::PayNowList;

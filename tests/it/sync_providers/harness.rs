@@ -24,17 +24,26 @@ pub(super) async fn serve(route: MockBuilder, fake: impl Respond + 'static) -> M
 /// before its watermark and running only when the test runs it, retries without jitter,
 /// the scheduler idle.
 pub(super) async fn app_with(source: &str, lookback_secs: u64) -> (TestConfig, TestApp) {
+    app_with_sources(&[source], lookback_secs).await
+}
+
+/// [`app_with`] with several sources, each set up alike.
+pub(super) async fn app_with_sources(
+    sources: &[&str],
+    lookback_secs: u64,
+) -> (TestConfig, TestApp) {
     let mut config = TestConfig::new().await;
-    config.extra = format!(
-        r#"
+    for source in sources {
+        config.extra += &format!(
+            r#"
 [[sources]]
 {source}
 sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = {lookback_secs}, interval_secs = 0 }}
 retry = {{ jitter = false }}
-[dunning]
-interval_ms = 3600000
 "#
-    );
+        );
+    }
+    config.extra += "[dunning]\ninterval_ms = 3600000\n";
     let app = spawn_app(&config, Role::All).await;
     (config, app)
 }

@@ -45,13 +45,17 @@ const STORE: &str = "411486491630370000";
 /// PayNow's maximum `limit`.
 const MAX_LIMIT: usize = 100;
 
-/// PayNow's store subscriptions: flake-id order (`asc=true` ascending, else newest first),
-/// items strictly after the `after` id in that order, at most `limit` of them.
+/// PayNow's store listings, subscriptions and payments alike: flake-id order (`asc=true`
+/// ascending, else newest first), items after the `after` id in that order, at most
+/// `limit` of them, as a bare JSON array.
 #[derive(Clone, Default)]
 struct FakeSubscriptions {
     subscriptions: Arc<Mutex<Vec<Value>>>,
-    /// `after` of each request, in order (`None` for a first page).
+    payments: Arc<Mutex<Vec<Value>>>,
+    /// `after` of each subscriptions request, in order (`None` for a first page).
     seen: Arc<Mutex<Vec<Option<String>>>>,
+    /// `after` of each payments request, in order.
+    seen_payments: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl FakeSubscriptions {
@@ -64,6 +68,10 @@ impl FakeSubscriptions {
     fn take_seen(&self) -> Vec<Option<String>> {
         std::mem::take(&mut *self.seen.lock().unwrap())
     }
+
+    fn take_seen_payments(&self) -> Vec<Option<String>> {
+        std::mem::take(&mut *self.seen_payments.lock().unwrap())
+    }
 }
 
 fn flake(value: &Value) -> u64 {
@@ -72,6 +80,20 @@ fn flake(value: &Value) -> u64 {
 
 impl Respond for FakeSubscriptions {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        let payments = request.url.path().ends_with("/payments");
+        let (operation, items, seen) = if payments {
+            (
+                "/v1/stores/{storeId}/payments",
+                &self.payments,
+                &self.seen_payments,
+            )
+        } else {
+            (
+                "/v1/stores/{storeId}/subscriptions",
+                &self.subscriptions,
+                &self.seen,
+            )
+        };
         let query = |name: &str| {
             request
                 .url
@@ -83,36 +105,54 @@ impl Respond for FakeSubscriptions {
             ResponseTemplate::new(400)
                 .set_body_json(json!({"status": 400, "code": "bad_request", "message": message}))
         };
-        let Ok(limit) = query("limit").map_or(Ok(25), |l| l.parse::<usize>()) else {
-            return bad("limit must be an integer");
-        };
+        let spec = &definitions().1;
+        let parameters = spec.operation(operation, "get")["parameters"]
+            .as_array()
+            .unwrap();
+        for (name, value) in request.url.query_pairs() {
+            let Some(declared) = parameters.iter().find(|p| p["name"] == *name) else {
+                return bad(&format!("unknown parameter {name}"));
+            };
+            let value = match value.parse::<i64>() {
+                Ok(n) if declared["schema"]["type"] == "integer" => json!(n),
+                _ if declared["schema"]["type"] == "boolean" => json!(value == "true"),
+                _ => json!(value),
+            };
+            if !spec.validate(&value, &declared["schema"]).is_empty() {
+                return bad(&format!("invalid {name}"));
+            }
+        }
+        let limit = query("limit").map_or(25, |l| l.parse::<usize>().unwrap());
         let after = query("after");
-        let Ok(after_id) = after.as_deref().map(str::parse::<u64>).transpose() else {
-            return bad("after must be a flake id");
-        };
+        let after_id = after.as_deref().map(|a| a.parse::<u64>().unwrap());
         let ascending = query("asc").as_deref() == Some("true");
-        self.seen.lock().unwrap().push(after.clone());
-        let mut all = self.subscriptions.lock().unwrap().clone();
+        seen.lock().unwrap().push(after.clone());
+        let mut all = items.lock().unwrap().clone();
         all.sort_by_key(flake);
         if !ascending {
             all.reverse();
         }
-        let page: Vec<Value> = all
-            .into_iter()
-            .filter(|s| match after_id {
-                None => true,
-                Some(after) if ascending => flake(s) > after,
-                Some(after) => flake(s) < after,
-            })
-            .take(limit.clamp(1, MAX_LIMIT))
-            .collect();
-        ResponseTemplate::new(200).set_body_json(Value::Array(page))
+        let page = Value::Array(
+            all.into_iter()
+                .filter(|s| match after_id {
+                    None => true,
+                    Some(after) if ascending => flake(s) > after,
+                    Some(after) => flake(s) < after,
+                })
+                .take(limit.clamp(1, MAX_LIMIT))
+                .collect(),
+        );
+        let errors = spec.validate(&page, spec.response(operation, "get", "200"));
+        assert!(errors.is_empty(), "the fake's own page: {errors:#?}");
+        ResponseTemplate::new(200).set_body_json(page)
     }
 }
 
 async fn paynow_api(fake: FakeSubscriptions) -> MockServer {
     let route = Mock::given(matchers::method("GET"))
-        .and(matchers::path(format!("/v1/stores/{STORE}/subscriptions")))
+        .and(matchers::path_regex(format!(
+            "^/v1/stores/{STORE}/(subscriptions|payments)$"
+        )))
         .and(matchers::header(
             "authorization",
             format!("APIKey {API_KEY}").as_str(),
@@ -304,8 +344,8 @@ async fn missed_subscription_statuses_are_healed_and_a_second_run_changes_nothin
             report.changed,
             report.malformed
         ),
-        (3, 4, 3, 0),
-        "#2 renders nothing, #1 is known"
+        (4, 4, 3, 0),
+        "three pages of subscriptions and an empty one of payments; #2 renders nothing, #1 is known"
     );
     assert_eq!(report.since, None, "a first run reads everything");
     let mut changed: Vec<String> = report.changes.iter().map(|c| c.key.clone()).collect();
@@ -361,7 +401,7 @@ async fn missed_subscription_statuses_are_healed_and_a_second_run_changes_nothin
     );
     assert_eq!(
         (again.pages, again.records, again.changed, again.malformed),
-        (3, 2, 0, 0)
+        (4, 2, 0, 0)
     );
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     assert!(again.watermark > Some(watermark));
@@ -388,7 +428,7 @@ async fn a_full_last_page_ends_on_an_empty_one_and_a_new_subscription_is_picked_
 
     // Nothing delivered: all four are missed; two full pages, then an empty one.
     let first = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
-    assert_eq!((first.pages, first.records, first.changed), (3, 4, 4));
+    assert_eq!((first.pages, first.records, first.changed), (4, 4, 4));
     assert_eq!(
         fake.take_seen(),
         [None, Some(ids[1].clone()), Some(ids[3].clone())]
@@ -413,7 +453,7 @@ async fn a_full_last_page_ends_on_an_empty_one_and_a_new_subscription_is_picked_
         .unwrap()
         .push(subscription(&ids[4], "active", Some(1), now));
     let second = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
-    assert_eq!((second.pages, second.records, second.changed), (3, 5, 1));
+    assert_eq!((second.pages, second.records, second.changed), (4, 5, 1));
     assert_eq!(second.changes[0].key, format!("subscription:{}", ids[4]));
     assert_eq!(
         fake.take_seen(),
@@ -435,7 +475,7 @@ async fn a_full_last_page_ends_on_an_empty_one_and_a_new_subscription_is_picked_
     );
 
     let third = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
-    assert_eq!((third.pages, third.records, third.changed), (3, 5, 0));
+    assert_eq!((third.pages, third.records, third.changed), (4, 5, 0));
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 5);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
@@ -511,6 +551,295 @@ async fn an_active_subscription_past_due_ends_past_due_and_recovers() {
         "{:?}",
         states(&app, std::slice::from_ref(&id)).await
     );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+/// A store `PaymentDto` as the management API lists it (generated from its schema,
+/// checked valid): `status` at `at`, of order `order`, with its `refunds` (id, store refund
+/// amount, time), each completed.
+fn payment(
+    id: &str,
+    order: &str,
+    status: &str,
+    at: DateTime<Utc>,
+    refunds: &[(&str, i64, DateTime<Utc>)],
+) -> Value {
+    let spec = &definitions().1;
+    let schema = spec.schema("PaymentDto");
+    let mut payment = spec.generate(schema);
+    let failed = status == "failed";
+    let when = |yes: bool| if yes { json!(rfc3339(at)) } else { Value::Null };
+    for (pointer, value) in [
+        ("/id", json!(id)),
+        ("/store_id", json!(STORE)),
+        ("/order_id", json!(order)),
+        ("/customer_id", json!("411486491630370555")),
+        ("/customer/id", json!("411486491630370555")),
+        ("/customer/store_id", json!(STORE)),
+        ("/gateway", json!("stripe")),
+        ("/status", json!(status)),
+        ("/currency", json!("eur")),
+        ("/amount", json!(999)),
+        ("/created_at", json!(rfc3339(at))),
+        ("/pending_at", Value::Null),
+        ("/completed_at", when(!failed)),
+        ("/failed_at", when(failed)),
+        ("/canceled_at", Value::Null),
+        (
+            "/refunded_at",
+            refunds.last().map_or(Value::Null, |r| json!(rfc3339(r.2))),
+        ),
+        ("/chargeback_at", Value::Null),
+        (
+            "/last_payment_error",
+            json!({"decline_code": "insufficient_funds", "message": "Insufficient funds."}),
+        ),
+    ] {
+        schema::set(&mut payment, pointer, value);
+    }
+    if !failed {
+        payment
+            .as_object_mut()
+            .unwrap()
+            .remove("last_payment_error");
+    }
+    let refunds: Vec<Value> = refunds
+        .iter()
+        .map(|(refund_id, amount, at)| {
+            let mut refund = spec.generate(spec.schema("RefundDto"));
+            for (pointer, value) in [
+                ("/id", json!(refund_id)),
+                ("/store_id", json!(STORE)),
+                ("/payment_id", json!(id)),
+                ("/status", json!("completed")),
+                ("/currency", json!("eur")),
+                ("/amount", json!(amount)),
+                ("/store_refund_amount", json!(amount)),
+                ("/created_at", json!(rfc3339(*at))),
+                ("/approved_at", json!(rfc3339(*at))),
+                ("/pending_at", json!(rfc3339(*at))),
+                ("/completed_at", json!(rfc3339(*at))),
+            ] {
+                schema::set(&mut refund, pointer, value);
+            }
+            refund
+        })
+        .collect();
+    schema::set(&mut payment, "/refunds", json!(refunds));
+    let errors = spec.validate(&payment, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    payment
+}
+
+/// The webhook PayNow sends for a payment (`ON_PAYMENT_COMPLETED|FAILED`) or for its
+/// refund `refund` (`ON_REFUND`): generated from its definition, the values copied from the
+/// listed `payment`, checked valid.
+fn payment_webhook(
+    event_type: &str,
+    event_id: &str,
+    payment: &Value,
+    refund: Option<&Value>,
+) -> Vec<u8> {
+    let spec = &definitions().0;
+    let schema = spec.webhook_body(event_type);
+    let mut body = spec.generate(schema);
+    schema::set(&mut body, "/event_type", json!(event_type));
+    schema::set(&mut body, "/event_id", json!(event_id));
+    schema::set(&mut body, "/body/customer", Value::Null);
+    for field in [
+        "id",
+        "store_id",
+        "order_id",
+        "gateway",
+        "currency",
+        "amount",
+        "gateway_fee_amount",
+        "tax_amount",
+        "platform_fee_amount",
+        "store_net_amount",
+        "created_at",
+        "completed_at",
+        "failed_at",
+    ] {
+        if !payment[field].is_null() {
+            schema::set(&mut body, &format!("/body/{field}"), payment[field].clone());
+        }
+    }
+    match (event_type, refund) {
+        ("ON_PAYMENT_FAILED", _) => {
+            schema::set(&mut body, "/body/status", json!("failed"));
+            let code = payment["last_payment_error"]["decline_code"].clone();
+            schema::set(&mut body, "/body/failure_code", code);
+        }
+        ("ON_REFUND", Some(refund)) => {
+            for field in [
+                "id",
+                "payment_id",
+                "status",
+                "store_refund_amount",
+                "created_at",
+                "approved_at",
+                "pending_at",
+                "completed_at",
+            ] {
+                schema::set(&mut body, &format!("/body/{field}"), refund[field].clone());
+            }
+        }
+        _ => schema::set(&mut body, "/body/status", json!("completed")),
+    }
+    let errors = spec.validate(&body, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A two-hour webhook outage over a store's history: a renewal fails and PayNow's own
+/// retry recovers it, another renewal fails for good, an earlier payment is partly
+/// refunded and a subscription is cancelled. One sync run after the outage gives the same
+/// ledger as a second source that got every webhook; the missed webhooks, delivered late,
+/// and a second run change nothing.
+#[tokio::test]
+async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream() {
+    const LIVE: &str = "paynow_live";
+    let fake = FakeSubscriptions::new(Vec::new());
+    let server = paynow_api(fake.clone()).await;
+    let source = |id: &str| {
+        format!(
+            r#"id = "{id}"
+provider = "paynow"
+secrets = ["test_secret"]
+api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}"#,
+            server.uri()
+        )
+    };
+    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 3600).await;
+    // PayNow's webhooks carry no time of their own (the ledger orders a subscription's
+    // webhooks by receipt), so the outage starts now and its records are stamped after
+    // the webhooks delivered before it.
+    let t0 = Utc::now();
+    let minutes = |m: i64| t0 + chrono::Duration::minutes(m);
+    let (a, b) = (id(31), id(32));
+    let pay = |n: u64| id(40 + n);
+    let order = |n: u64| id(60 + n);
+
+    let a_active = subscription(&a, "active", Some(1), minutes(-24 * 60));
+    let b_active = subscription(&b, "active", Some(1), minutes(-24 * 60));
+    let p1 = payment(&pay(1), &order(1), "completed", minutes(-24 * 60), &[]);
+    let p5 = payment(&pay(5), &order(3), "completed", minutes(-24 * 60), &[]);
+    let before = [
+        webhook("ON_SUBSCRIPTION_ACTIVATED", &id(101), &a_active),
+        webhook("ON_SUBSCRIPTION_ACTIVATED", &id(102), &b_active),
+        payment_webhook("ON_PAYMENT_COMPLETED", &id(103), &p1, None),
+        payment_webhook("ON_PAYMENT_COMPLETED", &id(104), &p5, None),
+    ];
+
+    // The outage: A's renewal (order 2) fails and PayNow's retry pays it; B's renewal
+    // (order 4) fails for good and B is cancelled; 300 of A's first payment is refunded.
+    let a_renewed = subscription(&a, "active", Some(2), minutes(40));
+    let b_canceled = subscription(&b, "canceled", Some(1), minutes(90));
+    let p2 = payment(&pay(2), &order(2), "failed", minutes(10), &[]);
+    let p3 = payment(&pay(3), &order(2), "completed", minutes(40), &[]);
+    let p4 = payment(&pay(4), &order(4), "failed", minutes(80), &[]);
+    let refund = (id(120).leak() as &str, 300, minutes(60));
+    let p1_refunded = payment(&pay(1), &order(1), "refunded", minutes(-24 * 60), &[refund]);
+    let during = [
+        payment_webhook("ON_PAYMENT_FAILED", &id(105), &p2, None),
+        payment_webhook("ON_PAYMENT_COMPLETED", &id(106), &p3, None),
+        webhook("ON_SUBSCRIPTION_RENEWED", &id(107), &a_renewed),
+        payment_webhook(
+            "ON_REFUND",
+            &id(108),
+            &p1_refunded,
+            Some(&p1_refunded["refunds"][0]),
+        ),
+        payment_webhook("ON_PAYMENT_FAILED", &id(109), &p4, None),
+        webhook("ON_SUBSCRIPTION_CANCELED", &id(110), &b_canceled),
+    ];
+    let deliver = |source: &'static str, bodies: Vec<Vec<u8>>| {
+        let app = &app;
+        async move {
+            for body in bodies {
+                let event: Value = serde_json::from_slice(&body).unwrap();
+                let event_id = event["event_id"].as_str().unwrap();
+                harness::deliver(app, source, event_id, &body).await;
+            }
+        }
+    };
+    deliver(SOURCE, before.to_vec()).await;
+    deliver(LIVE, before.to_vec()).await;
+    harness::archived(&app, SOURCE, 4).await;
+    harness::archived(&app, LIVE, 4).await;
+    deliver(LIVE, during.to_vec()).await;
+    harness::archived(&app, LIVE, 10).await;
+
+    // After the outage the store lists what happened.
+    *fake.subscriptions.lock().unwrap() = vec![a_renewed, b_canceled];
+    *fake.payments.lock().unwrap() = vec![p1_refunded, p2, p3, p4, p5];
+    let outage = RunOptions {
+        since: Some(t0),
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
+    assert_eq!(
+        (report.records, report.changed, report.malformed),
+        (7, 6, 0),
+        "2 subscriptions, 4 payments changed since t0 (p5 is not) and the refund; p1's own \
+         record is known: {report:#?}"
+    );
+    assert_eq!(
+        report
+            .waited
+            .as_ref()
+            .map(|w| (w.queued, w.applied, w.timed_out)),
+        Some((6, 6, false))
+    );
+    assert_eq!(
+        fake.take_seen_payments(),
+        [None, Some(pay(4)), Some(pay(2))],
+        "newest first, after the last id of each full page"
+    );
+    let by_kind: std::collections::BTreeMap<String, u64> = [
+        ("billing_attempt:failed", 2),
+        ("billing_attempt:succeeded", 2),
+        ("refund:succeeded", 1),
+        ("subscription:active", 1),
+        ("subscription:cancelled", 1),
+    ]
+    .map(|(k, n)| (k.to_owned(), n))
+    .into();
+    assert_eq!(report.missed.by_kind, by_kind);
+
+    let subs = [a.clone(), b.clone()];
+    let live = crate::common::snapshot(&app.db, LIVE, &subs).await;
+    let healed = crate::common::snapshot(&app.db, SOURCE, &subs).await;
+    assert_eq!(healed, live, "the ledger of the uninterrupted stream");
+    assert!(live.contains("partially_refunded"), "{live}");
+    let attempts = [
+        (pay(1), "succeeded"),
+        (pay(2), "failed"),
+        (pay(3), "succeeded"),
+        (pay(4), "failed"),
+        (pay(5), "succeeded"),
+    ]
+    .map(|(id, status)| (id, status.to_owned()))
+    .to_vec();
+    assert_eq!(attempt_states(&app.db, SOURCE).await, attempts);
+    assert_eq!(attempt_states(&app.db, LIVE).await, attempts);
+    assert_eq!(
+        states(&app, &subs).await,
+        [state("active", "active"), state("cancelled", "canceled")]
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    // The missed webhooks, delivered late, find the ledger they would have made.
+    deliver(SOURCE, during.to_vec()).await;
+    harness::archived(&app, SOURCE, 4 + 6 + 6).await;
+    assert_eq!(crate::common::snapshot(&app.db, SOURCE, &subs).await, live);
+
+    let again = sync(&app, SOURCE, outage).await.unwrap();
+    assert_eq!((again.records, again.changed), (7, 0));
+    assert_eq!(app.queued().await, 0);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }
