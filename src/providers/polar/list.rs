@@ -42,8 +42,22 @@
 //!
 //! Headers: none. Key: `order:<id>` (the normalizer's attempt and cycle id).
 //!
-//! Knowingly not covered: subscription state changes (`GET /v1/subscriptions/` is not
-//! read), one-time orders.
+//! Then the subscriptions: `GET {base_url}/v1/subscriptions/` ("List Subscriptions",
+//! `subscriptions:list`, scope `subscriptions:read`), every status (no `status` filter),
+//! `sorting=started_at` (oldest first: one started during the walk lands on a later page,
+//! none is skipped; Polar's own default is newest first), `page` and `limit` as above;
+//! cursor `subscriptions:<page>`, reached from the orders' last page. The listing filters
+//! by start and cancellation dates only, so every run walks it whole; with `since` a
+//! subscription whose `modified_at` (else `created_at`) is before `since` is not rendered.
+//! Each is rendered as the webhook Polar sends on entering its `status` (`active` →
+//! `subscription.active`, `past_due`, `paused`, `canceled` alike, `incomplete` →
+//! `subscription.created`, others `subscription.updated`; the normalizer reads
+//! `data.status`), `data` without the resources it embeds, `timestamp` its own time.
+//! Key: `subscription:<id>`. A full run thus reads every subscription: one the ledger has
+//! live that Polar no longer lists is reported as disappeared.
+//!
+//! Knowingly not covered: one-time orders, and the customer portal's payment status of a
+//! `pending` order that is not in dunning (a call per order, under a customer session).
 
 use std::time::Duration;
 
@@ -65,8 +79,11 @@ const MAX_LIMIT: u32 = 100;
 /// retries end 21 days after the failed renewal).
 const LATE_WINDOW: TimeDelta = TimeDelta::days(30);
 
-/// Other resources an `Order` embeds: not the order's own state.
+/// Other resources an `Order` or a `Subscription` embeds: not its own state.
 const EMBEDDED: &[&str] = &["customer", "product", "subscription", "discount"];
+
+/// The cursor prefix of the subscriptions listing (an orders cursor is a bare page).
+const SUBSCRIPTIONS: &str = "subscriptions:";
 
 pub struct PolarList {
     api: Endpoint,
@@ -80,33 +97,51 @@ impl PolarList {
     }
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
-        let page = match request.cursor {
-            None => 1,
-            Some(cursor) => cursor
-                .parse::<u32>()
-                .ok()
-                .filter(|page| *page >= 1)
-                .ok_or_else(|| ProviderApiError::Rejected {
+        let (listing, page) = match request.cursor {
+            None => (Listing::Orders, 1),
+            Some(cursor) => {
+                let (listing, number) = match cursor.strip_prefix(SUBSCRIPTIONS) {
+                    Some(number) => (Listing::Subscriptions, number),
+                    None => (Listing::Orders, cursor),
+                };
+                let page = number.parse::<u32>().ok().filter(|page| *page >= 1);
+                let page = page.ok_or_else(|| ProviderApiError::Rejected {
                     status: 0,
                     message: format!("invalid Polar sync cursor {}", snippet(cursor)),
-                })?,
+                })?;
+                (listing, page)
+            }
         };
-        // The trailing empty segment gives the route's own `/orders/`.
-        let orders = self.api.request(Method::GET, &["v1", "orders", ""])?;
-        let mut query = vec![
-            ("product_billing_type", "recurring".to_owned()),
-            ("sorting", "-created_at".to_owned()),
-            ("page", page.to_string()),
-            ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
-        ];
-        if let Some(since) = request.since {
+        let limit = capped(request.page_size, MAX_LIMIT).to_string();
+        // The trailing empty segment gives the routes' own `/orders/`, `/subscriptions/`.
+        let (list, mut query) = match listing {
+            Listing::Orders => (
+                self.api.request(Method::GET, &["v1", "orders", ""])?,
+                vec![
+                    ("product_billing_type", "recurring".to_owned()),
+                    ("sorting", "-created_at".to_owned()),
+                ],
+            ),
+            Listing::Subscriptions => (
+                self.api
+                    .request(Method::GET, &["v1", "subscriptions", ""])?,
+                vec![("sorting", "started_at".to_owned())],
+            ),
+        };
+        query.extend([("page", page.to_string()), ("limit", limit)]);
+        if let (Listing::Orders, Some(since)) = (listing, request.since) {
             query.push(("created_after", created_after(since)));
         }
-        let body = read(orders.query(&query), "Polar", request.cap())
-            .await?
-            .body;
-        parse(&body, page)
+        let body = read(list.query(&query), "Polar", request.cap()).await?.body;
+        parse(&body, listing, page, request.since)
     }
+}
+
+/// The two listings a run walks, orders first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Orders,
+    Subscriptions,
 }
 
 /// `since` − [`LATE_WINDOW`], as Polar's `created_after` takes it.
@@ -129,6 +164,11 @@ impl ListClient for PolarList {
     fn default_min_interval(&self) -> Duration {
         Duration::from_millis(600)
     }
+
+    /// Every run walks every subscription of the organization.
+    fn lists_every_subscription(&self) -> bool {
+        true
+    }
 }
 
 /// Polar's `ListResource_Order_`.
@@ -144,22 +184,93 @@ struct Pagination {
     max_page: u32,
 }
 
-fn parse(body: &str, page: u32) -> Result<Page, ProviderApiError> {
+fn parse(
+    body: &str,
+    listing: Listing,
+    page: u32,
+    since: Option<DateTime<Utc>>,
+) -> Result<Page, ProviderApiError> {
     let list: List = serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
         status: 200,
-        message: format!("not a Polar list of orders: {e}"),
+        message: format!("not a Polar list of {}: {e}", listing.noun()),
     })?;
     let more = !list.items.is_empty() && page < list.pagination.max_page;
-    let records = list.items.into_iter().filter_map(render).collect();
-    Ok(Page {
-        records,
-        next: more.then(|| (page + 1).to_string()),
-    })
+    let (records, next) = match listing {
+        Listing::Orders => (
+            list.items.into_iter().filter_map(render).collect(),
+            // Orders done: the subscriptions next.
+            Some(if more {
+                (page + 1).to_string()
+            } else {
+                format!("{SUBSCRIPTIONS}1")
+            }),
+        ),
+        Listing::Subscriptions => (
+            (list.items.into_iter())
+                .filter(|sub| changed_since(sub, since))
+                .filter_map(render_subscription)
+                .collect(),
+            more.then(|| format!("{SUBSCRIPTIONS}{}", page + 1)),
+        ),
+    };
+    Ok(Page { records, next })
+}
+
+impl Listing {
+    fn noun(self) -> &'static str {
+        match self {
+            Listing::Orders => "orders",
+            Listing::Subscriptions => "subscriptions",
+        }
+    }
+}
+
+/// The record's own time: `modified_at`, else `created_at`.
+fn own_time(record: &Value) -> Option<&str> {
+    let time = |field: &str| record.get(field).and_then(Value::as_str);
+    time("modified_at").or_else(|| time("created_at"))
+}
+
+/// Whether the subscription changed at or after `since` (or its time is unreadable).
+fn changed_since(sub: &Value, since: Option<DateTime<Utc>>) -> bool {
+    let at = own_time(sub).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    match (since, at) {
+        (Some(since), Some(at)) => at >= since,
+        _ => true,
+    }
+}
+
+/// `record` without the resources it embeds, as Polar's webhook `{type, timestamp, data}`.
+fn webhook(key: String, event_type: &str, mut record: Value) -> Option<Record> {
+    let timestamp = own_time(&record)?.to_owned();
+    if let Some(fields) = record.as_object_mut() {
+        for field in EMBEDDED {
+            fields.remove(*field);
+        }
+    }
+    let body = json!({ "type": event_type, "timestamp": timestamp, "data": record });
+    Some(Record::json(key, &body))
+}
+
+/// The webhook Polar sends for a subscription in this state, or `None` (no id, status or
+/// time). The normalizer reads the state from `data.status`; the type is the one Polar
+/// sends on entering it.
+fn render_subscription(sub: Value) -> Option<Record> {
+    let id = sub.get("id")?.as_str()?.to_owned();
+    let event_type = match sub.get("status")?.as_str()? {
+        "active" => "subscription.active",
+        "past_due" => "subscription.past_due",
+        "paused" => "subscription.paused",
+        "canceled" => "subscription.canceled",
+        "incomplete" => "subscription.created",
+        _ => "subscription.updated",
+    };
+    webhook(format!("subscription:{id}"), event_type, sub)
 }
 
 /// The webhook Polar sends for an order in this state, or `None` (a draft, or no id,
 /// status or time).
-fn render(mut order: Value) -> Option<Record> {
+fn render(order: Value) -> Option<Record> {
     let id = order.get("id")?.as_str()?.to_owned();
     let status = order.get("status")?.as_str()?;
     let in_dunning = order
@@ -172,15 +283,7 @@ fn render(mut order: Value) -> Option<Record> {
         "pending" if !in_dunning => "order.created",
         _ => "order.updated",
     };
-    let time = |field: &str| order.get(field).and_then(Value::as_str).map(str::to_owned);
-    let timestamp = time("modified_at").or_else(|| time("created_at"))?;
-    if let Some(fields) = order.as_object_mut() {
-        for field in EMBEDDED {
-            fields.remove(*field);
-        }
-    }
-    let body = json!({ "type": event_type, "timestamp": timestamp, "data": order });
-    Some(Record::json(format!("order:{id}"), &body))
+    webhook(format!("order:{id}"), event_type, order)
 }
 
 #[cfg(test)]
@@ -356,7 +459,11 @@ mod tests {
         );
 
         let last = client.page(request(Some("2"))).await.unwrap();
-        assert_eq!(last.next, None, "page 2 is max_page");
+        assert_eq!(
+            last.next.as_deref(),
+            Some("subscriptions:1"),
+            "page 2 is max_page: the subscriptions next"
+        );
         assert_eq!(last.records[0].key, format!("order:{}", id(1)));
     }
 
@@ -366,7 +473,8 @@ mod tests {
         // max_page claims more, but the page is empty: finished, not an endless walk.
         mount(&server, "3", None, list(vec![], 9, 5)).await;
         let page = client(&server).page(request(Some("3"))).await.unwrap();
-        assert_eq!(page, EMPTY_END);
+        assert_eq!(page.records, EMPTY_END.records);
+        assert_eq!(page.next.as_deref(), Some("subscriptions:1"));
     }
 
     #[tokio::test]
@@ -404,7 +512,10 @@ mod tests {
         let first = client.page(with_since(None)).await.unwrap();
         assert_eq!((first.records.len(), first.next.as_deref()), (2, Some("2")));
         let second = client.page(with_since(Some("2"))).await.unwrap();
-        assert_eq!((second.records.len(), second.next), (1, None));
+        assert_eq!(
+            (second.records.len(), second.next.as_deref()),
+            (1, Some("subscriptions:1"))
+        );
     }
 
     #[tokio::test]
@@ -416,7 +527,7 @@ mod tests {
             .mount(&server)
             .await;
         let client = client(&server);
-        for bad in ["0", "x", "-1", ""] {
+        for bad in ["0", "x", "-1", "", "subscriptions:0", "subscriptions:"] {
             assert!(
                 matches!(
                     client.page(request(Some(bad))).await,
@@ -540,5 +651,138 @@ mod tests {
         let refunded = render(refunded).unwrap();
         assert_eq!(refunded.key, first.key);
         assert_ne!(refunded.body, first.body, "a new state renders differently");
+    }
+
+    const SUBSCRIPTIONS_PATH: &str = "/v1/subscriptions/";
+
+    /// A `Subscription` as `GET /v1/subscriptions/` lists it (generated from the schema,
+    /// checked valid), modified at `modified`.
+    fn subscription(n: u32, status: &str, modified: &str) -> Value {
+        let spec = definitions();
+        let mut sub = spec.generate(spec.schema("Subscription"));
+        for (pointer, value) in [
+            ("/id", json!(id(n))),
+            ("/status", json!(status)),
+            ("/currency", json!("usd")),
+            (
+                "/customer_id",
+                json!("992fae2a-2a17-4b7a-8d9e-e287cf90131b"),
+            ),
+            ("/created_at", json!("2025-01-01T00:00:00Z")),
+            ("/modified_at", json!(modified)),
+            ("/current_period_end", json!("2025-04-01T00:00:00Z")),
+        ] {
+            set(&mut sub, pointer, value);
+        }
+        let errors = spec.validate(&sub, spec.schema("Subscription"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        sub
+    }
+
+    #[tokio::test]
+    async fn the_subscriptions_follow_the_orders_and_render_their_state() {
+        let server = MockServer::start().await;
+        let body = json!({
+            "items": [
+                subscription(1, "active", "2025-03-10T08:00:00Z"),
+                subscription(2, "canceled", "2025-03-11T08:00:00Z"),
+            ],
+            "pagination": { "total_count": 3, "max_page": 2 }
+        });
+        let spec = definitions();
+        let errors = spec.validate(&body, spec.response(SUBSCRIPTIONS_PATH, "get", "200"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        let operation = spec.operation(SUBSCRIPTIONS_PATH, "get");
+        let sorting = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "sorting")
+            .unwrap();
+        assert!(
+            spec.validate(&json!(["started_at"]), &sorting["schema"])
+                .is_empty()
+        );
+        Mock::given(method("GET"))
+            .and(path(SUBSCRIPTIONS_PATH))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .and(query_param("sorting", "started_at"))
+            .and(query_param("page", "1"))
+            .and(query_param("limit", "2"))
+            .and(query_param_is_missing("created_after"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let client = client(&server);
+        let page = client.page(request(Some("subscriptions:1"))).await.unwrap();
+        assert_eq!(page.next.as_deref(), Some("subscriptions:2"));
+        let states: Vec<_> = page
+            .records
+            .iter()
+            .map(|record| {
+                let body: Value = serde_json::from_slice(&record.body).unwrap();
+                assert!(body["data"].get("customer").is_none(), "embedded: left out");
+                match normalize_with(ProviderKind::Polar, record).as_slice() {
+                    [CanonicalEvent::Subscription(c)] => (
+                        record.key.clone(),
+                        body["type"].as_str().unwrap().to_owned(),
+                        c.status,
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        use crate::canonical::SubscriptionStatus::{Active, Cancelled};
+        assert_eq!(
+            states,
+            [
+                (
+                    format!("subscription:{}", id(1)),
+                    "subscription.active".to_owned(),
+                    Active
+                ),
+                (
+                    format!("subscription:{}", id(2)),
+                    "subscription.canceled".to_owned(),
+                    Cancelled
+                ),
+            ]
+        );
+        // With `since`, only what changed from it on.
+        let since = DateTime::parse_from_rfc3339("2025-03-11T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let recent = client
+            .page(PageRequest {
+                since: Some(since),
+                ..request(Some("subscriptions:1"))
+            })
+            .await
+            .unwrap();
+        let keys: Vec<_> = recent.records.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(keys, [format!("subscription:{}", id(2))]);
+    }
+
+    #[tokio::test]
+    async fn the_subscriptions_last_page_ends_the_run() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(SUBSCRIPTIONS_PATH))
+            .and(query_param("page", "2"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "items": [subscription(3, "past_due", "2025-03-12T08:00:00Z")],
+                "pagination": { "total_count": 3, "max_page": 2 }
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let page = client(&server)
+            .page(request(Some("subscriptions:2")))
+            .await
+            .unwrap();
+        assert_eq!(page.next, None);
+        assert_eq!(page.records.len(), 1);
+        assert!(client(&server).lists_every_subscription());
     }
 }

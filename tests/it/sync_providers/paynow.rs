@@ -4,8 +4,12 @@
 //! and answers at most `limit` items as a bare JSON array (fewer than `limit`, or none, on
 //! the last page). Webhooks (`PayNow-Signature`) deliver part of the subscriptions; one
 //! sync heals the statuses the ledger missed (a past-due flag included), and a second run
-//! changes nothing. Subscriptions are generated from PayNow's `SubscriptionDto` schema and
-//! webhooks from its webhook definitions, each checked valid.
+//! changes nothing. The same fake lists the store's payments (`GET .../payments`, newest
+//! first), for a two-hour outage of failed, retried, refunded payments and a cancellation,
+//! compared with a source that got every webhook. Every query parameter is checked against
+//! the operation's, every page against its 200 schema. Subscriptions and payments are
+//! generated from PayNow's `SubscriptionDto` and `PaymentDto` schemas and webhooks from its
+//! webhook definitions, each checked valid.
 
 use std::{
     sync::{Arc, Mutex, OnceLock},

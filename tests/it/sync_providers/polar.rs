@@ -4,7 +4,9 @@
 //! generated from Polar's `Order` schema, the real broker and the real database. Orders
 //! whose webhooks were lost (a renewal, a refund, an order in dunning) are healed by one
 //! run; a draft and a one-time order are not synced; incremental and full re-runs change
-//! nothing.
+//! nothing. A fake of `GET /v1/subscriptions/` beside it (every query parameter checked
+//! against the operation's) serves the subscriptions for a two-hour outage compared with
+//! a source that got every webhook.
 
 use std::{
     sync::{Arc, Mutex, OnceLock},
@@ -232,15 +234,93 @@ fn webhook(event_type: &str, data: &Value) -> Vec<u8> {
 }
 
 async fn polar_api(fake: FakeOrders) -> MockServer {
+    polar_api_with(fake, FakeSubscriptions::default()).await
+}
+
+/// Polar's two listings on one server: the orders, and the subscriptions.
+async fn polar_api_with(orders: FakeOrders, subscriptions: FakeSubscriptions) -> MockServer {
+    let bearer = format!("Bearer {TOKEN}");
     let route = Mock::given(matchers::method("GET"))
         .and(matchers::path(PATH))
-        .and(matchers::header(
-            "authorization",
-            format!("Bearer {TOKEN}").as_str(),
-        ))
+        .and(matchers::header("authorization", bearer.as_str()))
         .and(matchers::query_param("product_billing_type", "recurring"))
         .and(matchers::query_param("sorting", "-created_at"));
-    harness::serve(route, fake).await
+    let server = harness::serve(route, orders).await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path(SUBSCRIPTIONS_PATH))
+        .and(matchers::header("authorization", bearer.as_str()))
+        .respond_with(subscriptions)
+        .mount(&server)
+        .await;
+    server
+}
+
+const SUBSCRIPTIONS_PATH: &str = "/v1/subscriptions/";
+
+/// The organization's subscriptions (`GET /v1/subscriptions/`): every query parameter
+/// checked against the operation's declared ones (a 422 otherwise), sorted by `sorting`
+/// (`started_at`, `-started_at`; Polar's default newest first), `limit`-sized pages from
+/// 1 with `pagination.max_page`, each page checked against the 200 schema.
+#[derive(Clone, Default)]
+struct FakeSubscriptions {
+    subscriptions: Arc<Vec<Value>>,
+}
+
+impl Respond for FakeSubscriptions {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let spec = definitions();
+        let parameters = spec.operation(SUBSCRIPTIONS_PATH, "get")["parameters"]
+            .as_array()
+            .unwrap();
+        for (name, value) in request.url.query_pairs() {
+            let Some(declared) = parameters.iter().find(|p| p["name"] == *name) else {
+                return unprocessable(&name, "Extra inputs are not permitted");
+            };
+            let candidates = [
+                value.parse::<i64>().map_or(Value::Null, |n| json!(n)),
+                json!(value),
+                json!([value]),
+            ];
+            if !candidates
+                .iter()
+                .any(|c| spec.validate(c, &declared["schema"]).is_empty())
+            {
+                return unprocessable(&name, "Input is not valid");
+            }
+        }
+        let query = |name: &str| {
+            request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let page = query("page").map_or(1, |p| p.parse::<usize>().unwrap());
+        let limit = query("limit").map_or(10, |l| l.parse::<usize>().unwrap());
+        if limit > 100 {
+            return unprocessable("limit", "Input should be less than or equal to 100");
+        }
+        let mut subscriptions: Vec<&Value> = self.subscriptions.iter().collect();
+        subscriptions.sort_by(|a, b| a["started_at"].as_str().cmp(&b["started_at"].as_str()));
+        match query("sorting").as_deref() {
+            Some("started_at") => {}
+            None | Some("-started_at") => subscriptions.reverse(),
+            Some(_) => return unprocessable("sorting", "Not sorted as this fake can"),
+        }
+        let total = subscriptions.len();
+        let items: Vec<&Value> = subscriptions
+            .into_iter()
+            .skip((page - 1) * limit)
+            .take(limit)
+            .collect();
+        let body = json!({
+            "items": items,
+            "pagination": { "total_count": total, "max_page": total.div_ceil(limit) },
+        });
+        let errors = spec.validate(&body, spec.response(SUBSCRIPTIONS_PATH, "get", "200"));
+        assert!(errors.is_empty(), "{errors:#?}");
+        ResponseTemplate::new(200).set_body_json(body)
+    }
 }
 
 async fn app_with(server: &MockServer) -> TestApp {
@@ -311,8 +391,8 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
 
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(report.since, None, "a first run reads everything");
-    // Three pages up to max_page 3; the draft ord_6 renders nothing, the one-time ord_7
-    // is filtered out by the API.
+    // Three pages up to max_page 3 and the (empty) subscriptions; the draft ord_6 renders
+    // nothing, the one-time ord_7 is filtered out by the API.
     assert_eq!(
         (
             report.pages,
@@ -320,7 +400,7 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
             report.changed,
             report.malformed
         ),
-        (3, 5, 4, 0)
+        (4, 5, 4, 0)
     );
     assert_eq!(fake.pages(), ["1", "2", "3"]);
     let mut changed: Vec<&str> = report.changes.iter().map(|c| c.key.as_str()).collect();
@@ -383,7 +463,7 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     assert_eq!(again.since, Some(watermark - chrono::Duration::seconds(60)));
     assert_eq!(
         (again.pages, again.records, again.changed, again.malformed),
-        (1, 0, 0, 0)
+        (2, 0, 0, 0)
     );
     assert!(again.watermark > Some(watermark));
     assert_eq!(fake.pages(), ["1", "2", "3", "1"]);
@@ -397,7 +477,7 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     let full = sync(&app, SOURCE, full).await.unwrap();
     assert_eq!(
         (full.pages, full.records, full.changed, full.malformed),
-        (3, 5, 0, 0)
+        (4, 5, 0, 0)
     );
     assert_eq!(fake.pages(), ["1", "2", "3", "1", "1", "2", "3"]);
 
@@ -408,6 +488,206 @@ async fn missed_orders_are_healed_over_max_page_pages_and_re_runs_change_nothing
     );
     assert_eq!(snapshot(&app.db, SOURCE, &[SUB.to_owned()]).await, ledger);
     assert_eq!(attempt_states(&app.db, SOURCE).await, expected_states());
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+/// A `Subscription` as Polar lists it and sends it in its webhooks (generated from its
+/// schema, checked valid): `status` as of `modified`.
+fn subscription(sub: &str, status: &str, started: &str, modified: &str) -> Value {
+    let spec = definitions();
+    let schema = spec.schema("Subscription");
+    let mut value = spec.generate(schema);
+    let canceled = status == "canceled";
+    for (pointer, field) in [
+        ("/id", json!(sub)),
+        ("/status", json!(status)),
+        ("/amount", json!(1999)),
+        ("/currency", json!("usd")),
+        ("/customer_id", json!(CUSTOMER)),
+        ("/customer/id", json!(CUSTOMER)),
+        ("/created_at", json!(started)),
+        ("/started_at", json!(started)),
+        ("/modified_at", json!(modified)),
+        ("/current_period_end", json!("2030-01-01T00:00:00Z")),
+        ("/canceled_at", json!(canceled.then_some(modified))),
+        ("/ended_at", json!(canceled.then_some(modified))),
+        (
+            "/past_due_at",
+            json!((status == "past_due").then_some(modified)),
+        ),
+    ] {
+        schema::set(&mut value, pointer, field);
+    }
+    let errors = spec.validate(&value, schema);
+    assert!(errors.is_empty(), "{errors:#?}");
+    value
+}
+
+/// An order of subscription `sub` (see [`order`]).
+fn order_of(n: u32, sub: &str, status: &str, created: &str, modified: &str) -> Value {
+    let mut order = order(n, status, created, modified);
+    order["subscription_id"] = json!(sub);
+    order["subscription"]["id"] = json!(sub);
+    order
+}
+
+/// A two-hour webhook outage over an organization's history: a renewal fails and Polar's
+/// own retry pays it, an earlier order is refunded, another renewal fails and its
+/// subscription goes past due and is then cancelled. One incremental run after the outage
+/// gives the same ledger as a second source that got every webhook; the missed webhooks,
+/// delivered late, and a second run change nothing.
+#[tokio::test]
+async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream() {
+    const LIVE: &str = "polar_live";
+    let now = chrono::Utc::now();
+    let ago = |minutes: i64| {
+        (now - chrono::Duration::minutes(minutes))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let (s1, s2) = (id(101), id(102));
+    let day = 24 * 60;
+
+    // Before the outage: s1 and s2 active, their first orders paid, and ord_10 (s1's
+    // previous renewal) paid.
+    let s1_active = subscription(&s1, "active", &ago(20 * day), &ago(20 * day));
+    let s2_active = subscription(&s2, "active", &ago(15 * day), &ago(15 * day));
+    let a1 = order_of(11, &s1, "paid", &ago(20 * day), &ago(20 * day));
+    let a0 = order_of(10, &s1, "paid", &ago(10 * day), &ago(10 * day));
+    let b1 = order_of(21, &s2, "paid", &ago(15 * day), &ago(15 * day));
+    let before = [
+        ("subscription.active", s1_active),
+        ("subscription.active", s2_active),
+        ("order.paid", a1.clone()),
+        ("order.paid", a0.clone()),
+        ("order.paid", b1.clone()),
+    ];
+
+    // The outage, from 150 to 30 minutes ago.
+    let mut a2_failed = order_of(12, &s1, "pending", &ago(140), &ago(140));
+    a2_failed["paid"] = json!(false);
+    a2_failed["next_payment_attempt_at"] = json!(ago(140 - 2 * day));
+    let a2_paid = order_of(12, &s1, "paid", &ago(140), &ago(100));
+    let s1_past_due = subscription(&s1, "past_due", &ago(20 * day), &ago(140));
+    let s1_recovered = subscription(&s1, "active", &ago(20 * day), &ago(100));
+    let a0_refunded = order_of(10, &s1, "refunded", &ago(10 * day), &ago(90));
+    let mut b2_failed = order_of(22, &s2, "pending", &ago(80), &ago(80));
+    b2_failed["paid"] = json!(false);
+    b2_failed["next_payment_attempt_at"] = json!(ago(80 - 2 * day));
+    let s2_past_due = subscription(&s2, "past_due", &ago(15 * day), &ago(80));
+    let s2_canceled = subscription(&s2, "canceled", &ago(15 * day), &ago(40));
+    let during = [
+        ("order.updated", a2_failed),
+        ("subscription.past_due", s1_past_due),
+        ("order.paid", a2_paid.clone()),
+        ("subscription.active", s1_recovered.clone()),
+        ("order.refunded", a0_refunded.clone()),
+        ("order.updated", b2_failed.clone()),
+        ("subscription.past_due", s2_past_due),
+        ("subscription.canceled", s2_canceled.clone()),
+    ];
+
+    // What Polar lists after the outage.
+    let orders = FakeOrders::new(vec![a1, a0_refunded, a2_paid, b1, b2_failed]);
+    let subscriptions = FakeSubscriptions {
+        subscriptions: Arc::new(vec![s1_recovered, s2_canceled]),
+    };
+    let server = polar_api_with(orders, subscriptions).await;
+    let source = |id: &str| {
+        format!(
+            r#"id = "{id}"
+provider = "polar"
+secrets = ["{SECRET}"]
+api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
+            server.uri()
+        )
+    };
+    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let deliver = |source: &'static str, events: Vec<(&'static str, Value)>, tag: &'static str| {
+        let app = &app;
+        async move {
+            for (i, (event_type, data)) in events.iter().enumerate() {
+                let event_id = format!("msg_{tag}_{i}");
+                harness::deliver(app, source, &event_id, &webhook(event_type, data)).await;
+            }
+        }
+    };
+    deliver(SOURCE, before.to_vec(), "before").await;
+    deliver(LIVE, before.to_vec(), "before").await;
+    deliver(LIVE, during.to_vec(), "during").await;
+    harness::archived(&app, SOURCE, 5).await;
+    harness::archived(&app, LIVE, 13).await;
+
+    let outage = RunOptions {
+        since: Some(now - chrono::Duration::minutes(150)),
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
+    assert_eq!(
+        (
+            report.pages,
+            report.records,
+            report.changed,
+            report.malformed
+        ),
+        (4, 7, 5, 0),
+        "3 pages of orders (the five created from 30 days before the outage) and 1 of \
+         subscriptions; a1 and b1 are known: {report:#?}"
+    );
+    assert_eq!(
+        report
+            .waited
+            .as_ref()
+            .map(|w| (w.queued, w.applied, w.timed_out)),
+        Some((5, 5, false))
+    );
+    let by_kind: std::collections::BTreeMap<String, u64> = [
+        ("billing_attempt:failed", 1),
+        ("billing_attempt:refunded", 1),
+        ("billing_attempt:succeeded", 1),
+        ("subscription:active", 1),
+        ("subscription:cancelled", 1),
+    ]
+    .map(|(k, n)| (k.to_owned(), n))
+    .into();
+    assert_eq!(report.missed.by_kind, by_kind);
+
+    let subs = [s1.clone(), s2.clone()];
+    let live = snapshot(&app.db, LIVE, &subs).await;
+    assert_eq!(
+        snapshot(&app.db, SOURCE, &subs).await,
+        live,
+        "the ledger of the uninterrupted stream"
+    );
+    let attempts = [
+        (10, "refunded"),
+        (11, "succeeded"),
+        (12, "succeeded"),
+        (21, "succeeded"),
+        (22, "failed"),
+    ]
+    .map(|(n, s)| (id(n), s.to_owned()))
+    .to_vec();
+    assert_eq!(attempt_states(&app.db, SOURCE).await, attempts);
+    assert_eq!(attempt_states(&app.db, LIVE).await, attempts);
+    assert_eq!(
+        harness::subscription_states(&app, SOURCE, &[&s1, &s2]).await,
+        [
+            harness::state("active", "active"),
+            harness::state("cancelled", "canceled")
+        ]
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    // The missed webhooks, delivered late, find the ledger they would have made.
+    deliver(SOURCE, during.to_vec(), "late").await;
+    harness::archived(&app, SOURCE, 5 + 5 + 8).await;
+    assert_eq!(snapshot(&app.db, SOURCE, &subs).await, live);
+
+    let again = sync(&app, SOURCE, outage).await.unwrap();
+    assert_eq!((again.records, again.changed), (7, 0));
+    assert_eq!(app.queued().await, 0);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }
