@@ -329,8 +329,20 @@ fn attempt_webhook(
 /// Posts a webhook signed with the source's secret, as Shopify sends it for `topic`
 /// (`post_signed` always names the success topic; the HMAC covers the body only).
 async fn deliver(app: &TestApp, webhook_id: &str, topic: &str, triggered_at: &str, body: &Value) {
+    deliver_to(app, SOURCE, webhook_id, topic, triggered_at, body).await
+}
+
+/// [`deliver`] to source `source_id`.
+async fn deliver_to(
+    app: &TestApp,
+    source_id: &str,
+    webhook_id: &str,
+    topic: &str,
+    triggered_at: &str,
+    body: &Value,
+) {
     let body = serde_json::to_vec(body).unwrap();
-    let source = crate::common::source(app.settings.source(SOURCE).unwrap()).unwrap();
+    let source = crate::common::source(app.settings.source(source_id).unwrap()).unwrap();
     let mut headers = source.sign(webhook_id, &body, SystemTime::now());
     let mut replaced = 0;
     for (name, value) in &mut headers {
@@ -342,7 +354,7 @@ async fn deliver(app: &TestApp, webhook_id: &str, topic: &str, triggered_at: &st
         replaced += 1;
     }
     assert_eq!(replaced, 2, "{headers:?}");
-    let response = app.post(SOURCE, &headers, body).await;
+    let response = app.post(source_id, &headers, body).await;
     assert_eq!(response.status(), 202, "{webhook_id}");
 }
 
@@ -643,6 +655,217 @@ async fn missed_contract_and_attempt_webhooks_are_healed_and_an_incremental_run_
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), 11);
     assert_eq!(attempt_states(&app.db, SOURCE).await, healed_states);
     assert_eq!(common::snapshot(&app.db, SOURCE, &contracts).await, healed);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+/// A two-hour webhook outage over a shop's history: a renewal is declined and the app's
+/// retry pays it, a second contract's renewal is declined and the contract is cancelled, a
+/// third is paused. One incremental run after the outage (contracts updated and attempts
+/// created since it began) gives the same ledger as a second source that got every
+/// webhook; the missed webhooks, delivered late, and a second run change nothing.
+#[tokio::test]
+async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream() {
+    const LIVE: &str = "shopify_live";
+    let now = Utc::now();
+    let ago = |minutes: i64| {
+        (now - chrono::Duration::minutes(minutes)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    };
+    let (before_at, retry_at) = (ago(3 * 24 * 60), ago(100));
+    let store = vec![
+        contract(
+            7101,
+            "ACTIVE",
+            2,
+            &ago(100),
+            vec![
+                succeeded(8101, &before_at, 9101),
+                failed(8102, &ago(140), "INSUFFICIENT_FUNDS", "Insufficient funds"),
+                succeeded(8103, &retry_at, 9103),
+            ],
+        ),
+        contract(
+            7102,
+            "CANCELLED",
+            3,
+            &ago(40),
+            vec![
+                succeeded(8104, &before_at, 9104),
+                failed(8105, &ago(90), "CARD_DECLINED", "Your card was declined."),
+            ],
+        ),
+        contract(
+            7103,
+            "PAUSED",
+            2,
+            &ago(60),
+            vec![succeeded(8106, &before_at, 9106)],
+        ),
+    ];
+    let server = shopify_api(FakeShopify::new(store)).await;
+    let source = |id: &str| {
+        format!(
+            r#"id = "{id}"
+provider = "shopify"
+secrets = ["shpss_sync_client_secret"]
+api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}"#,
+            server.uri()
+        )
+    };
+    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let success = "subscription_billing_attempts/success";
+    let failure = "subscription_billing_attempts/failure";
+    let before: Vec<(String, &str, String, Value)> = vec![
+        (
+            "wh-7101".into(),
+            "subscription_contracts/activate",
+            before_at.clone(),
+            contract_webhook(7101, "active", 1),
+        ),
+        (
+            "wh-7102".into(),
+            "subscription_contracts/activate",
+            before_at.clone(),
+            contract_webhook(7102, "active", 1),
+        ),
+        (
+            "wh-7103".into(),
+            "subscription_contracts/activate",
+            before_at.clone(),
+            contract_webhook(7103, "active", 1),
+        ),
+        (
+            "wh-8101".into(),
+            success,
+            before_at.clone(),
+            attempt_webhook(8101, 7101, Some(9101), None),
+        ),
+        (
+            "wh-8104".into(),
+            success,
+            before_at.clone(),
+            attempt_webhook(8104, 7102, Some(9104), None),
+        ),
+        (
+            "wh-8106".into(),
+            success,
+            before_at.clone(),
+            attempt_webhook(8106, 7103, Some(9106), None),
+        ),
+    ];
+    let during: Vec<(String, &str, String, Value)> = vec![
+        (
+            "wh-8102".into(),
+            failure,
+            ago(140),
+            attempt_webhook(
+                8102,
+                7101,
+                None,
+                Some(("insufficient_funds", "Insufficient funds")),
+            ),
+        ),
+        (
+            "wh-8103".into(),
+            success,
+            retry_at.clone(),
+            attempt_webhook(8103, 7101, Some(9103), None),
+        ),
+        (
+            "wh-7101-2".into(),
+            "subscription_contracts/update",
+            ago(100),
+            contract_webhook(7101, "active", 2),
+        ),
+        (
+            "wh-7103-2".into(),
+            "subscription_contracts/pause",
+            ago(60),
+            contract_webhook(7103, "paused", 2),
+        ),
+        (
+            "wh-8105".into(),
+            failure,
+            ago(90),
+            attempt_webhook(
+                8105,
+                7102,
+                None,
+                Some(("card_declined", "Your card was declined.")),
+            ),
+        ),
+        (
+            "wh-7102-3".into(),
+            "subscription_contracts/cancel",
+            ago(40),
+            contract_webhook(7102, "cancelled", 3),
+        ),
+    ];
+    for (source, events) in [(SOURCE, &before), (LIVE, &before), (LIVE, &during)] {
+        for (id, topic, at, body) in events {
+            deliver_to(&app, source, id, topic, at, body).await;
+        }
+    }
+    harness::archived(&app, SOURCE, 6).await;
+    harness::archived(&app, LIVE, 12).await;
+
+    let outage = RunOptions {
+        since: Some(now - chrono::Duration::minutes(150)),
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
+    assert_eq!(
+        (report.records, report.changed, report.malformed),
+        (12, 6, 0),
+        "3 contracts with their 6 attempts (phase 1), then the 3 attempts created since \
+         (phase 2, read again and queued once); 3 contracts and 3 attempts changed: \
+         {report:#?}"
+    );
+    assert_eq!(
+        report
+            .waited
+            .as_ref()
+            .map(|w| (w.queued, w.applied, w.timed_out)),
+        Some((6, 6, false))
+    );
+    let subs: Vec<String> = [7101, 7102, 7103].map(contract_gid).to_vec();
+    let live = common::snapshot(&app.db, LIVE, &subs).await;
+    assert_eq!(
+        common::snapshot(&app.db, SOURCE, &subs).await,
+        live,
+        "the ledger of the uninterrupted stream"
+    );
+    let attempts = states(&[
+        (8101, "succeeded"),
+        (8102, "failed"),
+        (8103, "succeeded"),
+        (8104, "succeeded"),
+        (8105, "failed"),
+        (8106, "succeeded"),
+    ]);
+    assert_eq!(attempt_states(&app.db, SOURCE).await, attempts);
+    assert_eq!(attempt_states(&app.db, LIVE).await, attempts);
+    let mut contracts = Vec::new();
+    for id in [7101, 7102, 7103] {
+        contracts.push(contract_status(&app, id).await);
+    }
+    assert_eq!(
+        contracts,
+        [Some("active"), Some("cancelled"), Some("paused")].map(|s| s.map(str::to_owned))
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    // The missed webhooks, delivered late, find the ledger they would have made.
+    for (id, topic, at, body) in &during {
+        deliver_to(&app, SOURCE, &format!("{id}-late"), topic, at, body).await;
+    }
+    harness::archived(&app, SOURCE, 6 + 6 + 6).await;
+    assert_eq!(common::snapshot(&app.db, SOURCE, &subs).await, live);
+
+    let again = sync(&app, SOURCE, outage).await.unwrap();
+    assert_eq!(again.changed, 0, "{again:#?}");
+    assert_eq!(app.queued().await, 0);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }
