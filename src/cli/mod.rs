@@ -105,10 +105,18 @@ impl Spinner {
 }
 
 impl crate::sync::Progress for Spinner {
-    fn page(&self, r: &crate::sync::SyncReport) {
+    fn page(&self, r: &crate::sync::SyncReport, pace: &crate::sync::Pace) {
+        let eta = match pace.eta {
+            Some(eta) => format!(
+                " · {} left in this listing, ETA {}",
+                pace.remaining.unwrap_or_default(),
+                humantime::format_duration(Duration::from_secs(eta.as_secs()))
+            ),
+            None => String::new(),
+        };
         self.0.set_message(format!(
-            "pages {} · records {} · changed {}",
-            r.pages, r.records, r.changed
+            "pages {} · records {} · changed {} · {:.0} records/s{eta}",
+            r.pages, r.records, r.changed, pace.records_per_second
         ));
     }
 }

@@ -175,6 +175,20 @@ pub struct Page {
     pub records: Vec<Record>,
     /// The cursor of the next page, or `None` when this was the last one.
     pub next: Option<String>,
+    /// Records the current listing still holds after this page, where the provider tells
+    /// its total (for a progress estimate); `None` when it does not.
+    pub remaining: Option<u64>,
+}
+
+impl Page {
+    /// A page whose listing tells no total.
+    pub const fn new(records: Vec<Record>, next: Option<String>) -> Self {
+        Self {
+            records,
+            next,
+            remaining: None,
+        }
+    }
 }
 
 /// One provider record, rendered as the webhook the provider would have sent for it.

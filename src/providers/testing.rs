@@ -124,10 +124,7 @@ pub(crate) fn request(cursor: Option<&str>) -> PageRequest<'_> {
 }
 
 /// An empty page that ends the listing.
-pub(crate) const EMPTY_END: Page = Page {
-    records: Vec::new(),
-    next: None,
-};
+pub(crate) const EMPTY_END: Page = Page::new(Vec::new(), None);
 
 /// Asserts that `call`, answered 200 by `server` with `body` (not the provider's list),
 /// is final: `Rejected { status: 200 }` with a message containing `says`.

@@ -146,14 +146,40 @@ pub struct RecordChange {
 
 /// Told about each page, for progress displays.
 pub trait Progress: Send + Sync {
-    fn page(&self, report: &SyncReport);
+    fn page(&self, report: &SyncReport, pace: &Pace);
+}
+
+/// How fast a run goes, told with each page.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Records read per second since the run began.
+    pub records_per_second: f64,
+    /// Records the current listing still holds, where the provider tells its total.
+    pub remaining: Option<u64>,
+    /// `remaining` at `records_per_second`: the time left in the current listing (a run
+    /// with a later listing takes longer).
+    pub eta: Option<Duration>,
+}
+
+impl Pace {
+    fn of(records: u64, elapsed: Duration, remaining: Option<u64>) -> Self {
+        let records_per_second = records as f64 / elapsed.as_secs_f64().max(1e-3);
+        let eta = remaining
+            .filter(|_| records_per_second > 0.0)
+            .map(|left| Duration::from_secs_f64(left as f64 / records_per_second));
+        Self {
+            records_per_second,
+            remaining,
+            eta,
+        }
+    }
 }
 
 /// No progress display.
 pub struct Quiet;
 
 impl Progress for Quiet {
-    fn page(&self, _: &SyncReport) {}
+    fn page(&self, _: &SyncReport, _: &Pace) {}
 }
 
 /// One configured source that can be synced.
@@ -296,6 +322,7 @@ impl Syncer {
         };
         let mut cursor = start.cursor.clone();
         let mut pagination = pages::Pagination::new(cursor.as_deref(), target.settings.max_pages);
+        let began = tokio::time::Instant::now();
         let mut last_request: Option<tokio::time::Instant> = None;
         // The next page, asked for while this one is applied (its pacing still applies).
         let mut prefetched: Option<Result<Page, ProviderApiError>> = None;
@@ -378,7 +405,13 @@ impl Syncer {
                 state::page_done(&self.db, source_id, page.next.as_deref(), records, changed)
                     .await?;
             }
-            progress.page(&report);
+            let pace = Pace::of(report.records, began.elapsed(), page.remaining);
+            let labels = [("source", source_id.to_owned())];
+            metrics::gauge!("subsync_sync_records_per_second", &labels)
+                .set(pace.records_per_second);
+            metrics::gauge!("subsync_sync_eta_seconds", &labels)
+                .set(pace.eta.map_or(f64::NAN, |eta| eta.as_secs_f64()));
+            progress.page(&report, &pace);
             match &follow {
                 None => break,
                 Some(Err(error)) => {
@@ -398,6 +431,7 @@ impl Syncer {
                 }
             }
         }
+        metrics::gauge!("subsync_sync_eta_seconds", "source" => source_id.to_owned()).set(0.0);
         if !options.dry_run {
             state::finish(&self.db, source_id, start.started_at).await?;
             report.watermark = Some(start.started_at);
@@ -658,5 +692,24 @@ pub async fn run_periodic(
             }
             Err(error) => tracing::warn!(source = %source_id, %error, "sync failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_is_the_rate_so_far_and_the_time_the_rest_takes_at_it() {
+        let pace = Pace::of(500, Duration::from_secs(2), Some(1_000));
+        assert_eq!(pace.records_per_second, 250.0);
+        assert_eq!(pace.eta, Some(Duration::from_secs(4)));
+        let unknown = Pace::of(500, Duration::from_secs(2), None);
+        assert_eq!((unknown.remaining, unknown.eta), (None, None));
+        let nothing_yet = Pace::of(0, Duration::ZERO, Some(10));
+        assert_eq!(
+            (nothing_yet.records_per_second, nothing_yet.eta),
+            (0.0, None)
+        );
     }
 }

@@ -122,18 +122,12 @@ impl AppstleList {
             Some(cursor) => resume(cursor, known)?,
         };
         let Some(entry) = known.get(index) else {
-            return Ok(Page {
-                records: Vec::new(),
-                next: None,
-            });
+            return Ok(Page::new(Vec::new(), None));
         };
         let next_contract = known.get(index + 1).map(|next| cursor(index + 1, next, 0));
         let Some(contract) = contract_number(entry) else {
             // Not an Appstle contract id: nothing to ask Appstle about it.
-            return Ok(Page {
-                records: Vec::new(),
-                next: next_contract,
-            });
+            return Ok(Page::new(Vec::new(), next_contract));
         };
         let size = capped(request.page_size, MAX_SIZE);
         let (attempts, headers) =
@@ -147,7 +141,7 @@ impl AppstleList {
         } else {
             next_contract
         };
-        Ok(Page { records, next })
+        Ok(Page::new(records, next))
     }
 }
 

@@ -176,7 +176,7 @@ fn parse(
         .filter(|sub| changed_since(sub, since))
         .filter_map(render)
         .collect();
-    Ok(Page { records, next })
+    Ok(Page::new(records, next))
 }
 
 /// Whether `last` lies after `cursor` in ascending flake-id order (64-bit numbers; text

@@ -137,7 +137,7 @@ pub(super) fn parse(
         .filter(|p| changed_since(p, since))
         .flat_map(render)
         .collect();
-    Ok(Page { records, next })
+    Ok(Page::new(records, next))
 }
 
 /// Whether `last` lies before `cursor` in descending flake-id order.

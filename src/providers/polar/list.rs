@@ -134,6 +134,7 @@ impl PolarList {
         }
         let body = read(list.query(&query), "Polar", request.cap()).await?.body;
         parse(&body, listing, page, request.since)
+            .map(|parsed| parsed.counted(page, capped(request.page_size, MAX_LIMIT)))
     }
 }
 
@@ -178,10 +179,29 @@ struct List {
     pagination: Pagination,
 }
 
-/// Polar's `Pagination` (its `total_count` is not needed: `max_page` bounds the walk).
+/// Polar's `Pagination`: `max_page` bounds the walk, `total_count` tells the progress.
 #[derive(Deserialize)]
 struct Pagination {
+    total_count: Option<u64>,
     max_page: u32,
+}
+
+/// A parsed page and the listing's total.
+struct Parsed {
+    page: Page,
+    total: Option<u64>,
+    items: u64,
+}
+
+impl Parsed {
+    /// The page, with what the listing holds after it (page `number` of `limit` items).
+    fn counted(self, number: u32, limit: u32) -> Page {
+        let read = u64::from(number - 1) * u64::from(limit) + self.items;
+        Page {
+            remaining: self.total.map(|total| total.saturating_sub(read)),
+            ..self.page
+        }
+    }
 }
 
 fn parse(
@@ -189,11 +209,12 @@ fn parse(
     listing: Listing,
     page: u32,
     since: Option<DateTime<Utc>>,
-) -> Result<Page, ProviderApiError> {
+) -> Result<Parsed, ProviderApiError> {
     let list: List = serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
         status: 200,
         message: format!("not a Polar list of {}: {e}", listing.noun()),
     })?;
+    let (total, items) = (list.pagination.total_count, list.items.len() as u64);
     let more = !list.items.is_empty() && page < list.pagination.max_page;
     let (records, next) = match listing {
         Listing::Orders => (
@@ -213,7 +234,11 @@ fn parse(
             more.then(|| format!("{SUBSCRIPTIONS}{}", page + 1)),
         ),
     };
-    Ok(Page { records, next })
+    Ok(Parsed {
+        page: Page::new(records, next),
+        total,
+        items,
+    })
 }
 
 impl Listing {
@@ -451,6 +476,7 @@ mod tests {
 
         let first = client.page(request(None)).await.unwrap();
         assert_eq!(first.next.as_deref(), Some("2"));
+        assert_eq!(first.remaining, Some(1), "total_count 3, 2 read");
         let keys: Vec<_> = first.records.iter().map(|r| r.key.clone()).collect();
         assert_eq!(
             keys,
@@ -464,6 +490,7 @@ mod tests {
             Some("subscriptions:1"),
             "page 2 is max_page: the subscriptions next"
         );
+        assert_eq!(last.remaining, Some(0));
         assert_eq!(last.records[0].key, format!("order:{}", id(1)));
     }
 

@@ -207,14 +207,19 @@ fn parse(
             message: format!("not a Rebilly list of {what}: {e}"),
         })?;
     if items.is_empty() {
-        return Ok(Page {
-            records: Vec::new(),
-            next: None,
-        });
+        return Ok(Page::new(Vec::new(), None));
     }
-    let next = next_offset(requested, items.len() as u64, pagination)?;
+    let len = items.len() as u64;
+    let next = next_offset(requested, len, pagination)?;
     let records = items.iter().flat_map(|item| render(item)).collect();
-    Ok(Page { records, next })
+    let remaining = (pagination.total)
+        .zip(pagination.offset)
+        .map(|(total, offset)| total.saturating_sub(offset.saturating_add(len)));
+    Ok(Page {
+        records,
+        next,
+        remaining,
+    })
 }
 
 /// `Pagination-Offset + len` while below `Pagination-Total`.
@@ -593,6 +598,7 @@ mod tests {
 
         let first = client.page(request(None)).await.unwrap();
         assert_eq!(first.next.as_deref(), Some("2"));
+        assert_eq!(first.remaining, Some(1), "Pagination-Total 3, 2 read");
         let keys: Vec<_> = first.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["order:ord_1", "order:ord_2"]);
 

@@ -200,7 +200,7 @@ impl ShopifyList {
                 }
                 // Contracts done: every attempt (of an incremental run: created since).
                 let next = more.or_else(|| Some(ATTEMPTS.to_owned()));
-                Ok(Page { records, next })
+                Ok(Page::new(records, next))
             }
             Phase::Attempts(after) => {
                 let filter = since.as_ref().map(|t| format!("created_at:>='{t}'"));
@@ -226,7 +226,7 @@ impl ShopifyList {
                     })?;
                     records.extend(render_attempt(attempt, &contract.id));
                 }
-                Ok(Page { records, next })
+                Ok(Page::new(records, next))
             }
         }
     }

@@ -142,7 +142,7 @@ fn parse(
         });
     }
     let records = list.data.into_iter().filter_map(render).collect();
-    Ok(Page { records, next })
+    Ok(Page::new(records, next))
 }
 
 /// An event as it was sent: the webhook body itself.
