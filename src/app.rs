@@ -346,6 +346,7 @@ fn scheduler_task(
     shutdown: &CancellationToken,
 ) -> impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static {
     let clients = retry_clients(sources);
+    let budgets = crate::budget::Budgets::new(settings, db, sources);
     let dunning_settings = settings.dunning.clone();
     let (db, dunning, stop) = (db.clone(), dunning.clone(), shutdown.clone());
     let interval = Duration::from_millis(dunning_settings.interval_ms);
@@ -356,6 +357,7 @@ fn scheduler_task(
             clients.clone(),
             Duration::from_secs(dunning_settings.in_flight_timeout_secs),
         )
+        .with_budgets(budgets.clone())
         .with_accepted_timeout(Duration::from_secs(dunning_settings.accepted_timeout_secs))
         .with_park_after_failures(dunning_settings.park_after_failures)
         .with_waits(crate::dunning::outcome::Waits {
@@ -381,6 +383,7 @@ fn lookups_task(
     shutdown: &CancellationToken,
 ) -> impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static {
     let clients = crate::lookups::LookupClients::of(sources);
+    let budgets = crate::budget::Budgets::new(settings, db, sources);
     let (db, dunning, stop) = (db.clone(), dunning.clone(), shutdown.clone());
     let l = settings.lookups.clone();
     let interval = Duration::from_millis(l.interval_ms);
@@ -391,7 +394,8 @@ fn lookups_task(
     };
     move || {
         let lookups = crate::lookups::Lookups::new(db.clone(), clients.clone(), dunning.clone())
-            .with_waits(waits);
+            .with_waits(waits)
+            .with_budgets(budgets.clone());
         let stop = stop.clone();
         let run = async move {
             lookups.run(interval, stop).await;

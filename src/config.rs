@@ -482,6 +482,10 @@ pub struct ApiSettings {
     /// The most bytes of a call's answer read (a retry); past it the outcome is unknown.
     #[serde(default = "defaults::api_max_answer_bytes")]
     pub max_answer_bytes: usize,
+    /// The account's request budget, shared by every role and process calling it (see
+    /// `budget`); default: the pace of the provider's list client.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
 }
 
 impl Settings {

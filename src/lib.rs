@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod budget;
 pub mod canonical;
 pub mod cli;
 pub mod config;

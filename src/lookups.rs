@@ -137,6 +137,7 @@ pub struct Lookups {
     db: Db,
     clients: LookupClients,
     dunning: Dunning,
+    budgets: crate::budget::Budgets,
     waits: Waits,
     batch: i64,
 }
@@ -185,12 +186,19 @@ impl Lookups {
     /// is reconciliation's, for the refunds a payment link releases.
     pub fn new(db: Db, clients: LookupClients, dunning: Dunning) -> Self {
         Self {
+            budgets: Default::default(),
             db,
             clients,
             dunning,
             waits: Waits::default(),
             batch: 50,
         }
+    }
+
+    /// Takes each call's token from its account's budget (in the background: dunning first).
+    pub fn with_budgets(mut self, budgets: crate::budget::Budgets) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     pub fn with_waits(mut self, waits: Waits) -> Self {
@@ -300,6 +308,11 @@ impl Lookups {
         let mut limited_until: Option<(DateTime<Utc>, String)> = None;
         for job in jobs {
             let (queue, key) = (job.queue(), job.key());
+            if limited_until.is_none() {
+                (self.budgets)
+                    .take(source, crate::budget::Priority::Background)
+                    .await?;
+            }
             let outcome = match (job, &money, &payment) {
                 _ if limited_until.is_some() => None,
                 (Job::Money(row), Some(client), _) => Some(money_of(client.as_ref(), row).await),

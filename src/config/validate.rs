@@ -172,6 +172,14 @@ fn source_api_and_sync(source: &SourceSettings) -> Result<(), ConfigError> {
             1,
             MAX_TIMEOUT_MS,
         )?;
+        if let Some(rate) = api.requests_per_second
+            && !(rate.is_finite() && (0.001..=100_000.0).contains(&rate))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{} must be between 0.001 and 100000 (requests per second), got {rate}",
+                key(source, "api.requests_per_second")
+            )));
+        }
     }
     let Some(sync) = &source.sync else {
         return Ok(());

@@ -81,6 +81,8 @@ pub struct Scheduler {
     park_after: u32,
     waits: super::outcome::Waits,
     batch: i64,
+    /// The accounts' request budgets, shared with sync and lookups (dunning first).
+    budgets: crate::budget::Budgets,
 }
 
 /// Which due retries a pass claims.
@@ -134,7 +136,14 @@ impl Scheduler {
             park_after: DEFAULT_PARK_AFTER,
             waits: Default::default(),
             batch: 50,
+            budgets: Default::default(),
         }
+    }
+
+    /// Takes each call's token from its account's budget, before any other caller.
+    pub fn with_budgets(mut self, budgets: crate::budget::Budgets) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     /// Consecutive failures (calls without a usable answer) that park a retry (at least 1).
@@ -214,6 +223,11 @@ impl Scheduler {
         let sources = by_source.into_values().map(|retries| async move {
             let mut parked = 0;
             for retry in retries {
+                if self.clients.contains_key(&retry.source_id) {
+                    (self.budgets)
+                        .take(&retry.source_id, crate::budget::Priority::Dunning)
+                        .await?;
+                }
                 let (called, took) = self.call(retry).await;
                 let update = self.update_for(retry, called, now);
                 if self.record(retry, &update, took).await? {

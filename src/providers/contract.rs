@@ -217,6 +217,13 @@ pub trait ListClient: Send + Sync {
     /// rate limit (used when the source's `min_interval_ms` is 0).
     fn default_min_interval(&self) -> std::time::Duration;
 
+    /// The account's documented request limit (requests per second), the default of its
+    /// shared budget (see `budget`); `None` where the provider publishes none, or limits by
+    /// something else (Shopify's query cost).
+    fn requests_per_second(&self) -> Option<f64> {
+        None
+    }
+
     /// Whether a full run (no `since`) renders every live subscription of the account, so
     /// one the ledger has live that the run did not see has disappeared from the provider.
     fn lists_every_subscription(&self) -> bool {

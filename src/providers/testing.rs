@@ -60,6 +60,7 @@ pub(crate) fn api_settings(base_url: impl Into<String>, token: &str) -> ApiSetti
         store_id: None,
         timeout_ms: 2_000,
         max_answer_bytes: 1 << 20,
+        requests_per_second: None,
     }
 }
 

@@ -203,6 +203,8 @@ pub struct Syncer {
     dunning: Dunning,
     /// Per source: its target, or why it cannot be synced.
     targets: HashMap<String, Result<Target, Unsyncable>>,
+    /// The accounts' request budgets, shared with dunning (which comes first).
+    budgets: crate::budget::Budgets,
 }
 
 impl Syncer {
@@ -232,6 +234,7 @@ impl Syncer {
             })
             .collect();
         Self {
+            budgets: crate::budget::Budgets::new(settings, &db, &sources),
             db,
             broker,
             sources,
@@ -495,7 +498,8 @@ impl Syncer {
         error
     }
 
-    /// One page request, paced to the provider's limit; 429s are waited out (their
+    /// One page request, paced to the provider's limit and within the account's request
+    /// budget (dunning first); 429s are waited out (their
     /// `Retry-After`, or a backoff) and transient errors retried on a backoff, up to
     /// `max_page_retries` times.
     async fn fetch(
@@ -516,6 +520,14 @@ impl Syncer {
         loop {
             if let Some(last) = *last_request {
                 tokio::time::sleep_until(last + min_interval).await;
+            }
+            if let Err(error) = (self.budgets)
+                .take(source_id, crate::budget::Priority::Background)
+                .await
+            {
+                return Err(ProviderApiError::Transient(format!(
+                    "the request budget could not be read: {error}"
+                )));
             }
             *last_request = Some(tokio::time::Instant::now());
             let error = match target.client.page(request).await {

@@ -21,6 +21,7 @@ mod shopify_schema;
 
 mod binary;
 mod broker_outage;
+mod budget;
 mod correct;
 mod database_outage;
 mod dead_letter_index;

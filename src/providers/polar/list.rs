@@ -166,6 +166,11 @@ impl ListClient for PolarList {
         Duration::from_millis(600)
     }
 
+    /// 100 requests per minute per organization in the sandbox (500 in production).
+    fn requests_per_second(&self) -> Option<f64> {
+        Some(100.0 / 60.0)
+    }
+
     /// Every run walks every subscription of the organization.
     fn lists_every_subscription(&self) -> bool {
         true

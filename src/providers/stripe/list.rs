@@ -112,6 +112,11 @@ impl ListClient for StripeList {
     fn default_min_interval(&self) -> Duration {
         Duration::from_millis(40)
     }
+
+    /// 25 reads per second in test mode (100 live): the lower.
+    fn requests_per_second(&self) -> Option<f64> {
+        Some(25.0)
+    }
 }
 
 #[derive(Deserialize)]
