@@ -1,5 +1,21 @@
-//! Appstle Subscriptions: past orders (processed billing attempts) of each contract the
-//! ledger knows.
+//! Appstle Subscriptions: the shop's past-orders report (every contract's processed
+//! attempts), then, on a full run, the past orders of each contract the ledger knows.
+//!
+//! - Report: `GET {base_url}/api/external/v2/subscription-billing-attempts/past-orders/report`
+//!   ("Get paginated past or upcoming orders report") with `X-API-Key`, query `status`
+//!   (required; read for `FAILURE`, `SUCCESS` and `SKIPPED` in turn, `QUEUED` being the
+//!   upcoming orders), no `contractId` (optional: every contract of the shop, those the
+//!   ledger never heard of included), `page` (0-based) and `size`. Cursor
+//!   `report:<status index>:<page>`; the first page of a run. Appstle's prose documents no
+//!   answer shape: it is read as the past-orders answer (a JSON array with JHipster's
+//!   pagination headers, the same product and framework), or as a Spring `Page` object
+//!   (`content`, `last`). Anything else, or a refusal that is not about the credential
+//!   (a 404 of a path or plan that does not serve it, a 400), is logged, counted
+//!   (`subsync_sync_appstle_report_unavailable_total`) and skipped: the run walks the
+//!   known contracts instead, as below. No time filter or order is documented, so every
+//!   run reads the report whole. After it, a full run (`since = None`) walks the contracts
+//!   (for the statuses the report does not list: `SECURITY_CHALLENGE`, `REFUNDED`, ...);
+//!   an incremental run ends, one request per report page instead of one per contract.
 //!
 //! - Endpoint: `GET {base_url}/api/external/v2/subscription-billing-attempts/past-orders`
 //!   ("Get past orders", `getPastOrdersV2`) with `X-API-Key: <api.token>` (the deprecated
@@ -15,7 +31,7 @@
 //! - Contracts: `PageRequest::known_subscriptions` (sorted by the ledger's database),
 //!   numeric strings or Shopify GIDs
 //!   `gid://shopify/SubscriptionContract/N` (sent as `N`); an id that is neither is
-//!   skipped. No known contract: one empty page, `next = None`.
+//!   skipped. No known contract: the walk is empty.
 //! - Cursor: `"<index>:<page>:<known subscription>"`. On resume the contract is found
 //!   again by value (at `index` when the list did not change), so a list that changed in
 //!   between cannot shift the walk onto another contract; a contract that vanished resumes
@@ -54,8 +70,11 @@
 //! normalizer's `attempt_id`).
 //!
 //! Knowingly not covered: the attempt amount has no currency in Appstle's record, so the
-//! canonical amount stays `None` exactly as for the webhook; contracts the ledger does not
-//! know yet are not discovered here; the customer-wide listing (`customerId`) is not used.
+//! canonical amount stays `None` exactly as for the webhook; contract states (Appstle's
+//! contract listing is not in its documented external API; a contract is learnt from its
+//! attempts and its webhooks); the customer-wide listing (`customerId`) is not used; an
+//! incremental run sees a `SECURITY_CHALLENGE` or `REFUNDED` attempt of a contract only if
+//! the report lists it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,6 +116,12 @@ const READ_TIME_FIELDS: &[&str] = &[
     "lastShippingUpdatedAt",
 ];
 
+/// The cursor prefix of the shop-wide report (a contract cursor is `<index>:<page>:<id>`).
+const REPORT: &str = "report:";
+
+/// The statuses the report is read for (its `status` is required; `QUEUED` is upcoming).
+const REPORT_STATUSES: &[&str] = &["FAILURE", "SUCCESS", "SKIPPED"];
+
 /// The `X-Total-Count` header of JHipster pagination.
 const TOTAL_COUNT: &str = "x-total-count";
 
@@ -118,8 +143,14 @@ impl AppstleList {
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
         let known = request.known_subscriptions;
         let (index, page) = match request.cursor {
-            None => (0, 0),
-            Some(cursor) => resume(cursor, known)?,
+            None => return self.report(0, 0, request).await,
+            Some(cursor) => match cursor.strip_prefix(REPORT) {
+                Some(report) => {
+                    let (status, page) = report_cursor(report)?;
+                    return self.report(status, page, request).await;
+                }
+                None => resume(cursor, known)?,
+            },
         };
         let Some(entry) = known.get(index) else {
             return Ok(Page::new(Vec::new(), None));
@@ -143,6 +174,111 @@ impl AppstleList {
         };
         Ok(Page::new(records, next))
     }
+
+    /// Page `page` of the shop's report of `REPORT_STATUSES[status]` attempts, every
+    /// contract's. After the last status: the contracts' walk on a full run (or when the
+    /// report cannot be read), the end on an incremental one.
+    async fn report(
+        &self,
+        status: usize,
+        page: u32,
+        request: PageRequest<'_>,
+    ) -> Result<Page, ProviderApiError> {
+        let known = request.known_subscriptions;
+        let walk = || known.first().map(|first| cursor(0, first, 0));
+        let Some(word) = REPORT_STATUSES.get(status) else {
+            return Ok(Page::new(Vec::new(), walk()));
+        };
+        let size = capped(request.page_size, MAX_SIZE);
+        let list = self.api.request(
+            Method::GET,
+            &[
+                "api",
+                "external",
+                "v2",
+                "subscription-billing-attempts",
+                "past-orders",
+                "report",
+            ],
+        )?;
+        let query = [
+            ("status", (*word).to_owned()),
+            ("page", page.to_string()),
+            ("size", size.to_string()),
+        ];
+        let answer = match read(list.query(&query), "Appstle", request.cap()).await {
+            Ok(answer) => answer,
+            Err(ProviderApiError::Rejected { status, message })
+                if !matches!(status, 0 | 401 | 403) =>
+            {
+                return Ok(report_unavailable(
+                    &format!("HTTP {status}: {message}"),
+                    walk(),
+                ));
+            }
+            Err(error) => return Err(error),
+        };
+        let Some((attempts, last)) = report_items(&answer.body) else {
+            return Ok(report_unavailable("not a list of billing attempts", walk()));
+        };
+        let more = !attempts.is_empty()
+            && match last {
+                Some(last) => !last,
+                None => more_pages(&answer.headers, page, size, attempts.len()),
+            };
+        let next = if more {
+            Some(format!("{REPORT}{status}:{}", page.saturating_add(1)))
+        } else if status + 1 < REPORT_STATUSES.len() {
+            Some(format!("{REPORT}{}:0", status + 1))
+        } else if request.since.is_none() {
+            walk()
+        } else {
+            None
+        };
+        let records = attempts.into_iter().filter_map(render).collect();
+        Ok(Page::new(records, next))
+    }
+}
+
+/// The report could not be read (a path or plan that does not serve it, an answer of
+/// another shape): logged and counted, and the run walks the contracts instead.
+fn report_unavailable(why: &str, walk: Option<String>) -> Page {
+    tracing::warn!(
+        reason = %snippet(why),
+        "Appstle past-orders report unavailable; walking the known contracts instead"
+    );
+    metrics::counter!("subsync_sync_appstle_report_unavailable_total").increment(1);
+    Page::new(Vec::new(), walk)
+}
+
+/// The report's attempts, and whether this is its last page when it says so: a JSON
+/// array (JHipster's list, paged by headers, as past orders are), or a Spring `Page`
+/// object (`content`, `last`). `None` for anything else.
+fn report_items(body: &str) -> Option<(Vec<Attempt>, Option<bool>)> {
+    if let Ok(attempts) = serde_json::from_str::<Vec<Attempt>>(body) {
+        return Some((attempts, None));
+    }
+    #[derive(serde::Deserialize)]
+    struct SpringPage {
+        content: Vec<Attempt>,
+        last: Option<bool>,
+    }
+    let page: SpringPage = serde_json::from_str(body).ok()?;
+    Some((page.content, page.last))
+}
+
+/// `<status index>:<page>` of a report cursor.
+fn report_cursor(text: &str) -> Result<(usize, u32), ProviderApiError> {
+    let parsed = text
+        .split_once(':')
+        .and_then(|(status, page)| Some((status.parse().ok()?, page.parse().ok()?)));
+    parsed.ok_or_else(|| ProviderApiError::Rejected {
+        status: 0,
+        message: format!(
+            "invalid Appstle sync cursor {}",
+            snippet(&format!("{REPORT}{text}"))
+        ),
+    })
 }
 
 /// One page of a contract's past orders (`getPastOrdersV2`, newest billing date first),
@@ -462,7 +598,8 @@ mod tests {
 
         let mut cursors = Vec::new();
         let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
+        // Where the report hands over on a full run.
+        let mut cursor = Some("0:0:5550001".to_owned());
         loop {
             let page = client
                 .page(request(cursor.as_deref(), &known))
@@ -497,16 +634,191 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn no_known_contract_is_one_empty_page() {
-        let server = MockServer::start().await;
+    const REPORT_PATH: &str = "/api/external/v2/subscription-billing-attempts/past-orders/report";
+
+    async fn mount_report(
+        server: &MockServer,
+        status: &str,
+        page: &str,
+        response: ResponseTemplate,
+    ) {
         Mock::given(method("GET"))
-            .respond_with(page_of(vec![]))
-            .expect(0)
-            .mount(&server)
+            .and(path(REPORT_PATH))
+            .and(header("x-api-key", TOKEN))
+            .and(query_param("status", status))
+            .and(query_param("page", page))
+            .and(query_param("size", "2"))
+            .and(wiremock::matchers::query_param_is_missing("contractId"))
+            .respond_with(response)
+            .expect(1)
+            .mount(server)
             .await;
-        let page = client(&server).page(request(None, &[])).await.unwrap();
-        assert_eq!(page, EMPTY_END);
+    }
+
+    /// Walks from `cursor` to the end; the cursors and the record keys.
+    async fn walk(
+        client: &AppstleList,
+        known: &[String],
+        since: Option<DateTime<Utc>>,
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut cursors, mut keys) = (Vec::new(), Vec::new());
+        let mut cursor: Option<String> = None;
+        loop {
+            let request = PageRequest {
+                since,
+                ..request(cursor.as_deref(), known)
+            };
+            let page = client.page(request).await.unwrap();
+            keys.extend(page.records.into_iter().map(|r| r.key));
+            let Some(next) = page.next else {
+                return (cursors, keys);
+            };
+            cursors.push(next.clone());
+            cursor = Some(next);
+            assert!(cursors.len() < 20, "the walk must end");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_report_reads_every_contract_by_status_then_hands_over_to_the_walk() {
+        let server = MockServer::start().await;
+        // Contract 7 is unknown to the ledger: the report finds its attempts.
+        mount_report(
+            &server,
+            "FAILURE",
+            "0",
+            page_of(vec![
+                attempt(31, 7, "FAILURE", "2024-03-02T09:00:00Z"),
+                attempt(30, 1, "FAILURE", "2024-03-01T09:00:00Z"),
+            ])
+            .insert_header("x-total-count", "3"),
+        )
+        .await;
+        mount_report(
+            &server,
+            "FAILURE",
+            "1",
+            page_of(vec![attempt(29, 7, "FAILURE", "2024-02-01T09:00:00Z")])
+                .insert_header("x-total-count", "3"),
+        )
+        .await;
+        // A Spring `Page` object is read too.
+        mount_report(
+            &server,
+            "SUCCESS",
+            "0",
+            ResponseTemplate::new(200).set_body_json(json!({
+                "content": [attempt(32, 7, "SUCCESS", "2024-03-03T09:00:00Z")],
+                "last": true, "totalElements": 1, "number": 0, "size": 2
+            })),
+        )
+        .await;
+        mount_report(
+            &server,
+            "SKIPPED",
+            "0",
+            page_of(vec![]).insert_header("x-total-count", "0"),
+        )
+        .await;
+        mount(
+            &server,
+            "1",
+            "0",
+            page_of(vec![]).insert_header("x-total-count", "0"),
+        )
+        .await;
+        let client = client(&server);
+        let known = known(&["1"]);
+
+        let (cursors, keys) = walk(&client, &known, None).await;
+        assert_eq!(
+            cursors,
+            ["report:0:1", "report:1:0", "report:2:0", "0:0:1"],
+            "a full run walks the known contracts after the report"
+        );
+        assert_eq!(
+            keys,
+            [
+                "billing-attempt:31",
+                "billing-attempt:30",
+                "billing-attempt:29",
+                "billing-attempt:32"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incremental_run_ends_with_the_report() {
+        let server = MockServer::start().await;
+        for status in REPORT_STATUSES {
+            mount_report(
+                &server,
+                status,
+                "0",
+                page_of(vec![]).insert_header("x-total-count", "0"),
+            )
+            .await;
+        }
+        let since = DateTime::parse_from_rfc3339("2024-06-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (cursors, keys) = walk(&client(&server), &known(&["1", "2"]), Some(since)).await;
+        assert_eq!(
+            cursors,
+            ["report:1:0", "report:2:0"],
+            "no request per contract"
+        );
+        assert!(keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_report_that_cannot_be_read_hands_over_to_the_walk_and_a_bad_key_stops() {
+        let known = known(&["1"]);
+        for (answer, why) in [
+            (
+                ResponseTemplate::new(404),
+                "a path or plan that does not serve it",
+            ),
+            (
+                ResponseTemplate::new(200).set_body_json(json!({"items": []})),
+                "another shape",
+            ),
+        ] {
+            let server = MockServer::start().await;
+            mount_report(&server, "FAILURE", "0", answer).await;
+            let since = Some(Utc::now());
+            let page = client(&server)
+                .page(PageRequest {
+                    since,
+                    ..request(None, &known)
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                page.next.as_deref(),
+                Some("0:0:1"),
+                "{why}: the walk, even incremental"
+            );
+        }
+        let server = MockServer::start().await;
+        mount_report(&server, "FAILURE", "0", ResponseTemplate::new(401)).await;
+        let error = client(&server)
+            .page(request(None, &known))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ProviderApiError::Rejected { status: 401, .. }),
+            "{error:?}"
+        );
+        for bad in ["report:", "report:x:0", "report:0:y"] {
+            assert!(
+                matches!(
+                    client(&server).page(request(Some(bad), &known)).await,
+                    Err(ProviderApiError::Rejected { status: 0, .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -545,7 +857,7 @@ mod tests {
         let client = client(&server);
         let known = known(&["1", "2"]);
 
-        let first = client.page(request(None, &known)).await.unwrap();
+        let first = client.page(request(Some("0:0:1"), &known)).await.unwrap();
         assert_eq!(first.next.as_deref(), Some("0:1:1"));
         let second = client.page(request(Some("0:1:1"), &known)).await.unwrap();
         assert_eq!(second.next.as_deref(), Some("1:0:2"));
@@ -593,7 +905,7 @@ mod tests {
             ..request(cursor, &known)
         };
 
-        let first = client.page(with_since(None)).await.unwrap();
+        let first = client.page(with_since(Some("0:0:1"))).await.unwrap();
         assert_eq!(first.records.len(), 2, "the page read is still rendered");
         assert_eq!(first.next.as_deref(), Some("1:0:2"), "contract 1 is done");
         let second = client.page(with_since(Some("1:0:2"))).await.unwrap();
@@ -663,7 +975,7 @@ mod tests {
         let server = MockServer::start().await;
         let client = client(&server);
         let known = known(&["5550001"]);
-        let call = || client.page(request(None, &known));
+        let call = || client.page(request(Some("0:0:5550001"), &known));
         assert_errors_map(&server, call, TOKEN).await;
         let says = "not an Appstle list of past orders";
         assert_unreadable(&server, call, r#"{"content": []}"#, says).await;

@@ -2,10 +2,13 @@
 //! /api/external/v2/subscription-billing-attempts/past-orders` (`X-API-Key`, one
 //! `contractId` per request, Spring's 0-based `page` and `size`, JHipster's
 //! `X-Total-Count` and `Link` headers, queued orders never listed, newest billing date
-//! first), the real broker and the real database. The run walks only the contracts the
-//! ledger knows, page by page, and heals their missed attempts; an in-flight attempt is not
-//! synced; incremental and full re-runs change nothing; a contract is walked once the
-//! ledger learns about it.
+//! first), the real broker and the real database. Where the shop-wide report is not served
+//! (a 404 here) the run walks the contracts the ledger knows, page by page, and heals
+//! their missed attempts; an in-flight attempt is not synced; incremental and full re-runs
+//! change nothing; a contract is walked once the ledger learns about it. Where it is
+//! served (`past-orders/report`, `status` required, `contractId` optional), one
+//! incremental run finds every contract's outcomes, those of contracts the ledger never
+//! heard of included, for a two-hour outage compared with a source that got every webhook.
 
 use std::{
     sync::{Arc, Mutex},
@@ -78,6 +81,9 @@ fn bad_request(detail: &str) -> ResponseTemplate {
     }))
 }
 
+/// The statuses the report's required `status` takes, as Appstle's prose lists them.
+const REPORT_STATUSES: &[&str] = &["SUCCESS", "FAILURE", "QUEUED", "SKIPPED"];
+
 impl Respond for FakePastOrders {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let query = |name: &str| {
@@ -87,6 +93,15 @@ impl Respond for FakePastOrders {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.into_owned())
         };
+        if request.url.path().ends_with("/report") {
+            return self.report(
+                request,
+                query("status"),
+                query("contractId"),
+                query("page"),
+                query("size"),
+            );
+        }
         let contract = query("contractId").unwrap_or_default();
         let page = query("page").unwrap_or_else(|| "0".to_owned());
         let size = query("size").unwrap_or_else(|| "20".to_owned());
@@ -133,6 +148,59 @@ impl Respond for FakePastOrders {
             .insert_header("x-total-count", total.to_string().as_str())
             .insert_header("link", links.join(",").as_str())
             .set_body_json(items)
+    }
+}
+
+impl FakePastOrders {
+    /// The shop's report: the attempts of `status` (required, one of [`REPORT_STATUSES`]),
+    /// of `contractId` when given, newest billing date first, paged as past orders are.
+    fn report(
+        &self,
+        request: &Request,
+        status: Option<String>,
+        contract: Option<String>,
+        page: Option<String>,
+        size: Option<String>,
+    ) -> ResponseTemplate {
+        let Some(status) = status.filter(|s| REPORT_STATUSES.contains(&s.as_str())) else {
+            return bad_request("Required parameter 'status' is not present or not valid");
+        };
+        let contract = match contract.map(|c| c.parse::<u64>()) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => return bad_request("Failed to convert 'contractId'"),
+        };
+        let (Ok(page), Ok(size)) = (
+            page.as_deref().unwrap_or("0").parse::<usize>(),
+            size.as_deref().unwrap_or("20").parse::<usize>(),
+        ) else {
+            return bad_request("Failed to convert 'page' or 'size'");
+        };
+        self.requests.lock().unwrap().push((
+            format!("report:{status}"),
+            page.to_string(),
+            size.to_string(),
+        ));
+        let mut listed: Vec<&Value> = (self.attempts.iter())
+            .filter(|a| a["status"] == status.as_str())
+            .filter(|a| contract.is_none_or(|c| a["contractId"] == c))
+            .collect();
+        listed.sort_by(|a, b| b["billingDate"].as_str().cmp(&a["billingDate"].as_str()));
+        let total = listed.len();
+        let size = size.clamp(1, 2000);
+        let items: Vec<&Value> = listed.into_iter().skip(page * size).take(size).collect();
+        let mut response =
+            ResponseTemplate::new(200).insert_header("x-total-count", total.to_string().as_str());
+        if (page + 1) * size < total {
+            let mut next = request.url.clone();
+            next.query_pairs_mut()
+                .clear()
+                .append_pair("status", &status)
+                .append_pair("page", &(page + 1).to_string())
+                .append_pair("size", &size.to_string());
+            response = response.insert_header("link", format!("<{next}>; rel=\"next\"").as_str());
+        }
+        response.set_body_json(items)
     }
 }
 
@@ -354,7 +422,8 @@ async fn missed_attempts_of_known_contracts_are_healed_and_re_runs_change_nothin
             report.changed,
             report.malformed
         ),
-        (5, 5, 4, 0)
+        (6, 5, 4, 0),
+        "the report's page (this fake does not serve it: the run walks the contracts) and 5"
     );
     let first_walk = [
         ("5550001", "0"),
@@ -453,7 +522,7 @@ async fn missed_attempts_of_known_contracts_are_healed_and_re_runs_change_nothin
     assert_eq!(again.since, Some(watermark - chrono::Duration::seconds(60)));
     assert_eq!(
         (again.pages, again.records, again.changed, again.malformed),
-        (3, 3, 0, 0)
+        (4, 3, 0, 0)
     );
     assert!(again.watermark > Some(watermark));
     let second_walk = [("5550001", "0"), ("5550002", "0"), ("5550004", "0")];
@@ -471,7 +540,7 @@ async fn missed_attempts_of_known_contracts_are_healed_and_re_runs_change_nothin
     let full = sync(&app, SOURCE, full).await.unwrap();
     assert_eq!(
         (full.pages, full.records, full.changed, full.malformed),
-        (5, 5, 0, 0)
+        (6, 5, 0, 0)
     );
     assert_eq!(
         fake.requests(),
@@ -506,7 +575,7 @@ async fn a_contract_is_walked_once_the_ledger_knows_it() {
     let report = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
     assert_eq!(
         (report.pages, report.records, report.changed),
-        (2, 2, 1),
+        (3, 2, 1),
         "102 healed"
     );
     assert_eq!(
@@ -525,7 +594,7 @@ async fn a_contract_is_walked_once_the_ledger_knows_it() {
     deliver(&app, "msg_5550003", &contract_created(5550003)).await;
     archived(&app, 3).await;
     let next = sync(&app, SOURCE, RunOptions::default()).await.unwrap();
-    assert_eq!((next.pages, next.records, next.changed), (2, 2, 1));
+    assert_eq!((next.pages, next.records, next.changed), (3, 2, 1));
     assert_eq!(
         fake.requests(),
         pairs(&[
@@ -560,5 +629,164 @@ async fn a_contract_is_walked_once_the_ledger_knows_it() {
         (Some("active"), 1)
     );
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+/// A two-hour webhook outage: a declined renewal retried in place by Appstle's dunning to
+/// success, a skipped order, and a contract the ledger never heard of (its creation
+/// webhook lost too) with a paid and a declined order. One incremental run, reading the
+/// shop's report (no request per contract), gives the attempts of a source that got
+/// every webhook; the missed webhooks, delivered late, and a second run change nothing.
+/// Contract states are not compared: Appstle documents no contract listing to heal them.
+#[tokio::test]
+async fn a_two_hour_outage_is_healed_from_the_report_to_the_uninterrupted_stream() {
+    const LIVE: &str = "appstle_live";
+    let now = chrono::Utc::now();
+    let ago = |minutes: i64| {
+        (now - chrono::Duration::minutes(minutes))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let paid = attempt(
+        401,
+        5550001,
+        "SUCCESS",
+        &ago(3 * 24 * 60),
+        &ago(3 * 24 * 60),
+        1,
+    );
+    let mut declined_402 = attempt(402, 5550001, "FAILURE", &ago(140), &ago(140), 1);
+    declined_402["retryingNeeded"] = json!(true);
+    declined_402["billingAttemptResponseMessage"] = declined();
+    let retried_402 = attempt(402, 5550001, "SUCCESS", &ago(140), &ago(100), 2);
+    let skipped = attempt(403, 5550001, "SKIPPED", &ago(90), &ago(90), 1);
+    let new_paid = attempt(901, 5550009, "SUCCESS", &ago(80), &ago(80), 1);
+    let mut new_declined = attempt(902, 5550009, "FAILURE", &ago(50), &ago(50), 1);
+    new_declined["billingAttemptResponseMessage"] = declined();
+    let fake = FakePastOrders::new(vec![
+        paid.clone(),
+        retried_402.clone(),
+        skipped.clone(),
+        new_paid.clone(),
+        new_declined.clone(),
+    ]);
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("GET"))
+        .and(matchers::path_regex(format!("^{PATH}(/report)?$")))
+        .and(matchers::header("x-api-key", TOKEN))
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let source = |id: &str| {
+        format!(
+            r#"id = "{id}"
+provider = "appstle"
+secrets = ["{SECRET}"]
+api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
+            server.uri()
+        )
+    };
+    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let before = [
+        ("created_5550001", contract_created(5550001)),
+        (
+            "paid_401",
+            billing_webhook("subscription.billing-success", &paid),
+        ),
+    ];
+    let during = [
+        (
+            "declined_402",
+            billing_webhook("subscription.billing-failure", &declined_402),
+        ),
+        (
+            "retried_402",
+            billing_webhook("subscription.billing-success", &retried_402),
+        ),
+        (
+            "skipped_403",
+            billing_webhook("subscription.billing-skipped", &skipped),
+        ),
+        ("created_5550009", contract_created(5550009)),
+        (
+            "paid_901",
+            billing_webhook("subscription.billing-success", &new_paid),
+        ),
+        (
+            "declined_902",
+            billing_webhook("subscription.billing-failure", &new_declined),
+        ),
+    ];
+    for (source, events) in [
+        (SOURCE, &before[..]),
+        (LIVE, &before[..]),
+        (LIVE, &during[..]),
+    ] {
+        for (id, body) in events {
+            harness::deliver(&app, source, &format!("msg_{source}_{id}"), body).await;
+        }
+    }
+    harness::archived(&app, SOURCE, 2).await;
+    harness::archived(&app, LIVE, 8).await;
+
+    let outage = RunOptions {
+        since: Some(now - chrono::Duration::minutes(150)),
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
+    assert_eq!(
+        (
+            report.pages,
+            report.records,
+            report.changed,
+            report.malformed
+        ),
+        (4, 5, 4, 0),
+        "FAILURE, SUCCESS (2 pages) and SKIPPED; 401 is known: {report:#?}"
+    );
+    assert_eq!(
+        fake.requests(),
+        pairs(&[
+            ("report:FAILURE", "0"),
+            ("report:SUCCESS", "0"),
+            ("report:SUCCESS", "1"),
+            ("report:SKIPPED", "0"),
+        ]),
+        "the report only: no request per contract"
+    );
+    assert_eq!(
+        report
+            .waited
+            .as_ref()
+            .map(|w| (w.queued, w.applied, w.timed_out)),
+        Some((4, 4, false))
+    );
+    let attempts = pairs(&[
+        ("401", "succeeded"),
+        ("402", "succeeded"),
+        ("403", "skipped"),
+        ("901", "succeeded"),
+        ("902", "failed"),
+    ]);
+    assert_eq!(attempt_states(&app.db, SOURCE).await, attempts);
+    assert_eq!(attempt_states(&app.db, LIVE).await, attempts);
+    let known = ["5550001".to_owned()];
+    let live = snapshot(&app.db, LIVE, &known).await;
+    assert_eq!(
+        snapshot(&app.db, SOURCE, &known).await,
+        live,
+        "the ledger of the uninterrupted stream"
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    for (id, body) in &during {
+        harness::deliver(&app, SOURCE, &format!("msg_late_{id}"), body).await;
+    }
+    harness::archived(&app, SOURCE, 2 + 4 + 6).await;
+    assert_eq!(snapshot(&app.db, SOURCE, &known).await, live);
+
+    let again = sync(&app, SOURCE, outage).await.unwrap();
+    assert_eq!((again.records, again.changed), (5, 0));
+    assert_eq!(app.queued().await, 0);
     app.stop().await;
 }
