@@ -61,8 +61,13 @@
 //! are not rendered. Key: `transaction:{id}` (a transaction also seen under its invoice
 //! renders the same attempt).
 //!
-//! Knowingly not covered: a listing deeper than the definitions' offset (`offset` ≤ 1000,
-//! so at most 2000 orders or transactions per run and window).
+//! Deeper than the definitions' `offset` (≤ 1000): once the next offset would pass it, the
+//! window closes at the `updatedTime` of the page's oldest record (Rebilly's range filter
+//! `updatedTime:<since>..<until>`, both ends inclusive) and the walk starts again at offset
+//! 0 of the narrower window; the cursor carries the bound (`<offset>@<until>`,
+//! `transactions:<offset>@<until>`). The records of that very second are read again
+//! (queued once: the run's de-duplication), none is skipped. More than 1000 records within
+//! one second cannot be narrowed and stop the run (`Rejected{status: 200}`).
 //!
 //! Rebilly publishes no request rate for its API (it answers 429 `TooManyRequests`), so
 //! the default pause is a conservative 250 ms (4 requests per second).
@@ -70,7 +75,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat};
 use futures_util::future::BoxFuture;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName};
@@ -86,6 +91,8 @@ use super::webhook::{REFUND_TYPES, TRANSACTION_RESULTS, TRANSACTION_STATUSES};
 
 /// Rebilly's maximum `limit`.
 const MAX_LIMIT: u32 = 1000;
+/// The definitions' deepest `offset`.
+const MAX_OFFSET: u64 = 1000;
 /// The cursor prefix of the transactions listing (an orders cursor is a bare offset).
 const TRANSACTIONS: &str = "transactions:";
 
@@ -104,55 +111,76 @@ impl RebillyList {
     }
 
     async fn fetch(&self, request: PageRequest<'_>) -> Result<Page, ProviderApiError> {
-        let (transactions, offset) = match request.cursor {
+        let (transactions, position) = match request.cursor {
             None => (false, "0"),
             Some(cursor) => match cursor.strip_prefix(TRANSACTIONS) {
-                Some(offset) => (true, offset),
+                Some(position) => (true, position),
                 None => (false, cursor),
             },
         };
-        let offset = offset
-            .parse::<u64>()
-            .map_err(|_| ProviderApiError::Rejected {
-                status: 0,
-                message: format!("invalid Rebilly offset cursor {:?}", request.cursor),
-            })?;
+        let invalid = || ProviderApiError::Rejected {
+            status: 0,
+            message: format!("invalid Rebilly offset cursor {:?}", request.cursor),
+        };
+        let (offset, until) = match position.split_once('@') {
+            Some((offset, until)) => (offset, Some(until)),
+            None => (position, None),
+        };
+        let offset = offset.parse::<u64>().map_err(|_| invalid())?;
+        if until.is_some_and(|until| DateTime::parse_from_rfc3339(until).is_err()) {
+            return Err(invalid());
+        }
         let mut query = vec![
             ("limit", capped(request.page_size, MAX_LIMIT).to_string()),
             ("offset", offset.to_string()),
             ("sort", "-updatedTime".to_owned()),
         ];
-        if let Some(since) = request.since {
-            // Whole seconds, rounded down: the filter only widens.
-            let at = since.to_rfc3339_opts(SecondsFormat::Secs, true);
-            query.push(("filter", format!("updatedTime:{at}..")));
+        // Whole seconds, rounded down: the filter only widens.
+        let since = (request.since).map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, true));
+        if since.is_some() || until.is_some() {
+            let (from, to) = (since.unwrap_or_default(), until.unwrap_or_default());
+            query.push(("filter", format!("updatedTime:{from}..{to}")));
         }
-        if transactions {
-            let list = self.api.request(Method::GET, &["transactions"])?;
-            let answer = read(list.query(&query), "Rebilly", request.cap()).await?;
-            let pagination = Pagination::read(&answer.headers);
-            let page = parse(
-                &answer.body,
-                offset,
-                pagination,
-                "transactions",
-                render_transaction,
-            )?;
-            let next = page.next.map(|offset| format!("{TRANSACTIONS}{offset}"));
-            return Ok(Page { next, ..page });
-        }
-        query.push(("expand", "recentInvoice".to_owned()));
-        let list = self.api.request(Method::GET, &["subscriptions"])?;
+        let (path, what, render): (&str, _, fn(&RawValue) -> Vec<Record>) = if transactions {
+            ("transactions", "transactions", render_transaction)
+        } else {
+            query.push(("expand", "recentInvoice".to_owned()));
+            ("subscriptions", "orders", render)
+        };
+        let list = self.api.request(Method::GET, &[path])?;
         let answer = read(list.query(&query), "Rebilly", request.cap()).await?;
-        let page = parse(
-            &answer.body,
-            offset,
-            Pagination::read(&answer.headers),
-            "orders",
-            render,
-        )?;
-        // Orders done: the transactions (of the same window) next.
-        let next = page.next.or_else(|| Some(format!("{TRANSACTIONS}0")));
+        let pagination = Pagination::read(&answer.headers);
+        let (page, oldest) = parse(&answer.body, offset, pagination, what, render)?;
+        // Past the definitions' deepest offset, the window closes at the oldest time read
+        // and the walk goes on from its first record (those of that very second again).
+        let next = match page.next {
+            Some(next) if next.parse::<u64>().is_ok_and(|n| n > MAX_OFFSET) => {
+                let oldest = oldest.ok_or_else(|| ProviderApiError::Rejected {
+                    status: 200,
+                    message: format!("Rebilly {what} past offset {MAX_OFFSET} without an updatedTime to narrow the window"),
+                })?;
+                if until == Some(oldest.as_str()) {
+                    return Err(ProviderApiError::Rejected {
+                        status: 200,
+                        message: format!(
+                            "more than {MAX_OFFSET} Rebilly {what} share the updatedTime {oldest}: the window cannot narrow"
+                        ),
+                    });
+                }
+                Some(format!("0@{oldest}"))
+            }
+            Some(next) => Some(match until {
+                Some(until) => format!("{next}@{until}"),
+                None => next,
+            }),
+            None => None,
+        };
+        let next = match (transactions, next) {
+            (true, next) => next.map(|next| format!("{TRANSACTIONS}{next}")),
+            (false, Some(next)) => Some(next),
+            // Orders done: the transactions (of the same window) next.
+            (false, None) => Some(format!("{TRANSACTIONS}0")),
+        };
         Ok(Page { next, ..page })
     }
 }
@@ -193,33 +221,44 @@ impl Pagination {
     }
 }
 
-/// A page of the listing of `what`, each item rendered by `render`.
+/// A page of the listing of `what`, each item rendered by `render`, and the last item's
+/// `updatedTime` (the oldest of the page, newest first).
 fn parse(
     body: &str,
     requested: u64,
     pagination: Pagination,
     what: &str,
     render: fn(&RawValue) -> Vec<Record>,
-) -> Result<Page, ProviderApiError> {
+) -> Result<(Page, Option<String>), ProviderApiError> {
     let items: Vec<Box<RawValue>> =
         serde_json::from_str(body).map_err(|e| ProviderApiError::Rejected {
             status: 200,
             message: format!("not a Rebilly list of {what}: {e}"),
         })?;
     if items.is_empty() {
-        return Ok(Page::new(Vec::new(), None));
+        return Ok((Page::new(Vec::new(), None), None));
     }
+    #[derive(Deserialize)]
+    struct Updated {
+        #[serde(rename = "updatedTime")]
+        updated_time: Option<String>,
+    }
+    let oldest = (items.last())
+        .and_then(|item| serde_json::from_str::<Updated>(item.get()).ok())
+        .and_then(|item| item.updated_time)
+        .filter(|time| DateTime::parse_from_rfc3339(time).is_ok());
     let len = items.len() as u64;
     let next = next_offset(requested, len, pagination)?;
     let records = items.iter().flat_map(|item| render(item)).collect();
     let remaining = (pagination.total)
         .zip(pagination.offset)
         .map(|(total, offset)| total.saturating_sub(offset.saturating_add(len)));
-    Ok(Page {
+    let page = Page {
         records,
         next,
         remaining,
-    })
+    };
+    Ok((page, oldest))
 }
 
 /// `Pagination-Offset + len` while below `Pagination-Total`.
@@ -639,6 +678,109 @@ mod tests {
         );
     }
 
+    /// `n` orders, newest first, the last updated at `oldest`.
+    fn orders_down_to(n: usize, oldest: &str) -> String {
+        let mut orders: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut o = order(&format!("ord_{i}"), "active");
+                o["updatedTime"] = json!("2024-05-01T00:00:00Z");
+                o
+            })
+            .collect();
+        if let Some(last) = orders.last_mut() {
+            last["updatedTime"] = json!(oldest);
+        }
+        list(&orders)
+    }
+
+    #[tokio::test]
+    async fn past_the_deepest_offset_the_window_closes_at_the_oldest_time_read() {
+        let server = MockServer::start().await;
+        let oldest = "2024-04-01T10:00:00Z";
+        Mock::given(method("GET"))
+            .and(conforms)
+            .and(path("/subscriptions"))
+            .and(query_param("offset", "1000"))
+            .and(query_param_is_missing("filter"))
+            .respond_with(page(orders_down_to(1000, oldest), 5000, 1000, 1000))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(conforms)
+            .and(path("/subscriptions"))
+            .and(query_param("offset", "0"))
+            .and(query_param(
+                "filter",
+                format!("updatedTime:..{oldest}").as_str(),
+            ))
+            .respond_with(page(
+                orders_down_to(1000, "2024-03-01T00:00:00Z"),
+                3001,
+                0,
+                1000,
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(conforms)
+            .and(path("/transactions"))
+            .and(query_param("offset", "1000"))
+            .and(query_param(
+                "filter",
+                format!("updatedTime:2024-01-01T00:00:00Z..{oldest}").as_str(),
+            ))
+            .respond_with(page(orders_down_to(1000, oldest), 2500, 1000, 1000))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = client(&server, "");
+        let deep = |cursor| PageRequest {
+            page_size: 1000,
+            ..request(Some(cursor))
+        };
+        let page = client.page(deep("1000")).await.unwrap();
+        assert_eq!(
+            page.next,
+            Some(format!("0@{oldest}")),
+            "offset 2000 is past 1000"
+        );
+        let narrower = format!("0@{oldest}");
+        let page = client.page(deep(&narrower)).await.unwrap();
+        assert_eq!(
+            page.next,
+            Some(format!("1000@{oldest}")),
+            "the bound is kept"
+        );
+
+        // The same second again: the window cannot narrow.
+        let since = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single();
+        let same = format!("transactions:1000@{oldest}");
+        let error = client
+            .page(PageRequest {
+                since,
+                ..deep(&same)
+            })
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("cannot narrow"), "{error}");
+
+        for bad in ["0@", "0@yesterday", "transactions:x@2024-04-01T10:00:00Z"] {
+            assert!(
+                matches!(
+                    client.page(request(Some(bad))).await,
+                    Err(ProviderApiError::Rejected { status: 0, .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            definitions().at("/components/parameters/collectionOffset/schema/maximum"),
+            &json!(MAX_OFFSET)
+        );
+    }
+
     #[tokio::test]
     async fn empty_page_and_missing_headers_end_the_listing() {
         let server = MockServer::start().await;
@@ -841,7 +983,9 @@ mod tests {
             total: Some(total),
             offset: Some(0),
         };
-        parse(checked_page(body), 0, pagination, "orders", render).unwrap()
+        parse(checked_page(body), 0, pagination, "orders", render)
+            .unwrap()
+            .0
     }
 
     fn rendered(orders: &[Value]) -> Vec<Record> {
@@ -855,7 +999,7 @@ mod tests {
             total: Some(1),
             offset: Some(0),
         };
-        parse(body, 0, pagination, "orders", render).unwrap()
+        parse(body, 0, pagination, "orders", render).unwrap().0
     }
 
     #[test]
