@@ -7,5 +7,7 @@
 CREATE TABLE rate_budgets (
     account     TEXT             PRIMARY KEY,
     tokens      DOUBLE PRECISION NOT NULL,
-    refilled_at TIMESTAMPTZ      NOT NULL
+    refilled_at TIMESTAMPTZ      NOT NULL,
+    -- Whether the last take found a token (read back by the statement that took it).
+    last_taken  BOOLEAN          NOT NULL DEFAULT false
 );

@@ -22,9 +22,9 @@
 //! `sync.min_interval_ms`, else the provider's documented limit (Stripe 25/s, its test
 //! mode's; Polar 100/min, its sandbox's). Shopify limits by query cost (answered with
 //! `THROTTLED` and the exact wait), and Rebilly, PayNow and Appstle publish no limit: they
-//! have a budget only when one is configured. Each take is two statements on the pool
-//! (refill, take); a call that finds no token sleeps for the time the bucket needs (at
-//! most 5 s per check) and checks again.
+//! have a budget only when one is configured. Each take is one statement on the pool; a
+//! call that finds no token sleeps for the time the bucket needs (at most 5 s per check)
+//! and checks again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,34 +92,32 @@ impl Budget {
             Priority::Dunning => 0.0,
             Priority::Background => self.burst / 2.0,
         };
-        // The bucket refilled to now (created full), then a token taken while it holds
-        // `keep` + 1: each statement atomic, so concurrent takers never overdraw it.
-        let (tokens,): (f64,) = sqlx::query_as(
-            "INSERT INTO rate_budgets AS b (account, tokens, refilled_at)
-             VALUES ($1, $2, clock_timestamp())
+        // In one statement, under the row's lock: the bucket refilled to now (created
+        // full), and a token taken if it then holds `keep` + 1.
+        let (tokens, taken): (f64, bool) = sqlx::query_as(
+            "WITH now AS (SELECT clock_timestamp() AS at)
+             INSERT INTO rate_budgets AS b (account, tokens, refilled_at, last_taken)
+             SELECT $1, $2 - 1, now.at, true FROM now
              ON CONFLICT (account) DO UPDATE SET
                  tokens = LEAST($2, b.tokens
-                     + GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - b.refilled_at)) * $3),
-                 refilled_at = clock_timestamp()
-             RETURNING tokens",
+                     + GREATEST(0, EXTRACT(EPOCH FROM excluded.refilled_at - b.refilled_at)) * $3)
+                     - CASE WHEN LEAST($2, b.tokens
+                         + GREATEST(0, EXTRACT(EPOCH FROM excluded.refilled_at - b.refilled_at)) * $3)
+                         >= $4 + 1 THEN 1 ELSE 0 END,
+                 refilled_at = GREATEST(b.refilled_at, excluded.refilled_at),
+                 last_taken = LEAST($2, b.tokens
+                     + GREATEST(0, EXTRACT(EPOCH FROM excluded.refilled_at - b.refilled_at)) * $3)
+                     >= $4 + 1
+             RETURNING tokens, last_taken",
         )
         .bind(&self.account)
         .bind(self.burst)
         .bind(self.rate)
+        .bind(keep)
         .fetch_one(self.db.pool())
         .await?;
-        if tokens >= keep + 1.0 {
-            let took: Option<(f64,)> = sqlx::query_as(
-                "UPDATE rate_budgets SET tokens = tokens - 1
-                 WHERE account = $1 AND tokens >= $2 + 1 RETURNING tokens",
-            )
-            .bind(&self.account)
-            .bind(keep)
-            .fetch_optional(self.db.pool())
-            .await?;
-            if took.is_some() {
-                return Ok(None);
-            }
+        if taken {
+            return Ok(None);
         }
         let missing = (keep + 1.0 - tokens).max(0.0);
         Ok(Some(
