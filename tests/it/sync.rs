@@ -297,9 +297,15 @@ secrets = ["whsec_sync"]
 api = {{ base_url = "{}", token = "{TOKEN}" }}
 sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = 60, {sync_settings} }}
 retry = {{ jitter = false }}
+[[sources]]
+id = "{LIVE}"
+provider = "stripe"
+secrets = ["whsec_sync"]
+api = {{ base_url = "{}", token = "{TOKEN}" }}
 [dunning]
 interval_ms = 3600000
 "#,
+        server.uri(),
         server.uri()
     );
     let app = spawn_app(&config, Role::All).await;
@@ -408,6 +414,27 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
     finalized["attempt_count"] = json!(0);
     let mut refunded = crate::stripe_refunds::refund("re_9", "pi_9", 500, "succeeded");
     refunded["created"] = json!(now - 70 * 60);
+    let active = subscription("sub_1", "active", created);
+    let canceled = subscription("sub_1", "canceled", now - 60 * 60);
+    let before = [
+        // Of a type nothing books: not asked for.
+        event(
+            "evt_0",
+            "invoice.finalized",
+            "InvoiceFinalizedEvent",
+            created,
+            finalized,
+        ),
+        event(
+            "evt_s",
+            "customer.subscription.created",
+            "CustomerSubscriptionCreatedEvent",
+            created,
+            active,
+        ),
+    ];
+    // The outage: the invoice's first try fails and Stripe's own retry pays it, part of
+    // it is refunded, and the subscription is cancelled.
     let missed = [
         event(
             "evt_f",
@@ -430,23 +457,46 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
             now - 70 * 60,
             refunded,
         ),
+        event(
+            "evt_d",
+            "customer.subscription.deleted",
+            "CustomerSubscriptionDeletedEvent",
+            now - 60 * 60,
+            canceled,
+        ),
     ];
     let fake = FakeInvoices::new(vec![paid]);
-    *fake.events.lock().unwrap() = vec![
-        // Before the outage, and of a type nothing books: not asked for.
-        event(
-            "evt_0",
-            "invoice.finalized",
-            "InvoiceFinalizedEvent",
-            created,
-            finalized,
-        ),
-        missed[0].clone(),
-        missed[1].clone(),
-        missed[2].clone(),
-    ];
+    *fake.events.lock().unwrap() = [&before[..], &missed[..]].concat();
     let server = stripe_api(fake.clone()).await;
     let (_config, app) = app_with(&server, "interval_secs = 0").await;
+    let post = |source: &'static str, events: Vec<Value>| {
+        let app = &app;
+        async move {
+            for body in events {
+                let id = body["id"].as_str().unwrap();
+                let bytes = serde_json::to_vec(&body).unwrap();
+                assert_eq!(app.post_signed(source, id, &bytes).await.status(), 202);
+            }
+        }
+    };
+    // The same account as a second source that got every webhook: the ledger to match.
+    post("stripe", before.to_vec()).await;
+    post(LIVE, before.to_vec()).await;
+    post(LIVE, missed.to_vec()).await;
+    let archived = |source: &'static str, n: i64| {
+        let app = &app;
+        async move {
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    app.db.count_events(Some(source)).await.unwrap() == n
+                })
+                .await,
+                "{source}: {n} archived"
+            );
+        }
+    };
+    archived("stripe", 2).await;
+    archived(LIVE, 6).await;
 
     // The run waits for the worker, so its report counts what the ledger took.
     let outage = RunOptions {
@@ -455,11 +505,11 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
         ..RunOptions::default()
     };
     let report = sync(&app, "stripe", outage.clone()).await.unwrap();
-    assert_eq!((report.records, report.changed), (3, 3), "{report:?}");
+    assert_eq!((report.records, report.changed), (4, 4), "{report:?}");
     let waited = Waited {
-        queued: 3,
-        archived: 3,
-        applied: 3,
+        queued: 4,
+        archived: 4,
+        applied: 4,
         timed_out: false,
     };
     assert_eq!(report.waited, Some(waited));
@@ -468,42 +518,64 @@ async fn an_invoice_created_before_the_window_is_healed_from_its_events() {
         ("billing_attempt:succeeded", 1),
         // The refund, held until its payment is linked to its attempt.
         ("payment_link:pending", 1),
+        ("subscription:cancelled", 1),
     ];
     assert_eq!(
         report.missed.by_kind,
         by_kind.map(|(k, n)| (k.to_owned(), n)).into()
     );
-    assert_eq!(report.missed.by_age, [("1h_to_1d", 3)].into());
+    assert_eq!(report.missed.by_age, [("1h_to_1d", 4)].into());
     let healed = [("in_9:1", "failed"), ("in_9:2", "succeeded")]
         .map(|(a, s)| (a.to_owned(), s.to_owned()))
         .to_vec();
     assert_eq!(attempt_states(&app.db, "stripe").await, healed);
-    let synced = crate::common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await;
+    let subs = ["sub_1".to_owned()];
+    let synced = crate::common::snapshot(&app.db, "stripe", &subs).await;
+    assert_eq!(
+        synced,
+        crate::common::snapshot(&app.db, LIVE, &subs).await,
+        "the ledger of the uninterrupted stream"
+    );
     assert!(
         synced.contains("\"collected\": {\"USD\": 2500}"),
         "{synced}"
     );
+    assert!(synced.contains("sub_1 Some(\"cancelled\")"), "{synced}");
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
 
     // The missed webhooks, delivered late, find the ledger they would have made.
-    for body in &missed {
-        let id = body["id"].as_str().unwrap();
-        let bytes = serde_json::to_vec(body).unwrap();
-        assert_eq!(app.post_signed("stripe", id, &bytes).await.status(), 202);
-    }
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            app.db.count_events(Some("stripe")).await.unwrap() == 6
-        })
-        .await
-    );
-    let after = crate::common::snapshot(&app.db, "stripe", &["sub_1".to_owned()]).await;
+    post("stripe", missed.to_vec()).await;
+    archived("stripe", 10).await;
+    let after = crate::common::snapshot(&app.db, "stripe", &subs).await;
     assert_eq!(after, synced);
 
     let again = sync(&app, "stripe", outage).await.unwrap();
-    assert_eq!((again.records, again.changed), (3, 0));
+    assert_eq!((again.records, again.changed), (4, 0));
     assert_eq!(again.missed, Missed::default());
     app.stop().await;
+}
+
+/// The second source of the outage test: the same Stripe account, every webhook.
+const LIVE: &str = "stripe_live";
+
+/// A Subscription of the current API version (Stripe's SDK types, generated and checked):
+/// `sub` of `cus_1` in USD, `status`, created at `created`.
+fn subscription(sub: &str, status: &str, created: i64) -> Value {
+    let types = stripe_types();
+    let mut value = types.generate("Subscription");
+    for (key, field) in [
+        ("id", json!(sub)),
+        ("customer", json!("cus_1")),
+        ("status", json!(status)),
+        ("currency", json!("usd")),
+        ("created", json!(created)),
+        ("start_date", json!(created)),
+    ] {
+        value[key] = field;
+    }
+    let errors = types.validate(&value, "Subscription");
+    assert!(errors.is_empty(), "{errors:#?}");
+    value
 }
 
 #[tokio::test]
