@@ -6,7 +6,9 @@
 //! refused, and every page is checked against the operation's answer (Rebilly's OpenAPI
 //! document, `tests/fixtures/rebilly/`). Webhooks (Basic auth) deliver part of the
 //! orders and invoices; one sync heals the order statuses and recent-invoice attempts the
-//! ledger missed, and an incremental second run changes nothing.
+//! ledger missed, and an incremental second run changes nothing. A two-hour outage of
+//! declined, retried, refunded payments and a cancellation is healed by one incremental
+//! run to the ledger of a source that got every webhook.
 
 use std::{
     sync::{Arc, Mutex},
@@ -546,6 +548,172 @@ async fn missed_order_statuses_and_invoice_attempts_are_healed_and_a_second_run_
     assert_eq!(attempt_states(&app.db, SOURCE).await, healed_attempts());
     assert_eq!(order_states(&app).await, healed_orders());
     assert_eq!(app.db.count_events(Some(SOURCE)).await.unwrap(), archived);
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+/// A `transaction-processed` webhook for `transaction`.
+fn transaction_webhook(transaction: &Value) -> Vec<u8> {
+    checked(json!({
+        "transactionId": transaction["id"], "eventType": "transaction-processed",
+        "_embedded": { "transaction": transaction },
+    }))
+}
+
+/// A two-hour webhook outage: an order's renewal is declined and Rebilly's own retry pays
+/// it, part of that payment is refunded, and a second order is cancelled. One incremental
+/// run (orders and transactions updated since the outage began) gives the same ledger as
+/// a second source that got every webhook; the missed webhooks, delivered late, and a
+/// second run change nothing.
+#[tokio::test]
+async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream() {
+    const LIVE: &str = "rebilly_live";
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let minutes = |m: i64| now - chrono::Duration::minutes(m);
+    let at = |m: i64| rfc3339(minutes(m));
+    let day = 24 * 60;
+    let tx = |id: &str, kind: &str, result: &str, amount: f64, m: i64| {
+        let mut tx = json!({"id": id, "type": kind, "status": "completed", "result": result,
+            "amount": amount, "currency": "USD", "customerId": "cus_1",
+            "invoiceIds": ["inv_a2"], "subscriptionIds": ["ord_a"],
+            "processedTime": at(m), "updatedTime": at(m)});
+        if result == "declined" {
+            tx["gateway"] = json!({"response": {"code": "insufficient-funds",
+                "message": "Insufficient funds", "originalCode": "51"}});
+        }
+        tx
+    };
+    let declined = tx("txn_a1", "sale", "declined", 49.95, 140);
+    let approved = tx("txn_a2", "sale", "approved", 49.95, 100);
+    let mut refund = tx("txn_a2r", "refund", "approved", 10.00, 90);
+    refund["parentTransactionId"] = json!("txn_a2");
+    let invoice = |status: &str, transactions: &[&Value], m: i64| {
+        let mut invoice = paid_invoice("inv_a2", "ord_a", "USD", 49.95, &at(m));
+        invoice["status"] = json!(status);
+        invoice["transactions"] = json!(transactions);
+        if status != "paid" {
+            invoice["amountDue"] = json!(49.95);
+            invoice.as_object_mut().unwrap().remove("paidTime");
+        }
+        invoice
+    };
+    let unpaid = invoice("past-due", &[&declined], 140);
+    let paid = invoice("paid", &[&declined, &approved], 100);
+    let ord_a = order("ord_a", "active", "USD", minutes(day), None);
+    let ord_b = order("ord_b", "active", "USD", minutes(day), None);
+    let ord_b_canceled = order("ord_b", "canceled", "USD", minutes(40), None);
+    let before = [
+        (
+            "ord_a renewed",
+            order_webhook("subscription-renewed", &ord_a),
+        ),
+        (
+            "ord_b renewed",
+            order_webhook("subscription-renewed", &ord_b),
+        ),
+    ];
+    let mut unpaid_hook = unpaid.clone();
+    unpaid_hook.as_object_mut().unwrap().remove("transactions");
+    let during = [
+        (
+            "txn_a1 declined",
+            checked(json!({
+                "transactionId": "txn_a1", "invoiceId": "inv_a2",
+                "eventType": "renewal-invoice-payment-declined",
+                "_embedded": { "transaction": declined, "invoice": unpaid_hook },
+            })),
+        ),
+        ("txn_a2 processed", transaction_webhook(&approved)),
+        ("inv_a2 paid", invoice_paid_webhook(&paid)),
+        ("txn_a2r processed", transaction_webhook(&refund)),
+        (
+            "ord_b canceled",
+            order_webhook("subscription-canceled", &ord_b_canceled),
+        ),
+    ];
+
+    // What Rebilly lists after the outage.
+    let orders = vec![
+        order("ord_a", "active", "USD", minutes(100), Some(paid.clone())),
+        ord_b_canceled,
+    ];
+    let fake = FakeOrders::new(orders, vec![declined, approved, refund]);
+    let server = rebilly_api(fake).await;
+    let source = |id: &str| {
+        format!(
+            r#"id = "{id}"
+provider = "rebilly"
+basic_auth = {{ username = "rebilly", password = "s3cret-basic-pass" }}
+api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}"#,
+            server.uri()
+        )
+    };
+    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 3600).await;
+    for (source, events) in [
+        (SOURCE, &before[..]),
+        (LIVE, &before[..]),
+        (LIVE, &during[..]),
+    ] {
+        for (name, body) in events {
+            let status = app
+                .post_signed(source, &format!("{source} {name}"), body)
+                .await
+                .status();
+            assert_eq!(status, 202, "{name}");
+        }
+    }
+    harness::archived(&app, SOURCE, 2).await;
+    harness::archived(&app, LIVE, 7).await;
+
+    let outage = RunOptions {
+        since: Some(minutes(150)),
+        wait: Some(Duration::from_secs(20)),
+        ..RunOptions::default()
+    };
+    let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
+    assert_eq!(report.malformed, 0, "{report:#?}");
+    // Orders (ord_b; ord_a's order, its paid invoice and the invoice's two sales), then
+    // the three transactions. The paid invoice is txn_a2's attempt, so the sale after it
+    // changes nothing more; txn_a1 and txn_a2 are read again in the transactions, which
+    // find them changed only if the worker has not applied the first reads yet (all
+    // converge on one attempt each): 5 changed at least, 7 at most.
+    assert_eq!((report.pages, report.records), (3, 8), "{report:#?}");
+    assert!((5..=7).contains(&report.changed), "{report:#?}");
+    assert_eq!(report.waited.as_ref().map(|w| w.timed_out), Some(false));
+
+    let subs = ["ord_a".to_owned(), "ord_b".to_owned()];
+    let live = crate::common::snapshot(&app.db, LIVE, &subs).await;
+    let healed = crate::common::snapshot(&app.db, SOURCE, &subs).await;
+    assert_eq!(healed, live, "the ledger of the uninterrupted stream");
+    let attempts = pairs(&[("txn_a1", "failed"), ("txn_a2", "succeeded")]);
+    assert_eq!(attempt_states(&app.db, SOURCE).await, attempts);
+    assert_eq!(attempt_states(&app.db, LIVE).await, attempts);
+    let ord_a = app.db.subscription(SOURCE, "ord_a").await.unwrap().unwrap();
+    assert_eq!(
+        ord_a.balances["collected"],
+        [("USD".to_owned(), 4995 - 1000)].into()
+    );
+    assert_eq!(
+        harness::subscription_states(&app, SOURCE, &["ord_a", "ord_b"]).await,
+        [state("active", "active"), state("cancelled", "canceled")]
+    );
+    assert!(app.db.verify_ledger().await.unwrap().is_empty());
+
+    // The missed webhooks, delivered late, find the ledger they would have made.
+    let archived = app.db.count_events(Some(SOURCE)).await.unwrap();
+    for (name, body) in &during {
+        let status = app
+            .post_signed(SOURCE, &format!("late {name}"), body)
+            .await
+            .status();
+        assert_eq!(status, 202, "{name}");
+    }
+    harness::archived(&app, SOURCE, archived + 5).await;
+    assert_eq!(crate::common::snapshot(&app.db, SOURCE, &subs).await, live);
+
+    let again = sync(&app, SOURCE, outage).await.unwrap();
+    assert_eq!(again.changed, 0, "{again:#?}");
+    assert_eq!(app.queued().await, 0);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }
