@@ -335,15 +335,19 @@ async fn appstle_api(fake: FakePastOrders) -> MockServer {
     harness::serve(route, fake).await
 }
 
-async fn app_with(server: &MockServer) -> TestApp {
-    let source = format!(
-        r#"id = "{SOURCE}"
+/// The `[[sources]]` keys of source `id` on the fake at `server`.
+fn source(id: &str, server: &MockServer) -> String {
+    format!(
+        r#"id = "{id}"
 provider = "appstle"
 secrets = ["{SECRET}"]
 api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
         server.uri()
-    );
-    harness::app_with(&source, 60).await.1
+    )
+}
+
+async fn app_with(server: &MockServer) -> TestApp {
+    harness::app_with(&source(SOURCE, server), 60).await.1
 }
 
 async fn deliver(app: &TestApp, event_id: &str, body: &[u8]) {
@@ -676,16 +680,8 @@ async fn a_two_hour_outage_is_healed_from_the_report_to_the_uninterrupted_stream
         .respond_with(fake.clone())
         .mount(&server)
         .await;
-    let source = |id: &str| {
-        format!(
-            r#"id = "{id}"
-provider = "appstle"
-secrets = ["{SECRET}"]
-api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
-            server.uri()
-        )
-    };
-    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let (_config, app) =
+        harness::app_with_sources(&[&source(SOURCE, &server), &source(LIVE, &server)], 60).await;
     let before = [
         ("created_5550001", contract_created(5550001)),
         (
@@ -728,11 +724,7 @@ api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
     harness::archived(&app, SOURCE, 2).await;
     harness::archived(&app, LIVE, 8).await;
 
-    let outage = RunOptions {
-        since: Some(now - chrono::Duration::minutes(150)),
-        wait: Some(Duration::from_secs(20)),
-        ..RunOptions::default()
-    };
+    let outage = harness::after_outage(now - chrono::Duration::minutes(150));
     let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
     assert_eq!(
         (

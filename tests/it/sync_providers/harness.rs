@@ -114,3 +114,13 @@ pub(super) fn at(text: &str) -> DateTime<Utc> {
         .unwrap()
         .with_timezone(&Utc)
 }
+
+/// The run after a webhook outage that began at `since`: incremental from there, waiting
+/// up to 20 s for the worker to apply what it queued.
+pub(super) fn after_outage(since: DateTime<Utc>) -> subsync::sync::RunOptions {
+    subsync::sync::RunOptions {
+        since: Some(since),
+        wait: Some(Duration::from_secs(20)),
+        ..Default::default()
+    }
+}

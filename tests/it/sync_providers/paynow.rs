@@ -164,15 +164,19 @@ async fn paynow_api(fake: FakeSubscriptions) -> MockServer {
     harness::serve(route, fake).await
 }
 
-async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let source = format!(
-        r#"id = "{SOURCE}"
+/// The `[[sources]]` keys of source `id` on the fake at `server`.
+fn source(id: &str, server: &MockServer) -> String {
+    format!(
+        r#"id = "{id}"
 provider = "paynow"
 secrets = ["test_secret"]
 api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}"#,
         server.uri()
-    );
-    harness::app_with(&source, 3600).await
+    )
+}
+
+async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
+    harness::app_with(&source(SOURCE, server), 3600).await
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {
@@ -707,16 +711,8 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
     const LIVE: &str = "paynow_live";
     let fake = FakeSubscriptions::new(Vec::new());
     let server = paynow_api(fake.clone()).await;
-    let source = |id: &str| {
-        format!(
-            r#"id = "{id}"
-provider = "paynow"
-secrets = ["test_secret"]
-api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}"#,
-            server.uri()
-        )
-    };
-    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 3600).await;
+    let (_config, app) =
+        harness::app_with_sources(&[&source(SOURCE, &server), &source(LIVE, &server)], 3600).await;
     // PayNow's webhooks carry no time of their own (the ledger orders a subscription's
     // webhooks by receipt), so the outage starts now and its records are stamped after
     // the webhooks delivered before it.
@@ -779,11 +775,7 @@ api = {{ base_url = "{}", token = "{API_KEY}", store_id = "{STORE}" }}"#,
     // After the outage the store lists what happened.
     *fake.subscriptions.lock().unwrap() = vec![a_renewed, b_canceled];
     *fake.payments.lock().unwrap() = vec![p1_refunded, p2, p3, p4, p5];
-    let outage = RunOptions {
-        since: Some(t0),
-        wait: Some(Duration::from_secs(20)),
-        ..RunOptions::default()
-    };
+    let outage = harness::after_outage(t0);
     let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
     assert_eq!(
         (report.records, report.changed, report.malformed),

@@ -323,15 +323,19 @@ impl Respond for FakeSubscriptions {
     }
 }
 
-async fn app_with(server: &MockServer) -> TestApp {
-    let source = format!(
-        r#"id = "{SOURCE}"
+/// The `[[sources]]` keys of source `id` on the fake at `server`.
+fn source(id: &str, server: &MockServer) -> String {
+    format!(
+        r#"id = "{id}"
 provider = "polar"
 secrets = ["{SECRET}"]
 api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
         server.uri()
-    );
-    harness::app_with(&source, 60).await.1
+    )
+}
+
+async fn app_with(server: &MockServer) -> TestApp {
+    harness::app_with(&source(SOURCE, server), 60).await.1
 }
 
 async fn deliver(app: &TestApp, event_id: &str, body: &[u8]) {
@@ -593,16 +597,8 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
         subscriptions: Arc::new(vec![s1_recovered, s2_canceled]),
     };
     let server = polar_api_with(orders, subscriptions).await;
-    let source = |id: &str| {
-        format!(
-            r#"id = "{id}"
-provider = "polar"
-secrets = ["{SECRET}"]
-api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
-            server.uri()
-        )
-    };
-    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let (_config, app) =
+        harness::app_with_sources(&[&source(SOURCE, &server), &source(LIVE, &server)], 60).await;
     let deliver = |source: &'static str, events: Vec<(&'static str, Value)>, tag: &'static str| {
         let app = &app;
         async move {
@@ -618,11 +614,7 @@ api = {{ base_url = "{}", token = "{TOKEN}" }}"#,
     harness::archived(&app, SOURCE, 5).await;
     harness::archived(&app, LIVE, 13).await;
 
-    let outage = RunOptions {
-        since: Some(now - chrono::Duration::minutes(150)),
-        wait: Some(Duration::from_secs(20)),
-        ..RunOptions::default()
-    };
+    let outage = harness::after_outage(now - chrono::Duration::minutes(150));
     let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
     assert_eq!(
         (

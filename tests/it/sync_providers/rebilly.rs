@@ -181,15 +181,19 @@ async fn rebilly_api(fake: FakeOrders) -> MockServer {
     harness::serve(route, fake).await
 }
 
-async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let source = format!(
-        r#"id = "{SOURCE}"
+/// The `[[sources]]` keys of source `id` on the fake at `server`.
+fn source(id: &str, server: &MockServer) -> String {
+    format!(
+        r#"id = "{id}"
 provider = "rebilly"
 basic_auth = {{ username = "rebilly", password = "s3cret-basic-pass" }}
 api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}"#,
         server.uri()
-    );
-    harness::app_with(&source, 3600).await
+    )
+}
+
+async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
+    harness::app_with(&source(SOURCE, server), 3600).await
 }
 
 /// A subscription order as Rebilly lists it, with its recent invoice embedded when given.
@@ -639,16 +643,8 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
     ];
     let fake = FakeOrders::new(orders, vec![declined, approved, refund]);
     let server = rebilly_api(fake).await;
-    let source = |id: &str| {
-        format!(
-            r#"id = "{id}"
-provider = "rebilly"
-basic_auth = {{ username = "rebilly", password = "s3cret-basic-pass" }}
-api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}"#,
-            server.uri()
-        )
-    };
-    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 3600).await;
+    let (_config, app) =
+        harness::app_with_sources(&[&source(SOURCE, &server), &source(LIVE, &server)], 3600).await;
     for (source, events) in [
         (SOURCE, &before[..]),
         (LIVE, &before[..]),
@@ -665,11 +661,7 @@ api = {{ base_url = "{}{ORGANIZATION}", token = "{API_KEY}" }}"#,
     harness::archived(&app, SOURCE, 2).await;
     harness::archived(&app, LIVE, 7).await;
 
-    let outage = RunOptions {
-        since: Some(minutes(150)),
-        wait: Some(Duration::from_secs(20)),
-        ..RunOptions::default()
-    };
+    let outage = harness::after_outage(minutes(150));
     let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
     assert_eq!(report.malformed, 0, "{report:#?}");
     // Orders (ord_b; ord_a's order, its paid invoice and the invoice's two sales), then

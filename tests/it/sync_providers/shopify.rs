@@ -284,15 +284,19 @@ async fn shopify_api(fake: FakeShopify) -> MockServer {
     harness::serve(route, fake).await
 }
 
-async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
-    let source = format!(
-        r#"id = "{SOURCE}"
+/// The `[[sources]]` keys of source `id` on the fake at `server`.
+fn source(id: &str, server: &MockServer) -> String {
+    format!(
+        r#"id = "{id}"
 provider = "shopify"
 secrets = ["shpss_sync_client_secret"]
 api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}"#,
         server.uri()
-    );
-    harness::app_with(&source, 60).await
+    )
+}
+
+async fn app_with(server: &MockServer) -> (TestConfig, TestApp) {
+    harness::app_with(&source(SOURCE, server), 60).await
 }
 
 /// A `subscription_contracts/*` webhook body (the fields Shopify sends).
@@ -703,16 +707,8 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
         ),
     ];
     let server = shopify_api(FakeShopify::new(store)).await;
-    let source = |id: &str| {
-        format!(
-            r#"id = "{id}"
-provider = "shopify"
-secrets = ["shpss_sync_client_secret"]
-api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}"#,
-            server.uri()
-        )
-    };
-    let (_config, app) = harness::app_with_sources(&[&source(SOURCE), &source(LIVE)], 60).await;
+    let (_config, app) =
+        harness::app_with_sources(&[&source(SOURCE, &server), &source(LIVE, &server)], 60).await;
     let success = "subscription_billing_attempts/success";
     let failure = "subscription_billing_attempts/failure";
     let before: Vec<(String, &str, String, Value)> = vec![
@@ -809,11 +805,7 @@ api = {{ base_url = "{}", token = "{TOKEN}", api_version = "{API_VERSION}" }}"#,
     harness::archived(&app, SOURCE, 6).await;
     harness::archived(&app, LIVE, 12).await;
 
-    let outage = RunOptions {
-        since: Some(now - chrono::Duration::minutes(150)),
-        wait: Some(Duration::from_secs(20)),
-        ..RunOptions::default()
-    };
+    let outage = harness::after_outage(now - chrono::Duration::minutes(150));
     let report = sync(&app, SOURCE, outage.clone()).await.unwrap();
     assert_eq!(
         (report.records, report.changed, report.malformed),
