@@ -1,8 +1,8 @@
 //! Request budgets: one token bucket per provider account, kept in Postgres so that every
 //! process and role calling the account shares it, with dunning first.
 //!
-//! A provider limits requests per account (Stripe 25/s in test mode, Polar 100/min in its
-//! sandbox, ...), not per process: a pull sync and the retry scheduler calling the same
+//! A provider limits requests per account (Stripe 100/s live and 25/s in test mode, Polar
+//! 100/min in its sandbox, ...), not per process: a pull sync and the retry scheduler calling the same
 //! account from two machines must stay within one limit together, and a sync walking a
 //! large backfill must never delay a payment retry. So each call first takes a token from
 //! its account's bucket (`rate_budgets`, one row per account), atomically in one
@@ -19,10 +19,10 @@
 //! Accounts: sources with the same provider, API base URL and credential are one account
 //! (`<provider>:<16 hex of SHA-256 of base URL and credential>`: no secret is stored or
 //! logged). The rate is the source's `api.requests_per_second`, else the pace of its
-//! `sync.min_interval_ms`, else the provider's documented limit (Stripe 25/s, its test
-//! mode's; Polar 100/min, its sandbox's). Shopify limits by query cost (answered with
-//! `THROTTLED` and the exact wait), and Rebilly, PayNow and Appstle publish no limit: they
-//! have a budget only when one is configured. Each take is one statement on the pool; a
+//! `sync.min_interval_ms`, else the provider's documented limit (Stripe 100/s for a live
+//! key, 25/s for a test key; Polar 100/min, its sandbox's). Shopify limits by query cost
+//! (answered with `THROTTLED` and the exact wait), and Rebilly, PayNow and Appstle publish
+//! no limit: they have a budget only when one is configured. Each take is one statement on the pool; a
 //! call that finds no token sleeps for the time the bucket needs (at most 5 s per check)
 //! and checks again.
 

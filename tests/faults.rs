@@ -461,8 +461,10 @@ async fn s5_scheduler_killed_between_provider_call_and_commit() {
     let fake = stripe::FakeStripe::new(slow.clone(), Duration::from_secs(3));
     let server = fake.serve().await;
     let options = Options {
+        // The fake Stripe limits no rate: its account's request budget is set above what
+        // the scenario calls (Stripe's test mode would allow 25 requests per second).
         stripe_extra: format!(
-            "api = {{ base_url = \"{}\", token = \"{}\" }}\nretry = {{ base_secs = 1, jitter = false }}",
+            "api = {{ base_url = \"{}\", token = \"{}\", requests_per_second = 1000 }}\nretry = {{ base_secs = 1, jitter = false }}",
             server.uri(),
             stripe::TOKEN
         ),

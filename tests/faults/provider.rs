@@ -48,8 +48,10 @@ async fn s10_hostile_provider_api_costs_only_its_own_calls() {
     let hostile = Hostile::new(HOSTILE_TOKEN);
     let hostile_base = hostile.serve().await;
     let options = Options {
+        // The fake Stripe limits no rate: its account's request budget is set above what
+        // the scenario calls (Stripe's test mode would allow 25 requests per second).
         stripe_extra: format!(
-            "api = {{ base_url = \"{}\", token = \"{}\" }}\nretry = {{ base_secs = 1, jitter = false }}",
+            "api = {{ base_url = \"{}\", token = \"{}\", requests_per_second = 1000 }}\nretry = {{ base_secs = 1, jitter = false }}",
             good.uri(),
             crate::stripe::TOKEN
         ),

@@ -292,3 +292,16 @@ fn every_invoice_status_is_decided_and_a_new_one_counted() {
         handle.render()
     );
 }
+
+#[test]
+fn the_request_budget_follows_the_key_s_mode() {
+    let http = crate::providers::http::http_client().unwrap();
+    let rate = |key: &str| {
+        StripeList::new(&api_settings("https://api.stripe.com", key), http.clone())
+            .requests_per_second()
+    };
+    assert_eq!(rate("sk_live_123"), Some(100.0));
+    assert_eq!(rate("rk_live_123"), Some(100.0));
+    assert_eq!(rate("sk_test_123"), Some(25.0));
+    assert_eq!(rate("rk_test_123"), Some(25.0));
+}
