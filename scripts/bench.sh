@@ -6,7 +6,9 @@
 #   bash scripts/bench.sh all --quick    # smoke run (< 1 minute)
 #   bash scripts/bench.sh drain --events 200000
 #   bash scripts/bench.sh backfill           # pull sync of 100,000 invoices, killed and resumed
-# Subcommands: publish, http, insert, ingress, drain, sustained, backfill, all (see --help).
+#   bash scripts/bench.sh dunning-history    # 10,000 failures for `subsync dunning simulate`
+# Subcommands: publish, http, insert, ingress, drain, sustained, backfill, dunning-history, all
+# (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh

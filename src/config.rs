@@ -414,10 +414,17 @@ impl FinalAction {
             FinalAction::Leave => "leave",
         }
     }
+
+    pub fn parse(word: &str) -> Option<Self> {
+        [Self::MarkUnpaid, Self::Pause, Self::Cancel, Self::Leave]
+            .into_iter()
+            .find(|action| action.as_str() == word)
+    }
 }
 
 /// A retry policy as data; delays in seconds. Defaults: exponential from 6 h, factor 2,
-/// capped at 4 days, with jitter; at most 8 retries within 14 days; then `mark_unpaid`.
+/// capped at 4 days, with jitter; at most 8 retries within 14 days; then `mark_unpaid`;
+/// the customer is awaited 7 days, a provider's own retries 30 days.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct RetryPolicySettings {
@@ -437,6 +444,27 @@ pub struct RetryPolicySettings {
     /// `inventory` bucket: its own pace and limit.
     pub inventory_base_secs: u64,
     pub inventory_max_attempts: u32,
+    /// Longest wait for the customer (new payment method, completed challenge) after the
+    /// decline that asked for it; then the policy stops with `final_action`.
+    pub awaiting_customer_secs: u64,
+    /// Longest a failure the provider retries itself (PayNow, Rebilly) stays open after
+    /// the first failure without the provider settling it; then `final_action`.
+    pub provider_managed_secs: u64,
+    /// `cancel` ends the subscription at the end of its current period instead of now.
+    pub cancel_at_period_end: bool,
+}
+
+impl RetryPolicySettings {
+    /// A policy file of its own (the fields of a source's `retry`, at the top level),
+    /// checked as a source's policy is.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .build()?;
+        let policy: Self = raw.try_deserialize()?;
+        validate::policy(&policy, "")?;
+        Ok(policy)
+    }
 }
 
 impl Default for RetryPolicySettings {
@@ -454,6 +482,9 @@ impl Default for RetryPolicySettings {
             provider_error_cap_secs: 6 * 3600,
             inventory_base_secs: 86_400,
             inventory_max_attempts: 3,
+            awaiting_customer_secs: 7 * 86_400,
+            provider_managed_secs: 30 * 86_400,
+            cancel_at_period_end: false,
         }
     }
 }

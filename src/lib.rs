@@ -24,6 +24,7 @@
 //! | `money_lookups` | `ledger` (rows written by reconciliation for every succeeded attempt without money; the `lookups` role asks the providers and settles them through the ledger) |
 //! | `payment_links` | `ledger` (rows written by reconciliation for every refund that names only its payment; the `lookups` role asks the provider which attempt it paid, and the ledger books the refunds held for it) |
 //! | `retries`, `retry_calls` | `dunning` (written inside the ledger's transaction for the failures it reconciles) |
+//! | `final_actions`, `retry_decisions`, `retry_events` | `dunning` (final actions carried out; the policy's decisions with their inputs; every change of a retry, by trigger) |
 //! | `sync_state` | `sync` |
 //! | `audit_log`, `dead_letters` | `ops` |
 

@@ -6,6 +6,7 @@
 //! - `ingress`: `subsync serve --role ingress` (a child process) alone, closed loop;
 //! - `drain`: the worker draining a queued backlog, batched vs one transaction per event;
 //! - `sustained`: `subsync serve --role all` at a fixed offered rate (open loop);
+//! - `dunning-history`: a recorded dunning history for `subsync dunning simulate`;
 //! - `backfill`: a pull sync of a large Stripe account against a rate-limited fake list,
 //!   killed half way and resumed;
 //! - `all`: everything in one go, one markdown table with the machine and the targets.
@@ -20,6 +21,7 @@ mod cpu;
 #[path = "../../src/providers/testing/digest.rs"]
 mod digest;
 mod drain;
+mod dunning_history;
 mod env;
 mod load;
 mod payloads;
@@ -89,6 +91,15 @@ enum Command {
         /// The fake's limit, requests per second.
         #[arg(long, default_value_t = backfill::STRIPE_TEST_RATE)]
         rate: u32,
+    },
+    /// A recorded dunning history of N failures over 90 simulated days, made by subsync's
+    /// own dunning code against a seeded model of the providers, kept in its own database
+    /// for `subsync dunning simulate`.
+    DunningHistory {
+        #[arg(long, default_value_t = 10_000)]
+        failures: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Worker drain rate of a queued backlog, batched vs one transaction per event.
     Drain {
@@ -236,6 +247,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(bench: &Bench, command: Command) -> anyhow::Result<()> {
     match command {
+        Command::DunningHistory { failures, seed } => {
+            let history = dunning_history::generate(bench, failures, seed).await?;
+            dunning_history::print(&history);
+        }
         Command::Backfill { records, rate } => {
             let r = backfill::backfill(bench, records, rate).await?;
             backfill::print(&r);

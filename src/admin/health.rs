@@ -67,12 +67,22 @@ pub(super) async fn refresh_gauges(state: &AdminState) {
             }
             metrics::gauge!("subsync_retries_due").set(due as f64);
         }
+        if let Ok(oldest) = crate::dunning::views::oldest_open(&state.db).await {
+            for (status, age) in oldest {
+                metrics::gauge!("subsync_retries_oldest_open_seconds", "status" => status).set(age);
+            }
+        }
     }
 }
 
 fn describe() {
     static DESCRIBED: Once = Once::new();
     DESCRIBED.call_once(|| {
+        metrics::describe_gauge!(
+            "subsync_retries_oldest_open_seconds",
+            "Age (since its first failure) of the oldest retry still open, per open status \
+             (0 when none): a wait that never ends shows here."
+        );
         metrics::describe_gauge!(
             "subsync_dead_letter_oldest_age_seconds",
             "Age of the oldest dead letter, from the dead-letter index in Postgres (0 when \

@@ -25,7 +25,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::config::NamedToken;
 use crate::db::Db;
 use crate::dunning::schedule::Dunning;
-use crate::dunning::views::{RetriesQuery, RetryView};
+use crate::dunning::views::{RetriesQuery, RetryDetail, RetryView};
 use crate::http_error::HttpError;
 use crate::ledger::{
     AttemptView, AttemptsQuery, EventRow, EventsQuery, LookupView, SubscriptionView,
@@ -64,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
         .routes(routes!(subscription))
         .routes(routes!(billing_attempts))
         .routes(routes!(retries))
+        .routes(routes!(retry_show))
         .routes(routes!(retry_resume))
         .routes(routes!(money_lookups))
         .routes(routes!(dlq_list))
@@ -239,6 +240,22 @@ async fn retries(
 ) -> Result<axum::Json<Retries>, HttpError> {
     let retries = crate::dunning::views::list(&state.db, &query).await?;
     Ok(axum::Json(Retries { retries }))
+}
+
+#[utoipa::path(get, path = "/admin/retries/{id}", tag = "dunning",
+    params(("id" = String, Path, description = "`{source_id}:{cycle_key}` as listed (percent-encode a `/` of the cycle key)")),
+    security(("bearer" = [])), responses(
+    (status = 200, description = "The retry, its final action and its timeline (every decision with its reason)", body = RetryDetail),
+    (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized),
+    (status = 404, response = openapi::NotFound),
+    (status = 500, response = openapi::Internal), (status = 503, response = openapi::Unavailable),
+))]
+async fn retry_show(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RetryDetail>, HttpError> {
+    let detail = crate::ops::retries::show(&state.db, &id).await?;
+    detail.map(axum::Json).ok_or(HttpError::NotFound)
 }
 
 #[utoipa::path(post, path = "/admin/retries/{id}/resume", tag = "dunning",

@@ -1,6 +1,7 @@
 //! Command-line entry points: one file per command, no business logic here.
 
 mod dlq;
+mod dunning;
 mod ledger;
 mod migrate;
 mod replay;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Payment retries (dunning).
     #[command(subcommand)]
     Retries(retries::Command),
+    /// Retry policies: try one on the recorded history.
+    #[command(subcommand)]
+    Dunning(dunning::Command),
     /// Pull a source's records from its list API and heal what webhooks missed.
     Sync(sync::Args),
     /// The dead-letter queue: list, show, replay, purge.
@@ -68,6 +72,7 @@ impl Cli {
             Command::SendTest(args) => send_test::run(&settings, args).await,
             Command::Ledger(command) => ledger::run(&settings, command).await,
             Command::Retries(command) => retries::run(&settings, command).await,
+            Command::Dunning(command) => dunning::run(&settings, command).await,
             Command::Sync(args) => sync::run(&settings, args).await,
             Command::Dlq(command) => dlq::run(&settings, command).await,
             Command::Replay(args) => replay::run(&settings, args).await,

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use crate::config::Settings;
 use crate::db::Db;
-use crate::dunning::views::{self, RetriesQuery, RetryView};
+use crate::dunning::views::{self, RetriesQuery, RetryDetail, RetryView};
 use crate::ops::{Actor, retries};
 
 #[derive(Debug, clap::Subcommand)]
@@ -19,6 +19,13 @@ pub enum Command {
         status: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One retry's history: every decision with its reason, its calls, its final action.
+    Show {
+        /// `SOURCE_ID:CYCLE_KEY`, as `retries list` shows it.
+        id: String,
         #[arg(long)]
         json: bool,
     },
@@ -52,6 +59,18 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
             print_list(&retries, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Show { id, json } => {
+            let Some(detail) = retries::show(&db, &id).await? else {
+                eprintln!("no retry {id:?} (see `subsync retries list`)");
+                return Ok(ExitCode::FAILURE);
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                print_detail(&detail);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Resume { id, json } => {
             let Some(view) = retries::resume(&db, &id, &Actor::cli()).await? else {
                 eprintln!("no retry {id:?} (see `subsync retries list`)");
@@ -64,6 +83,60 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_detail(detail: &RetryDetail) {
+    let r = &detail.retry;
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "retry {} ({}), subscription {}",
+        r.id,
+        r.status,
+        r.subscription_id.as_deref().unwrap_or("-")
+    );
+    println!("policy: {}", r.policy);
+    println!(
+        "first failed {}, {} retries made, due {}, deadline {}",
+        time(Some(r.first_failed_at)),
+        r.retries_done,
+        time(r.due_at),
+        time(r.expires_at)
+    );
+    match (&r.final_action, &detail.final_action) {
+        (_, Some(f)) => println!(
+            "final action {}: {} at {} after {} send(s), key {}: {}",
+            f.action,
+            f.outcome.as_deref().unwrap_or("sending"),
+            time(f.finished_at),
+            f.sends,
+            if f.idempotency_key.is_empty() {
+                "-"
+            } else {
+                &f.idempotency_key
+            },
+            f.answer
+                .as_deref()
+                .or(f.last_error.as_deref())
+                .unwrap_or("-")
+        ),
+        (Some(action), None) => println!("final action {action}: pending"),
+        (None, None) => {}
+    }
+    println!("timeline:");
+    for e in &detail.timeline {
+        println!(
+            "  {} {:<17} {:<22} done {:>2} due {} — {}",
+            time(Some(e.at)),
+            e.status,
+            e.bucket,
+            e.retries_done,
+            time(e.due_at),
+            e.reason.as_deref().unwrap_or("-")
+        );
     }
 }
 

@@ -3,7 +3,9 @@
 //! time arithmetic downstream (chrono's dates, tokio's and sqlx's `Instant + Duration`,
 //! Postgres intervals): none of them may reach a running service.
 
-use super::{ConfigError, DunningSettings, LookupSettings, Settings, SourceSettings};
+use super::{
+    ConfigError, DunningSettings, LookupSettings, RetryPolicySettings, Settings, SourceSettings,
+};
 
 const DAY: u64 = 86_400;
 /// Longest span of any duration setting in seconds (10 years): far past any sane policy,
@@ -127,36 +129,41 @@ fn lookups(l: &LookupSettings) -> Result<(), ConfigError> {
 }
 
 fn retry_policy(source: &SourceSettings) -> Result<(), ConfigError> {
-    let r = &source.retry;
+    policy(&source.retry, &key(source, "retry."))
+}
+
+/// Checks a retry policy; `prefix` says where it came from in errors (`sources["s"].retry.`,
+/// or nothing for a policy file of its own).
+pub fn policy(r: &RetryPolicySettings, prefix: &str) -> Result<(), ConfigError> {
     for (name, value) in [
-        ("retry.base_secs", r.base_secs),
-        ("retry.cap_secs", r.cap_secs),
-        ("retry.max_age_secs", r.max_age_secs),
-        ("retry.provider_error_base_secs", r.provider_error_base_secs),
-        ("retry.provider_error_cap_secs", r.provider_error_cap_secs),
-        ("retry.inventory_base_secs", r.inventory_base_secs),
+        ("base_secs", r.base_secs),
+        ("cap_secs", r.cap_secs),
+        ("max_age_secs", r.max_age_secs),
+        ("provider_error_base_secs", r.provider_error_base_secs),
+        ("provider_error_cap_secs", r.provider_error_cap_secs),
+        ("inventory_base_secs", r.inventory_base_secs),
+        ("awaiting_customer_secs", r.awaiting_customer_secs),
+        ("provider_managed_secs", r.provider_managed_secs),
     ] {
-        within(&key(source, name), value, 1, MAX_SPAN_SECS)?;
+        within(&format!("{prefix}{name}"), value, 1, MAX_SPAN_SECS)?;
     }
     if !r.factor.is_finite() || r.factor < 1.0 {
         return Err(ConfigError::Invalid(format!(
-            "{} must be a finite number of at least 1 (got {})",
-            key(source, "retry.factor"),
+            "{prefix}factor must be a finite number of at least 1 (got {})",
             r.factor
         )));
     }
     let mut previous = 0;
     for (i, &offset) in r.schedule_secs.iter().flatten().enumerate() {
         within(
-            &key(source, &format!("retry.schedule_secs[{i}]")),
+            &format!("{prefix}schedule_secs[{i}]"),
             offset,
             1,
             MAX_SPAN_SECS,
         )?;
         if offset <= previous {
             return Err(ConfigError::Invalid(format!(
-                "{} must be increasing: entry {i} ({offset}) is not after the one before ({previous})",
-                key(source, "retry.schedule_secs")
+                "{prefix}schedule_secs must be increasing: entry {i} ({offset}) is not after the one before ({previous})"
             )));
         }
         previous = offset;

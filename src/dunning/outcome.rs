@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::decisions::{Decided, Failure};
 use super::decline::{self, DeclineBucket};
 use super::policy::RetryPolicy;
-use super::schedule::row_for;
+use super::schedule::{explain, row_for};
 use super::status::RetryStatus;
 use crate::providers::contract::CallOutcome;
 use crate::providers::http::ProviderApiError;
@@ -64,6 +65,8 @@ pub enum Called {
 /// The retry as the scheduler claimed it.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
+    pub source_id: &'a str,
+    pub cycle_key: &'a str,
     pub policy: Option<&'a RetryPolicy>,
     /// The number of this call (retries done before it plus one).
     pub retry_number: i32,
@@ -81,6 +84,8 @@ pub struct Context<'a> {
 pub struct Update {
     pub status: RetryStatus,
     pub due_at: Option<DateTime<Utc>>,
+    /// The deadline of a wait for the customer (from the policy).
+    pub expires_at: Option<DateTime<Utc>>,
     pub retries_done: i32,
     pub final_action: Option<&'static str>,
     pub bucket: Option<&'static str>,
@@ -90,6 +95,8 @@ pub struct Update {
     pub error: Option<String>,
     /// What operators read as the last outcome.
     pub outcome: String,
+    /// The policy's decision, for the decision log (when the policy decided).
+    pub decided: Option<Decided>,
 }
 
 /// `now + wait`, saturating at the end of time instead of panicking.
@@ -102,46 +109,75 @@ pub fn after(now: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
 
 /// The row a call's result leads to.
 pub fn update_for(called: &Called, cx: &Context<'_>) -> Update {
+    let mut update = decided(called, cx);
+    update.expires_at = cx.policy.and_then(|p| p.deadline(update.status, cx.now));
+    update
+}
+
+fn decided(called: &Called, cx: &Context<'_>) -> Update {
     let n = cx.retry_number;
-    let decide = |bucket: DeclineBucket| {
+    // The row the policy decides, with why (the timeline's reason).
+    let decide = |bucket: DeclineBucket, code: &str| {
         let done = u32::try_from(n).unwrap_or(0);
-        cx.policy
-            .map(|p| row_for(&p.decide(bucket, done, cx.first_failed_at, cx.now)))
-            .unwrap_or((RetryStatus::Exhausted, None, None))
+        let Some(policy) = cx.policy else {
+            let why = format!("{code}: no retry policy for this source any more");
+            return (RetryStatus::Exhausted, None, None, why, None);
+        };
+        let failure = Failure {
+            source_id: cx.source_id,
+            cycle_key: cx.cycle_key,
+            code,
+            bucket,
+            retries_done: done,
+            first_failed_at: cx.first_failed_at,
+            now: cx.now,
+        };
+        let (decision, logged) = failure.decide(policy);
+        let (status, due_at, action) = row_for(&decision);
+        let why = explain(policy, code, bucket, done, &decision);
+        (status, due_at, action, why, Some(logged))
     };
-    let answer = |status, due_at, final_action, bucket, outcome: &CallOutcome| Update {
+    let answer = |status, due_at, final_action, bucket, outcome: String| Update {
         status,
         due_at,
+        expires_at: None,
         retries_done: n,
         final_action,
         bucket,
         consecutive_failures: 0,
         error: None,
-        outcome: format!("{outcome:?}"),
+        outcome,
+        decided: None,
     };
     let failure = match called {
         Called::Answer(o @ CallOutcome::Charged) => {
-            return answer(RetryStatus::Recovered, None, None, None, o);
+            return answer(RetryStatus::Recovered, None, None, None, format!("{o:?}"));
         }
         Called::Answer(o @ (CallOutcome::Accepted | CallOutcome::InProgress)) => {
-            return answer(RetryStatus::InFlight, None, None, None, o);
+            return answer(RetryStatus::InFlight, None, None, None, format!("{o:?}"));
         }
         Called::Answer(o @ CallOutcome::RequiresAction) => {
-            return answer(RetryStatus::AwaitingCustomer, None, None, None, o);
+            let status = RetryStatus::AwaitingCustomer;
+            return answer(status, None, None, None, format!("{o:?}"));
         }
         Called::Answer(o @ CallOutcome::NotEligible(_)) => {
-            return answer(RetryStatus::Completed, None, None, None, o);
+            return answer(RetryStatus::Completed, None, None, None, format!("{o:?}"));
         }
         Called::Answer(o @ CallOutcome::Declined { code, .. }) => {
             let bucket = decline::classify(code.as_deref(), "declined");
-            let (status, due_at, action) = decide(bucket);
-            return answer(status, due_at, action, Some(bucket.as_str()), o);
+            let code = code.as_deref().unwrap_or("declined");
+            let (status, due_at, action, why, decided) = decide(bucket, code);
+            let outcome = format!("{o:?}: {why}");
+            let update = answer(status, due_at, action, Some(bucket.as_str()), outcome);
+            return Update { decided, ..update };
         }
         // The provider refused the request itself (not the payment): the policy's
         // provider-error path, the retry number spent, and a failure all the same.
         Called::Error(e @ ProviderApiError::Rejected { .. }) => {
-            let (status, due_at, action) = decide(DeclineBucket::ProviderError);
-            failed(cx, (status, due_at, n, action), e.to_string())
+            let (status, due_at, action, _, decided) =
+                decide(DeclineBucket::ProviderError, "rejected");
+            let update = failed(cx, (status, due_at, n, action), e.to_string());
+            Update { decided, ..update }
         }
         // Not an answer: the same retry number (and key) again later.
         Called::Error(ProviderApiError::RateLimited { retry_after }) => {
@@ -185,12 +221,14 @@ fn failed(
     Update {
         status,
         due_at,
+        expires_at: None,
         retries_done,
         final_action,
         bucket: None,
         consecutive_failures: cx.prior_failures.max(0).saturating_add(1),
         outcome: error.clone(),
         error: Some(error),
+        decided: None,
     }
 }
 

@@ -14,6 +14,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::decline::DeclineBucket;
+use super::status::RetryStatus;
 use crate::config::{FinalAction, RetryPolicySettings};
 
 /// What the policy decides for a failed cycle.
@@ -109,6 +110,96 @@ impl RetryPolicy {
         match at {
             Some(at) if deadline.is_none_or(|end| at <= end) => Decision::RetryAt(at),
             _ => stop("max_age"),
+        }
+    }
+
+    /// When a wait that began at `since` ends: the customer's (`awaiting_customer`, from
+    /// the decline that asked for them) or the provider's own retries' (`provider_managed`,
+    /// from the first failure). `None` for other statuses, or past the end of time.
+    pub fn deadline(&self, status: RetryStatus, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let s = &self.settings;
+        match status {
+            RetryStatus::AwaitingCustomer => add_secs(since, s.awaiting_customer_secs),
+            RetryStatus::ProviderManaged => add_secs(since, s.provider_managed_secs),
+            _ => None,
+        }
+    }
+
+    /// What follows a wait whose deadline passed: the final action, with the reason.
+    pub fn expire(&self, status: RetryStatus) -> Decision {
+        let reason = match status {
+            RetryStatus::AwaitingCustomer => "awaiting_customer_deadline",
+            _ => "provider_managed_deadline",
+        };
+        Decision::Stop {
+            action: self.settings.final_action,
+            reason,
+        }
+    }
+
+    /// The same policy without jitter: the lower bound of each jittered retry time.
+    pub fn without_jitter(&self) -> Self {
+        let mut settings = self.settings.clone();
+        settings.jitter = false;
+        Self { settings }
+    }
+
+    pub fn jittered(&self) -> bool {
+        self.settings.jitter
+    }
+
+    /// Whether `cancel` waits for the end of the period.
+    pub fn cancel_at_period_end(&self) -> bool {
+        self.settings.cancel_at_period_end
+    }
+
+    /// The rule [`Self::decide`] applies to retry `retries_done + 1` of `bucket`, for the
+    /// retry's timeline: `backoff 3 of 8: 6h x2^2 cap 4d, jittered, within 14d`,
+    /// `schedule slot 2 of 4: +7d after the first failure`, `never_retry: stop`, ...
+    pub fn rule(&self, bucket: DeclineBucket, retries_done: u32) -> String {
+        let s = &self.settings;
+        let n = retries_done + 1;
+        let jitter = if s.jitter { ", jittered" } else { "" };
+        let age = compact(s.max_age_secs);
+        let backoff = |name: &str, base, cap, limit: u32| {
+            format!(
+                "{name} {n} of {limit}: {} x{}^{retries_done} cap {}{jitter}, within {age}",
+                compact(base),
+                s.factor,
+                compact(cap),
+            )
+        };
+        match (bucket, &s.schedule_secs) {
+            (DeclineBucket::NeverRetry, _) => "never_retry: stop at once".to_owned(),
+            (DeclineBucket::NeedsCustomerAction, _) => format!(
+                "needs_customer_action: wait up to {} for the customer",
+                compact(s.awaiting_customer_secs)
+            ),
+            (DeclineBucket::RetrySoon | DeclineBucket::ProviderError, Some(schedule)) => {
+                match schedule.get(retries_done as usize) {
+                    Some(&offset) => format!(
+                        "schedule slot {n} of {}: +{} after the first failure, within {age}",
+                        schedule.len(),
+                        compact(offset)
+                    ),
+                    None => format!("schedule of {} slots spent", schedule.len()),
+                }
+            }
+            (DeclineBucket::RetrySoon, None) => {
+                backoff("backoff", s.base_secs, s.cap_secs, s.max_attempts)
+            }
+            (DeclineBucket::ProviderError, None) => backoff(
+                "provider_error backoff",
+                s.provider_error_base_secs,
+                s.provider_error_cap_secs,
+                s.max_attempts,
+            ),
+            (DeclineBucket::Inventory, _) => backoff(
+                "inventory backoff",
+                s.inventory_base_secs,
+                s.cap_secs,
+                s.inventory_max_attempts,
+            ),
         }
     }
 
@@ -424,6 +515,7 @@ mod tests {
             provider_error_cap_secs: o.3,
             inventory_base_secs: o.4,
             inventory_max_attempts: o.5,
+            ..Default::default()
         })
     }
 

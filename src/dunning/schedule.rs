@@ -9,6 +9,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
+use super::decisions::{self, Failure};
 use super::decline::{self, DeclineBucket};
 use super::policy::{Decision, RetryPolicy};
 use super::status::RetryStatus;
@@ -151,6 +152,30 @@ pub(crate) fn row_for(
     }
 }
 
+/// Why a decision was made, for the retry's timeline: the code and the bucket it chose,
+/// the policy's rule, and what follows (`insufficient_funds → retry_soon [backoff 2 of 8:
+/// 6h x2^1 cap 4d, within 14d] → retry at 2026-12-05T18:00:00Z`).
+pub(crate) fn explain(
+    policy: &RetryPolicy,
+    code: &str,
+    bucket: DeclineBucket,
+    retries_done: u32,
+    decision: &Decision,
+) -> String {
+    let then = match decision {
+        Decision::RetryAt(at) => format!("retry at {}", stamp(*at)),
+        Decision::AwaitCustomer => "await the customer".to_owned(),
+        Decision::Stop { action, reason } => format!("stop ({reason}), then {}", action.as_str()),
+    };
+    let rule = policy.rule(bucket, retries_done);
+    format!("{code} → {} [{rule}] → {then}", bucket.as_str())
+}
+
+/// A time as the timeline prints it (RFC 3339, seconds, `Z`).
+pub(crate) fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// Writes the retry consequences of a reconciled batch in the caller's transaction, in a
 /// fixed number of statements whatever the batch's size: failures first, then payments, so
 /// that within a batch a paid cycle ends recovered whichever of its events came first.
@@ -195,21 +220,44 @@ async fn recover<'a>(
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
                  AS p(source_id, cycle_key, attempt_id, subscription_id, attempted_at)),
          hit AS (
-             SELECT source_id, cycle_key, min(attempt_id) AS attempt_id FROM (
-                 SELECT r.source_id, r.cycle_key, p.attempt_id
+             SELECT source_id, cycle_key, min(attempt_id) AS attempt_id, bool_or(pending) AS pending FROM (
+                 SELECT r.source_id, r.cycle_key, p.attempt_id, false AS pending
                  FROM paid p JOIN retries r USING (source_id, cycle_key)
                  WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
                  UNION ALL
-                 SELECT r.source_id, r.cycle_key, p.attempt_id
+                 SELECT r.source_id, r.cycle_key, p.attempt_id, false
                  FROM paid p JOIN retries r USING (source_id, subscription_id)
                  WHERE r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
                    AND r.cycle_id IS NULL AND r.first_failed_at <= COALESCE(p.attempted_at, now())
-             ) h GROUP BY source_id, cycle_key)
-         UPDATE retries r SET status = 'recovered', due_at = NULL,
-                last_outcome = 'paid: ' || hit.attempt_id, updated_at = now()
-         FROM hit
-         WHERE r.source_id = hit.source_id AND r.cycle_key = hit.cycle_key
-           AND r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')",
+                 UNION ALL
+                 -- Exhausted with the final action still pending: the payment cancels it.
+                 SELECT r.source_id, r.cycle_key, p.attempt_id, true
+                 FROM paid p JOIN retries r ON r.source_id = p.source_id
+                      AND (r.cycle_key = p.cycle_key
+                           OR (r.cycle_id IS NULL AND r.subscription_id = p.subscription_id
+                               AND r.first_failed_at <= COALESCE(p.attempted_at, now())))
+                 WHERE r.status IN ('exhausted', 'stopped')
+                   AND r.final_action IN ('mark_unpaid', 'pause', 'cancel') AND r.final_action_at IS NULL
+             ) h GROUP BY source_id, cycle_key),
+         recovered AS (
+             UPDATE retries r SET status = 'recovered', due_at = NULL, expires_at = NULL,
+                    final_action_at = CASE WHEN hit.pending THEN now() ELSE r.final_action_at END,
+                    last_outcome = CASE WHEN hit.pending
+                        THEN 'paid before the final action (' || r.final_action || '): ' || hit.attempt_id
+                        ELSE 'paid: ' || hit.attempt_id END,
+                    updated_at = now()
+             FROM hit
+             WHERE r.source_id = hit.source_id AND r.cycle_key = hit.cycle_key
+               AND (r.status IN ('scheduled', 'in_flight', 'awaiting_customer', 'provider_managed', 'parked')
+                    OR (hit.pending AND r.status IN ('exhausted', 'stopped') AND r.final_action_at IS NULL))
+             RETURNING r.source_id, r.cycle_key, r.final_action, r.subscription_id, hit.pending, hit.attempt_id)
+         -- A final action being sent right now finishes as it must; one not yet sent never is.
+         INSERT INTO final_actions AS f (source_id, cycle_key, action, subscription_id, idempotency_key,
+                                         finished_at, outcome, answer)
+         SELECT source_id, cycle_key, final_action, subscription_id, '', now(), 'skipped',
+                'paid before the final action: ' || attempt_id
+         FROM recovered WHERE pending
+         ON CONFLICT (source_id, cycle_key) DO NOTHING",
     )
     .persistent(false)
     .bind(&source)
@@ -232,7 +280,10 @@ struct RetryRow<'a> {
     retries_done: i32,
     first_failed_at: DateTime<Utc>,
     due_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
     final_action: Option<&'static str>,
+    /// Why: the bucket and the code that chose it, the rule, what follows.
+    reason: String,
 }
 
 /// Schedules (or re-decides) the retry of every failed cycle: the stored rows are locked
@@ -272,6 +323,7 @@ async fn schedule_failures(
         })
         .collect();
     let mut rows: BTreeMap<(&str, &str), RetryRow> = BTreeMap::new();
+    let mut decided = Vec::new();
     for &(fact, plan) in failed {
         let key = (fact.source_id.as_str(), fact.cycle_key());
         let now = fact.attempted_at.unwrap_or_else(Utc::now);
@@ -286,18 +338,47 @@ async fn schedule_failures(
             None => (None, 0, now),
         };
         let bucket = decline::classify(fact.error_code.as_deref(), &fact.provider_status);
-        let (status, due_at, final_action) = match plan.mode {
+        let code = fact.error_code.as_deref().unwrap_or(&fact.provider_status);
+        let done = u32::try_from(retries_done).unwrap_or(0);
+        let policy = &plan.policy;
+        let (status, due_at, final_action, reason) = match plan.mode {
             // Sources without dunning have no plan (see `Dunning::new`).
             DunningMode::None => continue,
             DunningMode::ProviderManaged => {
-                (RetryStatus::ProviderManaged, fact.next_attempt_at, None)
+                let deadline = policy.deadline(RetryStatus::ProviderManaged, first_failed_at);
+                let reason = format!(
+                    "failed: {code} → {}; the provider retries itself{}",
+                    bucket.as_str(),
+                    deadline
+                        .map(|d| format!(", settled by {}", stamp(d)))
+                        .unwrap_or_default()
+                );
+                (
+                    RetryStatus::ProviderManaged,
+                    fact.next_attempt_at,
+                    None,
+                    reason,
+                )
             }
-            DunningMode::CallsApi => row_for(&plan.policy.decide(
-                bucket,
-                u32::try_from(retries_done).unwrap_or(0),
-                first_failed_at,
-                now,
-            )),
+            DunningMode::CallsApi => {
+                let failure = Failure {
+                    source_id: &fact.source_id,
+                    cycle_key: fact.cycle_key(),
+                    code,
+                    bucket,
+                    retries_done: done,
+                    first_failed_at,
+                    now,
+                };
+                let (decision, logged) = failure.decide(policy);
+                let (status, due_at, action) = row_for(&decision);
+                let reason = explain(policy, code, bucket, done, &decision);
+                // A parked retry waits for its operator (below): not the policy's decision.
+                if !(status == RetryStatus::Scheduled && stored == Some("parked")) {
+                    decided.push(logged);
+                }
+                (status, due_at, action, format!("failed: {reason}"))
+            }
         };
         // A parked retry waits for its operator: a new failure does not make our calls
         // work again (a hard decline or exhaustion still settles it).
@@ -306,6 +387,11 @@ async fn schedule_failures(
             RetryStatus::Scheduled if stored == Some(parked) => (RetryStatus::Parked, None),
             other => (other, due_at),
         };
+        let since = match status {
+            RetryStatus::ProviderManaged => first_failed_at,
+            _ => now,
+        };
+        let expires_at = policy.deadline(status, since);
         let status = status.as_str();
         state.insert(key, (status, retries_done, first_failed_at));
         let earlier = rows.remove(&key).and_then(|r| r.subscription_id);
@@ -318,7 +404,9 @@ async fn schedule_failures(
             retries_done,
             first_failed_at,
             due_at,
+            expires_at,
             final_action,
+            reason,
         };
         rows.insert(key, row);
     }
@@ -331,16 +419,17 @@ async fn schedule_failures(
     }
     sqlx::query(
         "INSERT INTO retries (source_id, cycle_key, subscription_id, attempt_id, cycle_id, status, bucket,
-                              retries_done, first_failed_at, due_at, policy, final_action, last_outcome)
+                              retries_done, first_failed_at, due_at, policy, final_action, last_outcome,
+                              expires_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                               $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
-                              $11::text[], $12::text[], $13::text[])
+                              $11::text[], $12::text[], $13::text[], $14::timestamptz[])
          ON CONFLICT (source_id, cycle_key) DO UPDATE SET
              subscription_id = COALESCE(excluded.subscription_id, retries.subscription_id),
              attempt_id = excluded.attempt_id, status = excluded.status, bucket = excluded.bucket,
              first_failed_at = excluded.first_failed_at, due_at = excluded.due_at,
              final_action = excluded.final_action, last_outcome = excluded.last_outcome,
-             updated_at = now()",
+             expires_at = excluded.expires_at, updated_at = now()",
     )
     .bind(column(&rows, |r| r.fact.source_id.as_str()))
     .bind(column(&rows, |r| r.fact.cycle_key()))
@@ -354,13 +443,11 @@ async fn schedule_failures(
     .bind(column(&rows, |r| r.due_at))
     .bind(column(&rows, |r| r.plan.policy.describe()))
     .bind(column(&rows, |r| r.final_action))
-    .bind(column(&rows, |r| {
-        let fact = r.fact;
-        format!("failed: {}", fact.error_code.as_deref().unwrap_or(&fact.provider_status))
-    }))
+    .bind(column(&rows, |r| r.reason.as_str()))
+    .bind(column(&rows, |r| r.expires_at))
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    decisions::log(tx, &decided).await
 }
 
 /// A subscription that became active again (new payment method, completed challenge)
@@ -378,12 +465,65 @@ pub async fn on_subscription_active(
         return Ok(());
     }
     sqlx::query(
-        "UPDATE retries SET status = 'scheduled', due_at = now(), last_outcome = 're-armed: subscription active',
-                updated_at = now()
+        "UPDATE retries SET status = 'scheduled', due_at = now(), expires_at = NULL,
+                last_outcome = 're-armed: subscription active', updated_at = now()
          WHERE source_id = $1 AND subscription_id = $2 AND status = 'awaiting_customer'",
     )
     .bind(source_id)
     .bind(subscription_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A provider that retries itself (PayNow, Rebilly) ends its dunning by cancelling,
+/// pausing or failing the subscription: the open provider-managed retries of
+/// `subscriptions` (`(source, subscription)`: those this batch changed or failed) whose
+/// stored subscription has ended so end there, with the provider's final state recorded
+/// as their final action, carried out by it. Read from the stored status, so it holds
+/// whichever of the failure and the cancellation is reconciled first. One statement.
+pub async fn follow_provider_ends(
+    tx: &mut sqlx::PgConnection,
+    dunning: &Dunning,
+    subscriptions: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    let managed: Vec<&(&str, &str)> = subscriptions
+        .iter()
+        .filter(|(source, _)| {
+            dunning
+                .plan(source)
+                .is_some_and(|p| p.mode == DunningMode::ProviderManaged)
+        })
+        .collect();
+    if managed.is_empty() {
+        return Ok(());
+    }
+    let sources: Vec<&str> = managed.iter().map(|k| k.0).collect();
+    let ids: Vec<&str> = managed.iter().map(|k| k.1).collect();
+    sqlx::query(
+        "WITH ended AS (
+             UPDATE retries r SET status = 'exhausted', due_at = NULL, expires_at = NULL,
+                    final_action = a.action, final_action_at = now(), updated_at = now(),
+                    last_outcome = 'final action ' || a.action || ' by the provider: its own dunning left the subscription ' || s.status
+             FROM subscriptions s
+                  JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[]) AS k(source_id, subscription_id)) k
+                    USING (source_id, subscription_id)
+                  CROSS JOIN LATERAL (SELECT CASE s.status WHEN 'paused' THEN 'pause'
+                                                           WHEN 'failed' THEN 'mark_unpaid'
+                                                           ELSE 'cancel' END AS action) a
+             WHERE r.source_id = s.source_id AND r.subscription_id = s.subscription_id
+               AND r.status = 'provider_managed' AND s.status IN ('cancelled', 'expired', 'paused', 'failed')
+             RETURNING r.source_id, r.cycle_key, r.subscription_id, r.final_action, s.status)
+         INSERT INTO final_actions (source_id, cycle_key, action, subscription_id, idempotency_key,
+                                    finished_at, outcome, answer)
+         SELECT source_id, cycle_key, final_action, subscription_id, '', now(), 'already_done',
+                'the provider''s own dunning left the subscription ' || status
+         FROM ended
+         ON CONFLICT (source_id, cycle_key) DO NOTHING",
+    )
+    .persistent(false)
+    .bind(&sources)
+    .bind(&ids)
     .execute(&mut *tx)
     .await?;
     Ok(())

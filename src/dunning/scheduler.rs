@@ -28,14 +28,19 @@ use futures_util::FutureExt;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+use super::decisions::Failure;
 use super::decline::{self, DeclineBucket};
-use super::schedule::{Dunning, row_for};
+use super::policy::Decision;
+use super::schedule::{Dunning, explain, row_for, stamp};
 use super::status::RetryStatus;
 use crate::db::{Db, DbError};
 use crate::providers::Sources;
 use crate::providers::contract::{RetryCall, RetryClient};
 
 mod call;
+mod final_action;
+
+pub use final_action::final_action_key;
 
 use call::{count_parked, panic_message};
 
@@ -45,6 +50,8 @@ pub const DEFAULT_PARK_AFTER: u32 = 5;
 /// Postgres's intervals overflow, and no sane setting comes near (config refuses more).
 const MAX_TICK: Duration = Duration::from_secs(86_400);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3_650 * 86_400);
+/// The code of an accepted retry whose outcome never came, as the decision log names it.
+const NO_OUTCOME: &str = "no outcome";
 /// What a re-armed call (no answer recorded) counts as.
 const NO_ANSWER: &str = "no answer recorded: the process stopped during the call";
 
@@ -70,6 +77,10 @@ pub struct Pass {
     pub expired: usize,
     /// Retries parked by this pass (their calls kept failing).
     pub parked: usize,
+    /// Waits for the customer or a provider's own retries that passed their deadline.
+    pub deadlines: usize,
+    /// Final actions sent (or settled without a call).
+    pub final_actions: usize,
 }
 
 pub struct Scheduler {
@@ -94,6 +105,17 @@ enum Lane<'a> {
     Source(&'a str),
     /// Every source but those with a client of their own lane.
     Rest(&'a [String]),
+}
+
+impl Lane<'_> {
+    /// The one source claimed, and the sources never claimed.
+    fn filter(&self) -> (Option<&str>, &[String]) {
+        match *self {
+            Lane::All => (None, &[]),
+            Lane::Source(source) => (Some(source), &[]),
+            Lane::Rest(with_client) => (None, with_client),
+        }
+    }
 }
 
 impl std::fmt::Display for Lane<'_> {
@@ -206,11 +228,12 @@ impl Scheduler {
     /// One pass of `lane`. The shared upkeep (re-arming unanswered calls, expiring
     /// accepted ones) runs in the lane that is not a single source.
     async fn pass(&self, now: DateTime<Utc>, lane: Lane<'_>) -> Result<Pass, DbError> {
-        let (resent, mut parked, expired) = match lane {
-            Lane::Source(_) => (0, 0, 0),
+        let (resent, mut parked, expired, deadlines) = match lane {
+            Lane::Source(_) => (0, 0, 0, 0),
             Lane::All | Lane::Rest(_) => {
                 let (resent, parked) = self.rearm_unanswered(now).await?;
-                (resent, parked, self.expire_accepted(now).await?)
+                let expired = self.expire_accepted(now).await?;
+                (resent, parked, expired, self.expire_waits(now).await?)
             }
         };
         let (claimed, completed_without_call) = self.claim(now, lane).await?;
@@ -239,12 +262,15 @@ impl Scheduler {
         for result in futures_util::future::join_all(sources).await {
             parked += result?;
         }
+        let final_actions = self.final_actions(now, lane).await?;
         Ok(Pass {
             called: claimed.len(),
             completed_without_call,
             resent,
             expired,
             parked,
+            deadlines,
+            final_actions,
         })
     }
 
@@ -316,24 +342,42 @@ impl Scheduler {
         .bind(cutoff)
         .fetch_all(&mut *tx)
         .await?;
+        let waited = humantime::format_duration(self.accepted_timeout);
+        let mut decided = Vec::new();
         for (source_id, cycle_key, bucket, done, first_failed_at) in &stale {
             let bucket = decline::bucket_from_str(bucket).unwrap_or(DeclineBucket::RetrySoon);
-            let decision = self.dunning.plan(source_id).map(|p| {
-                p.policy.decide(
-                    bucket,
-                    u32::try_from(*done).unwrap_or(0),
-                    *first_failed_at,
-                    now,
-                )
-            });
-            let (status, due_at, action) =
-                decision
-                    .as_ref()
-                    .map(row_for)
-                    .unwrap_or((RetryStatus::Exhausted, None, None));
+            let done = u32::try_from(*done).unwrap_or(0);
+            let (status, due_at, action, why) = match self.dunning.plan(source_id) {
+                Some(plan) => {
+                    let failure = Failure {
+                        source_id,
+                        cycle_key,
+                        code: NO_OUTCOME,
+                        bucket,
+                        retries_done: done,
+                        first_failed_at: *first_failed_at,
+                        now,
+                    };
+                    let (decision, logged) = failure.decide(&plan.policy);
+                    decided.push(logged);
+                    let (status, due_at, action) = row_for(&decision);
+                    let why = explain(&plan.policy, NO_OUTCOME, bucket, done, &decision);
+                    (status, due_at, action, why)
+                }
+                None => (
+                    RetryStatus::Exhausted,
+                    None,
+                    None,
+                    "no retry policy".to_owned(),
+                ),
+            };
+            let expires_at = self
+                .dunning
+                .plan(source_id)
+                .and_then(|p| p.policy.deadline(status, now));
             sqlx::query(
                 "UPDATE retries SET status = $3, due_at = $4, final_action = COALESCE($5, final_action),
-                        last_outcome = 'no outcome reported for the accepted retry', updated_at = now()
+                        expires_at = $7, last_outcome = $6, updated_at = now()
                  WHERE source_id = $1 AND cycle_key = $2",
             )
             .bind(source_id)
@@ -341,11 +385,63 @@ impl Scheduler {
             .bind(status.as_str())
             .bind(due_at)
             .bind(action)
+            .bind(format!(
+                "no outcome reported for the accepted retry within {waited}: {why}"
+            ))
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        super::decisions::log(&mut tx, &decided).await?;
+        tx.commit().await?;
+        Ok(stale.len())
+    }
+
+    /// Waits past their deadline (`awaiting_customer`, `provider_managed`): the policy
+    /// stops them with its final action, and says why.
+    async fn expire_waits(&self, now: DateTime<Utc>) -> Result<usize, DbError> {
+        let mut tx = self.db.pool().begin().await?;
+        let passed: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT source_id, cycle_key, status, expires_at FROM retries
+             WHERE status IN ('awaiting_customer', 'provider_managed') AND expires_at <= $1
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(self.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (source_id, cycle_key, status, expires_at) in &passed {
+            let status = RetryStatus::parse(status).unwrap_or(RetryStatus::AwaitingCustomer);
+            let decision = self
+                .dunning
+                .plan(source_id)
+                .map(|p| p.policy.expire(status));
+            let (status_after, _, action) =
+                decision
+                    .as_ref()
+                    .map(row_for)
+                    .unwrap_or((RetryStatus::Exhausted, None, None));
+            let then = match &decision {
+                Some(Decision::Stop { action, reason }) => {
+                    format!("stop ({reason}), then {}", action.as_str())
+                }
+                _ => "exhausted (no retry policy)".to_owned(),
+            };
+            sqlx::query(
+                "UPDATE retries SET status = $3, due_at = NULL, expires_at = NULL,
+                        final_action = COALESCE($4, final_action), last_outcome = $5, updated_at = now()
+                 WHERE source_id = $1 AND cycle_key = $2",
+            )
+            .bind(source_id)
+            .bind(cycle_key)
+            .bind(status_after.as_str())
+            .bind(action)
+            .bind(format!("{status} deadline {} passed: {then}", stamp(*expires_at)))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(stale.len())
+        Ok(passed.len())
     }
 
     /// Claims due retries, completing without a call those the ledger says are settled.
@@ -354,11 +450,7 @@ impl Scheduler {
         now: DateTime<Utc>,
         lane: Lane<'_>,
     ) -> Result<(Vec<Claimed>, usize), DbError> {
-        let (only, except): (Option<&str>, &[String]) = match lane {
-            Lane::All => (None, &[]),
-            Lane::Source(source) => (Some(source), &[]),
-            Lane::Rest(with_client) => (None, with_client),
-        };
+        let (only, except) = lane.filter();
         let mut tx = self.db.pool().begin().await?;
         type Due = (
             String,
@@ -487,6 +579,22 @@ async fn settled_reason(
     let Some(subscription_id) = subscription_id else {
         return Ok(None);
     };
+    let status = subscription_status(tx, source_id, subscription_id).await?;
+    Ok(match status.as_deref() {
+        Some("cancelled") => Some("contract cancelled"),
+        Some("paused") => Some("contract paused"),
+        Some("expired") => Some("contract expired"),
+        Some("failed") => Some("contract failed"),
+        _ => None,
+    })
+}
+
+/// The subscription's status in the ledger, if it is known.
+async fn subscription_status(
+    tx: &mut sqlx::PgConnection,
+    source_id: &str,
+    subscription_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let status: Option<(String,)> = sqlx::query_as(
         "SELECT status FROM subscriptions WHERE source_id = $1 AND subscription_id = $2",
     )
@@ -494,11 +602,5 @@ async fn settled_reason(
     .bind(subscription_id)
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(match status.as_ref().map(|(s,)| s.as_str()) {
-        Some("cancelled") => Some("contract cancelled"),
-        Some("paused") => Some("contract paused"),
-        Some("expired") => Some("contract expired"),
-        Some("failed") => Some("contract failed"),
-        _ => None,
-    })
+    Ok(status.map(|(s,)| s))
 }

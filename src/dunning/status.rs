@@ -38,6 +38,15 @@ impl RetryStatus {
         RetryStatus::Parked,
     ];
 
+    /// The statuses of a retry still open (a payment recovers it).
+    pub const OPEN: [RetryStatus; 5] = [
+        RetryStatus::Scheduled,
+        RetryStatus::InFlight,
+        RetryStatus::AwaitingCustomer,
+        RetryStatus::ProviderManaged,
+        RetryStatus::Parked,
+    ];
+
     /// The word stored in `retries.status`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -343,6 +343,16 @@ pub(super) async fn reconcile_in(
             schedule::on_subscription_active(&mut *tx, dunning, source, id).await?;
         }
     }
+    // Subscriptions this batch changed or failed: a provider's own dunning may have ended.
+    let touched: Vec<(&str, &str)> = (subscriptions.keys())
+        .map(|(source, id)| (source.as_str(), id.as_str()))
+        .chain(
+            (facts.iter())
+                .filter(|f| f.status == AttemptStatus::Failed)
+                .filter_map(|f| Some((f.source_id.as_str(), f.subscription_id.as_deref()?))),
+        )
+        .collect();
+    schedule::follow_provider_ends(&mut *tx, dunning, &touched).await?;
 
     // An event is applied when one of its canonical events is the state now stored.
     let mut outcomes = Vec::with_capacity(events.len());

@@ -39,6 +39,9 @@ pub struct SubscriptionView {
     pub balances: BTreeMap<String, BTreeMap<String, i64>>,
     /// The open payment retry (dunning); `null` when none is open.
     pub retry: Option<crate::dunning::views::RetryView>,
+    /// The latest final action of its dunning (mark unpaid, pause, cancel): when it was
+    /// carried out and the provider's answer; `null` when none was due.
+    pub final_action: Option<crate::dunning::views::FinalActionView>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
@@ -103,6 +106,8 @@ impl Db {
             attempts,
             balances,
             retry: crate::dunning::views::open_for(self, source_id, subscription_id).await?,
+            final_action: crate::dunning::views::final_action_of(self, source_id, subscription_id)
+                .await?,
         }))
     }
 

@@ -33,6 +33,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::canonical::PaymentLink;
+use crate::config::FinalAction;
 use crate::envelope::Envelope;
 use crate::money::Money;
 use crate::providers::http::{Cap, ProviderApiError};
@@ -142,6 +143,57 @@ pub trait RetryClient: Send + Sync {
     /// later pass, with [`RetryCall::previous_send_at`] set.
     fn resends_safely(&self) -> bool {
         true
+    }
+
+    /// Carries out the final action of an exhausted (or stopped) retry: marks the cycle
+    /// unpaid, pauses or cancels the subscription. A client reads the provider's state
+    /// first where that is one cheap call (a cycle paid meanwhile is [`FinalOutcome::Paid`],
+    /// a state already reached is [`FinalOutcome::AlreadyDone`]). A provider whose API
+    /// has no such call answers [`FinalOutcome::Unsupported`], without a request.
+    fn final_action<'a>(
+        &'a self,
+        call: &'a FinalCall,
+    ) -> BoxFuture<'a, Result<FinalOutcome, ProviderApiError>> {
+        Box::pin(async move { Ok(FinalOutcome::unsupported(call.action)) })
+    }
+}
+
+/// One final action to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalCall {
+    pub action: FinalAction,
+    pub attempt_id: String,
+    pub cycle_id: Option<String>,
+    pub subscription_id: Option<String>,
+    /// Deterministic: derived from (source, cycle, action); the same on every re-send.
+    pub idempotency_key: String,
+    /// A previous send may have reached the provider (a crash, a timeout, a 5xx): a
+    /// client whose API has no idempotency key reads the state before sending again.
+    pub resend: bool,
+    /// `cancel` at the end of the current period instead of now (`retry.cancel_at_period_end`).
+    pub at_period_end: bool,
+}
+
+/// What the provider said about a final action; each carries the provider's resulting
+/// state (or why nothing was sent), as recorded on the retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalOutcome {
+    /// Carried out now.
+    Done(String),
+    /// The provider was already in that state (a re-send, or another actor).
+    AlreadyDone(String),
+    /// The provider says the cycle was paid meanwhile: nothing was changed.
+    Paid(String),
+    /// The provider's API has no such call: nothing was sent.
+    Unsupported(String),
+}
+
+impl FinalOutcome {
+    pub fn unsupported(action: FinalAction) -> Self {
+        FinalOutcome::Unsupported(format!(
+            "this provider's API has no call for {}",
+            action.as_str()
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 //! optional timestamps, an envelope whose inner object stays raw until the event type says
 //! which shape it has), and what every list client renders its records with.
 
+use crate::config::FinalAction;
 use std::time::SystemTime;
 
 use axum::http::HeaderMap;
@@ -352,6 +353,22 @@ pub(crate) fn capped(page_size: u32, max: u32) -> u32 {
 /// A list record's webhook body as JSON.
 pub(crate) fn json_body(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("a webhook body serializes")
+}
+
+/// Why final action `action` has nothing left to do on a contract in `status` (Shopify's
+/// statuses, which Appstle's contracts share): it is already in the action's `target`
+/// status, or it has ended (CANCELLED, EXPIRED).
+pub(crate) fn already_done(action: FinalAction, target: &str, status: &str) -> Option<String> {
+    if status == target {
+        Some(format!("contract {status}"))
+    } else if matches!(status, "CANCELLED" | "EXPIRED") {
+        Some(format!(
+            "contract {status}: it has ended, nothing left to {}",
+            action.as_str()
+        ))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! A hostile Stripe: a raw HTTP/1.1 server on loopback that answers subsync's calls the
 //! way a broken or malicious provider could. The misbehaviour is chosen by the invoice id
 //! of `POST /v1/invoices/{id}/pay` (`in_{mode}_{n}`, see [`Mode`]); `GET /v1/invoices`
-//! answers a Stripe list whose `starting_after` cursor cycles forever. A second server,
+//! answers a Stripe list whose `starting_after` cursor cycles forever, and `GET
+//! /v1/invoices/{id}` (a final action's read) that it knows no such invoice. A second server,
 //! the redirect target, records every request it gets, so the test can show that no
 //! credential ever left for another host.
 //!
@@ -75,6 +76,9 @@ pub struct Seen {
     pub cursors: Vec<String>,
     /// Charges of the cycling list's invoices (answered 404 `resource_missing`).
     pub unknown_invoice_charges: usize,
+    /// Reads of one invoice (`GET /v1/invoices/{id}`, what a final action reads first),
+    /// answered 404 `resource_missing`: this Stripe knows no invoice to read.
+    pub invoice_reads: usize,
     /// Requests that broke Stripe's definition of the call (method, path, auth, key).
     pub malformed: Vec<String>,
 }
@@ -237,9 +241,16 @@ impl Hostile {
                 &cycling_page(next),
             ));
         }
-        let invoice = path
-            .strip_prefix("/v1/invoices/")
-            .and_then(|rest| rest.strip_suffix("/pay"));
+        let one = path.strip_prefix("/v1/invoices/");
+        if request.method == "GET" && one.is_some_and(|id| !id.is_empty() && !id.contains('/')) {
+            seen.invoice_reads += 1;
+            return Some(answer(
+                "404 Not Found",
+                &[("content-type", "application/json".into())],
+                r#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such invoice"}}"#,
+            ));
+        }
+        let invoice = one.and_then(|rest| rest.strip_suffix("/pay"));
         let (Some(invoice), "POST") = (invoice, request.method.as_str()) else {
             seen.malformed
                 .push(format!("{} {}", request.method, request.target));

@@ -4,6 +4,8 @@
 //! repeated idempotency key with the first response instead of charging again.
 
 use crate::common;
+mod final_appstle;
+mod final_stripe;
 mod panics;
 mod parked;
 mod polar;
@@ -769,7 +771,12 @@ interval_ms = 3600000
         .unwrap()
         .remove(0);
     assert_eq!((next.status.as_str(), next.retries_done), ("scheduled", 1));
-    assert!(next.last_outcome.unwrap().contains("no outcome reported"));
+    let why = next.last_outcome.unwrap();
+    assert!(
+        why.starts_with("no outcome reported for the accepted retry within 1day: no outcome → "),
+        "{why}"
+    );
+    assert!(why.contains("] → retry at "), "{why}");
 
     // Appstle reports the same attempt succeeded.
     let success = String::from_utf8(failure)
@@ -828,5 +835,132 @@ async fn paynow_retries_on_its_side_and_is_only_tracked() {
         .await
         .unwrap();
     assert_eq!(pass.called, 0, "subsync never calls for PayNow");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_for_the_customer_ends_at_its_deadline() {
+    let server = fake_stripe(FakeStripe::default()).await;
+    let mut config = TestConfig::new().await;
+    config_with(&server, &mut config);
+    config.extra = config.extra.replace(
+        "retry = { jitter = false }",
+        r#"retry = { jitter = false, awaiting_customer_secs = 86400, final_action = "leave" }"#,
+    );
+    let app = spawn_app(&config, Role::All).await;
+    let t0 = t0();
+    let expired = invoice_event(
+        "evt_e1",
+        "invoice.payment_failed",
+        "in_exp",
+        1,
+        Some("expired_card"),
+        t0,
+    );
+    send(&app, "evt_e1", expired).await;
+    let waiting = retry(&app, "in_exp").await;
+    assert_eq!(waiting.status, "awaiting_customer");
+    assert_eq!(waiting.expires_at, Some(t0 + chrono::Duration::days(1)));
+    assert!(
+        waiting.last_outcome.as_deref().unwrap().contains(
+            "expired_card → needs_customer_action [needs_customer_action: wait up to 1d for the customer] → await the customer"
+        ),
+        "{waiting:?}"
+    );
+
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    let before = t0 + chrono::Duration::days(1) - chrono::Duration::seconds(1);
+    assert_eq!(scheduler.run_once(before).await.unwrap().deadlines, 0);
+    let pass = scheduler
+        .run_once(t0 + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((pass.deadlines, pass.called, pass.final_actions), (1, 0, 0));
+    let ended = retry(&app, "in_exp").await;
+    assert_eq!(
+        (ended.status.as_str(), ended.final_action.as_deref()),
+        ("exhausted", Some("leave"))
+    );
+    assert_eq!(ended.expires_at, None);
+    let why = ended.last_outcome.unwrap();
+    assert!(
+        why.starts_with("awaiting_customer deadline ")
+            && why.ends_with(" passed: stop (awaiting_customer_deadline), then leave"),
+        "{why}"
+    );
+    // Nothing stays open: the gauge of the oldest open retry has none left to show.
+    let oldest = views::oldest_open(&app.db).await.unwrap();
+    assert!(oldest.iter().all(|(_, age)| *age == 0.0), "{oldest:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_the_provider_retries_ends_at_its_deadline() {
+    let mut config = TestConfig::new().await;
+    config.extra =
+        "[[sources]]\nid = \"paynow\"\nprovider = \"paynow\"\nsecrets = [\"pn_secret\"]\n\
+        retry = { provider_managed_secs = 86400, final_action = \"cancel\" }\n\
+        [dunning]\ninterval_ms = 3600000\n"
+            .into();
+    let app = spawn_app(&config, Role::All).await;
+    let source = crate::common::source(app.settings.source("paynow").unwrap()).unwrap();
+    let now = SystemTime::now();
+    let body = source.sample_body("411486491630370900", now);
+    let headers = source.sign("411486491630370900", &body, now);
+    assert_eq!(app.post("paynow", &headers, body).await.status(), 202);
+    let open = first_retry(&app).await;
+    assert_eq!(open.status, "provider_managed");
+    let deadline = open.expires_at.expect("a deadline");
+    assert_eq!(deadline, open.first_failed_at + chrono::Duration::days(1));
+    let oldest = views::oldest_open(&app.db).await.unwrap();
+    assert!(
+        oldest
+            .iter()
+            .any(|(status, age)| *status == "provider_managed" && *age >= 0.0),
+        "{oldest:?}"
+    );
+
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    let early = scheduler
+        .run_once(deadline - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(early.deadlines, 0, "PayNow is still retrying");
+    let pass = scheduler.run_once(deadline).await.unwrap();
+    assert_eq!((pass.deadlines, pass.called, pass.final_actions), (1, 0, 1));
+    let detail = views::show(&app.db, "paynow", &open.cycle_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.retry.status, "exhausted");
+    assert!(detail.retry.final_action_at.is_some());
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (action.action.as_str(), action.outcome.as_deref()),
+        ("cancel", Some("unsupported"))
+    );
+    let reasons: Vec<String> = detail
+        .timeline
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons[0].contains("the provider retries itself, settled by "),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.ends_with("passed: stop (provider_managed_deadline), then cancel")),
+        "{reasons:#?}"
+    );
+    assert_eq!(
+        scheduler
+            .run_once(deadline + chrono::Duration::days(9))
+            .await
+            .unwrap()
+            .final_actions,
+        0
+    );
     app.stop().await;
 }

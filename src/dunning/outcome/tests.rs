@@ -14,6 +14,8 @@ fn policy() -> RetryPolicy {
 
 fn cx(policy: &RetryPolicy, prior_failures: i32) -> Context<'_> {
     Context {
+        source_id: "s",
+        cycle_key: "c",
         policy: Some(policy),
         retry_number: 3,
         first_failed_at: t0(),

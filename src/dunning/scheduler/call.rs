@@ -50,6 +50,8 @@ impl Scheduler {
     /// answer's handling) is this retry's failure too, never the loop's.
     pub(super) fn update_for(&self, retry: &Claimed, called: Called, now: DateTime<Utc>) -> Update {
         let cx = outcome::Context {
+            source_id: &retry.source_id,
+            cycle_key: &retry.cycle_key,
             policy: self.dunning.plan(&retry.source_id).map(|p| &p.policy),
             retry_number: retry.retry_number,
             first_failed_at: retry.first_failed_at,
@@ -97,7 +99,7 @@ impl Scheduler {
         let written = sqlx::query(
             "UPDATE retries SET status = $3, due_at = $4, retries_done = $5, final_action = COALESCE($6, final_action),
                     bucket = COALESCE($7, bucket), last_outcome = $8, consecutive_failures = $9,
-                    last_error = $10, updated_at = now()
+                    last_error = $10, expires_at = $11, updated_at = now()
              WHERE source_id = $1 AND cycle_key = $2 AND status = 'in_flight'",
         )
         .bind(&retry.source_id)
@@ -110,8 +112,13 @@ impl Scheduler {
         .bind(&update.outcome)
         .bind(update.consecutive_failures)
         .bind(update.error.as_deref())
+        .bind(update.expires_at)
         .execute(&mut *tx)
         .await?;
+        if written.rows_affected() == 1 {
+            let decided = update.decided.as_slice();
+            crate::dunning::decisions::log(&mut tx, decided).await?;
+        }
         tx.commit().await?;
         let status = update.status.as_str();
         metrics::counter!("subsync_retries_attempted_total", "source" => retry.source_id.clone(), "status" => status).increment(1);

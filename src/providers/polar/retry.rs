@@ -50,6 +50,20 @@
 //!
 //! Polar's guard against a double charge is its 409 `PaymentAlreadyInProgress`; an
 //! `Idempotency-Key` header is sent as well but the operation declares no such parameter.
+//!
+//! Final actions (`subscriptions:revoke` / `subscriptions:update`), after reading the order
+//! (`paid`, `refunded` or `partially_refunded` → [`FinalOutcome::Paid`], nothing changed):
+//! - `cancel`: `DELETE /v1/subscriptions/{id}` (revoke now), or with `at_period_end`
+//!   `PATCH` `SubscriptionCancel` `{"cancel_at_period_end": true}`;
+//! - `pause`: `PATCH` `SubscriptionPause` `{"pause_at_period_end": false}`. Assumed: `false`
+//!   pauses now (the definition says only that `true` pauses at the period's end); a
+//!   subscription Polar will not pause (403: "not active") is refused with its words;
+//! - `mark_unpaid`: unsupported (Polar has no such state for an order).
+//!
+//! A 403 `AlreadyCanceledSubscription` is `AlreadyDone` (a re-send after a crash, or a
+//! subscription cancelled meanwhile): revoking twice changes nothing. 409
+//! `SubscriptionLocked` ("pending an update") is transient. The answer's `Subscription`
+//! gives the state recorded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -62,8 +76,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::ApiSettings;
-use crate::providers::contract::{CallOutcome, RetryCall, RetryClient};
+use crate::config::{ApiSettings, FinalAction};
+use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, ProviderHttp, auth_failed, exchange, read, required,
     snippet,
@@ -187,6 +201,65 @@ impl PolarClient {
         })
     }
 
+    async fn finish(&self, call: &FinalCall) -> Result<FinalOutcome, ProviderApiError> {
+        let body = match call.action {
+            FinalAction::Cancel if call.at_period_end => {
+                Some(json!({ "cancel_at_period_end": true }))
+            }
+            FinalAction::Cancel => None,
+            FinalAction::Pause => Some(json!({ "pause_at_period_end": false })),
+            FinalAction::MarkUnpaid | FinalAction::Leave => {
+                return Ok(FinalOutcome::unsupported(call.action));
+            }
+        };
+        let order_id = required(call.cycle_id.as_deref(), "cycle_id (Polar order id)")?;
+        let order = self.order(order_id).await?;
+        if matches!(
+            order.status.as_str(),
+            "paid" | "refunded" | "partially_refunded"
+        ) {
+            return Ok(FinalOutcome::Paid(format!("order {}", order.status)));
+        }
+        let id = required(
+            call.subscription_id.as_deref(),
+            "subscription_id (Polar subscription id)",
+        )?;
+        let segments = ["v1", "subscriptions", id];
+        let request = match body {
+            Some(body) => self.api.request(Method::PATCH, &segments)?.json(&body),
+            None => self.api.request(Method::DELETE, &segments)?,
+        };
+        let request = request.header("Idempotency-Key", call.idempotency_key.as_str());
+        let (status, wait, body) = exchange(request, self.api.answer_cap()).await?;
+        let code = status.as_u16();
+        if status.is_success() {
+            let changed: SubscriptionState = serde_json::from_str(&body).map_err(|_| {
+                ProviderApiError::Transient(format!("unreadable subscription ({code})"))
+            })?;
+            let mut state = format!("subscription {}", snippet(&changed.status));
+            if changed.cancel_at_period_end {
+                state.push_str(", cancels at period end");
+            }
+            return Ok(FinalOutcome::Done(state));
+        }
+        let error = serde_json::from_str::<ErrorBody>(&body).unwrap_or_default();
+        let detail = match &error.detail {
+            Some(Value::String(detail)) => snippet(detail),
+            _ => snippet(&body),
+        };
+        match (code, error.error.as_deref()) {
+            (403, Some("AlreadyCanceledSubscription")) => Ok(FinalOutcome::AlreadyDone(detail)),
+            (409, _) => Err(ProviderApiError::Transient(format!("polar 409: {detail}"))),
+            (429, _) => Err(ProviderApiError::RateLimited { retry_after: wait }),
+            (401, _) => Err(auth_failed(code)),
+            (500.., _) => Err(ProviderApiError::Transient(format!("polar {code}"))),
+            _ => Err(ProviderApiError::Rejected {
+                status: code,
+                message: detail,
+            }),
+        }
+    }
+
     /// The customer's cached session, else a new one (`POST /v1/customer-sessions/`).
     async fn session(&self, customer_id: &str) -> Result<Session, ProviderApiError> {
         let now = Utc::now();
@@ -236,6 +309,21 @@ impl RetryClient for PolarClient {
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.confirm(call).await })
     }
+
+    fn final_action<'a>(
+        &'a self,
+        call: &'a FinalCall,
+    ) -> BoxFuture<'a, Result<FinalOutcome, ProviderApiError>> {
+        Box::pin(async move { self.finish(call).await })
+    }
+}
+
+/// The fields of `Subscription` a final action records.
+#[derive(Deserialize)]
+struct SubscriptionState {
+    status: String,
+    #[serde(default)]
+    cancel_at_period_end: bool,
 }
 
 /// `CustomerOrderPaymentConfirmation`.

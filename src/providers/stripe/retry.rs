@@ -1,6 +1,20 @@
 //! Stripe: `POST /v1/invoices/{invoice}/pay` with the retry's `Idempotency-Key`. Stripe
 //! replays the first answer to a repeated key, so a call resent after a crash never
 //! charges twice.
+//!
+//! Final actions (operations and parameters from the SDK's definitions):
+//! - every one first reads the invoice (`GET /v1/invoices/{id}`): a `paid` invoice is
+//!   [`FinalOutcome::Paid`] and nothing is changed;
+//! - `mark_unpaid`: `POST /v1/invoices/{id}/mark_uncollectible` (`InvoiceMarkUncollectibleParams`,
+//!   none sent) with the action's `Idempotency-Key`; an invoice already `uncollectible` is
+//!   `AlreadyDone`;
+//! - `pause`: `POST /v1/subscriptions/{id}` with `pause_collection[behavior]=mark_uncollectible`
+//!   (`SubscriptionUpdateParams.PauseCollection`: invoices are still created and marked
+//!   uncollectible, the customer is not charged) and the key;
+//! - `cancel`: `DELETE /v1/subscriptions/{id}` (`SubscriptionCancelParams`, none sent), or with
+//!   `at_period_end` `POST /v1/subscriptions/{id}` with `cancel_at_period_end=true` and the key.
+//!   Stripe ignores idempotency keys on `DELETE` ("idempotent by definition"), so a re-send
+//!   reads the subscription first (`GET /v1/subscriptions/{id}`): `canceled` is `AlreadyDone`.
 
 use std::time::Duration;
 
@@ -9,8 +23,8 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::config::ApiSettings;
-use crate::providers::contract::{CallOutcome, RetryCall, RetryClient};
+use crate::config::{ApiSettings, FinalAction};
+use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, auth_failed, exchange, required, snippet,
 };
@@ -44,12 +58,141 @@ impl StripeClient {
     }
 }
 
+impl StripeClient {
+    /// One Stripe call; a 2xx answer read as `T`, anything else as the error it is.
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        key: Option<&str>,
+        form: &str,
+    ) -> Result<T, ProviderApiError> {
+        let mut request = self.api.request(method, segments)?;
+        if let Some(key) = key {
+            request = request
+                .header("Idempotency-Key", key)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form.to_owned());
+        }
+        let (status, wait, body) = exchange(request, self.api.answer_cap()).await?;
+        let code = status.as_u16();
+        if status.is_success() {
+            return serde_json::from_str(&body)
+                .map_err(|_| ProviderApiError::Transient(format!("unreadable answer ({code})")));
+        }
+        if status.is_server_error() {
+            return Err(ProviderApiError::Transient(format!("stripe {code}")));
+        }
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .ok()
+            .and_then(|b| b.error.message)
+            .unwrap_or_else(|| snippet(&body));
+        Err(match code {
+            429 => ProviderApiError::RateLimited { retry_after: wait },
+            401 | 403 => auth_failed(code),
+            _ => ProviderApiError::Rejected {
+                status: code,
+                message,
+            },
+        })
+    }
+
+    async fn finish(&self, call: &FinalCall) -> Result<FinalOutcome, ProviderApiError> {
+        let invoice_id = required(call.cycle_id.as_deref(), "cycle_id (Stripe invoice id)")?;
+        let invoice: Invoice = self
+            .send(Method::GET, &["v1", "invoices", invoice_id], None, "")
+            .await?;
+        let invoice_status = invoice.status.as_deref().unwrap_or("unknown");
+        if invoice_status == "paid" {
+            return Ok(FinalOutcome::Paid(format!("invoice {invoice_id} paid")));
+        }
+        let key = Some(call.idempotency_key.as_str());
+        if call.action == FinalAction::MarkUnpaid {
+            if invoice_status == "uncollectible" {
+                return Ok(FinalOutcome::AlreadyDone("invoice uncollectible".into()));
+            }
+            let path = ["v1", "invoices", invoice_id, "mark_uncollectible"];
+            let marked: Invoice = self.send(Method::POST, &path, key, "").await?;
+            let status = marked.status.as_deref().unwrap_or("unknown");
+            return Ok(FinalOutcome::Done(format!("invoice {status}")));
+        }
+        let subscription_id = required(
+            call.subscription_id.as_deref(),
+            "subscription_id (Stripe subscription id)",
+        )?;
+        let path = ["v1", "subscriptions", subscription_id];
+        let (method, form) = match call.action {
+            FinalAction::Pause => (
+                Method::POST,
+                "pause_collection%5Bbehavior%5D=mark_uncollectible",
+            ),
+            FinalAction::Cancel if call.at_period_end => {
+                (Method::POST, "cancel_at_period_end=true")
+            }
+            FinalAction::Cancel => {
+                if call.resend {
+                    let now: Subscription = self.send(Method::GET, &path, None, "").await?;
+                    if now.status.as_deref() == Some("canceled") {
+                        return Ok(FinalOutcome::AlreadyDone("subscription canceled".into()));
+                    }
+                }
+                (Method::DELETE, "")
+            }
+            FinalAction::MarkUnpaid | FinalAction::Leave => {
+                return Ok(FinalOutcome::unsupported(call.action));
+            }
+        };
+        let key = (method == Method::POST).then_some(call.idempotency_key.as_str());
+        let changed: Subscription = self.send(method, &path, key, form).await?;
+        Ok(FinalOutcome::Done(changed.describe()))
+    }
+}
+
 impl RetryClient for StripeClient {
     fn retry<'a>(
         &'a self,
         call: &'a RetryCall,
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.pay(call).await })
+    }
+
+    fn final_action<'a>(
+        &'a self,
+        call: &'a FinalCall,
+    ) -> BoxFuture<'a, Result<FinalOutcome, ProviderApiError>> {
+        Box::pin(async move { self.finish(call).await })
+    }
+}
+
+/// The fields of a `Subscription` a final action reports.
+#[derive(Deserialize)]
+struct Subscription {
+    status: Option<String>,
+    #[serde(default)]
+    cancel_at_period_end: bool,
+    pause_collection: Option<PauseCollection>,
+}
+
+#[derive(Deserialize)]
+struct PauseCollection {
+    behavior: Option<String>,
+}
+
+impl Subscription {
+    /// `subscription canceled`, `subscription active, collection paused (mark_uncollectible)`, ...
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "subscription {}",
+            self.status.as_deref().unwrap_or("unknown")
+        );
+        if self.cancel_at_period_end {
+            text.push_str(", cancels at period end");
+        }
+        if let Some(pause) = &self.pause_collection {
+            let behavior = pause.behavior.as_deref().unwrap_or("unknown");
+            text.push_str(&format!(", collection paused ({behavior})"));
+        }
+        text
     }
 }
 

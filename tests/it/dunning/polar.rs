@@ -94,22 +94,29 @@ struct Seen {
     /// Which token: `organization` or `session`.
     token: &'static str,
     body: Value,
+    idempotency_key: Option<String>,
 }
 
 /// Polar's API for one order: `GET /v1/orders/{id}`, `POST /v1/customer-sessions/`,
 /// `POST /v1/customer-portal/orders/{id}/confirm-payment`. A request the definitions do
 /// not allow is answered 400 and recorded as a violation.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct FakePolar {
     order: Value,
     seen: Arc<Mutex<Vec<Seen>>>,
     violations: Arc<Mutex<Vec<String>>>,
+    /// Confirm-payment answers `failed` (the card is declined) instead of `succeeded`.
+    declines: bool,
+    /// The subscription's status, as revoking or updating it leaves it.
+    subscription: Arc<Mutex<String>>,
 }
 
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orders/{id}"),
     ("POST", "/v1/customer-sessions/"),
     ("POST", "/v1/customer-portal/orders/{id}/confirm-payment"),
+    ("DELETE", "/v1/subscriptions/{id}"),
+    ("PATCH", "/v1/subscriptions/{id}"),
 ];
 
 /// Whether `path` is an instance of `template` (`{id}` a uuid).
@@ -191,27 +198,65 @@ impl FakePolar {
                 ResponseTemplate::new(201).set_body_json(session)
             }
             "/v1/customer-portal/orders/{id}/confirm-payment" if path.contains(ORDER) => {
+                let (status, error) = match self.declines {
+                    true => ("failed", json!("Your card was declined.")),
+                    false => ("succeeded", Value::Null),
+                };
                 let confirmation = generated(
                     spec.response(template, "post", "200"),
                     &[
-                        ("/status", json!("succeeded")),
+                        ("/status", json!(status)),
                         ("/client_secret", Value::Null),
-                        ("/error", Value::Null),
+                        ("/error", error),
                     ],
                 );
                 ResponseTemplate::new(200).set_body_json(confirmation)
+            }
+            "/v1/subscriptions/{id}" if path.ends_with(SUB) => {
+                let verb = method.to_ascii_lowercase();
+                let mut status = self.subscription.lock().unwrap();
+                if *status == "canceled" {
+                    let refused = generated(
+                        spec.response(template, &verb, "403"),
+                        &[
+                            ("/error", json!("AlreadyCanceledSubscription")),
+                            ("/detail", json!("This subscription is already revoked.")),
+                        ],
+                    );
+                    ResponseTemplate::new(403).set_body_json(refused)
+                } else {
+                    *status = "canceled".into();
+                    let now = Utc::now().to_rfc3339();
+                    let revoked = generated(
+                        spec.response(template, &verb, "200"),
+                        &[
+                            ("/id", json!(SUB)),
+                            ("/status", json!("canceled")),
+                            ("/cancel_at_period_end", json!(false)),
+                            ("/canceled_at", json!(now)),
+                            ("/ended_at", json!(now)),
+                        ],
+                    );
+                    ResponseTemplate::new(200).set_body_json(revoked)
+                }
             }
             _ => {
                 let missing = json!({"error": "ResourceNotFound", "detail": "Not found"});
                 ResponseTemplate::new(404).set_body_json(missing)
             }
         };
+        let idempotency_key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let seen = Seen {
             method,
             operation: template,
             path,
             token,
             body,
+            idempotency_key,
         };
         Ok((seen, answer))
     }
@@ -247,8 +292,7 @@ async fn a_failed_renewal_is_confirmed_with_a_session_of_the_orders_customer() {
     let order = renewal(t0);
     let fake = FakePolar {
         order: order.clone(),
-        seen: Arc::default(),
-        violations: Arc::default(),
+        ..FakePolar::default()
     };
     let server = MockServer::start().await;
     Mock::given(matchers::any())
@@ -381,5 +425,104 @@ interval_ms = 3600000
     assert_eq!(later.called, 0);
     assert_eq!(fake.seen.lock().unwrap().len(), 3);
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
+    let t0 = t0();
+    let order = renewal(t0);
+    let fake = FakePolar {
+        order: order.clone(),
+        declines: true,
+        subscription: Arc::new(Mutex::new("past_due".into())),
+        ..FakePolar::default()
+    };
+    let server = MockServer::start().await;
+    Mock::given(matchers::any())
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        "[[sources]]\nid = \"polar\"\nprovider = \"polar\"\nsecrets = [\"{SECRET}\"]\n\
+         api = {{ base_url = \"{}\", token = \"{ORG_TOKEN}\" }}\n\
+         retry = {{ jitter = false, max_attempts = 2, final_action = \"cancel\" }}\n\
+         [dunning]\ninterval_ms = 3600000\n",
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    let body = webhook("order.updated", &order, t0);
+    assert_eq!(
+        app.post_signed("polar", "msg_order_updated", &body)
+            .await
+            .status(),
+        202
+    );
+    let reconciled = eventually(Duration::from_secs(20), || async {
+        app.db
+            .archived_count("polar", "msg_order_updated")
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    assert!(reconciled);
+
+    // Two retries, each declined; the second exhausts the cycle and revokes the subscription.
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    let mut at = t0;
+    for expected_final in [0, 1] {
+        let retry = views::list(&app.db, &RetriesQuery::default())
+            .await
+            .unwrap()
+            .remove(0);
+        at = retry.due_at.unwrap_or(at);
+        let pass = scheduler.run_once(at).await.unwrap();
+        assert_eq!(
+            (pass.called, pass.final_actions),
+            (1, expected_final),
+            "{retry:?}"
+        );
+    }
+    let violations = fake.violations.lock().unwrap().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let seen = fake.seen.lock().unwrap().clone();
+    let revokes: Vec<&Seen> = seen.iter().filter(|s| s.method == "DELETE").collect();
+    let key = subsync::dunning::scheduler::final_action_key(
+        "polar",
+        ORDER,
+        subsync::config::FinalAction::Cancel,
+    );
+    assert_eq!(revokes.len(), 1, "{seen:#?}");
+    assert_eq!(revokes[0].path, format!("/v1/subscriptions/{SUB}"));
+    assert_eq!(revokes[0].idempotency_key.as_deref(), Some(key.as_str()));
+    let detail = views::show(&app.db, "polar", ORDER).await.unwrap().unwrap();
+    assert_eq!(detail.retry.status, "exhausted");
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.action.as_str(),
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        ("cancel", Some("done"), Some("subscription canceled"))
+    );
+
+    // Never twice; and a re-sent revoke (the answer lost) would be `already_done`.
+    let later = scheduler
+        .run_once(at + chrono::Duration::days(60))
+        .await
+        .unwrap();
+    assert_eq!((later.called, later.final_actions), (0, 0));
+    assert_eq!(
+        fake.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method == "DELETE")
+            .count(),
+        1
+    );
     app.stop().await;
 }

@@ -72,6 +72,10 @@ struct FakeShopify {
     /// (idempotency key, attempt id) of every accepted request, in order.
     created: Arc<Mutex<Vec<(String, String)>>>,
     problems: Arc<Mutex<Vec<String>>>,
+    /// The contract's `SubscriptionContractSubscriptionStatus` (`ACTIVE` until changed).
+    contract: Arc<Mutex<Option<String>>>,
+    /// The contract status mutations received, in order.
+    mutations: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeShopify {
@@ -118,6 +122,9 @@ impl FakeShopify {
 impl Respond for FakeShopify {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        if let Some(answer) = self.contract_call(&body) {
+            return answer;
+        }
         let problems = Self::check(&body);
         if !problems.is_empty() {
             self.problems.lock().unwrap().extend(problems.clone());
@@ -145,6 +152,39 @@ impl Respond for FakeShopify {
                     "state": { "__typename": "SubscriptionBillingAttemptPendingState" } },
                 "userErrors": [] } }
         }))
+    }
+}
+
+impl FakeShopify {
+    /// `subscriptionContract(id:)` reads and the status mutations of the schema
+    /// (`subscriptionContractCancel|Pause|Fail(subscriptionContractId: ID!)`, payload
+    /// `contract` + `userErrors`); `None` for other requests.
+    fn contract_call(&self, body: &Value) -> Option<ResponseTemplate> {
+        let query = body["query"].as_str().unwrap_or_default();
+        let variables = &body["variables"];
+        let mut contract = self.contract.lock().unwrap();
+        let status = contract.get_or_insert_with(|| "ACTIVE".to_owned());
+        if query.contains("subscriptionContract(id: $id)") {
+            assert_eq!(variables["id"], CONTRACT, "{body}");
+            return Some(ResponseTemplate::new(200).set_body_json(json!({
+                "data": { "subscriptionContract": { "id": CONTRACT, "status": status } } })));
+        }
+        let (mutation, after) = [
+            ("subscriptionContractCancel", "CANCELLED"),
+            ("subscriptionContractPause", "PAUSED"),
+            ("subscriptionContractFail", "FAILED"),
+        ]
+        .into_iter()
+        .find(|(name, _)| query.contains(&format!("{name}(")))?;
+        assert!(
+            SCHEMA.contains(&format!("  {mutation}(\n")),
+            "{mutation} in the schema"
+        );
+        assert_eq!(variables["subscriptionContractId"], CONTRACT, "{body}");
+        self.mutations.lock().unwrap().push(mutation.to_owned());
+        *status = after.to_owned();
+        Some(ResponseTemplate::new(200).set_body_json(json!({
+            "data": { mutation: { "contract": { "id": CONTRACT, "status": after }, "userErrors": [] } } })))
     }
 }
 
@@ -213,7 +253,8 @@ async fn three_failed_shopify_retries_exhaust_the_cycle_after_exactly_three_call
         .and(matchers::header("x-shopify-access-token", TOKEN))
         .and(matchers::header("content-type", "application/json"))
         .respond_with(fake.clone())
-        .expect(3)
+        // Three retries, then the contract read and its cancellation.
+        .expect(5)
         .mount(&server)
         .await;
     let schedule = [3600, 7200, 10_800];
@@ -225,7 +266,7 @@ id = "{SOURCE}"
 provider = "shopify"
 secrets = ["shpss_dunning_secret"]
 api = {{ base_url = "{}", token = "{TOKEN}" }}
-retry = {{ max_attempts = 3, schedule_secs = [3600, 7200, 10800], jitter = false }}
+retry = {{ max_attempts = 3, schedule_secs = [3600, 7200, 10800], jitter = false, final_action = "cancel" }}
 
 # The service's own scheduler stays out of the way: this test drives the clock.
 [dunning]
@@ -289,9 +330,36 @@ interval_ms = 3600000
         } else {
             assert_eq!(row.status, "exhausted", "{:?}", row.last_outcome);
             assert_eq!(row.due_at, None);
-            assert_eq!(row.final_action.as_deref(), Some("mark_unpaid"));
+            assert_eq!(row.final_action.as_deref(), Some("cancel"));
         }
     }
+
+    // The next pass carries the final action out: the contract is read, then cancelled.
+    let pass = scheduler.run_once(due).await.unwrap();
+    assert_eq!((pass.called, pass.final_actions), (0, 1));
+    assert_eq!(
+        *fake.mutations.lock().unwrap(),
+        ["subscriptionContractCancel"]
+    );
+    let detail = views::show(&app.db, SOURCE, FIRST).await.unwrap().unwrap();
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.action.as_str(),
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        ("cancel", Some("done"), Some("contract CANCELLED"))
+    );
+    assert_eq!(
+        action.idempotency_key,
+        subsync::dunning::scheduler::final_action_key(
+            SOURCE,
+            FIRST,
+            subsync::config::FinalAction::Cancel
+        )
+    );
+    assert!(detail.retry.final_action_at.is_some());
 
     // Nothing more is ever called for this cycle, and nothing else was opened.
     let later = scheduler
@@ -300,6 +368,7 @@ interval_ms = 3600000
         .unwrap();
     assert_eq!((later.called, later.expired), (0, 0));
     assert_eq!(fake.created().len(), 3, "exactly max_attempts calls");
+    assert_eq!(fake.mutations.lock().unwrap().len(), 1, "cancelled once");
     assert_eq!(fake.problems(), Vec::<String>::new());
     assert_eq!(the_row(&app).await.status, "exhausted");
 

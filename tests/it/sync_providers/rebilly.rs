@@ -709,3 +709,81 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
 }
+
+/// Rebilly dunns on its side: a declined renewal is only tracked. When Rebilly ends its
+/// dunning by cancelling the order, the retry ends there with the cancellation recorded
+/// as its final action, carried out by Rebilly; the same whichever webhook is reconciled
+/// first.
+#[tokio::test]
+async fn a_cancellation_by_rebillys_own_dunning_ends_the_tracked_retry() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let at = rfc3339(now - chrono::Duration::minutes(30));
+    let declined = json!({"id": "txn_a1", "type": "sale", "status": "completed", "result": "declined",
+        "amount": 49.95, "currency": "USD", "customerId": "cus_1", "invoiceIds": ["inv_a2"],
+        "subscriptionIds": ["ord_a"], "processedTime": at, "updatedTime": at,
+        "gateway": {"response": {"code": "insufficient-funds", "message": "Insufficient funds",
+            "originalCode": "51"}}});
+    let mut unpaid = paid_invoice("inv_a2", "ord_a", "USD", 49.95, &at);
+    unpaid["status"] = json!("past-due");
+    unpaid["amountDue"] = json!(49.95);
+    unpaid.as_object_mut().unwrap().remove("paidTime");
+    let failed = checked(json!({
+        "transactionId": "txn_a1", "invoiceId": "inv_a2",
+        "eventType": "renewal-invoice-payment-declined",
+        "_embedded": { "transaction": declined, "invoice": unpaid },
+    }));
+    let canceled = order_webhook(
+        "subscription-canceled",
+        &order("ord_a", "canceled", "USD", now, None),
+    );
+    let server = rebilly_api(FakeOrders::new(Vec::new(), Vec::new())).await;
+    let (_config, app) = harness::app_with_sources(
+        &[
+            &source("failed_first", &server),
+            &source("canceled_first", &server),
+        ],
+        3600,
+    )
+    .await;
+    for (source, events) in [
+        (
+            "failed_first",
+            [("failed", &failed), ("canceled", &canceled)],
+        ),
+        (
+            "canceled_first",
+            [("canceled", &canceled), ("failed", &failed)],
+        ),
+    ] {
+        // One at a time: each reconciled before the next is sent.
+        for (n, (name, body)) in events.into_iter().enumerate() {
+            harness::deliver(&app, source, &format!("{source} {name}"), body).await;
+            harness::archived(&app, source, n as i64 + 1).await;
+        }
+        let query = subsync::dunning::views::RetriesQuery {
+            source_id: Some(source.into()),
+            ..Default::default()
+        };
+        let retries = subsync::dunning::views::list(&app.db, &query)
+            .await
+            .unwrap();
+        let [retry] = retries.as_slice() else {
+            panic!("{source}: one retry: {retries:#?}");
+        };
+        assert_eq!(
+            (retry.status.as_str(), retry.final_action.as_deref()),
+            ("exhausted", Some("cancel")),
+            "{source}: {retry:#?}"
+        );
+        let action = subsync::dunning::views::final_action_of(&app.db, source, "ord_a")
+            .await
+            .unwrap()
+            .expect("the final action");
+        assert_eq!(action.outcome.as_deref(), Some("already_done"), "{source}");
+        assert_eq!(
+            action.answer.as_deref(),
+            Some("the provider's own dunning left the subscription cancelled")
+        );
+    }
+    app.stop().await;
+}

@@ -1,0 +1,163 @@
+//! Appstle dunning to its end: failure webhook → the retry sent (`attempt-billing`,
+//! accepted) → no outcome within the accepted timeout, the cycle out of tries → the
+//! contract cancelled through Appstle's `DELETE subscription-contracts/{id}`, once. The
+//! fake follows Appstle's fact sheet (the only definition Appstle publishes is prose: see
+//! `src/providers/appstle/retry.rs`) and keeps the contract's state.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use chrono::Utc;
+use subsync::{
+    app::Role, config::FinalAction, dunning::scheduler::final_action_key, dunning::views,
+};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+use super::{APPSTLE_PAST_ORDERS, APPSTLE_RETRY, appstle_attempt, first_retry, scheduler};
+use crate::common::{TestConfig, spawn_app};
+
+const CONTRACT_PATH: &str = "/api/external/v2/subscription-contracts/5550001";
+
+#[derive(Clone, Default)]
+struct FakeAppstle {
+    /// `METHOD path?query` of every request.
+    seen: Arc<Mutex<Vec<String>>>,
+    cancelled: Arc<Mutex<bool>>,
+}
+
+impl Respond for FakeAppstle {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let key = request
+            .headers
+            .get("x-api-key")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(key, Some("apst_dunning_key"), "Appstle's API key header");
+        let query = request.url.query().unwrap_or_default();
+        let line = format!("{} {}?{query}", request.method, request.url.path());
+        self.seen.lock().unwrap().push(line);
+        match (request.method.as_str(), request.url.path()) {
+            ("GET", APPSTLE_PAST_ORDERS) => {
+                ResponseTemplate::new(200).set_body_json(serde_json::json!([appstle_attempt(
+                    "FAILURE",
+                    Utc::now() - chrono::Duration::days(1)
+                )]))
+            }
+            ("PUT", APPSTLE_RETRY) => ResponseTemplate::new(200),
+            ("DELETE", CONTRACT_PATH) => {
+                let mut cancelled = self.cancelled.lock().unwrap();
+                if *cancelled {
+                    return ResponseTemplate::new(400).set_body_json(
+                        serde_json::json!({"title": "Contract is already cancelled"}),
+                    );
+                }
+                *cancelled = true;
+                ResponseTemplate::new(204)
+            }
+            (method, path) => panic!("unexpected {method} {path}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_last_retry_cancels_the_contract_once() {
+    let fake = FakeAppstle::default();
+    let server = MockServer::start().await;
+    Mock::given(matchers::any())
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        "[[sources]]\nid = \"appstle\"\nprovider = \"appstle\"\n\
+         secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n\
+         api = {{ base_url = \"{}\", token = \"apst_dunning_key\" }}\n\
+         retry = {{ jitter = false, max_attempts = 1, final_action = \"cancel\" }}\n\
+         [dunning]\ninterval_ms = 3600000\n",
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    let source = crate::common::source(app.settings.source("appstle").unwrap()).unwrap();
+    let now = SystemTime::now();
+    let failure = source.sample_body("msg_fail", now);
+    let headers = source.sign("msg_fail", &failure, now);
+    assert_eq!(app.post("appstle", &headers, failure).await.status(), 202);
+    let retry = first_retry(&app).await;
+    let due = retry.due_at.unwrap();
+
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    let pass = scheduler.run_once(due).await.unwrap();
+    assert_eq!(
+        (pass.called, pass.final_actions),
+        (1, 0),
+        "the retry is accepted"
+    );
+    // No outcome within a day: the try counts as failed, the cycle is out of tries, and the
+    // contract is cancelled in the same pass.
+    let pass = scheduler
+        .run_once(due + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!((pass.expired, pass.final_actions), (1, 1));
+    let deletes: Vec<String> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with("DELETE"))
+        .cloned()
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(
+        deletes[0].starts_with(&format!("DELETE {CONTRACT_PATH}?cancellationNote=")),
+        "{deletes:?}"
+    );
+    assert!(*fake.cancelled.lock().unwrap());
+
+    let detail = views::show(&app.db, "appstle", &retry.cycle_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.retry.status, "exhausted");
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.action.as_str(),
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        ("cancel", Some("done"), Some("contract CANCELLED"))
+    );
+    assert_eq!(
+        action.idempotency_key,
+        final_action_key("appstle", &retry.cycle_key, FinalAction::Cancel)
+    );
+    let reasons: Vec<String> = detail
+        .timeline
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r
+            .starts_with("no outcome reported for the accepted retry within 1day")
+            && r.ends_with("stop (max_attempts), then cancel")),
+        "{reasons:#?}"
+    );
+
+    // Never twice.
+    let later = scheduler
+        .run_once(due + chrono::Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!((later.called, later.final_actions), (0, 0));
+    let sent = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with("DELETE"))
+        .count();
+    assert_eq!(sent, 1);
+    app.stop().await;
+}
