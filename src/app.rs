@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::dunning::{
     schedule::Dunning,
-    scheduler::{Scheduler, retry_clients},
+    scheduler::{Scheduler, clients},
 };
 use crate::ingress;
 use crate::ops::dead_letter_index;
@@ -345,7 +345,7 @@ fn scheduler_task(
     sources: &Sources,
     shutdown: &CancellationToken,
 ) -> impl FnMut() -> BoxFuture<'static, anyhow::Result<()>> + Send + 'static {
-    let clients = retry_clients(sources);
+    let clients = clients(sources);
     let budgets = crate::budget::Budgets::new(settings, db, sources);
     let dunning_settings = settings.dunning.clone();
     let (db, dunning, stop) = (db.clone(), dunning.clone(), shutdown.clone());

@@ -27,9 +27,11 @@ use subsync::{
     db::Db,
     dunning::{
         schedule::{AttemptFact, on_attempts},
-        scheduler::Scheduler,
+        scheduler::{Clients, Scheduler},
     },
-    providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient},
+    providers::contract::{
+        CallOutcome, FinalActionClient, FinalCall, FinalOutcome, RetryCall, RetryClient,
+    },
     providers::http::ProviderApiError,
 };
 
@@ -112,7 +114,9 @@ impl RetryClient for Model {
             })
         })
     }
+}
 
+impl FinalActionClient for Model {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,
@@ -161,7 +165,7 @@ pub async fn generate(bench: &Bench, failures: usize, seed: u64) -> anyhow::Resu
 
     let start = Utc::now() - TimeDelta::days(90);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let models: HashMap<String, Arc<dyn RetryClient>> =
+    let models: HashMap<String, Arc<Model>> =
         [("stripe", STRIPE_CODES), ("shopify", SHOPIFY_CODES)]
             .into_iter()
             .enumerate()
@@ -171,7 +175,7 @@ pub async fn generate(bench: &Bench, failures: usize, seed: u64) -> anyhow::Resu
                     codes,
                     tries: Mutex::default(),
                 };
-                (id.to_owned(), Arc::new(model) as Arc<dyn RetryClient>)
+                (id.to_owned(), Arc::new(model))
             })
             .collect();
     // The failures, in batches as the worker reconciles them.
@@ -197,10 +201,18 @@ pub async fn generate(bench: &Bench, failures: usize, seed: u64) -> anyhow::Resu
         });
     }
     facts.sort_by_key(|f| f.attempted_at);
+    let clients = Clients {
+        retry: (models.iter())
+            .map(|(id, m)| (id.clone(), m.clone() as Arc<dyn RetryClient>))
+            .collect(),
+        final_action: (models.iter())
+            .map(|(id, m)| (id.clone(), m.clone() as Arc<dyn FinalActionClient>))
+            .collect(),
+    };
     let scheduler = Scheduler::new(
         db.clone(),
         catalogue.dunning.clone(),
-        models,
+        clients,
         Duration::from_secs(300),
     );
     let mut next = 0;

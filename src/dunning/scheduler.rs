@@ -35,7 +35,7 @@ use super::schedule::{Dunning, explain, row_for, stamp};
 use super::status::RetryStatus;
 use crate::db::{Db, DbError};
 use crate::providers::Sources;
-use crate::providers::contract::{RetryCall, RetryClient};
+use crate::providers::contract::{FinalActionClient, RetryCall, RetryClient};
 
 mod call;
 mod final_action;
@@ -83,10 +83,28 @@ pub struct Pass {
     pub final_actions: usize,
 }
 
+/// The clients dunning calls, by source: retries, and final actions.
+#[derive(Clone, Default)]
+pub struct Clients {
+    pub retry: HashMap<String, Arc<dyn RetryClient>>,
+    pub final_action: HashMap<String, Arc<dyn FinalActionClient>>,
+}
+
+/// Retry clients alone (no final action is carried out through an API).
+impl From<HashMap<String, Arc<dyn RetryClient>>> for Clients {
+    fn from(retry: HashMap<String, Arc<dyn RetryClient>>) -> Self {
+        Self {
+            retry,
+            final_action: HashMap::new(),
+        }
+    }
+}
+
 pub struct Scheduler {
     db: Db,
     dunning: Dunning,
     clients: Arc<HashMap<String, Arc<dyn RetryClient>>>,
+    finals: Arc<HashMap<String, Arc<dyn FinalActionClient>>>,
     in_flight_timeout: Duration,
     accepted_timeout: Duration,
     park_after: u32,
@@ -101,7 +119,7 @@ pub struct Scheduler {
 enum Lane<'a> {
     /// Every source (one pass of `run_once`).
     All,
-    /// One source with a retry client.
+    /// One source with a retry or final-action client.
     Source(&'a str),
     /// Every source but those with a client of their own lane.
     Rest(&'a [String]),
@@ -134,25 +152,32 @@ pub fn idempotency_key(source_id: &str, cycle_key: &str, n: i32) -> String {
     format!("subsync-retry-{}", hex::encode(&digest[..16]))
 }
 
-/// The retry client of every source whose provider takes retries through its API.
-pub fn retry_clients(sources: &Sources) -> HashMap<String, Arc<dyn RetryClient>> {
-    sources
-        .iter()
-        .filter_map(|s| Some((s.id().to_owned(), s.retry_client()?)))
-        .collect()
+/// The retry and final-action clients of every source whose provider takes them through
+/// its API.
+pub fn clients(sources: &Sources) -> Clients {
+    Clients {
+        retry: (sources.iter())
+            .filter_map(|s| Some((s.id().to_owned(), s.retry_client()?)))
+            .collect(),
+        final_action: (sources.iter())
+            .filter_map(|s| Some((s.id().to_owned(), s.final_action_client()?)))
+            .collect(),
+    }
 }
 
 impl Scheduler {
     pub fn new(
         db: Db,
         dunning: Dunning,
-        clients: HashMap<String, Arc<dyn RetryClient>>,
+        clients: impl Into<Clients>,
         in_flight_timeout: Duration,
     ) -> Self {
+        let clients = clients.into();
         Self {
             db,
             dunning,
-            clients: Arc::new(clients),
+            clients: Arc::new(clients.retry),
+            finals: Arc::new(clients.final_action),
             in_flight_timeout: in_flight_timeout.min(MAX_TIMEOUT),
             accepted_timeout: Duration::from_secs(86_400),
             park_after: DEFAULT_PARK_AFTER,
@@ -184,7 +209,12 @@ impl Scheduler {
     /// panics is logged and the next tick tries again.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
         let interval = interval.clamp(Duration::from_millis(1), MAX_TICK);
-        let with_client: Vec<String> = self.clients.keys().cloned().collect();
+        let with_client: Vec<String> = (self.clients.keys())
+            .chain(self.finals.keys())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut lanes: Vec<Lane<'_>> = with_client.iter().map(|s| Lane::Source(s)).collect();
         lanes.push(Lane::Rest(&with_client));
         let lanes = lanes

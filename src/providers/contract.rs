@@ -3,6 +3,8 @@
 //! - a [`Connector`] verifies and normalizes its webhooks (every provider has one);
 //! - a [`RetryClient`] asks the provider to charge a failed billing cycle again (the
 //!   providers whose API takes retries);
+//! - a [`FinalActionClient`] carries out the final action of a retry that ran out
+//!   (marks the cycle unpaid, pauses or cancels the subscription);
 //! - a [`ListClient`] pages through the provider's list API for pull sync (the providers
 //!   with a list API);
 //! - a [`MoneyClient`] reads the amount and currency of a billing attempt from the
@@ -144,18 +146,18 @@ pub trait RetryClient: Send + Sync {
     fn resends_safely(&self) -> bool {
         true
     }
+}
 
-    /// Carries out the final action of an exhausted (or stopped) retry: marks the cycle
-    /// unpaid, pauses or cancels the subscription. A client reads the provider's state
-    /// first where that is one cheap call (a cycle paid meanwhile is [`FinalOutcome::Paid`],
-    /// a state already reached is [`FinalOutcome::AlreadyDone`]). A provider whose API
-    /// has no such call answers [`FinalOutcome::Unsupported`], without a request.
+/// Carries out the final action of an exhausted (or stopped) retry: marks the cycle
+/// unpaid, pauses or cancels the subscription. A client reads the provider's state first
+/// where that is one cheap call (a cycle paid meanwhile is [`FinalOutcome::Paid`], a state
+/// already reached is [`FinalOutcome::AlreadyDone`]); an action the provider's API has no
+/// call for is [`FinalOutcome::Unsupported`], without a request.
+pub trait FinalActionClient: Send + Sync {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,
-    ) -> BoxFuture<'a, Result<FinalOutcome, ProviderApiError>> {
-        Box::pin(async move { Ok(FinalOutcome::unsupported(call.action)) })
-    }
+    ) -> BoxFuture<'a, Result<FinalOutcome, ProviderApiError>>;
 }
 
 /// One final action to carry out.

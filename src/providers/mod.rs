@@ -47,7 +47,9 @@ use chrono::{DateTime, Utc};
 use crate::canonical::CanonicalEvent;
 use crate::config::{ProviderKind, SourceSettings};
 use crate::envelope::Envelope;
-use contract::{Connector, DunningMode, ListClient, MoneyClient, PaymentClient, RetryClient};
+use contract::{
+    Connector, DunningMode, FinalActionClient, ListClient, MoneyClient, PaymentClient, RetryClient,
+};
 use http::ProviderHttp;
 pub(crate) use support::sha256_hex;
 
@@ -177,6 +179,7 @@ pub struct Source {
     connector: Box<dyn Connector>,
     dunning: DunningMode,
     retry: Option<Arc<dyn RetryClient>>,
+    final_action: Option<Arc<dyn FinalActionClient>>,
     list: Option<Arc<dyn ListClient>>,
     money: Option<Arc<dyn MoneyClient>>,
     payment: Option<Arc<dyn PaymentClient>>,
@@ -211,6 +214,7 @@ impl Source {
             connector: entry.connector,
             dunning,
             retry: entry.retry.map(Arc::from),
+            final_action: entry.final_action.map(Arc::from),
             list: entry.list.map(Arc::from),
             money: entry.money.map(Arc::from),
             payment: entry.payment.map(Arc::from),
@@ -233,6 +237,12 @@ impl Source {
     /// The client that asks the provider to retry a payment, when subsync calls its API.
     pub fn retry_client(&self) -> Option<Arc<dyn RetryClient>> {
         self.retry.clone()
+    }
+
+    /// The client that carries out final actions (mark unpaid, pause, cancel), when the
+    /// provider's API has such calls and `[sources.api]` is set.
+    pub fn final_action_client(&self) -> Option<Arc<dyn FinalActionClient>> {
+        self.final_action.clone()
     }
 
     /// The client of the provider's list API, when `[sources.api]` is set.

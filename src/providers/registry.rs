@@ -5,7 +5,7 @@
 
 use crate::config::{ApiSettings, ProviderKind, SourceSettings};
 use crate::providers::contract::{
-    Connector, DunningMode, ListClient, MoneyClient, PaymentClient, RetryClient,
+    Connector, DunningMode, FinalActionClient, ListClient, MoneyClient, PaymentClient, RetryClient,
 };
 use crate::providers::http::ProviderHttp;
 use crate::providers::schemes::{generic_hmac, standard, svix};
@@ -17,6 +17,8 @@ pub(super) struct Entry {
     pub dunning: DunningMode,
     /// Built only when the source configures `[sources.api]`.
     pub retry: Option<Box<dyn RetryClient>>,
+    /// Final actions through the API; built only when the source configures `[sources.api]`.
+    pub final_action: Option<Box<dyn FinalActionClient>>,
     /// Built only when the source configures `[sources.api]`.
     pub list: Option<Box<dyn ListClient>>,
     /// The providers whose webhooks do not carry an attempt's money; built only when the
@@ -40,6 +42,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             connector: Box::new(stripe::Stripe::new(secrets, tolerance)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(stripe::StripeClient::new),
+            final_action: api.final_action(stripe::StripeClient::new),
             list: api.list(stripe::StripeList::new),
             money: None,
             payment: api.payment(stripe::StripePayments::new),
@@ -48,6 +51,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             connector: Box::new(shopify::Shopify::new(secrets)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(shopify::ShopifyClient::new),
+            final_action: api.final_action(shopify::ShopifyClient::new),
             list: api.list(shopify::ShopifyList::new),
             money: api.money(shopify::ShopifyMoney::new),
             payment: None,
@@ -56,6 +60,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             connector: Box::new(appstle::Appstle::new(secrets, tolerance)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(appstle::AppstleClient::new),
+            final_action: api.final_action(appstle::AppstleClient::new),
             list: api.list(appstle::AppstleList::new),
             money: api.money(appstle::AppstleMoney::new),
             payment: None,
@@ -64,6 +69,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             connector: Box::new(polar::new(secrets, tolerance)?),
             dunning: DunningMode::CallsApi,
             retry: api.retry(polar::PolarClient::new),
+            final_action: api.final_action(polar::PolarClient::new),
             list: api.list(polar::PolarList::new),
             money: None,
             payment: None,
@@ -72,6 +78,8 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             connector: Box::new(paynow::PayNow::new(secrets, tolerance)?),
             dunning: DunningMode::ProviderManaged,
             retry: None,
+            // Its payments name no subscription: there is nothing to cancel or pause.
+            final_action: None,
             list: api.list(paynow::PayNowList::new),
             money: None,
             payment: None,
@@ -83,6 +91,7 @@ pub(super) fn entry(settings: &SourceSettings, http: &ProviderHttp) -> Result<En
             )?),
             dunning: DunningMode::ProviderManaged,
             retry: None,
+            final_action: api.final_action(rebilly::RebillyFinal::new),
             list: api.list(rebilly::RebillyList::new),
             money: None,
             payment: None,
@@ -104,6 +113,7 @@ fn webhooks_only(connector: impl Connector + 'static) -> Entry {
         connector: Box::new(connector),
         dunning: DunningMode::None,
         retry: None,
+        final_action: None,
         list: None,
         money: None,
         payment: None,
@@ -121,6 +131,14 @@ impl Api<'_> {
         &self,
         new: fn(&ApiSettings, ProviderHttp) -> C,
     ) -> Option<Box<dyn RetryClient>> {
+        let client = new(self.settings?, self.http.clone());
+        Some(Box::new(client))
+    }
+
+    fn final_action<C: FinalActionClient + 'static>(
+        &self,
+        new: fn(&ApiSettings, ProviderHttp) -> C,
+    ) -> Option<Box<dyn FinalActionClient>> {
         let client = new(self.settings?, self.http.clone());
         Some(Box::new(client))
     }
@@ -155,8 +173,8 @@ mod tests {
     use super::*;
     use crate::providers::testing::{api_settings, settings_for};
 
-    /// Which kind has which: the API providers call retries and list; PayNow and Rebilly
-    /// retry on their side and list; the generic schemes have neither. Without
+    /// Which kind has which: the API providers call retries and final actions, and list;
+    /// PayNow and Rebilly retry on their side and list, Rebilly takes final actions; the generic schemes have neither. Without
     /// `[sources.api]` no client is built.
     #[test]
     fn every_kind_has_its_clients_and_dunning_mode() {
@@ -166,6 +184,7 @@ mod tests {
             let bare = entry(&settings, &http).unwrap();
             assert!(
                 bare.retry.is_none()
+                    && bare.final_action.is_none()
                     && bare.list.is_none()
                     && bare.money.is_none()
                     && bare.payment.is_none(),
@@ -188,6 +207,10 @@ mod tests {
             assert_eq!(with_api.retry.is_some(), calls, "{kind:?}");
             assert_eq!(with_api.list.is_some(), lists, "{kind:?}");
             assert_eq!(with_api.dunning, mode, "{kind:?}");
+            // Final actions: the providers that take retries, and Rebilly (its order
+            // cancellations and pauses); PayNow's payments name no subscription to act on.
+            let acts = calls || kind == ProviderKind::Rebilly;
+            assert_eq!(with_api.final_action.is_some(), acts, "{kind:?}");
             // Only the webhooks without an attempt's money need it read from the API.
             let reads_money = match kind {
                 ProviderKind::Shopify | ProviderKind::Appstle => true,

@@ -23,7 +23,7 @@ use common::{ADMIN_TOKEN, TestApp, TestConfig, eventually, spawn_app};
 use subsync::{
     app::Role,
     dunning::{
-        scheduler::{Scheduler, idempotency_key, retry_clients},
+        scheduler::{Scheduler, clients, idempotency_key},
         views::{self, RetriesQuery, RetryView},
     },
 };
@@ -177,7 +177,7 @@ fn scheduler(app: &TestApp, in_flight_timeout: Duration) -> Scheduler {
     Scheduler::new(
         app.db.clone(),
         catalogue.dunning,
-        retry_clients(&catalogue.sources),
+        clients(&catalogue.sources),
         in_flight_timeout,
     )
 }

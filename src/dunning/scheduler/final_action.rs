@@ -62,7 +62,7 @@ impl Scheduler {
     ) -> Result<usize, DbError> {
         let claimed = self.claim_final(now, lane).await?;
         for action in &claimed {
-            if self.clients.contains_key(&action.source_id) {
+            if self.finals.contains_key(&action.source_id) {
                 (self.budgets)
                     .take(&action.source_id, crate::budget::Priority::Dunning)
                     .await?;
@@ -191,7 +191,7 @@ impl Scheduler {
 
     /// Sends one final action; a panic in the client is a failure like a transport error.
     async fn send_final(&self, claimed: &Claimed, now: DateTime<Utc>) -> Settled {
-        let Some(client) = self.clients.get(&claimed.source_id) else {
+        let Some(client) = self.finals.get(&claimed.source_id) else {
             let unsupported = FinalOutcome::Unsupported(
                 "no call for it: the provider's API takes none from subsync, or this source \
                  has no [sources.api]"

@@ -57,7 +57,9 @@ use super::list::{Attempt, contract_number, past_orders};
 use super::webhook::attempt_status;
 use crate::canonical::AttemptStatus;
 use crate::config::{ApiSettings, FinalAction};
-use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
+use crate::providers::contract::{
+    CallOutcome, FinalActionClient, FinalCall, FinalOutcome, RetryCall, RetryClient,
+};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, auth_failed, exchange, missing, read, snippet,
 };
@@ -284,7 +286,9 @@ impl RetryClient for AppstleClient {
     fn resends_safely(&self) -> bool {
         false
     }
+}
 
+impl FinalActionClient for AppstleClient {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,

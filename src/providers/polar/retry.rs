@@ -77,7 +77,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::{ApiSettings, FinalAction};
-use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
+use crate::providers::contract::{
+    CallOutcome, FinalActionClient, FinalCall, FinalOutcome, RetryCall, RetryClient,
+};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, ProviderHttp, auth_failed, exchange, read, required,
     snippet,
@@ -309,7 +311,9 @@ impl RetryClient for PolarClient {
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.confirm(call).await })
     }
+}
 
+impl FinalActionClient for PolarClient {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,

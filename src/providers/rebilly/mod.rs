@@ -115,9 +115,11 @@
 //! the collection stays.
 
 mod event_id;
+mod final_action;
 mod list;
 mod webhook;
 
+pub(super) use final_action::RebillyFinal;
 pub(super) use list::RebillyList;
 
 use std::{net::IpAddr, time::SystemTime};

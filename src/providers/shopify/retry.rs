@@ -50,7 +50,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::config::{ApiSettings, FinalAction};
-use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
+use crate::providers::contract::{
+    CallOutcome, FinalActionClient, FinalCall, FinalOutcome, RetryCall, RetryClient,
+};
 use crate::providers::http::{ProviderApiError, auth_failed, exchange, required, snippet};
 use crate::providers::support::already_done;
 
@@ -178,7 +180,9 @@ impl RetryClient for ShopifyClient {
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.create_attempt(call).await })
     }
+}
 
+impl FinalActionClient for ShopifyClient {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,

@@ -24,7 +24,9 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::config::{ApiSettings, FinalAction};
-use crate::providers::contract::{CallOutcome, FinalCall, FinalOutcome, RetryCall, RetryClient};
+use crate::providers::contract::{
+    CallOutcome, FinalActionClient, FinalCall, FinalOutcome, RetryCall, RetryClient,
+};
 use crate::providers::http::{
     Credential, Endpoint, ProviderApiError, auth_failed, exchange, required, snippet,
 };
@@ -155,7 +157,9 @@ impl RetryClient for StripeClient {
     ) -> BoxFuture<'a, Result<CallOutcome, ProviderApiError>> {
         Box::pin(async move { self.pay(call).await })
     }
+}
 
+impl FinalActionClient for StripeClient {
     fn final_action<'a>(
         &'a self,
         call: &'a FinalCall,

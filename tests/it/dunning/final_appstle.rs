@@ -25,7 +25,11 @@ struct FakeAppstle {
     /// `METHOD path?query` of every request.
     seen: Arc<Mutex<Vec<String>>>,
     cancelled: Arc<Mutex<bool>>,
+    /// Delay of the first cancellation's answer, to die in the middle of the call.
+    slow_first_delete: Option<Duration>,
 }
+
+const CONTRACT_READ: &str = "/api/external/v2/contract-raw-response";
 
 impl Respond for FakeAppstle {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -45,6 +49,22 @@ impl Respond for FakeAppstle {
                 )]))
             }
             ("PUT", APPSTLE_RETRY) => ResponseTemplate::new(200),
+            // The raw Shopify `subscriptionContract`, as the fact sheet says.
+            ("GET", CONTRACT_READ) => {
+                let contract = request.url.query_pairs().find(|(k, _)| k == "contractId");
+                assert_eq!(
+                    contract.map(|(_, v)| v.into_owned()).as_deref(),
+                    Some("5550001")
+                );
+                let status = if *self.cancelled.lock().unwrap() {
+                    "CANCELLED"
+                } else {
+                    "ACTIVE"
+                };
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                    "__typename": "SubscriptionContract",
+                    "id": "gid://shopify/SubscriptionContract/5550001", "status": status }))
+            }
             ("DELETE", CONTRACT_PATH) => {
                 let mut cancelled = self.cancelled.lock().unwrap();
                 if *cancelled {
@@ -53,16 +73,19 @@ impl Respond for FakeAppstle {
                     );
                 }
                 *cancelled = true;
-                ResponseTemplate::new(204)
+                match self.slow_first_delete {
+                    Some(delay) => ResponseTemplate::new(204).set_delay(delay),
+                    None => ResponseTemplate::new(204),
+                }
             }
             (method, path) => panic!("unexpected {method} {path}"),
         }
     }
 }
 
-#[tokio::test]
-async fn an_unanswered_last_retry_cancels_the_contract_once() {
-    let fake = FakeAppstle::default();
+/// The fake Appstle and a service pointed at it, with `retry` as the source's policy; the
+/// sample failure delivered.
+async fn appstle_app(fake: &FakeAppstle, retry: &str) -> (MockServer, crate::common::TestApp) {
     let server = MockServer::start().await;
     Mock::given(matchers::any())
         .respond_with(fake.clone())
@@ -72,17 +95,40 @@ async fn an_unanswered_last_retry_cancels_the_contract_once() {
     config.extra = format!(
         "[[sources]]\nid = \"appstle\"\nprovider = \"appstle\"\n\
          secrets = [\"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]\n\
-         api = {{ base_url = \"{}\", token = \"apst_dunning_key\" }}\n\
-         retry = {{ jitter = false, max_attempts = 1, final_action = \"cancel\" }}\n\
+         api = {{ base_url = \"{}\", token = \"apst_dunning_key\" }}\nretry = {retry}\n\
          [dunning]\ninterval_ms = 3600000\n",
         server.uri()
     );
     let app = spawn_app(&config, Role::All).await;
+    send(&app, "msg_fail", |body| body).await;
+    (server, app)
+}
+
+/// Posts Appstle's sample failure (as `edit` changes it) and waits until it is reconciled.
+async fn send(app: &crate::common::TestApp, id: &str, edit: impl FnOnce(String) -> String) {
     let source = crate::common::source(app.settings.source("appstle").unwrap()).unwrap();
     let now = SystemTime::now();
-    let failure = source.sample_body("msg_fail", now);
-    let headers = source.sign("msg_fail", &failure, now);
-    assert_eq!(app.post("appstle", &headers, failure).await.status(), 202);
+    let sample = String::from_utf8(source.sample_body("msg_fail", now)).unwrap();
+    let body = edit(sample).into_bytes();
+    let headers = source.sign(id, &body, now);
+    assert_eq!(app.post("appstle", &headers, body).await.status(), 202);
+    let archived = crate::common::eventually(Duration::from_secs(20), || async {
+        app.db.archived_count("appstle", id).await.unwrap() == 1
+    })
+    .await;
+    assert!(archived, "{id} reconciled");
+}
+
+fn deletes(fake: &FakeAppstle) -> usize {
+    let seen = fake.seen.lock().unwrap();
+    seen.iter().filter(|s| s.starts_with("DELETE")).count()
+}
+
+#[tokio::test]
+async fn an_unanswered_last_retry_cancels_the_contract_once() {
+    let fake = FakeAppstle::default();
+    let policy = r#"{ jitter = false, max_attempts = 1, final_action = "cancel" }"#;
+    let (_server, app) = appstle_app(&fake, policy).await;
     let retry = first_retry(&app).await;
     let due = retry.due_at.unwrap();
 
@@ -159,5 +205,83 @@ async fn an_unanswered_last_retry_cancels_the_contract_once() {
         .filter(|s| s.starts_with("DELETE"))
         .count();
     assert_eq!(sent, 1);
+    app.stop().await;
+}
+
+/// No retry at all: the failure exhausts its cycle, the cancellation due next pass.
+const CANCEL_AT_ONCE: &str = r#"{ jitter = false, max_attempts = 0, final_action = "cancel" }"#;
+
+#[tokio::test]
+async fn a_crash_between_the_cancellation_and_its_commit_cancels_once() {
+    let fake = FakeAppstle {
+        slow_first_delete: Some(Duration::from_secs(3)),
+        ..FakeAppstle::default()
+    };
+    let (_server, app) = appstle_app(&fake, CANCEL_AT_ONCE).await;
+    let retry = first_retry(&app).await;
+    assert_eq!(retry.status, "exhausted");
+    let scheduler = scheduler(&app, Duration::from_secs(1));
+
+    // The process dies while Appstle has cancelled the contract and not answered yet.
+    let now = Utc::now();
+    let died = tokio::time::timeout(Duration::from_millis(1500), scheduler.run_once(now)).await;
+    assert!(died.is_err(), "the pass was cut off during the call");
+    assert_eq!(deletes(&fake), 1);
+
+    // Appstle takes no idempotency key: the re-send reads the contract first, finds it
+    // cancelled, and sends nothing.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(scheduler.run_once(now).await.unwrap().final_actions, 1);
+    assert_eq!(deletes(&fake), 1, "cancelled once");
+    let detail = views::show(&app.db, "appstle", &retry.cycle_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.sends,
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        (2, Some("already_done"), Some("contract CANCELLED"))
+    );
+    assert_eq!(
+        action.idempotency_key,
+        final_action_key("appstle", &retry.cycle_key, FinalAction::Cancel)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_before_the_cancellation_cancels_it() {
+    let fake = FakeAppstle::default();
+    let (_server, app) = appstle_app(&fake, CANCEL_AT_ONCE).await;
+    let retry = first_retry(&app).await;
+    assert_eq!(retry.status, "exhausted");
+    // Appstle reports the same attempt succeeded (its own retry paid it).
+    send(&app, "msg_ok", |body| {
+        body.replace(
+            "subscription.billing-failure",
+            "subscription.billing-success",
+        )
+        .replace("\"FAILURE\"", "\"SUCCESS\"")
+    })
+    .await;
+    let pass = scheduler(&app, Duration::from_secs(300))
+        .run_once(Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(pass.final_actions, 0);
+    assert_eq!(deletes(&fake), 0, "nothing cancelled");
+    let detail = views::show(&app.db, "appstle", &retry.cycle_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(detail.retry.status, "recovered");
+    assert_eq!(
+        detail.final_action.unwrap().outcome.as_deref(),
+        Some("skipped")
+    );
     app.stop().await;
 }

@@ -109,6 +109,10 @@ struct FakePolar {
     declines: bool,
     /// The subscription's status, as revoking or updating it leaves it.
     subscription: Arc<Mutex<String>>,
+    /// Times the subscription's status changed.
+    changes: Arc<Mutex<u32>>,
+    /// Delay of the first revoke's answer, to die in the middle of the call.
+    slow_first_revoke: Option<Duration>,
 }
 
 const ROUTES: &[(&str, &str)] = &[
@@ -226,6 +230,7 @@ impl FakePolar {
                     ResponseTemplate::new(403).set_body_json(refused)
                 } else {
                     *status = "canceled".into();
+                    *self.changes.lock().unwrap() += 1;
                     let now = Utc::now().to_rfc3339();
                     let revoked = generated(
                         spec.response(template, &verb, "200"),
@@ -266,8 +271,14 @@ impl Respond for FakePolar {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         match self.check(request) {
             Ok((seen, answer)) => {
-                self.seen.lock().unwrap().push(seen);
-                answer
+                let mut all = self.seen.lock().unwrap();
+                let first_revoke =
+                    seen.method == "DELETE" && !all.iter().any(|s| s.method == "DELETE");
+                all.push(seen);
+                match self.slow_first_revoke {
+                    Some(delay) if first_revoke => answer.set_delay(delay),
+                    _ => answer,
+                }
             }
             Err(violation) => {
                 self.violations.lock().unwrap().push(violation);
@@ -428,16 +439,12 @@ interval_ms = 3600000
     app.stop().await;
 }
 
-#[tokio::test]
-async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
-    let t0 = t0();
-    let order = renewal(t0);
-    let fake = FakePolar {
-        order: order.clone(),
-        declines: true,
-        subscription: Arc::new(Mutex::new("past_due".into())),
-        ..FakePolar::default()
-    };
+/// The fake Polar and a service pointed at it, with `retry` as the source's policy (its
+/// own scheduler idle: these tests drive the clock).
+async fn polar_app(
+    fake: &FakePolar,
+    retry: &str,
+) -> (MockServer, TestConfig, crate::common::TestApp) {
     let server = MockServer::start().await;
     Mock::given(matchers::any())
         .respond_with(fake.clone())
@@ -446,28 +453,67 @@ async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
     let mut config = TestConfig::new().await;
     config.extra = format!(
         "[[sources]]\nid = \"polar\"\nprovider = \"polar\"\nsecrets = [\"{SECRET}\"]\n\
-         api = {{ base_url = \"{}\", token = \"{ORG_TOKEN}\" }}\n\
-         retry = {{ jitter = false, max_attempts = 2, final_action = \"cancel\" }}\n\
+         api = {{ base_url = \"{}\", token = \"{ORG_TOKEN}\" }}\nretry = {retry}\n\
          [dunning]\ninterval_ms = 3600000\n",
         server.uri()
     );
     let app = spawn_app(&config, Role::All).await;
-    let body = webhook("order.updated", &order, t0);
+    (server, config, app)
+}
+
+/// Posts a Polar webhook and waits until it is reconciled.
+async fn deliver(app: &crate::common::TestApp, id: &str, body: &[u8]) {
     assert_eq!(
-        app.post_signed("polar", "msg_order_updated", &body)
-            .await
-            .status(),
-        202
+        app.post_signed("polar", id, body).await.status(),
+        202,
+        "{id}"
     );
     let reconciled = eventually(Duration::from_secs(20), || async {
-        app.db
-            .archived_count("polar", "msg_order_updated")
-            .await
-            .unwrap()
-            == 1
+        app.db.archived_count("polar", id).await.unwrap() == 1
     })
     .await;
-    assert!(reconciled);
+    assert!(reconciled, "{id} reconciled");
+}
+
+/// A fake whose renewal order is `order`, its subscription past due, its retries declined.
+fn declining(order: &Value) -> FakePolar {
+    FakePolar {
+        order: order.clone(),
+        declines: true,
+        subscription: Arc::new(Mutex::new("past_due".into())),
+        ..FakePolar::default()
+    }
+}
+
+fn revokes(fake: &FakePolar) -> Vec<Seen> {
+    let seen = fake.seen.lock().unwrap();
+    seen.iter()
+        .filter(|s| s.method == "DELETE")
+        .cloned()
+        .collect()
+}
+
+fn cancel_key() -> String {
+    subsync::dunning::scheduler::final_action_key(
+        "polar",
+        ORDER,
+        subsync::config::FinalAction::Cancel,
+    )
+}
+
+#[tokio::test]
+async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
+    let t0 = t0();
+    let order = renewal(t0);
+    let fake = declining(&order);
+    let policy = r#"{ jitter = false, max_attempts = 2, final_action = "cancel" }"#;
+    let (_server, _config, app) = polar_app(&fake, policy).await;
+    deliver(
+        &app,
+        "msg_order_updated",
+        &webhook("order.updated", &order, t0),
+    )
+    .await;
 
     // Two retries, each declined; the second exhausts the cycle and revokes the subscription.
     let scheduler = scheduler(&app, Duration::from_secs(300));
@@ -488,15 +534,10 @@ async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
     let violations = fake.violations.lock().unwrap().clone();
     assert!(violations.is_empty(), "{violations:#?}");
     let seen = fake.seen.lock().unwrap().clone();
-    let revokes: Vec<&Seen> = seen.iter().filter(|s| s.method == "DELETE").collect();
-    let key = subsync::dunning::scheduler::final_action_key(
-        "polar",
-        ORDER,
-        subsync::config::FinalAction::Cancel,
-    );
-    assert_eq!(revokes.len(), 1, "{seen:#?}");
-    assert_eq!(revokes[0].path, format!("/v1/subscriptions/{SUB}"));
-    assert_eq!(revokes[0].idempotency_key.as_deref(), Some(key.as_str()));
+    let revoked = revokes(&fake);
+    assert_eq!(revoked.len(), 1, "{seen:#?}");
+    assert_eq!(revoked[0].path, format!("/v1/subscriptions/{SUB}"));
+    assert_eq!(revoked[0].idempotency_key, Some(cancel_key()));
     let detail = views::show(&app.db, "polar", ORDER).await.unwrap().unwrap();
     assert_eq!(detail.retry.status, "exhausted");
     let action = detail.final_action.unwrap();
@@ -524,5 +565,95 @@ async fn declined_retries_run_out_and_the_subscription_is_revoked_once() {
             .count(),
         1
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_the_revoke_and_its_commit_resends_the_same_key() {
+    let t0 = t0();
+    let order = renewal(t0);
+    let fake = FakePolar {
+        slow_first_revoke: Some(Duration::from_secs(3)),
+        ..declining(&order)
+    };
+    // No retry at all: the first failure exhausts the cycle, its final action due next pass.
+    let policy = r#"{ jitter = false, max_attempts = 0, final_action = "cancel" }"#;
+    let (_server, _config, app) = polar_app(&fake, policy).await;
+    deliver(
+        &app,
+        "msg_order_updated",
+        &webhook("order.updated", &order, t0),
+    )
+    .await;
+    let scheduler = scheduler(&app, Duration::from_secs(1));
+
+    // The process dies while Polar has revoked the subscription and not answered yet.
+    let died = tokio::time::timeout(Duration::from_millis(1500), scheduler.run_once(t0)).await;
+    assert!(died.is_err(), "the pass was cut off during the call");
+    assert_eq!(*fake.changes.lock().unwrap(), 1);
+
+    // After the in-flight timeout the revoke is sent again with the same key; Polar says
+    // it is already revoked, and nothing changes twice.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(scheduler.run_once(t0).await.unwrap().final_actions, 1);
+    let revoked = revokes(&fake);
+    assert_eq!(revoked.len(), 2);
+    assert!(
+        revoked
+            .iter()
+            .all(|r| r.idempotency_key == Some(cancel_key())),
+        "{revoked:#?}"
+    );
+    assert_eq!(*fake.changes.lock().unwrap(), 1, "revoked once");
+    let detail = views::show(&app.db, "polar", ORDER).await.unwrap().unwrap();
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (action.sends, action.outcome.as_deref()),
+        (2, Some("already_done"))
+    );
+    assert_eq!(
+        action.answer.as_deref(),
+        Some("This subscription is already revoked.")
+    );
+    assert_eq!(scheduler.run_once(t0).await.unwrap().final_actions, 0);
+    assert!(fake.violations.lock().unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_before_the_revoke_cancels_it() {
+    let t0 = t0();
+    let order = renewal(t0);
+    let fake = declining(&order);
+    let policy = r#"{ jitter = false, max_attempts = 0, final_action = "cancel" }"#;
+    let (_server, _config, app) = polar_app(&fake, policy).await;
+    deliver(
+        &app,
+        "msg_order_updated",
+        &webhook("order.updated", &order, t0),
+    )
+    .await;
+    let exhausted = views::show(&app.db, "polar", ORDER).await.unwrap().unwrap();
+    assert_eq!(exhausted.retry.status, "exhausted");
+
+    // Polar's own retry pays the order before subsync's scheduler gets to it.
+    let mut paid = order.clone();
+    paid["status"] = json!("paid");
+    paid["paid"] = json!(true);
+    paid["next_payment_attempt_at"] = Value::Null;
+    deliver(
+        &app,
+        "msg_order_paid",
+        &webhook("order.paid", &paid, t0 + chrono::Duration::hours(1)),
+    )
+    .await;
+
+    let scheduler = scheduler(&app, Duration::from_secs(300));
+    assert_eq!(scheduler.run_once(t0).await.unwrap().final_actions, 0);
+    assert!(revokes(&fake).is_empty(), "nothing revoked");
+    let detail = views::show(&app.db, "polar", ORDER).await.unwrap().unwrap();
+    assert_eq!(detail.retry.status, "recovered");
+    let action = detail.final_action.unwrap();
+    assert_eq!(action.outcome.as_deref(), Some("skipped"));
     app.stop().await;
 }

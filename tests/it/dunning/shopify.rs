@@ -76,6 +76,8 @@ struct FakeShopify {
     contract: Arc<Mutex<Option<String>>>,
     /// The contract status mutations received, in order.
     mutations: Arc<Mutex<Vec<String>>>,
+    /// Delay of the first mutation's answer, to die in the middle of the call.
+    slow_first_mutation: Option<Duration>,
 }
 
 impl FakeShopify {
@@ -181,10 +183,16 @@ impl FakeShopify {
             "{mutation} in the schema"
         );
         assert_eq!(variables["subscriptionContractId"], CONTRACT, "{body}");
-        self.mutations.lock().unwrap().push(mutation.to_owned());
+        let mut mutations = self.mutations.lock().unwrap();
+        let first = mutations.is_empty();
+        mutations.push(mutation.to_owned());
         *status = after.to_owned();
-        Some(ResponseTemplate::new(200).set_body_json(json!({
-            "data": { mutation: { "contract": { "id": CONTRACT, "status": after }, "userErrors": [] } } })))
+        let answer = ResponseTemplate::new(200).set_body_json(json!({
+            "data": { mutation: { "contract": { "id": CONTRACT, "status": after }, "userErrors": [] } } }));
+        Some(match self.slow_first_mutation {
+            Some(delay) if first => answer.set_delay(delay),
+            _ => answer,
+        })
     }
 }
 
@@ -208,13 +216,24 @@ fn failure_webhook(attempt: &str, key: &str) -> Vec<u8> {
 /// Posts a failure webhook signed as Shopify signs it (the HMAC covers the body; the
 /// topic header says failure) and waits until it is reconciled.
 async fn deliver_failure(app: &TestApp, webhook_id: &str, body: Vec<u8>) {
+    deliver(
+        app,
+        webhook_id,
+        body,
+        "subscription_billing_attempts/failure",
+    )
+    .await
+}
+
+/// Posts a billing-attempt webhook of `topic` and waits until it is reconciled.
+async fn deliver(app: &TestApp, webhook_id: &str, body: Vec<u8>, topic: &str) {
     let source = super::common::source(app.settings.source(SOURCE).unwrap()).unwrap();
     let mut headers = source.sign(webhook_id, &body, SystemTime::now());
-    let topic = headers
+    let header = headers
         .iter_mut()
         .find(|(name, _)| name == "x-shopify-topic")
         .expect("the topic header");
-    topic.1 = "subscription_billing_attempts/failure".to_owned();
+    header.1 = topic.to_owned();
     assert_eq!(app.post(SOURCE, &headers, body).await.status(), 202);
     let archived = eventually(Duration::from_secs(20), || async {
         app.db.archived_count(SOURCE, webhook_id).await.unwrap() == 1
@@ -408,4 +427,132 @@ interval_ms = 3600000
     assert!(app.db.verify_ledger().await.unwrap().is_empty());
     app.stop().await;
     server.verify().await;
+}
+
+/// The fake Admin API and a service pointed at it, with `retry` as the source's policy.
+async fn shop_app(fake: &FakeShopify, retry: &str) -> (MockServer, TestConfig, TestApp) {
+    let server = MockServer::start().await;
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path(DEFAULT_ROUTE))
+        .and(matchers::header("x-shopify-access-token", TOKEN))
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let mut config = TestConfig::new().await;
+    config.extra = format!(
+        "[[sources]]\nid = \"{SOURCE}\"\nprovider = \"shopify\"\nsecrets = [\"shpss_dunning_secret\"]\n\
+         api = {{ base_url = \"{}\", token = \"{TOKEN}\" }}\nretry = {retry}\n\
+         [dunning]\ninterval_ms = 3600000\n",
+        server.uri()
+    );
+    let app = spawn_app(&config, Role::All).await;
+    (server, config, app)
+}
+
+/// No retry at all: the renewal's failure exhausts its cycle, the cancellation due next pass.
+const CANCEL_AT_ONCE: &str = r#"{ max_attempts = 0, jitter = false, final_action = "cancel" }"#;
+
+#[tokio::test]
+async fn a_crash_between_the_cancellation_and_its_commit_cancels_once() {
+    let fake = FakeShopify {
+        slow_first_mutation: Some(Duration::from_secs(3)),
+        ..FakeShopify::default()
+    };
+    let (_server, _config, app) = shop_app(&fake, CANCEL_AT_ONCE).await;
+    deliver_failure(
+        &app,
+        "wh-renewal",
+        failure_webhook(FIRST, "merchant-renewal-1001"),
+    )
+    .await;
+    assert_eq!(the_row(&app).await.status, "exhausted");
+    let scheduler = scheduler(&app, Duration::from_secs(1));
+
+    // The process dies while Shopify has cancelled the contract and not answered yet.
+    let now = chrono::Utc::now();
+    let died = tokio::time::timeout(Duration::from_millis(1500), scheduler.run_once(now)).await;
+    assert!(died.is_err(), "the pass was cut off during the call");
+    assert_eq!(
+        *fake.mutations.lock().unwrap(),
+        ["subscriptionContractCancel"]
+    );
+
+    // The re-send (same key) reads the contract first: already cancelled, nothing sent.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(scheduler.run_once(now).await.unwrap().final_actions, 1);
+    assert_eq!(
+        *fake.mutations.lock().unwrap(),
+        ["subscriptionContractCancel"],
+        "once"
+    );
+    let detail = views::show(&app.db, SOURCE, FIRST).await.unwrap().unwrap();
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.sends,
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        (2, Some("already_done"), Some("contract CANCELLED"))
+    );
+    assert_eq!(
+        action.idempotency_key,
+        subsync::dunning::scheduler::final_action_key(
+            SOURCE,
+            FIRST,
+            subsync::config::FinalAction::Cancel
+        )
+    );
+    assert_eq!(fake.problems(), Vec::<String>::new());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_before_the_cancellation_cancels_it() {
+    let fake = FakeShopify::default();
+    let (_server, _config, app) = shop_app(&fake, CANCEL_AT_ONCE).await;
+    deliver_failure(
+        &app,
+        "wh-renewal",
+        failure_webhook(FIRST, "merchant-renewal-1001"),
+    )
+    .await;
+    assert_eq!(the_row(&app).await.status, "exhausted");
+
+    // The merchant's app bills the contract again and it succeeds, before the scheduler's
+    // next pass: the reference app's success payload, on this test's contract.
+    let reference: Value = serde_json::from_str(PAYLOADS).unwrap();
+    let file = "app/jobs/dunning/tests/fixtures/SUBSCRIPTION_BILLING_ATTEMPTS_SUCCESS.ts";
+    let mut success =
+        reference["fixtures"][file]["SubscriptionBillingAttemptSuccessWebhook"].clone();
+    success["id"] = json!(1002);
+    success["admin_graphql_api_id"] = json!("gid://shopify/SubscriptionBillingAttempt/1002");
+    success["idempotency_key"] = json!("merchant-renewal-1002");
+    success["subscription_contract_id"] = json!(4242);
+    success["admin_graphql_api_subscription_contract_id"] = json!(CONTRACT);
+    let body = serde_json::to_vec(&success).unwrap();
+    deliver(
+        &app,
+        "wh-paid",
+        body,
+        "subscription_billing_attempts/success",
+    )
+    .await;
+
+    let pass = scheduler(&app, Duration::from_secs(300))
+        .run_once(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(pass.final_actions, 0);
+    assert!(
+        fake.mutations.lock().unwrap().is_empty(),
+        "nothing cancelled"
+    );
+    let detail = views::show(&app.db, SOURCE, FIRST).await.unwrap().unwrap();
+    assert_eq!(detail.retry.status, "recovered");
+    assert_eq!(
+        detail.final_action.unwrap().outcome.as_deref(),
+        Some("skipped")
+    );
+    app.stop().await;
 }

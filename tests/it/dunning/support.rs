@@ -174,7 +174,7 @@ impl RetryClient for Charging {
 }
 
 pub(super) fn with_clients(app: &TestApp, clients: Vec<(&str, Arc<dyn RetryClient>)>) -> Scheduler {
-    let clients = clients
+    let clients: std::collections::HashMap<_, _> = clients
         .into_iter()
         .map(|(id, c)| (id.to_owned(), c))
         .collect();

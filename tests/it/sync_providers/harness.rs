@@ -34,12 +34,17 @@ pub(super) async fn app_with_sources(
 ) -> (TestConfig, TestApp) {
     let mut config = TestConfig::new().await;
     for source in sources {
+        // A source that names its own retry policy keeps it.
+        let retry = match source.contains("\nretry = ") {
+            true => "",
+            false => "retry = { jitter = false }",
+        };
         config.extra += &format!(
             r#"
 [[sources]]
 {source}
 sync = {{ page_size = 2, min_interval_ms = 1, max_page_retries = 3, lookback_secs = {lookback_secs}, interval_secs = 0 }}
-retry = {{ jitter = false }}
+{retry}
 "#
         );
     }

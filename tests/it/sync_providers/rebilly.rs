@@ -787,3 +787,132 @@ async fn a_cancellation_by_rebillys_own_dunning_ends_the_tracked_retry() {
     }
     app.stop().await;
 }
+
+/// Rebilly's order API for final actions: `GET /subscriptions/{id}` answers the order in
+/// its current status, `POST /order-cancellations` cancels it; bodies checked against the
+/// operations' schemas, answers generated from them.
+#[derive(Clone, Default)]
+struct FakeOrderApi {
+    status: Arc<Mutex<String>>,
+    /// `METHOD path` of every request.
+    seen: Arc<Mutex<Vec<String>>>,
+    problems: Arc<Mutex<Vec<String>>>,
+}
+
+impl Respond for FakeOrderApi {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let path = request
+            .url
+            .path()
+            .trim_start_matches(ORGANIZATION)
+            .to_owned();
+        let method = request.method.as_str().to_ascii_lowercase();
+        self.seen.lock().unwrap().push(format!("{method} {path}"));
+        let mut status = self.status.lock().unwrap();
+        let answer = match (method.as_str(), path.as_str()) {
+            ("get", "/subscriptions/ord_a") => definitions().answer(
+                "/subscriptions/{id}",
+                "get",
+                "200",
+                &[("id", json!("ord_a")), ("status", json!(*status))],
+            ),
+            ("post", "/order-cancellations") => {
+                let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+                let problems =
+                    definitions().request_problems("/order-cancellations", "post", &body);
+                if !problems.is_empty() || body["orderId"] != "ord_a" {
+                    self.problems.lock().unwrap().extend(problems.clone());
+                    return problem(format!("{body}: {problems:?}"));
+                }
+                *status = "canceled".into();
+                let answer = definitions().answer(
+                    "/order-cancellations",
+                    "post",
+                    "201",
+                    &[("orderId", json!("ord_a")), ("status", json!("confirmed"))],
+                );
+                return ResponseTemplate::new(201).set_body_json(answer);
+            }
+            _ => return ResponseTemplate::new(404),
+        };
+        ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
+
+/// A declined renewal Rebilly never settles: at the provider-managed deadline the policy's
+/// `cancel` is carried out through Rebilly's order cancellation, once.
+#[tokio::test]
+async fn an_unsettled_failure_is_cancelled_through_rebilly_at_its_deadline() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let at = rfc3339(now);
+    let declined = json!({"id": "txn_a1", "type": "sale", "status": "completed", "result": "declined",
+        "amount": 49.95, "currency": "USD", "customerId": "cus_1", "invoiceIds": ["inv_a2"],
+        "subscriptionIds": ["ord_a"], "processedTime": at, "updatedTime": at,
+        "gateway": {"response": {"code": "insufficient-funds", "message": "Insufficient funds",
+            "originalCode": "51"}}});
+    let mut unpaid = paid_invoice("inv_a2", "ord_a", "USD", 49.95, &at);
+    unpaid["status"] = json!("past-due");
+    unpaid["amountDue"] = json!(49.95);
+    unpaid.as_object_mut().unwrap().remove("paidTime");
+    let failed = checked(json!({
+        "transactionId": "txn_a1", "invoiceId": "inv_a2",
+        "eventType": "renewal-invoice-payment-declined",
+        "_embedded": { "transaction": declined, "invoice": unpaid },
+    }));
+    let fake = FakeOrderApi::default();
+    *fake.status.lock().unwrap() = "active".into();
+    let server = MockServer::start().await;
+    Mock::given(matchers::header("reb-apikey", API_KEY))
+        .respond_with(fake.clone())
+        .mount(&server)
+        .await;
+    let config = format!(
+        "{}\nretry = {{ provider_managed_secs = 86400, final_action = \"cancel\" }}",
+        source(SOURCE, &server)
+    );
+    let (_config, app) = harness::app_with(&config, 3600).await;
+    harness::deliver(&app, SOURCE, "failed", &failed).await;
+    harness::archived(&app, SOURCE, 1).await;
+    let retry = subsync::dunning::views::list(&app.db, &Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(retry.status, "provider_managed");
+    let deadline = retry.expires_at.expect("a deadline");
+
+    let catalogue = crate::common::catalogue(&app.settings);
+    let scheduler = subsync::dunning::scheduler::Scheduler::new(
+        app.db.clone(),
+        catalogue.dunning,
+        subsync::dunning::scheduler::clients(&catalogue.sources),
+        Duration::from_secs(300),
+    );
+    let pass = scheduler.run_once(deadline).await.unwrap();
+    assert_eq!((pass.deadlines, pass.final_actions), (1, 1));
+    assert_eq!(
+        *fake.seen.lock().unwrap(),
+        ["get /subscriptions/ord_a", "post /order-cancellations"]
+    );
+    assert!(fake.problems.lock().unwrap().is_empty());
+    let detail = subsync::dunning::views::show(&app.db, SOURCE, &retry.cycle_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let action = detail.final_action.unwrap();
+    assert_eq!(
+        (
+            action.action.as_str(),
+            action.outcome.as_deref(),
+            action.answer.as_deref()
+        ),
+        ("cancel", Some("done"), Some("order cancellation confirmed"))
+    );
+    // Never twice; a re-send would find the order canceled.
+    let later = scheduler
+        .run_once(deadline + chrono::Duration::days(9))
+        .await
+        .unwrap();
+    assert_eq!(later.final_actions, 0);
+    assert_eq!(fake.seen.lock().unwrap().len(), 2);
+    app.stop().await;
+}

@@ -2,7 +2,9 @@
 //! `tests/fixtures/rebilly/` (provenance in `tests/fixtures/README.md`), read with the
 //! shared OpenAPI tool (`providers::testing::schema`): by event type, the types it lists,
 //! a body of one generated from its schema, a body checked against it; and the orders
-//! listing (`GET /subscriptions`), a request's query and a page checked against it.
+//! listing (`GET /subscriptions`), a request's query and a page checked against it; the
+//! final actions' operations (`GET /subscriptions/{id}`, `POST /order-cancellations`,
+//! `POST /order-pauses`), a request body checked and an answer generated.
 // The integration tests use part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -130,6 +132,24 @@ impl Definitions {
     /// schema.
     pub fn list_page_problems(&self, path: &str, page: &Value) -> Vec<String> {
         self.0.validate(page, self.0.response(path, "get", "200"))
+    }
+
+    /// The problems of a request body of the operation `method path` under its schema.
+    pub fn request_problems(&self, path: &str, method: &str, body: &Value) -> Vec<String> {
+        self.0.validate(body, self.0.request_body(path, method))
+    }
+
+    /// An answer of the operation `method path` with `status`, generated from its schema
+    /// and `patch`ed (top-level fields), checked valid.
+    pub fn answer(&self, path: &str, method: &str, status: &str, patch: &[(&str, Value)]) -> Value {
+        let schema = self.0.response(path, method, status);
+        let mut value = self.0.generate(schema);
+        for (field, v) in patch {
+            value[*field] = v.clone();
+        }
+        let errors = self.0.validate(&value, schema);
+        assert!(errors.is_empty(), "{method} {path} {status}: {errors:#?}");
+        value
     }
 
     /// Checks a body of `event_type` against its schema; the errors, by pointer.
