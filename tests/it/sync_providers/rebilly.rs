@@ -710,14 +710,10 @@ async fn a_two_hour_outage_is_healed_to_the_ledger_of_the_uninterrupted_stream()
     app.stop().await;
 }
 
-/// Rebilly dunns on its side: a declined renewal is only tracked. When Rebilly ends its
-/// dunning by cancelling the order, the retry ends there with the cancellation recorded
-/// as its final action, carried out by Rebilly; the same whichever webhook is reconciled
-/// first.
-#[tokio::test]
-async fn a_cancellation_by_rebillys_own_dunning_ends_the_tracked_retry() {
-    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
-    let at = rfc3339(now - chrono::Duration::minutes(30));
+/// The `renewal-invoice-payment-declined` webhook of order `ord_a`'s renewal at `at`
+/// (insufficient funds), checked against its definition.
+fn declined_renewal(at: DateTime<Utc>) -> Vec<u8> {
+    let at = rfc3339(at);
     let declined = json!({"id": "txn_a1", "type": "sale", "status": "completed", "result": "declined",
         "amount": 49.95, "currency": "USD", "customerId": "cus_1", "invoiceIds": ["inv_a2"],
         "subscriptionIds": ["ord_a"], "processedTime": at, "updatedTime": at,
@@ -727,11 +723,21 @@ async fn a_cancellation_by_rebillys_own_dunning_ends_the_tracked_retry() {
     unpaid["status"] = json!("past-due");
     unpaid["amountDue"] = json!(49.95);
     unpaid.as_object_mut().unwrap().remove("paidTime");
-    let failed = checked(json!({
+    checked(json!({
         "transactionId": "txn_a1", "invoiceId": "inv_a2",
         "eventType": "renewal-invoice-payment-declined",
         "_embedded": { "transaction": declined, "invoice": unpaid },
-    }));
+    }))
+}
+
+/// Rebilly dunns on its side: a declined renewal is only tracked. When Rebilly ends its
+/// dunning by cancelling the order, the retry ends there with the cancellation recorded
+/// as its final action, carried out by Rebilly; the same whichever webhook is reconciled
+/// first.
+#[tokio::test]
+async fn a_cancellation_by_rebillys_own_dunning_ends_the_tracked_retry() {
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+    let failed = declined_renewal(now - chrono::Duration::minutes(30));
     let canceled = order_webhook(
         "subscription-canceled",
         &order("ord_a", "canceled", "USD", now, None),
@@ -844,21 +850,7 @@ impl Respond for FakeOrderApi {
 #[tokio::test]
 async fn an_unsettled_failure_is_cancelled_through_rebilly_at_its_deadline() {
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
-    let at = rfc3339(now);
-    let declined = json!({"id": "txn_a1", "type": "sale", "status": "completed", "result": "declined",
-        "amount": 49.95, "currency": "USD", "customerId": "cus_1", "invoiceIds": ["inv_a2"],
-        "subscriptionIds": ["ord_a"], "processedTime": at, "updatedTime": at,
-        "gateway": {"response": {"code": "insufficient-funds", "message": "Insufficient funds",
-            "originalCode": "51"}}});
-    let mut unpaid = paid_invoice("inv_a2", "ord_a", "USD", 49.95, &at);
-    unpaid["status"] = json!("past-due");
-    unpaid["amountDue"] = json!(49.95);
-    unpaid.as_object_mut().unwrap().remove("paidTime");
-    let failed = checked(json!({
-        "transactionId": "txn_a1", "invoiceId": "inv_a2",
-        "eventType": "renewal-invoice-payment-declined",
-        "_embedded": { "transaction": declined, "invoice": unpaid },
-    }));
+    let failed = declined_renewal(now);
     let fake = FakeOrderApi::default();
     *fake.status.lock().unwrap() = "active".into();
     let server = MockServer::start().await;
